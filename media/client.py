@@ -1,0 +1,238 @@
+"""A Python participant: joins with a token, publishes, subscribes and reports.
+
+This is what ``lco publish`` runs (a field-trip camera laptop), and what the
+tests and benchmarks use as a real aiortc peer. It speaks the same protocol as
+the browser client: it offers its publish connection and answers the server's
+subscribe offers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+import websockets
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from signaling import protocol as p
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ReceivedTrack:
+    """What arrived on one subscribed track."""
+
+    track_id: str
+    participant_id: str
+    kind: str
+    source: str
+    frames: int = 0
+    first_frame_at: float | None = None
+    subscribed_at: float = field(default_factory=time.monotonic)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    first_frame: asyncio.Event = field(default_factory=asyncio.Event)
+    width: int = 0
+    height: int = 0
+
+
+class LessonClient:
+    """One participant over one WebSocket and up to two peer connections."""
+
+    def __init__(self, url: str, token: str, *, origin: str | None = None) -> None:
+        self.url = url
+        self.token = token
+        self.origin = origin
+        self.participant_id: str | None = None
+        self.welcome: dict[str, Any] | None = None
+        self.participants: dict[str, dict[str, Any]] = {}
+        self.received: dict[str, ReceivedTrack] = {}
+        self.errors: list[dict[str, Any]] = []
+        self.bye: dict[str, Any] | None = None
+        self.publish_pc: RTCPeerConnection | None = None
+        self.subscribe_pc: RTCPeerConnection | None = None
+        self._ws: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._consumers: list[asyncio.Task[None]] = []
+        self._waiters: list[
+            tuple[Callable[[dict[str, Any]], bool], asyncio.Future[dict[str, Any]]]
+        ] = []
+        self._pending_tracks: dict[str, p.SubscribedTrack] = {}
+        self._publish_tracks: list[tuple[MediaStreamTrack, p.Source]] = []
+        self.closed = asyncio.Event()
+        self._tracks_changed = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def connect(self) -> dict[str, Any]:
+        """Open the socket, join, and return the welcome (or raise with the error)."""
+        headers = {"Origin": self.origin} if self.origin else None
+        self._ws = await websockets.connect(self.url, additional_headers=headers, max_size=2**20)
+        self._reader = asyncio.create_task(self._read())
+        waiting = self.wait_for(lambda m: m["type"] in ("welcome", "bye"))
+        await self.send(p.Join(token=self.token))
+        message = await waiting
+        if message["type"] != "welcome":
+            raise ConnectionError(message.get("message", "join refused"))
+        self.welcome = message
+        self.participant_id = message["participant_id"]
+        for participant in message["participants"]:
+            self.participants[participant["id"]] = participant
+        return message
+
+    async def close(self) -> None:
+        """Leave: close peer connections and the socket, stop every task."""
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None:
+                await pc.close()
+        if self._ws is not None:
+            await self._ws.close()
+        for task in [*self._consumers, *([self._reader] if self._reader else [])]:
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def send(self, message: Any) -> None:
+        """Send one protocol message (a model or a raw string)."""
+        text = message if isinstance(message, str) else p.encode_client_message(message)
+        await self._ws.send(text)
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """Wait for the next server message matching ``predicate``."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.append((predicate, future))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        finally:
+            self._waiters = [(pr, f) for pr, f in self._waiters if f is not future]
+
+    # -- publishing ----------------------------------------------------------
+
+    async def publish(self, tracks: list[tuple[MediaStreamTrack, p.Source]]) -> dict[str, Any]:
+        """Offer ``tracks`` on the publish connection; return the server's reply."""
+        if self.publish_pc is None:
+            self.publish_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = self.publish_pc
+        added = []
+        for track, source in tracks:
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            added.append((transceiver, source))
+        self._publish_tracks += tracks
+        await pc.setLocalDescription(await pc.createOffer())
+        specs = [
+            p.PublishedTrackSpec(mid=t.mid, source=source)
+            for t, source in added
+            if t.mid is not None
+        ]
+        reply = self.wait_for(lambda m: m["type"] in ("publish_answer", "error"))
+        await self.send(p.PublishOffer(sdp=pc.localDescription.sdp, tracks=specs))
+        message = await reply
+        if message["type"] == "publish_answer":
+            await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "answer"))
+        return message
+
+    # -- receiving -----------------------------------------------------------
+
+    async def _read(self) -> None:
+        try:
+            async for text in self._ws:
+                message = json.loads(text)
+                await self._handle(message)
+                for predicate, future in list(self._waiters):
+                    if not future.done() and predicate(message):
+                        future.set_result(message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+            for _, future in self._waiters:
+                if not future.done():
+                    future.set_exception(ConnectionError("connection closed"))
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "error":
+            self.errors.append(message)
+        elif kind == "bye":
+            self.bye = message
+        elif kind in ("participant_joined", "participant_updated"):
+            participant = message["participant"]
+            self.participants[participant["id"]] = participant
+        elif kind == "participant_left":
+            self.participants.pop(message["participant_id"], None)
+        elif kind == "subscribe_offer":
+            await self._answer_subscribe_offer(message)
+
+    async def _answer_subscribe_offer(self, message: dict[str, Any]) -> None:
+        if self.subscribe_pc is None:
+            self.subscribe_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            self.subscribe_pc.on("track", self._on_track)
+        for entry in message["tracks"]:
+            info = p.SubscribedTrack.model_validate(entry)
+            self._pending_tracks[info.mid] = info
+        await self.subscribe_pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
+        await self.subscribe_pc.setLocalDescription(await self.subscribe_pc.createAnswer())
+        await self.send(p.SubscribeAnswer(sdp=self.subscribe_pc.localDescription.sdp))
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.subscribe_pc is not None
+        mid = next(
+            (t.mid for t in self.subscribe_pc.getTransceivers() if t.receiver.track is track),
+            None,
+        )
+        info = self._pending_tracks.get(mid or "")
+        if info is None:
+            return
+        received = ReceivedTrack(info.track_id, info.participant_id, info.kind, info.source)
+        self.received[info.track_id] = received
+        self._consumers.append(asyncio.create_task(self._consume(track, received)))
+        self._tracks_changed.set()
+
+    async def _consume(self, track: MediaStreamTrack, received: ReceivedTrack) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                received.frames += 1
+                if received.first_frame_at is None:
+                    received.first_frame_at = time.monotonic()
+                    received.first_frame.set()
+                if isinstance(frame, av.VideoFrame):
+                    received.width, received.height = frame.width, frame.height
+        except MediaStreamError:
+            pass
+        finally:
+            received.ended.set()
+
+    # -- queries ---------------------------------------------------------------
+
+    def track_from(self, participant_id: str, kind: str) -> ReceivedTrack | None:
+        """The latest received track of ``kind`` published by ``participant_id``."""
+        matches = [
+            r
+            for r in self.received.values()
+            if r.participant_id == participant_id and r.kind == kind
+        ]
+        return matches[-1] if matches else None
+
+    async def wait_track(
+        self, participant_id: str, kind: str, timeout: float = 15.0
+    ) -> ReceivedTrack:
+        """Wait until a track of ``kind`` from ``participant_id`` delivers its first frame."""
+        async with asyncio.timeout(timeout):
+            while True:
+                track = self.track_from(participant_id, kind)
+                if track is not None:
+                    await track.first_frame.wait()
+                    return track
+                self._tracks_changed.clear()
+                await self._tracks_changed.wait()

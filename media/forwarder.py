@@ -1,0 +1,230 @@
+"""Fan-out of one published track's encoded frames to its subscribers.
+
+A :class:`TrackForwarder` drains the publisher's remote track from the moment
+it is published (so nothing piles up in aiortc's unbounded queue) and puts each
+encoded frame into every subscriber's bounded queue. A subscriber's video starts
+on a keyframe; when its queue overflows it drops to the next keyframe. Keyframe
+requests from subscribers reach the publisher coalesced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import av
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+logger = logging.getLogger(__name__)
+
+KEYFRAME_REQUEST_INTERVAL = 0.5  # at most one PLI per publisher track per 500 ms
+VIDEO_QUEUE_FRAMES = 60
+AUDIO_QUEUE_FRAMES = 50
+
+
+class ForwardingStats:
+    """Counters of one forwarder (and, summed, of the SFU)."""
+
+    __slots__ = (
+        "frames_dropped",
+        "frames_forwarded",
+        "frames_received",
+        "keyframe_requests_relayed",
+        "keyframe_requests_suppressed",
+    )
+
+    def __init__(self) -> None:
+        self.frames_received = 0
+        self.frames_forwarded = 0
+        self.frames_dropped = 0
+        self.keyframe_requests_relayed = 0
+        self.keyframe_requests_suppressed = 0
+
+
+class SubscriberTrack(MediaStreamTrack):
+    """What a subscriber's ``RTCRtpSender`` reads: encoded frames as ``av.Packet``."""
+
+    def __init__(self, kind: str, track_id: str, forwarder: TrackForwarder) -> None:
+        super().__init__()
+        self.kind = kind
+        self._id = f"{track_id}"
+        self._forwarder = forwarder
+        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(
+            VIDEO_QUEUE_FRAMES if kind == "video" else AUDIO_QUEUE_FRAMES
+        )
+        # Video must start on a keyframe, and restart on one after a drop.
+        self.awaiting_keyframe = kind == "video"
+
+    async def recv(self) -> av.Packet[Any]:
+        """Next encoded frame; raises ``MediaStreamError`` once the track ended."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        packet = await self._queue.get()
+        if packet is None:
+            super().stop()
+            raise MediaStreamError
+        return packet
+
+    def offer(self, packet: av.Packet[Any], stats: ForwardingStats) -> bool:
+        """Queue one frame; return True if a keyframe is now needed. Never raises."""
+        if self.readyState != "live":
+            return False
+        if self.awaiting_keyframe:
+            if not packet.is_keyframe:
+                stats.frames_dropped += 1
+                return False
+            self.awaiting_keyframe = False
+        try:
+            self._queue.put_nowait(packet)
+        except asyncio.QueueFull:
+            # This subscriber cannot keep up: skip to the next keyframe rather
+            # than deliver a growing backlog late.
+            self._drain()
+            stats.frames_dropped += 1
+            if self.kind == "video":
+                self.awaiting_keyframe = True
+                return True
+            return False
+        stats.frames_forwarded += 1
+        return False
+
+    def end(self) -> None:
+        """End the track for this subscriber: its sender stops after queued frames."""
+        if self.readyState == "live":
+            self._drain()
+            self._queue.put_nowait(None)
+
+    def stop(self) -> None:
+        """Called by aiortc when the sender stops: detach from the forwarder."""
+        super().stop()
+        self._forwarder.remove_subscriber(self)
+
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+
+class TrackForwarder:
+    """Forwards one published track to any number of subscribers."""
+
+    def __init__(
+        self,
+        track_id: str,
+        source: MediaStreamTrack,
+        request_keyframe: Callable[[], Awaitable[bool]],
+        on_ended: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.track_id = track_id
+        self.kind = source.kind
+        self.stats = ForwardingStats()
+        self._source = source
+        self._request_keyframe = request_keyframe
+        self._on_ended = on_ended
+        self._clock = clock
+        self._subscribers: set[SubscriberTrack] = set()
+        self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL
+        self._keyframe_task: asyncio.Task[None] | None = None
+        self._keyframe_pending = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many subscribers receive this track now."""
+        return len(self._subscribers)
+
+    def start(self) -> None:
+        """Begin draining the publisher's track."""
+        self._task = asyncio.create_task(self._run(), name=f"forward-{self.track_id}")
+
+    def add_subscriber(self) -> SubscriberTrack:
+        """A new subscriber; its video waits for a keyframe, which we ask for now."""
+        track = SubscriberTrack(self.kind, self.track_id, self)
+        if self._stopped:
+            track.end()
+            return track
+        self._subscribers.add(track)
+        if self.kind == "video":
+            self.request_keyframe()
+        return track
+
+    def remove_subscriber(self, track: SubscriberTrack) -> None:
+        """Stop forwarding to one subscriber (it left or unsubscribed)."""
+        self._subscribers.discard(track)
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, at most once per interval (coalesced)."""
+        if self.kind != "video" or self._stopped:
+            return
+        now = self._clock()
+        wait = self._last_keyframe_request + KEYFRAME_REQUEST_INTERVAL - now
+        if wait > 0:
+            # One request is scheduled for the end of the interval; others fold into it.
+            self.stats.keyframe_requests_suppressed += 1
+            if not self._keyframe_pending:
+                self._keyframe_pending = True
+                self._keyframe_task = asyncio.get_running_loop().create_task(
+                    self._send_keyframe_request(wait)
+                )
+            return
+        self._last_keyframe_request = now
+        self._keyframe_task = asyncio.get_running_loop().create_task(
+            self._send_keyframe_request(0.0)
+        )
+
+    async def stop(self) -> None:
+        """End the track for every subscriber and release the forwarding task."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for track in list(self._subscribers):
+            track.end()
+        self._subscribers.clear()
+        for task in (self._task, self._keyframe_task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+
+    async def _send_keyframe_request(self, delay: float) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+            self._keyframe_pending = False
+            self._last_keyframe_request = self._clock()
+        try:
+            if await self._request_keyframe():
+                self.stats.keyframe_requests_relayed += 1
+        except Exception:
+            logger.debug("keyframe request for %s failed", self.track_id, exc_info=True)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    packet = await self._source.recv()
+                except MediaStreamError:
+                    break
+                self.stats.frames_received += 1
+                if not isinstance(packet, av.Packet):
+                    # Only encoded frames are forwarded; anything else is a bug upstream.
+                    self.stats.frames_dropped += 1
+                    continue
+                need_keyframe = False
+                for subscriber in self._subscribers:
+                    if subscriber.offer(packet, self.stats):
+                        need_keyframe = True
+                if need_keyframe:
+                    self.request_keyframe()
+        finally:
+            if not self._stopped:
+                self._stopped = True
+                for track in list(self._subscribers):
+                    track.end()
+                self._subscribers.clear()
+                self._on_ended(self.track_id)

@@ -1,0 +1,202 @@
+"""The places where the SFU reaches into aiortc's and aioice's private surface.
+
+Everything that depends on a private name lives here, so that an aiortc
+upgrade has one file to check; ``pyproject.toml`` pins the versions and
+``tests/test_hooks.py`` fails if a hook stops working.
+
+1. ``aiortc.rtcrtpreceiver.get_decoder``: every receiver hands each reassembled
+   encoded frame to its decoder thread. Our "decoder" returns the encoded frame
+   as an ``av.Packet`` (keyframe flag set), which turns a remote track into a
+   track of encoded frames while keeping aiortc's SRTP, RTX, NACK, REMB and
+   receiver reports.
+2. ``aiortc.rtcrtpsender.get_encoder``: wrapped only to count; a sender fed
+   ``av.Packet`` objects calls ``pack()`` (packetise) instead of ``encode()``.
+3. ``RTCRtpReceiver.__jitter_buffer`` (audio): aiortc holds four Opus packets
+   back and discards packets that arrived once loss starts; we release each
+   audio packet as it arrives.
+4. ``RTCRtpSender._send_keyframe``: in the ``pack()`` path a subscriber's PLI/FIR
+   only sets a flag nothing reads; we point it at the publisher's forwarder.
+5. ``RTCRtpReceiver._send_rtcp_pli`` sends a PLI to the publisher, whose media
+   SSRC we tell from its RTX SSRC with ``RTCRtpReceiver.__rtx_ssrc``.
+6. ``aioice.ice.get_host_addresses``: which host addresses ICE announces (aioice
+   skips loopback; tests and single-host setups need to choose).
+"""
+
+from __future__ import annotations
+
+import fractions
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aioice.ice
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
+import av
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RtpPacket
+
+from .keyframes import is_keyframe
+
+PINNED_AIORTC = "1.16.0"
+PINNED_AIOICE = "0.13.0"
+
+
+class MediaCounters:
+    """Process-wide counts that prove media is forwarded, not transcoded."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # decoder threads count too
+        self.frames_passed_through = 0
+        self.frames_decoded = 0
+        self.frames_encoded = 0
+        self.frames_packed = 0
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Add to one counter (thread-safe)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def snapshot(self) -> dict[str, int]:
+        """All counters as a dict."""
+        with self._lock:
+            return {
+                "frames_passed_through": self.frames_passed_through,
+                "frames_decoded": self.frames_decoded,
+                "frames_encoded": self.frames_encoded,
+                "frames_packed": self.frames_packed,
+            }
+
+
+COUNTERS = MediaCounters()
+
+
+class PassthroughDecoder:
+    """Returns each reassembled encoded frame as an ``av.Packet``; decodes nothing."""
+
+    def __init__(self, codec_name: str, clock_rate: int) -> None:
+        self.codec_name = codec_name
+        self.time_base = fractions.Fraction(1, clock_rate)
+
+    def decode(self, encoded_frame: JitterFrame) -> list[av.Packet[Any]]:
+        """Wrap the frame; runs in aiortc's decoder thread and must never raise."""
+        try:
+            packet = av.Packet(encoded_frame.data)
+            packet.pts = encoded_frame.timestamp
+            packet.time_base = self.time_base
+            packet.is_keyframe = is_keyframe(self.codec_name, encoded_frame.data)
+        except Exception:
+            return []
+        COUNTERS.add("frames_passed_through")
+        return [packet]
+
+
+class _CountingEncoder:
+    """Delegates to aiortc's encoder and counts which path a sender takes."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def encode(self, frame: Any, force_keyframe: bool = False) -> Any:
+        COUNTERS.add("frames_encoded")
+        return self._inner.encode(frame, force_keyframe)
+
+    def pack(self, packet: av.Packet[Any]) -> Any:
+        COUNTERS.add("frames_packed")
+        return self._inner.pack(packet)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _ImmediateAudioBuffer:
+    """Stands in for aiortc's audio jitter buffer: one packet is one Opus frame."""
+
+    capacity = 1
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        data = getattr(packet, "_data", b"")
+        if not data:
+            return False, None
+        return False, JitterFrame(data=data, timestamp=packet.timestamp)
+
+
+_original_get_decoder = aiortc.rtcrtpreceiver.get_decoder  # type: ignore[attr-defined]
+_original_get_encoder = aiortc.rtcrtpsender.get_encoder  # type: ignore[attr-defined]
+_original_get_host_addresses = aioice.ice.get_host_addresses
+_installed = False
+
+
+def _counting_get_decoder(codec: Any) -> Any:
+    """Used when passthrough is off (clients that really decode): counts decodes."""
+    decoder = _original_get_decoder(codec)
+
+    class _Counting:
+        def decode(self, encoded_frame: JitterFrame) -> Any:
+            COUNTERS.add("frames_decoded")
+            return decoder.decode(encoded_frame)
+
+    return _Counting()
+
+
+def _passthrough_get_decoder(codec: Any) -> PassthroughDecoder:
+    return PassthroughDecoder(codec.name, codec.clockRate)
+
+
+def _counting_get_encoder(codec: Any) -> _CountingEncoder:
+    return _CountingEncoder(_original_get_encoder(codec))
+
+
+def install_forwarding_hooks() -> None:
+    """Make every receiver in this process yield encoded frames (the SFU process)."""
+    global _installed
+    setattr(aiortc.rtcrtpreceiver, "get_decoder", _passthrough_get_decoder)  # noqa: B010
+    setattr(aiortc.rtcrtpsender, "get_encoder", _counting_get_encoder)  # noqa: B010
+    _installed = True
+
+
+def install_counting_hooks() -> None:
+    """Decode normally but count it (clients that render or check media)."""
+    setattr(aiortc.rtcrtpreceiver, "get_decoder", _counting_get_decoder)  # noqa: B010
+    setattr(aiortc.rtcrtpsender, "get_encoder", _counting_get_encoder)  # noqa: B010
+
+
+def forwarding_hooks_installed() -> bool:
+    """Whether this process forwards encoded frames."""
+    return _installed
+
+
+def set_host_addresses(addresses: Sequence[str] | None) -> None:
+    """Announce exactly ``addresses`` as ICE host candidates (``None``: aioice's choice)."""
+    if addresses is None:
+        aioice.ice.get_host_addresses = _original_get_host_addresses
+        return
+    chosen = list(addresses)
+
+    def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = host_addresses
+
+
+def release_audio_immediately(receiver: RTCRtpReceiver) -> None:
+    """Forward each Opus packet on arrival instead of through aiortc's jitter buffer."""
+    setattr(receiver, "_RTCRtpReceiver__jitter_buffer", _ImmediateAudioBuffer())  # noqa: B010
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the remote end of ``sender`` sends PLI or FIR."""
+    setattr(sender, "_send_keyframe", callback)  # noqa: B010
+
+
+async def send_pli(receiver: RTCRtpReceiver) -> bool:
+    """Ask the publisher behind ``receiver`` for a keyframe; False if its SSRC is unknown."""
+    rtx_ssrcs: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc")  # noqa: B009
+    sources = [s for s in receiver.getSynchronizationSources() if s.source not in rtx_ssrcs]
+    if not sources:
+        return False
+    newest = max(sources, key=lambda s: s.timestamp)
+    await receiver._send_rtcp_pli(newest.source)
+    return True

@@ -1,0 +1,133 @@
+"""Creating peer connections and reading what their SDP negotiated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
+from aiortc.rtcicetransport import RTCIceCandidate
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+# Codecs the SFU forwards. Others (G.711, G.722) are refused so that publishers
+# and subscribers land on codecs every browser decodes.
+FORWARDED_CODECS = frozenset({"vp8", "h264", "opus", "rtx"})
+
+
+@dataclass(frozen=True, slots=True)
+class IceSettings:
+    """How this server's peer connections do ICE."""
+
+    ice_servers: tuple[RTCIceServer, ...] = ()
+    # Announce this address too (1:1 NAT), as a server-reflexive candidate.
+    public_ip: str | None = None
+
+
+@dataclass(slots=True)
+class NegotiatedMedia:
+    """One m-line of a negotiated description."""
+
+    mid: str
+    kind: str
+    direction: str
+    codec: RTCRtpCodecParameters | None
+    ssrcs: list[int] = field(default_factory=list)
+
+
+def new_peer_connection(settings: IceSettings) -> RTCPeerConnection:
+    """A peer connection that only uses the configured ICE servers (never a default STUN)."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=list(settings.ice_servers)))
+
+
+def negotiated_media(sdp: str) -> list[NegotiatedMedia]:
+    """The m-lines of ``sdp`` with their first (chosen) codec. Raises ``ValueError``."""
+    description = SessionDescription.parse(sdp)
+    result = []
+    for media in description.media:
+        if media.kind not in ("audio", "video"):
+            continue
+        codecs = [c for c in media.rtp.codecs if c.name.lower() != "rtx"]
+        result.append(
+            NegotiatedMedia(
+                mid=media.rtp.muxId,
+                kind=media.kind,
+                direction=media.direction or "sendrecv",
+                codec=codecs[0] if codecs and media.port != 0 else None,
+                ssrcs=[s.ssrc for s in media.ssrc],
+            )
+        )
+    return result
+
+
+def preferences_for(kind: str, codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
+    """Codec preferences that make a subscriber transceiver carry ``codec`` unchanged.
+
+    Forwarded frames cannot change codec, so a subscriber is offered only the
+    publisher's codec (with RTX, so that NACKed packets are resent).
+    """
+    chosen: list[RTCRtpCodecCapability] = []
+    rtx: list[RTCRtpCodecCapability] = []
+    profile = codec.parameters.get("profile-level-id")
+    for capability in RTCRtpSender.getCapabilities(kind).codecs:
+        name = capability.mimeType.lower()
+        if name.endswith("/rtx"):
+            rtx.append(capability)
+        elif name == codec.mimeType.lower() and (
+            profile is None or capability.parameters.get("profile-level-id") == profile
+        ):
+            chosen.append(capability)
+    if not chosen:
+        raise ValueError(f"codec {codec.mimeType} cannot be forwarded")
+    return chosen[:1] + rtx
+
+
+def restrict_offer_codecs(sdp: str) -> str:
+    """Remove codecs the SFU does not forward from a client offer.
+
+    aiortc answers with the offer's codecs in the offer's order, so removing the
+    others here makes the publisher send one of ours.
+    """
+    description = SessionDescription.parse(sdp)
+    for media in description.media:
+        if media.kind not in ("audio", "video"):
+            continue
+        kept = [c for c in media.rtp.codecs if c.name.lower() in FORWARDED_CODECS]
+        kept_types = {c.payloadType for c in kept}
+        # An RTX codec is kept only if its primary codec is.
+        kept = [c for c in kept if c.name.lower() != "rtx" or c.parameters.get("apt") in kept_types]
+        media.rtp.codecs = kept
+        media.fmt = [c.payloadType for c in kept]
+    return str(description)
+
+
+def announce_public_ip(sdp: str, public_ip: str | None) -> str:
+    """Add a server-reflexive candidate on ``public_ip`` for each host candidate (1:1 NAT)."""
+    if not public_ip:
+        return sdp
+    out: list[str] = []
+    for line in sdp.splitlines():
+        out.append(line)
+        if line.startswith("a=candidate:") and " typ host" in line:
+            parts = line[len("a=candidate:") :].split()
+            if len(parts) >= 8 and parts[2].lower() == "udp":
+                foundation, component, transport, priority, address, port = parts[:6]
+                out.append(
+                    f"a=candidate:{foundation}1 {component} {transport} "
+                    f"{int(priority) // 2} {public_ip} {port} typ srflx "
+                    f"raddr {address} rport {port}"
+                )
+    return "\r\n".join(out) + "\r\n"
+
+
+def parse_candidate(
+    candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
+) -> RTCIceCandidate:
+    """A trickled browser candidate as aiortc's object. Raises ``ValueError``."""
+    text = candidate[len("candidate:") :] if candidate.startswith("candidate:") else candidate
+    try:
+        parsed = candidate_from_sdp(text)
+    except (IndexError, ValueError) as exc:
+        raise ValueError(f"bad ICE candidate: {exc}") from None
+    parsed.sdpMid = sdp_mid
+    parsed.sdpMLineIndex = sdp_mline_index
+    return parsed

@@ -1,0 +1,389 @@
+"""The selective forwarding unit: peer connections per participant, forwarders per track.
+
+Each participant has up to two peer connections: a publish connection that the
+client offers (the server only answers) and a subscribe connection that the
+server offers (the client only answers). One side always offers, so there is no
+glare. The lesson logic drives this class through a few calls; it never sees
+aiortc objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from signaling import protocol as p
+
+from . import hooks
+from .forwarder import SubscriberTrack, TrackForwarder
+from .peers import (
+    IceSettings,
+    announce_public_ip,
+    negotiated_media,
+    new_peer_connection,
+    parse_candidate,
+    preferences_for,
+    restrict_offer_codecs,
+)
+
+logger = logging.getLogger(__name__)
+
+SendMessage = Callable[[p.ServerMessage], Awaitable[None]]
+TrackEnded = Callable[[str, str], None]  # (publisher id, track id)
+
+
+class MediaError(p.ProtocolError):
+    """SDP or ICE input that could not be applied; the client is told why."""
+
+    def __init__(self, message: str, request_type: str) -> None:
+        super().__init__("bad_sdp", message, request_type)
+
+
+@dataclass(slots=True)
+class IncomingTrack:
+    """A track a publish offer started sending, before the lesson has named it."""
+
+    mid: str
+    kind: p.Kind
+    source: p.Source
+    track: MediaStreamTrack
+    receiver: RTCRtpReceiver
+    codec: RTCRtpCodecParameters
+
+
+@dataclass(slots=True)
+class PublishResult:
+    """What applying a publish offer changed."""
+
+    answer_sdp: str
+    started: list[IncomingTrack]
+    stopped_track_ids: list[str]
+
+
+@dataclass(slots=True)
+class _Subscription:
+    info: p.SubscribedTrack
+    transceiver: RTCRtpTransceiver
+    track: SubscriberTrack
+
+
+@dataclass(slots=True)
+class ParticipantMedia:
+    """The media side of one participant. All SDP work on it runs under ``lock``."""
+
+    participant_id: str
+    send: SendMessage
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    publish_pc: RTCPeerConnection | None = None
+    subscribe_pc: RTCPeerConnection | None = None
+    published: dict[str, str] = field(default_factory=dict)  # mid -> track id
+    subscriptions: dict[str, _Subscription] = field(default_factory=dict)  # track id ->
+    offer_in_flight: bool = False
+    renegotiate: bool = False
+    negotiation_task: asyncio.Task[None] | None = None
+    closed: bool = False
+
+
+class Sfu:
+    """Forwards every published track to its subscribers as encoded frames."""
+
+    def __init__(self, settings: IceSettings, on_track_ended: TrackEnded) -> None:
+        self._settings = settings
+        self._on_track_ended = on_track_ended
+        self._participants: dict[str, ParticipantMedia] = {}
+        self._forwarders: dict[str, TrackForwarder] = {}
+        self._codecs: dict[str, RTCRtpCodecParameters] = {}
+        self._publishers: dict[str, str] = {}  # track id -> participant id
+
+    # -- participants --------------------------------------------------------
+
+    def open(self, participant_id: str, send: SendMessage) -> None:
+        """Prepare media for a participant who joined."""
+        self._participants[participant_id] = ParticipantMedia(participant_id, send)
+
+    async def close(self, participant_id: str) -> None:
+        """Release everything a participant held: peer connections, forwarders, tasks."""
+        media = self._participants.pop(participant_id, None)
+        if media is None:
+            return
+        media.closed = True
+        for track_id in list(media.published.values()):
+            await self.stop_track(track_id)
+        for subscription in media.subscriptions.values():
+            subscription.track.end()
+        media.subscriptions.clear()
+        task = media.negotiation_task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        for pc in (media.publish_pc, media.subscribe_pc):
+            if pc is not None:
+                await pc.close()
+        media.publish_pc = media.subscribe_pc = None
+
+    async def close_all(self) -> None:
+        """Close every participant's media (server shutdown)."""
+        for participant_id in list(self._participants):
+            await self.close(participant_id)
+
+    # -- publishing ----------------------------------------------------------
+
+    async def accept_publish_offer(
+        self, participant_id: str, offer: p.PublishOffer
+    ) -> PublishResult:
+        """Apply a client's publish offer and answer it. Raises :class:`MediaError`."""
+        media = self._media(participant_id)
+        sources = {spec.mid: spec.source for spec in offer.tracks}
+        async with media.lock:
+            try:
+                sdp = restrict_offer_codecs(offer.sdp)
+            except (ValueError, IndexError, KeyError) as exc:
+                raise MediaError(
+                    f"the publish offer is not valid SDP ({exc})", offer.type
+                ) from None
+            if media.publish_pc is None:
+                media.publish_pc = self._new_publish_pc(media)
+            pc = media.publish_pc
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception as exc:  # aiortc raises many types on bad SDP
+                raise MediaError(f"the publish offer was refused: {exc}", offer.type) from None
+            answer = announce_public_ip(pc.localDescription.sdp, self._settings.public_ip)
+            negotiated = {m.mid: m for m in negotiated_media(answer)}
+            started: list[IncomingTrack] = []
+            stopped: list[str] = []
+            for transceiver in pc.getTransceivers():
+                mid = transceiver.mid
+                m = negotiated.get(mid or "")
+                receiving = (
+                    m is not None
+                    and m.codec is not None
+                    and m.direction
+                    in (
+                        "recvonly",
+                        "sendrecv",
+                    )
+                )
+                if mid in media.published and not receiving:
+                    stopped.append(media.published.pop(mid))
+                elif mid is not None and mid not in media.published and receiving:
+                    assert m is not None and m.codec is not None
+                    kind: p.Kind = "audio" if transceiver.kind == "audio" else "video"
+                    source = sources.get(mid, "microphone" if kind == "audio" else "camera")
+                    if kind == "audio":
+                        hooks.release_audio_immediately(transceiver.receiver)
+                    started.append(
+                        IncomingTrack(
+                            mid=mid,
+                            kind=kind,
+                            source=source,
+                            track=transceiver.receiver.track,
+                            receiver=transceiver.receiver,
+                            codec=m.codec,
+                        )
+                    )
+            return PublishResult(answer, started, stopped)
+
+    def start_forwarding(self, participant_id: str, track_id: str, incoming: IncomingTrack) -> None:
+        """Begin forwarding a track the lesson accepted under ``track_id``."""
+        media = self._media(participant_id)
+        media.published[incoming.mid] = track_id
+        receiver = incoming.receiver
+        forwarder = TrackForwarder(
+            track_id,
+            incoming.track,
+            request_keyframe=lambda: hooks.send_pli(receiver),
+            on_ended=lambda tid: self._forwarder_ended(participant_id, tid),
+        )
+        self._forwarders[track_id] = forwarder
+        self._codecs[track_id] = incoming.codec
+        self._publishers[track_id] = participant_id
+        forwarder.start()
+
+    async def stop_track(self, track_id: str) -> None:
+        """Stop forwarding a track: it ends for every subscriber, who renegotiates."""
+        forwarder = self._forwarders.pop(track_id, None)
+        self._codecs.pop(track_id, None)
+        publisher_id = self._publishers.pop(track_id, None)
+        if publisher_id is not None and publisher_id in self._participants:
+            published = self._participants[publisher_id].published
+            for mid, tid in list(published.items()):
+                if tid == track_id:
+                    del published[mid]
+        if forwarder is not None:
+            await forwarder.stop()
+        for media in list(self._participants.values()):
+            subscription = media.subscriptions.pop(track_id, None)
+            if subscription is not None:
+                await self._remove_subscription(media, subscription)
+
+    # -- subscribing ---------------------------------------------------------
+
+    async def subscribe(self, subscriber_id: str, publisher_id: str, track: p.TrackInfo) -> None:
+        """Forward ``track`` to ``subscriber_id`` and offer it on the subscribe connection."""
+        media = self._participants.get(subscriber_id)
+        forwarder = self._forwarders.get(track.id)
+        codec = self._codecs.get(track.id)
+        if media is None or media.closed or forwarder is None or codec is None:
+            return
+        if track.id in media.subscriptions:
+            return
+        async with media.lock:
+            if media.subscribe_pc is None:
+                media.subscribe_pc = self._new_subscribe_pc(media)
+            subscriber_track = forwarder.add_subscriber()
+            transceiver = media.subscribe_pc.addTransceiver(subscriber_track, direction="sendonly")
+            transceiver.setCodecPreferences(preferences_for(track.kind, codec))
+            hooks.on_keyframe_request(transceiver.sender, forwarder.request_keyframe)
+            media.subscriptions[track.id] = _Subscription(
+                info=p.SubscribedTrack(
+                    mid="",
+                    track_id=track.id,
+                    participant_id=publisher_id,
+                    kind=track.kind,
+                    source=track.source,
+                ),
+                transceiver=transceiver,
+                track=subscriber_track,
+            )
+        self._schedule_offer(media)
+
+    async def accept_subscribe_answer(self, participant_id: str, sdp: str) -> None:
+        """Apply the client's answer to our subscribe offer. Raises :class:`MediaError`."""
+        media = self._media(participant_id)
+        async with media.lock:
+            pc = media.subscribe_pc
+            if pc is None or not media.offer_in_flight:
+                raise MediaError("no subscribe offer is waiting for an answer", "subscribe_answer")
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+            except Exception as exc:  # aiortc raises many types on bad SDP
+                raise MediaError(
+                    f"the subscribe answer was refused: {exc}", "subscribe_answer"
+                ) from None
+            media.offer_in_flight = False
+            again = media.renegotiate
+            media.renegotiate = False
+        if again:
+            self._schedule_offer(media)
+
+    async def add_candidate(self, participant_id: str, message: p.IceCandidate) -> None:
+        """Add a client's trickled ICE candidate. Raises :class:`MediaError`."""
+        media = self._media(participant_id)
+        pc = media.publish_pc if message.pc == "publish" else media.subscribe_pc
+        if pc is None or pc.remoteDescription is None:
+            raise MediaError(f"no {message.pc} connection is being negotiated", message.type)
+        if not message.candidate:
+            return  # end of candidates: aiortc needs no signal
+        try:
+            candidate = parse_candidate(message.candidate, message.sdp_mid, message.sdp_mline_index)
+            await pc.addIceCandidate(candidate)
+        except Exception as exc:  # bad candidate text or an unknown mid
+            raise MediaError(f"the ICE candidate was refused: {exc}", message.type) from None
+
+    # -- introspection -------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/metrics``."""
+        totals = {
+            "frames_received": 0,
+            "frames_forwarded": 0,
+            "frames_dropped": 0,
+            "keyframe_requests_relayed": 0,
+            "keyframe_requests_suppressed": 0,
+        }
+        for forwarder in self._forwarders.values():
+            for name in totals:
+                totals[name] += getattr(forwarder.stats, name)
+        peer_connections = sum(
+            (m.publish_pc is not None) + (m.subscribe_pc is not None)
+            for m in self._participants.values()
+        )
+        return {
+            "participants": len(self._participants),
+            "peer_connections": peer_connections,
+            "forwarded_tracks": len(self._forwarders),
+            "subscriptions": sum(f.subscriber_count for f in self._forwarders.values()),
+            **totals,
+            **hooks.COUNTERS.snapshot(),
+        }
+
+    # -- internals -----------------------------------------------------------
+
+    def _media(self, participant_id: str) -> ParticipantMedia:
+        media = self._participants.get(participant_id)
+        if media is None or media.closed:
+            raise p.ProtocolError("not_joined", "you are not in this lesson")
+        return media
+
+    def _new_publish_pc(self, media: ParticipantMedia) -> RTCPeerConnection:
+        pc = new_peer_connection(self._settings)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed") and not media.closed:
+                # Its tracks end for everyone; the client reconnects with a new offer.
+                for track_id in list(media.published.values()):
+                    self._on_track_ended(media.participant_id, track_id)
+
+        return pc
+
+    def _new_subscribe_pc(self, media: ParticipantMedia) -> RTCPeerConnection:
+        return new_peer_connection(self._settings)
+
+    def _forwarder_ended(self, participant_id: str, track_id: str) -> None:
+        # The publisher's track ended by itself (RTCP BYE, peer connection gone).
+        if track_id in self._forwarders:
+            self._on_track_ended(participant_id, track_id)
+
+    async def _remove_subscription(
+        self, media: ParticipantMedia, subscription: _Subscription
+    ) -> None:
+        subscription.track.end()
+        async with media.lock:
+            transceiver = subscription.transceiver
+            transceiver.direction = "inactive"
+            # Stopping the sender sends RTCP BYE, which ends the track at the subscriber.
+            await transceiver.stop()
+        if not media.closed:
+            self._schedule_offer(media)
+
+    def _schedule_offer(self, media: ParticipantMedia) -> None:
+        if media.closed:
+            return
+        if media.offer_in_flight or (
+            media.negotiation_task is not None and not media.negotiation_task.done()
+        ):
+            media.renegotiate = True
+            return
+        media.negotiation_task = asyncio.create_task(
+            self._send_subscribe_offer(media), name=f"offer-{media.participant_id}"
+        )
+
+    async def _send_subscribe_offer(self, media: ParticipantMedia) -> None:
+        async with media.lock:
+            pc = media.subscribe_pc
+            if pc is None or media.closed or media.offer_in_flight:
+                return
+            media.renegotiate = False
+            await pc.setLocalDescription(await pc.createOffer())
+            sdp = announce_public_ip(pc.localDescription.sdp, self._settings.public_ip)
+            tracks = []
+            for subscription in media.subscriptions.values():
+                mid = subscription.transceiver.mid
+                if mid is None or subscription.transceiver.stopped:
+                    continue
+                tracks.append(subscription.info.model_copy(update={"mid": mid}))
+            media.offer_in_flight = True
+        await media.send(p.SubscribeOffer(sdp=sdp, tracks=tracks))

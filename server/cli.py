@@ -1,0 +1,201 @@
+"""The ``lco`` command line: serve, token, publish."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from signaling.permissions import Role
+from signaling.tokens import mint_token
+
+from .config import DEFAULT_DATA_DIR, Settings, parse_ice_server, resolve_secret
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+def _env_list(name: str) -> list[str]:
+    value = os.environ.get(name, "")
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _duration(text: str) -> int:
+    """``90``, ``90s``, ``30m``, ``4h`` or ``2d`` as seconds."""
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r} (use 90, 30m, 4h or 2d)")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _add_secret_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--secret", help="token signing secret (env LCO_SECRET; default: DATA_DIR/secret.key)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="where the server keeps its files (env LCO_DATA_DIR; default ./lco-data)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lco``."""
+    parser = argparse.ArgumentParser(prog="lco", description="LCO Classroom server and tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the lesson server")
+    serve.add_argument("--host", default=os.environ.get("LCO_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("LCO_PORT", "8080")))
+    _add_secret_args(serve)
+    serve.add_argument(
+        "--ice-host",
+        action="append",
+        default=None,
+        help="address to announce as an ICE host candidate; repeat for several "
+        "(env LCO_ICE_HOSTS, comma separated; default: every non-loopback address)",
+    )
+    serve.add_argument(
+        "--public-ip",
+        default=os.environ.get("LCO_PUBLIC_IP"),
+        help="public address of a 1:1 NAT in front of the server (env LCO_PUBLIC_IP)",
+    )
+    serve.add_argument(
+        "--ice-server",
+        action="append",
+        default=None,
+        help="STUN/TURN server for clients and the SFU: 'stun:host:port' or "
+        "'turn:host:port|user|password'; repeat for several (env LCO_ICE_SERVERS)",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=None,
+        help="web origin allowed to open the signalling socket besides the server's own "
+        "(env LCO_ALLOWED_ORIGINS, comma separated)",
+    )
+    serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
+
+    token = commands.add_parser("token", help="mint a signed join link")
+    token.add_argument("--lesson", required=True)
+    token.add_argument("--name", required=True)
+    token.add_argument("--role", required=True, choices=[r.value for r in Role])
+    token.add_argument("--school", default="")
+    token.add_argument("--ttl", type=_duration, default="4h", help="validity, e.g. 90m or 4h")
+    token.add_argument(
+        "--url", default=os.environ.get("LCO_PUBLIC_URL", DEFAULT_URL), help="server address"
+    )
+    token.add_argument("--json", action="store_true", help="print token and link as JSON")
+    _add_secret_args(token)
+
+    publish = commands.add_parser(
+        "publish", help="join a lesson from Python: publish a file or test pattern, report"
+    )
+    publish.add_argument("--url", default=DEFAULT_URL, help="server address")
+    publish.add_argument("--token", required=True, help="join token (or a whole join link)")
+    publish.add_argument(
+        "--source",
+        default="test-pattern",
+        help="'test-pattern' (moving bars and a tone), 'none', or a media file to play",
+    )
+    publish.add_argument("--duration", type=_duration, default=None, help="stop after this long")
+    publish.add_argument(
+        "--ice-host",
+        action="append",
+        default=None,
+        help="address to announce as an ICE host candidate (e.g. 127.0.0.1 on one machine)",
+    )
+    publish.add_argument("--report", action="store_true", help="print what is received as JSON")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Turn ``lco serve`` arguments (and environment) into settings."""
+    ice_hosts = args.ice_host or _env_list("LCO_ICE_HOSTS") or None
+    ice_specs = args.ice_server or _env_list("LCO_ICE_SERVERS")
+    origins = args.allowed_origin or _env_list("LCO_ALLOWED_ORIGINS")
+    return Settings(
+        host=args.host,
+        port=args.port,
+        secret=resolve_secret(args.secret, args.data_dir),
+        data_dir=args.data_dir,
+        ice_host_addresses=tuple(ice_hosts) if ice_hosts else None,
+        public_ip=args.public_ip,
+        ice_servers=tuple(parse_ice_server(s) for s in ice_specs),
+        allowed_origins=tuple(origins),
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import run_server
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # aioice logs every ICE check at INFO: keep operators' logs readable.
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    settings = settings_from_args(args)
+    run_server(settings, log_level=args.log_level)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    logging.basicConfig(level="WARNING", format="%(message)s")
+    secret = resolve_secret(args.secret, args.data_dir)
+    try:
+        token = mint_token(
+            secret,
+            lesson=args.lesson,
+            name=args.name,
+            role=Role(args.role),
+            school=args.school,
+            ttl_seconds=args.ttl,
+        )
+    except ValueError as exc:
+        print(f"lco token: {exc}", file=sys.stderr)
+        return 2
+    # The token travels in the fragment: browsers never send it in a request line.
+    link = f"{args.url.rstrip('/')}/join#token={token}"
+    if args.json:
+        print(json.dumps({"token": token, "link": link, "expires_in": args.ttl}))
+    else:
+        print(link)
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from .publish import run_publish
+
+    logging.basicConfig(level="WARNING", format="%(message)s")
+    token = args.token.split("#token=", 1)[-1]
+    started = time.monotonic()
+    result = asyncio.run(
+        run_publish(
+            args.url,
+            token,
+            source=args.source,
+            duration=args.duration,
+            ice_hosts=args.ice_host,
+        )
+    )
+    if args.report:
+        result["seconds"] = round(time.monotonic() - started, 2)
+        print(json.dumps(result, indent=2))
+    return 0 if not result.get("error") else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lco`` console script."""
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": _serve, "token": _token, "publish": _publish}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

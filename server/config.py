@@ -1,0 +1,80 @@
+"""Server settings: command-line flags over environment variables over defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = Path(os.environ.get("LCO_DATA_DIR", "./lco-data"))
+SECRET_FILE_NAME = "secret.key"
+
+
+@dataclass(frozen=True, slots=True)
+class IceServerConfig:
+    """One STUN or TURN server handed to clients and used by the SFU."""
+
+    url: str
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``lco serve`` can be told."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    secret: bytes = b""
+    data_dir: Path = DEFAULT_DATA_DIR
+    # Host addresses announced in ICE candidates (None: every non-loopback address).
+    ice_host_addresses: tuple[str, ...] | None = None
+    public_ip: str | None = None
+    ice_servers: tuple[IceServerConfig, ...] = ()
+    # Origins allowed to open the signalling socket; empty means same origin only.
+    allowed_origins: tuple[str, ...] = ()
+    public_url: str | None = None
+    join_timeout: float = 10.0
+    idle_timeout: float = 45.0
+
+
+def parse_ice_server(spec: str) -> IceServerConfig:
+    """``turn:host:3478?transport=udp|user|pass`` or ``stun:host:3478``."""
+    url, _, rest = spec.partition("|")
+    if not url.startswith(("stun:", "turn:", "turns:")):
+        raise ValueError(f"ICE server {url!r} must start with stun:, turn: or turns:")
+    username, _, credential = rest.partition("|")
+    return IceServerConfig(url=url, username=username or None, credential=credential or None)
+
+
+def load_or_create_secret(data_dir: Path) -> bytes:
+    """The token signing secret from ``data_dir``, created (mode 0600) if absent."""
+    path = data_dir / SECRET_FILE_NAME
+    if path.exists():
+        secret = path.read_text().strip().encode()
+        if len(secret) < 32:
+            raise SystemExit(f"the signing secret in {path} is too short (need 32+ characters)")
+        return secret
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret.decode() + "\n")
+    # Say where it is, never what it is.
+    logger.warning("no signing secret was configured; generated a new one in %s", path)
+    return secret
+
+
+def resolve_secret(explicit: str | None, data_dir: Path) -> bytes:
+    """Secret from a flag, else ``LCO_SECRET``, else the data directory's file."""
+    value = explicit or os.environ.get("LCO_SECRET")
+    if value:
+        if len(value) < 32:
+            raise SystemExit("the signing secret must be at least 32 characters long")
+        return value.encode()
+    return load_or_create_secret(data_dir)

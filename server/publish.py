@@ -1,0 +1,83 @@
+"""``lco publish``: a participant from Python that publishes and reports what it receives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamTrack
+
+from media import hooks
+from media.client import LessonClient
+from media.testsource import TestPatternVideoTrack, ToneAudioTrack
+from signaling import protocol as p
+
+
+def websocket_url(base: str) -> str:
+    """``http://host:port`` (or a ws URL) to the signalling socket's URL."""
+    if base.startswith(("ws://", "wss://")):
+        return base
+    base = base.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://") :] + "/ws"
+    return "ws://" + base.removeprefix("http://") + "/ws"
+
+
+def _tracks(source: str) -> list[tuple[MediaStreamTrack, p.Source]]:
+    if source == "none":
+        return []
+    if source == "test-pattern":
+        return [(TestPatternVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")]
+    player = MediaPlayer(source)
+    tracks: list[tuple[MediaStreamTrack, p.Source]] = []
+    if player.video is not None:
+        tracks.append((player.video, "camera"))
+    if player.audio is not None:
+        tracks.append((player.audio, "microphone"))
+    return tracks
+
+
+async def run_publish(
+    url: str,
+    token: str,
+    *,
+    source: str,
+    duration: float | None,
+    ice_hosts: list[str] | None,
+) -> dict[str, Any]:
+    """Join, publish ``source``, stay until ``duration`` or the server says bye."""
+    hooks.install_counting_hooks()
+    if ice_hosts:
+        hooks.set_host_addresses(ice_hosts)
+    client = LessonClient(websocket_url(url), token)
+    try:
+        welcome = await client.connect()
+    except ConnectionError as exc:
+        return {"error": str(exc)}
+    result: dict[str, Any] = {"participant_id": welcome["participant_id"]}
+    try:
+        tracks = _tracks(source)
+        if tracks:
+            reply = await client.publish(tracks)
+            if reply["type"] == "error":
+                result["error"] = reply["message"]
+                return result
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(client.closed.wait(), duration)
+    finally:
+        result["received"] = [
+            {
+                "track_id": r.track_id,
+                "from": r.participant_id,
+                "kind": r.kind,
+                "source": r.source,
+                "frames": r.frames,
+                "size": [r.width, r.height],
+            }
+            for r in client.received.values()
+        ]
+        result["errors"] = client.errors
+        await client.close()
+    return result

@@ -1,0 +1,45 @@
+"""Running the app under uvicorn with a shutdown that tells every participant."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+
+from .app import create_app
+from .config import Settings
+from .state import ServerState
+
+logger = logging.getLogger(__name__)
+
+
+class _LessonServer(uvicorn.Server):
+    """Uvicorn, but on SIGINT/SIGTERM participants get ``bye`` before sockets close."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self._state = state
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._state.shutdown()
+        await super().shutdown(sockets)
+
+
+def run_server(settings: Settings, log_level: str = "info") -> None:
+    """Serve until SIGINT or SIGTERM."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        ws_max_size=64 * 1024,
+        # Our own keep-alive (ping messages) decides when a participant is gone.
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    logger.info("LCO Classroom listening on http://%s:%d", settings.host, settings.port)
+    _LessonServer(config, app.state.lco).run()

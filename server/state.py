@@ -1,0 +1,104 @@
+"""The server's live state: settings, lessons, the event bus, the SFU, the sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCIceServer
+
+from media import hooks
+from media.peers import IceSettings
+from media.sfu import Sfu
+from signaling import protocol as p
+from signaling.bus import InMemoryEventBus
+from signaling.registry import InMemoryLessonRegistry
+
+from .config import Settings
+
+if TYPE_CHECKING:
+    from .connection import ParticipantConnection
+
+logger = logging.getLogger(__name__)
+
+
+class ServerState:
+    """Everything one server process shares between connections."""
+
+    def __init__(self, settings: Settings) -> None:
+        hooks.install_forwarding_hooks()
+        hooks.set_host_addresses(settings.ice_host_addresses)
+        self.settings = settings
+        ice_servers = [
+            p.IceServer(urls=[s.url], username=s.username, credential=s.credential)
+            for s in settings.ice_servers
+        ]
+        self.registry = InMemoryLessonRegistry(ice_servers)
+        self.bus = InMemoryEventBus()
+        self.sfu = Sfu(
+            IceSettings(
+                ice_servers=tuple(
+                    RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
+                    for s in settings.ice_servers
+                ),
+                public_ip=settings.public_ip,
+            ),
+            on_track_ended=self._track_ended,
+        )
+        self.connections: dict[str, ParticipantConnection] = {}
+        self.accepting = True
+        self._no_connections = asyncio.Event()
+        self._no_connections.set()
+
+    def add_connection(self, participant_id: str, connection: ParticipantConnection) -> None:
+        """Register the socket that owns ``participant_id``."""
+        self.connections[participant_id] = connection
+        self._no_connections.clear()
+
+    def remove_connection(self, participant_id: str) -> None:
+        """Forget a closed socket."""
+        self.connections.pop(participant_id, None)
+        if not self.connections:
+            self._no_connections.set()
+
+    def _track_ended(self, participant_id: str, track_id: str) -> None:
+        connection = self.connections.get(participant_id)
+        if connection is not None:
+            connection.post_track_ended(track_id)
+
+    async def shutdown(self) -> None:
+        """Tell every participant, close every peer connection; refuse new joins."""
+        self.accepting = False
+        bye = p.encode_server_message(
+            p.Bye(reason="server_shutdown", message="the server is shutting down; rejoin shortly")
+        )
+        for participant_id in list(self.connections):
+            await self.bus.publish(f"participant:{participant_id}", bye)
+        await self.sfu.close_all()
+        # Each connection leaves once its writer has sent the bye; wait for that,
+        # bounded, before uvicorn closes the sockets.
+        try:
+            await asyncio.wait_for(self._no_connections.wait(), 5.0)
+        except TimeoutError:
+            logger.warning("%d connections did not close in time", len(self.connections))
+        logger.info("all participants told; peer connections closed")
+
+    def metrics(self) -> dict[str, Any]:
+        """Operator counters (no secrets, no names)."""
+        try:
+            open_fds = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            open_fds = -1
+        return {
+            "accepting": self.accepting,
+            "lessons": len(self.registry.lessons()),
+            "connections": len(self.connections),
+            "bus_topics": self.bus.topic_count(),
+            "asyncio_tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+            "open_fds": open_fds,
+            "sfu": self.sfu.stats(),
+        }

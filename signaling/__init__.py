@@ -1,0 +1,1 @@
+"""Signalling: the wire protocol and the lesson logic, free of sockets and media."""

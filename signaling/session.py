@@ -1,0 +1,242 @@
+"""One participant's signalling session as a sans-I/O state machine.
+
+Text frames go in through :meth:`SignalingSession.receive_text`; effects come
+out: messages for participants, SDP work for the SFU, replies and a close for
+this socket. The session checks the join token, the message schema, the rate
+limit and the permission each message type needs, in that order.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from . import protocol as p
+from .lesson import Deliver, Effect, Forbidden, Lesson, Participant
+from .permissions import Permission
+from .registry import LessonRegistry
+from .tokens import TokenError, verify_token
+
+JOIN_TIMEOUT_SECONDS = 10.0
+
+# The permission each client message needs once joined; a type missing here is denied.
+MESSAGE_PERMISSIONS: dict[str, Permission] = {
+    "publish_offer": Permission.PUBLISH,
+    "subscribe_answer": Permission.SUBSCRIBE,
+    "ice_candidate": Permission.JOIN,
+    "grant_publish": Permission.GRANT_PUBLISH,
+    "revoke_publish": Permission.GRANT_PUBLISH,
+    "ping": Permission.JOIN,
+    "leave": Permission.JOIN,
+}
+
+
+class SessionState(enum.Enum):
+    AWAITING_JOIN = "awaiting_join"
+    JOINED = "joined"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Send ``message`` on this socket only."""
+
+    message: p.ServerMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Send ``bye`` and close this socket."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class NegotiatePublish:
+    """Apply the client's publish offer and answer it."""
+
+    participant_id: str
+    offer: p.PublishOffer
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptSubscribeAnswer:
+    """Apply the client's answer to the server's subscribe offer."""
+
+    participant_id: str
+    sdp: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddRemoteCandidate:
+    """Add a trickled ICE candidate of the client to one of its peer connections."""
+
+    participant_id: str
+    candidate: p.IceCandidate
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The session joined; the server starts the participant's media and outbox."""
+
+    participant: Participant
+
+
+SessionEffect = (
+    Effect | Reply | Close | NegotiatePublish | AcceptSubscribeAnswer | AddRemoteCandidate | Joined
+)
+
+
+class TokenBucket:
+    """Message rate limit: ``rate`` per second with bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._last: float | None = None
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one."""
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def _error(exc: p.ProtocolError) -> Reply:
+    return Reply(p.ErrorMessage(code=exc.code, message=exc.message, request_type=exc.request_type))
+
+
+class SignalingSession:
+    """The protocol for one socket: join first, then permission-checked requests."""
+
+    # Consecutive refused messages (rate limit) after which the socket is closed.
+    MAX_CONSECUTIVE_DROPS = 100
+
+    def __init__(
+        self,
+        *,
+        secret: bytes,
+        registry: LessonRegistry,
+        rate_per_second: float = 20.0,
+        burst: int = 60,
+    ) -> None:
+        self.state = SessionState.AWAITING_JOIN
+        self.participant_id: str | None = None
+        self.lesson: Lesson | None = None
+        self._secret = secret
+        self._registry = registry
+        self._bucket = TokenBucket(rate_per_second, burst)
+        self._drops = 0
+
+    def receive_text(self, data: str | bytes, now: float) -> list[SessionEffect]:
+        """Handle one frame from the client."""
+        if self.state is SessionState.CLOSED:
+            return []
+        if not self._bucket.take(now):
+            self._drops += 1
+            if self._drops >= self.MAX_CONSECUTIVE_DROPS:
+                return self._close("flood", "too many messages; the connection was closed")
+            if self._drops == 1:
+                return [
+                    Reply(
+                        p.ErrorMessage(
+                            code="rate_limited",
+                            message="too many messages; some were dropped, slow down",
+                        )
+                    )
+                ]
+            return []
+        self._drops = 0
+        try:
+            message = p.parse_client_message(data)
+        except p.ProtocolError as exc:
+            if self.state is SessionState.AWAITING_JOIN:
+                return [_error(exc), *self._close(exc.code, "the first message must be join")]
+            return [_error(exc)]
+        if self.state is SessionState.AWAITING_JOIN:
+            if not isinstance(message, p.Join):
+                return self._close("join_required", "the first message must be join")
+            return self._join(message)
+        try:
+            return self._dispatch(message)
+        except p.ProtocolError as exc:
+            return [_error(exc)]
+
+    def join_timed_out(self) -> list[SessionEffect]:
+        """The join did not arrive in time."""
+        if self.state is not SessionState.AWAITING_JOIN:
+            return []
+        return self._close("join_timeout", f"no join within {JOIN_TIMEOUT_SECONDS:.0f} s")
+
+    def disconnected(self, reason: str) -> list[SessionEffect]:
+        """The socket is gone (closed, dropped or kicked): leave the lesson."""
+        effects: list[SessionEffect] = []
+        if self.lesson is not None and self.participant_id is not None:
+            effects += self.lesson.leave(self.participant_id, reason)
+            self._registry.discard_if_empty(self.lesson.id)
+        self.state = SessionState.CLOSED
+        return effects
+
+    # -- internals ---------------------------------------------------------
+
+    def _close(self, reason: str, message: str) -> list[SessionEffect]:
+        self.state = SessionState.CLOSED
+        return [Close(reason, message)]
+
+    def _join(self, message: p.Join) -> list[SessionEffect]:
+        try:
+            grant = verify_token(self._secret, message.token)
+        except TokenError as exc:
+            return [
+                Reply(p.ErrorMessage(code="bad_token", message=exc.reason, request_type="join")),
+                *self._close("bad_token", exc.reason),
+            ]
+        lesson = self._registry.lesson(grant.lesson)
+        effects: list[SessionEffect] = []
+        # The same link joining again is a reload or a reconnect: the newer socket wins.
+        for other in list(lesson.participants.values()):
+            if other.token_id == grant.token_id:
+                effects.append(
+                    Deliver(other.id, p.Bye(reason="replaced", message="you joined from elsewhere"))
+                )
+                effects += lesson.leave(other.id, "rejoined")
+        try:
+            participant, joined = lesson.join(grant)
+        except Forbidden as exc:
+            self._registry.discard_if_empty(lesson.id)
+            return [_error(exc), *self._close(exc.code, exc.message)]
+        self.state = SessionState.JOINED
+        self.participant_id = participant.id
+        self.lesson = lesson
+        return [*effects, Joined(participant), *joined]
+
+    def _dispatch(self, message: p.ClientMessage) -> list[SessionEffect]:
+        assert self.lesson is not None and self.participant_id is not None
+        pid = self.participant_id
+        if isinstance(message, p.Join):
+            raise p.ProtocolError("already_joined", "this socket has already joined", "join")
+        permission = MESSAGE_PERMISSIONS.get(message.type)
+        if permission is None:
+            raise Forbidden(f"{message.type} is not allowed", message.type)
+        self.lesson.require(pid, permission, message.type)
+        if isinstance(message, p.PublishOffer):
+            return [NegotiatePublish(pid, message)]
+        if isinstance(message, p.SubscribeAnswer):
+            return [AcceptSubscribeAnswer(pid, message.sdp)]
+        if isinstance(message, p.IceCandidate):
+            return [AddRemoteCandidate(pid, message)]
+        if isinstance(message, p.GrantPublish):
+            return list(self.lesson.grant_publish(pid, message.participant_id))
+        if isinstance(message, p.RevokePublish):
+            return list(self.lesson.revoke_publish(pid, message.participant_id))
+        if isinstance(message, p.Ping):
+            return [Reply(p.Pong())]
+        if isinstance(message, p.Leave):
+            return self._close("left", "you left the lesson")
+        raise Forbidden(f"{message.type} is not allowed", message.type)

@@ -1,0 +1,120 @@
+"""Signed join tokens.
+
+A join token is a JWT (HS256) signed with the server's secret. It carries
+everything that decides who a participant is: lesson, display name, role and
+school. Nothing a client sends later can change those.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+import jwt
+
+from .permissions import Role
+
+ALGORITHM = "HS256"
+ISSUER = "lco-classroom"
+# Minimum secret length: HS256 keys shorter than the hash output are weak.
+MIN_SECRET_BYTES = 32
+MAX_NAME_LENGTH = 80
+MAX_ID_LENGTH = 64
+
+
+class TokenError(Exception):
+    """A join token was refused; ``reason`` is safe to show to the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a valid token grants: the identity a participant joins with."""
+
+    lesson: str
+    name: str
+    role: Role
+    school: str
+    token_id: str
+    expires_at: int
+
+
+def _check_identifier(field: str, value: str) -> None:
+    if not value or len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{field} must be 1 to {MAX_ID_LENGTH} characters")
+    if not all(c.isalnum() or c in "-_." for c in value):
+        raise ValueError(f"{field} may contain only letters, digits, '-', '_' and '.'")
+
+
+def mint_token(
+    secret: bytes,
+    *,
+    lesson: str,
+    name: str,
+    role: Role,
+    school: str = "",
+    ttl_seconds: int = 4 * 3600,
+    now: float | None = None,
+) -> str:
+    """Sign a join token for one participant. Raises ``ValueError`` on bad fields."""
+    _check_identifier("lesson", lesson)
+    if school:
+        _check_identifier("school", school)
+    if not name.strip() or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"name must be 1 to {MAX_NAME_LENGTH} characters")
+    if ttl_seconds <= 0:
+        raise ValueError("ttl must be positive")
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "iss": ISSUER,
+        "iat": issued,
+        "exp": issued + ttl_seconds,
+        "jti": secrets.token_urlsafe(12),
+        "lesson": lesson,
+        "name": name.strip(),
+        "role": role.value,
+        "school": school,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: bytes, token: str) -> Grant:
+    """Check a token's signature, expiry and fields; raise ``TokenError`` with a reason."""
+    if not isinstance(token, str) or not token:
+        raise TokenError("no join token was given")
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            options={"require": ["exp", "iat", "iss", "jti"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("the join link has expired; ask the teacher for a new one") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("the join link is not valid for this server (bad signature)") from None
+    except jwt.DecodeError:
+        raise TokenError("the join link is damaged (token cannot be read)") from None
+    except jwt.InvalidTokenError as exc:
+        raise TokenError(f"the join link is not valid ({exc})") from None
+    try:
+        role = Role(str(claims["role"]))
+        lesson = str(claims["lesson"])
+        name = str(claims["name"])
+        school = str(claims.get("school", ""))
+        _check_identifier("lesson", lesson)
+    except (KeyError, ValueError):
+        raise TokenError("the join link is not valid (missing or bad fields)") from None
+    return Grant(
+        lesson=lesson,
+        name=name,
+        role=role,
+        school=school,
+        token_id=str(claims["jti"]),
+        expires_at=int(claims["exp"]),
+    )
