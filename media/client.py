@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +39,7 @@ class ReceivedTrack:
     subscribed_at: float = field(default_factory=time.monotonic)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     first_frame: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
     width: int = 0
     height: int = 0
 
@@ -105,16 +106,24 @@ class LessonClient:
         text = message if isinstance(message, str) else p.encode_client_message(message)
         await self._ws.send(text)
 
-    async def wait_for(
+    def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0
-    ) -> dict[str, Any]:
-        """Wait for the next server message matching ``predicate``."""
+    ) -> Awaitable[dict[str, Any]]:
+        """Expect a server message matching ``predicate``; await the result.
+
+        The expectation is registered at call time, so call this before sending
+        the request whose reply you wait for.
+        """
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.append((predicate, future))
-        try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        finally:
-            self._waiters = [(pr, f) for pr, f in self._waiters if f is not future]
+
+        async def wait() -> dict[str, Any]:
+            try:
+                return await asyncio.wait_for(future, timeout)
+            finally:
+                self._waiters = [(pr, f) for pr, f in self._waiters if f is not future]
+
+        return wait()
 
     # -- publishing ----------------------------------------------------------
 
@@ -203,6 +212,7 @@ class LessonClient:
             while True:
                 frame = await track.recv()
                 received.frames += 1
+                received.progress.set()
                 if received.first_frame_at is None:
                     received.first_frame_at = time.monotonic()
                     received.first_frame.set()
@@ -223,6 +233,15 @@ class LessonClient:
             if r.participant_id == participant_id and r.kind == kind
         ]
         return matches[-1] if matches else None
+
+    @staticmethod
+    async def wait_frames(track: ReceivedTrack, count: int, timeout: float = 15.0) -> None:
+        """Wait until ``count`` more frames arrived on ``track``."""
+        target = track.frames + count
+        async with asyncio.timeout(timeout):
+            while track.frames < target:
+                track.progress.clear()
+                await track.progress.wait()
 
     async def wait_track(
         self, participant_id: str, kind: str, timeout: float = 15.0

@@ -126,7 +126,6 @@ class _ImmediateAudioBuffer:
 _original_get_decoder = aiortc.rtcrtpreceiver.get_decoder  # type: ignore[attr-defined]
 _original_get_encoder = aiortc.rtcrtpsender.get_encoder  # type: ignore[attr-defined]
 _original_get_host_addresses = aioice.ice.get_host_addresses
-_installed = False
 
 
 def _counting_get_decoder(codec: Any) -> Any:
@@ -151,10 +150,8 @@ def _counting_get_encoder(codec: Any) -> _CountingEncoder:
 
 def install_forwarding_hooks() -> None:
     """Make every receiver in this process yield encoded frames (the SFU process)."""
-    global _installed
     setattr(aiortc.rtcrtpreceiver, "get_decoder", _passthrough_get_decoder)  # noqa: B010
     setattr(aiortc.rtcrtpsender, "get_encoder", _counting_get_encoder)  # noqa: B010
-    _installed = True
 
 
 def install_counting_hooks() -> None:
@@ -163,9 +160,10 @@ def install_counting_hooks() -> None:
     setattr(aiortc.rtcrtpsender, "get_encoder", _counting_get_encoder)  # noqa: B010
 
 
-def forwarding_hooks_installed() -> bool:
-    """Whether this process forwards encoded frames."""
-    return _installed
+def uninstall_hooks() -> None:
+    """Give aiortc back its own decoder and encoder lookup (tests that mix roles)."""
+    setattr(aiortc.rtcrtpreceiver, "get_decoder", _original_get_decoder)  # noqa: B010
+    setattr(aiortc.rtcrtpsender, "get_encoder", _original_get_encoder)  # noqa: B010
 
 
 def set_host_addresses(addresses: Sequence[str] | None) -> None:

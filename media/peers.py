@@ -87,7 +87,11 @@ def restrict_offer_codecs(sdp: str) -> str:
     aiortc answers with the offer's codecs in the offer's order, so removing the
     others here makes the publisher send one of ours.
     """
+    if not sdp.lstrip().startswith("v=0"):
+        raise ValueError("it does not start with v=0")
     description = SessionDescription.parse(sdp)
+    if not any(m.kind in ("audio", "video") for m in description.media):
+        raise ValueError("it has no audio or video section")
     for media in description.media:
         if media.kind not in ("audio", "video"):
             continue

@@ -15,7 +15,7 @@ AUDIO_RATE = 48_000
 AUDIO_PTIME = 0.020
 
 
-class TestPatternVideoTrack(MediaStreamTrack):
+class PatternVideoTrack(MediaStreamTrack):
     """Moving bars, so that an encoder produces real inter frames."""
 
     kind = "video"

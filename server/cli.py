@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="web origin allowed to open the signalling socket besides the server's own "
         "(env LCO_ALLOWED_ORIGINS, comma separated)",
     )
+    serve.add_argument(
+        "--join-timeout",
+        type=float,
+        default=float(os.environ.get("LCO_JOIN_TIMEOUT", "10")),
+        help="seconds a new socket has to send its join (default 10)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
 
     token = commands.add_parser("token", help="mint a signed join link")
@@ -129,6 +135,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         public_ip=args.public_ip,
         ice_servers=tuple(parse_ice_server(s) for s in ice_specs),
         allowed_origins=tuple(origins),
+        join_timeout=args.join_timeout,
     )
 
 

@@ -108,7 +108,7 @@ class ParticipantConnection:
                 item = await asyncio.wait_for(self._inbox.get(), timeout)
             except TimeoutError:
                 if not joined:
-                    await self._apply(self._session.join_timed_out())
+                    await self._apply(self._session.join_timed_out(settings.join_timeout))
                     return "join timeout"
                 await self._apply([Close("timeout", "no message for too long; reconnect")])
                 return "timed out"

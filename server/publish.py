@@ -11,7 +11,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from media import hooks
 from media.client import LessonClient
-from media.testsource import TestPatternVideoTrack, ToneAudioTrack
+from media.testsource import PatternVideoTrack, ToneAudioTrack
 from signaling import protocol as p
 
 
@@ -29,7 +29,7 @@ def _tracks(source: str) -> list[tuple[MediaStreamTrack, p.Source]]:
     if source == "none":
         return []
     if source == "test-pattern":
-        return [(TestPatternVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")]
+        return [(PatternVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")]
     player = MediaPlayer(source)
     tracks: list[tuple[MediaStreamTrack, p.Source]] = []
     if player.video is not None:

@@ -7,6 +7,9 @@ import socket
 
 import uvicorn
 
+from media import hooks
+from signaling.protocol import MAX_MESSAGE_BYTES
+
 from .app import create_app
 from .config import Settings
 from .state import ServerState
@@ -28,13 +31,18 @@ class _LessonServer(uvicorn.Server):
 
 def run_server(settings: Settings, log_level: str = "info") -> None:
     """Serve until SIGINT or SIGTERM."""
+    # Process-wide: every aiortc receiver in this process yields encoded frames.
+    hooks.install_forwarding_hooks()
+    hooks.set_host_addresses(settings.ice_host_addresses)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
-        ws_max_size=64 * 1024,
+        # Frames up to 1 MiB reach our parser, which answers oversized messages
+        # with an error naming the limit; larger frames close the socket (1009).
+        ws_max_size=16 * MAX_MESSAGE_BYTES,
         # Our own keep-alive (ping messages) decides when a participant is gone.
         ws_ping_interval=20,
         ws_ping_timeout=20,

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCIceServer
 
-from media import hooks
 from media.peers import IceSettings
 from media.sfu import Sfu
 from signaling import protocol as p
@@ -29,8 +28,6 @@ class ServerState:
     """Everything one server process shares between connections."""
 
     def __init__(self, settings: Settings) -> None:
-        hooks.install_forwarding_hooks()
-        hooks.set_host_addresses(settings.ice_host_addresses)
         self.settings = settings
         ice_servers = [
             p.IceServer(urls=[s.url], username=s.username, credential=s.credential)

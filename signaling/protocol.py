@@ -47,6 +47,8 @@ class Join(_Message):
 
     type: Literal["join"] = "join"
     token: str = Field(min_length=1, max_length=4096)
+    # The lesson the client means to join (from its page); must match the token's.
+    lesson: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class PublishedTrackSpec(BaseModel):
@@ -315,7 +317,8 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
     if not isinstance(raw, dict):
         raise ProtocolError("malformed_message", "message must be a JSON object")
     version = raw.get("v")
-    if version != PROTOCOL_VERSION:
+    # ``True == 1`` in Python: insist on a real integer.
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise ProtocolError(
             "unsupported_version",
             f"protocol version {version!r} is not supported; this server speaks v=1",

@@ -168,11 +168,11 @@ class SignalingSession:
         except p.ProtocolError as exc:
             return [_error(exc)]
 
-    def join_timed_out(self) -> list[SessionEffect]:
-        """The join did not arrive in time."""
+    def join_timed_out(self, seconds: float = JOIN_TIMEOUT_SECONDS) -> list[SessionEffect]:
+        """The join did not arrive within ``seconds``."""
         if self.state is not SessionState.AWAITING_JOIN:
             return []
-        return self._close("join_timeout", f"no join within {JOIN_TIMEOUT_SECONDS:.0f} s")
+        return self._close("join_timeout", f"no join within {seconds:g} s")
 
     def disconnected(self, reason: str) -> list[SessionEffect]:
         """The socket is gone (closed, dropped or kicked): leave the lesson."""
@@ -196,6 +196,12 @@ class SignalingSession:
             return [
                 Reply(p.ErrorMessage(code="bad_token", message=exc.reason, request_type="join")),
                 *self._close("bad_token", exc.reason),
+            ]
+        if message.lesson is not None and message.lesson != grant.lesson:
+            reason = "this join link is for another lesson"
+            return [
+                Reply(p.ErrorMessage(code="bad_token", message=reason, request_type="join")),
+                *self._close("bad_token", reason),
             ]
         lesson = self._registry.lesson(grant.lesson)
         effects: list[SessionEffect] = []

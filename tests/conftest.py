@@ -1,0 +1,121 @@
+"""Shared fixtures: settings, tokens, a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from signaling.permissions import Role
+from signaling.tokens import mint_token
+
+SECRET = "test-secret-" + "x" * 40
+
+
+@dataclass
+class RunningServer:
+    """An ``lco serve`` process on loopback."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def token(self, name: str, role: Role, lesson: str = "lesson-1", school: str = "north") -> str:
+        return mint_token(SECRET.encode(), lesson=lesson, name=name, role=role, school=school)
+
+    def metrics(self) -> dict[str, object]:
+        response = httpx.get(f"{self.http}/metrics", timeout=5)
+        response.raise_for_status()
+        result: dict[str, object] = response.json()
+        return result
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_server(tmp: Path, *extra: str) -> RunningServer:
+    """Start ``lco serve`` and wait until /healthz answers (or the process dies)."""
+    port = free_port()
+    log_path = tmp / f"server-{port}.log"
+    log = log_path.open("wb")
+    env = {**os.environ, "LCO_SECRET": SECRET}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp / "data"),
+            "--ice-host",
+            "127.0.0.1",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    server = RunningServer(process, port, tmp / "data", log_path)
+    # Poll the health endpoint: the event we wait for is "the server answers".
+    with httpx.Client(timeout=1.0) as client:
+        for _ in range(300):
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{server.log()}")
+            try:
+                if client.get(f"{server.http}/healthz").status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            try:
+                process.wait(0.05)
+            except subprocess.TimeoutExpired:
+                pass
+    process.kill()
+    raise RuntimeError(f"server did not become healthy:\n{server.log()}")
+
+
+def stop_server(server: RunningServer) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(15)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("server"))
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture
+def teacher_token() -> str:
+    return mint_token(SECRET.encode(), lesson="lesson-1", name="Ms T", role=Role.TEACHER)

@@ -1,0 +1,162 @@
+"""The aiortc and aioice private hooks the SFU depends on, exercised on real peers.
+
+If an aiortc upgrade moves any of them, a test here fails before anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import itertools
+from collections.abc import AsyncIterator
+from importlib.metadata import version
+from typing import Any
+
+import aiortc
+import av
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
+from aiortc.mediastreams import MediaStreamTrack
+
+from media import hooks
+
+
+class PacketTrack(MediaStreamTrack):
+    """Sends pre-encoded frames (``av.Packet``), as a forwarding SFU does."""
+
+    def __init__(self, kind: str, packets: list[av.Packet[Any]]) -> None:
+        super().__init__()
+        self.kind = kind
+        self._packets = packets
+        self._index = 0
+
+    async def recv(self) -> av.Packet[Any]:
+        await asyncio.sleep(0.02)
+        packet = self._packets[self._index % len(self._packets)]
+        self._index += 1
+        copy = av.Packet(bytes(packet))
+        copy.pts = packet.pts + (self._index // len(self._packets)) * 9000 * len(self._packets)
+        copy.time_base = packet.time_base
+        return copy
+
+
+def vp8_packets(count: int = 30) -> list[av.Packet[Any]]:
+    context = av.CodecContext.create("libvpx", "w")
+    context.width, context.height = 160, 120
+    context.pix_fmt = "yuv420p"
+    context.time_base = fractions.Fraction(1, 30)
+    packets: list[av.Packet[Any]] = []
+    for i in range(count):
+        frame = av.VideoFrame(160, 120, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes([(i * 8) % 256]) * plane.buffer_size)
+        frame.pts = i
+        packets += context.encode(frame)
+    for packet in packets:
+        packet.pts = packet.pts * 3000  # 90 kHz
+        packet.time_base = fractions.Fraction(1, 90000)
+    return packets
+
+
+def opus_packets(count: int = 50) -> list[av.Packet[Any]]:
+    packets = []
+    for i in range(count):
+        packet = av.Packet(b"\xfc\xff\xfe")  # an Opus "silence" TOC byte and padding
+        packet.pts = i * 960
+        packet.time_base = fractions.Fraction(1, 48000)
+        packets.append(packet)
+    return packets
+
+
+@pytest.fixture(autouse=True)
+def forwarding_process() -> AsyncIterator[None]:
+    hooks.install_forwarding_hooks()
+    hooks.set_host_addresses(["127.0.0.1"])
+    yield
+    hooks.uninstall_hooks()
+    hooks.set_host_addresses(None)
+
+
+async def connect(track: MediaStreamTrack) -> tuple[RTCPeerConnection, RTCPeerConnection]:
+    sender_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    receiver_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    sender_pc.addTransceiver(track, direction="sendonly")
+    await sender_pc.setLocalDescription(await sender_pc.createOffer())
+    await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+    await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+    await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+    return sender_pc, receiver_pc
+
+
+def receiver_of(pc: RTCPeerConnection) -> RTCRtpReceiver:
+    (transceiver,) = pc.getTransceivers()
+    return transceiver.receiver
+
+
+def test_the_pinned_versions_are_installed() -> None:
+    assert aiortc.__version__ == hooks.PINNED_AIORTC
+    assert version("aioice") == hooks.PINNED_AIOICE
+
+
+async def test_host_addresses_hook_limits_candidates() -> None:
+    sender_pc, receiver_pc = await connect(PacketTrack("video", vp8_packets(2)))
+    try:
+        candidates = [
+            line for line in sender_pc.localDescription.sdp.splitlines() if "a=candidate" in line
+        ]
+        assert candidates
+        assert all(" 127.0.0.1 " in line for line in candidates)
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+async def test_receivers_yield_encoded_frames_and_senders_pack_them() -> None:
+    before = hooks.COUNTERS.snapshot()
+    sender_pc, receiver_pc = await connect(PacketTrack("video", vp8_packets()))
+    try:
+        track = receiver_of(receiver_pc).track
+        first = await asyncio.wait_for(track.recv(), 10)
+        assert isinstance(first, av.Packet)
+        assert first.is_keyframe
+        second = await asyncio.wait_for(track.recv(), 10)
+        assert isinstance(second, av.Packet) and not second.is_keyframe
+        after = hooks.COUNTERS.snapshot()
+        assert after["frames_passed_through"] > before["frames_passed_through"]
+        assert after["frames_packed"] > before["frames_packed"]
+        assert after["frames_decoded"] == before["frames_decoded"]
+        assert after["frames_encoded"] == before["frames_encoded"]
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+async def test_audio_is_released_packet_by_packet() -> None:
+    sender_pc, receiver_pc = await connect(PacketTrack("audio", opus_packets()))
+    try:
+        receiver = receiver_of(receiver_pc)
+        assert hasattr(receiver, "_RTCRtpReceiver__jitter_buffer")
+        hooks.release_audio_immediately(receiver)
+        frames = [await asyncio.wait_for(receiver.track.recv(), 10) for _ in range(5)]
+        pts = [frame.pts for frame in frames]
+        # Consecutive 20 ms packets, none held back: each step is one Opus frame.
+        assert [b - a for a, b in itertools.pairwise(pts)] == [960] * 4
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+async def test_a_pli_reaches_the_senders_keyframe_hook() -> None:
+    sender_pc, receiver_pc = await connect(PacketTrack("video", vp8_packets()))
+    try:
+        requested = asyncio.Event()
+        (transceiver,) = sender_pc.getTransceivers()
+        hooks.on_keyframe_request(transceiver.sender, requested.set)
+        receiver = receiver_of(receiver_pc)
+        await asyncio.wait_for(receiver.track.recv(), 10)
+        assert hasattr(receiver, "_RTCRtpReceiver__rtx_ssrc")
+        assert await hooks.send_pli(receiver)
+        await asyncio.wait_for(requested.wait(), 5)
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()

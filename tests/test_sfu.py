@@ -1,0 +1,178 @@
+"""End to end: a real server process and real aiortc peers over loopback.
+
+The test process decodes what it receives (proof the forwarded media is valid);
+the server must have decoded and encoded nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from media import hooks
+from media.client import LessonClient
+from media.testsource import PatternVideoTrack, ToneAudioTrack
+from signaling import protocol as p
+from signaling.permissions import Role
+
+from .conftest import RunningServer
+
+
+@pytest.fixture(autouse=True)
+def decoding_clients() -> Iterator[None]:
+    hooks.install_counting_hooks()
+    hooks.set_host_addresses(["127.0.0.1"])
+    yield
+    hooks.uninstall_hooks()
+    hooks.set_host_addresses(None)
+
+
+@pytest.fixture
+async def clients(server: RunningServer) -> AsyncIterator[Any]:
+    opened: list[LessonClient] = []
+
+    async def join(name: str, role: Role, lesson: str, school: str = "north") -> LessonClient:
+        client = LessonClient(server.ws, server.token(name, role, lesson=lesson, school=school))
+        await client.connect()
+        opened.append(client)
+        return client
+
+    yield join
+    for client in opened:
+        await client.close()
+
+
+def camera_and_microphone() -> list[tuple[Any, p.Source]]:
+    return [(PatternVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")]
+
+
+def sfu_metrics(server: RunningServer) -> dict[str, int]:
+    sfu = server.metrics()["sfu"]
+    assert isinstance(sfu, dict)
+    return sfu
+
+
+async def test_a_teacher_reaches_students_and_a_classroom_without_transcoding(
+    server: RunningServer, clients: Any
+) -> None:
+    teacher = await clients("Ms T", Role.TEACHER, "fanout")
+    watchers = [
+        await clients("Ana", Role.STUDENT, "fanout", "south"),
+        await clients("Ben", Role.STUDENT, "fanout", "east"),
+        await clients("Room 4", Role.CLASSROOM, "fanout", "west"),
+    ]
+    reply = await teacher.publish(camera_and_microphone())
+    assert reply["type"] == "publish_answer"
+    for watcher in watchers:
+        video = await watcher.wait_track(teacher.participant_id or "", "video")
+        audio = await watcher.wait_track(teacher.participant_id or "", "audio")
+        assert (video.width, video.height) == (320, 240)
+        assert video.source == "camera" and audio.source == "microphone"
+    # Keep receiving: frames keep arriving, decodable, on every subscriber.
+    for watcher in watchers:
+        video = watcher.track_from(teacher.participant_id or "", "video")
+        assert video is not None
+        await watcher.wait_frames(video, 10)
+    metrics = sfu_metrics(server)
+    assert metrics["frames_decoded"] == 0
+    assert metrics["frames_encoded"] == 0
+    assert metrics["frames_packed"] > 0
+    assert metrics["frames_passed_through"] > 0
+
+
+async def test_a_late_joiner_gets_video_after_a_relayed_keyframe_request(
+    server: RunningServer, clients: Any
+) -> None:
+    teacher = await clients("Ms T", Role.TEACHER, "late")
+    early = await clients("Early", Role.CLASSROOM, "late")
+    await teacher.publish(camera_and_microphone())
+    await early.wait_track(teacher.participant_id or "", "video")
+    relayed_before = sfu_metrics(server)["keyframe_requests_relayed"]
+    late = await clients("Late", Role.STUDENT, "late")
+    assert [x["id"] for x in late.welcome["participants"]] == [  # type: ignore[index]
+        teacher.participant_id,
+        early.participant_id,
+    ]
+    video = await late.wait_track(teacher.participant_id or "", "video", timeout=10)
+    assert video.frames >= 1
+    assert sfu_metrics(server)["keyframe_requests_relayed"] > relayed_before
+
+
+async def test_when_the_teacher_leaves_tracks_end_and_the_list_updates(
+    server: RunningServer, clients: Any
+) -> None:
+    teacher = await clients("Ms T", Role.TEACHER, "leave")
+    room = await clients("Room", Role.CLASSROOM, "leave")
+    await teacher.publish(camera_and_microphone())
+    video = await room.wait_track(teacher.participant_id or "", "video")
+    audio = await room.wait_track(teacher.participant_id or "", "audio")
+    left = room.wait_for(lambda m: m["type"] == "participant_left")
+    await teacher.close()
+    message = await left
+    assert message["participant_id"] == teacher.participant_id
+    await asyncio.wait_for(video.ended.wait(), 10)
+    await asyncio.wait_for(audio.ended.wait(), 10)
+    assert teacher.participant_id not in room.participants
+
+
+async def test_a_student_publishes_only_with_a_grant_and_revocation_stops_it(
+    server: RunningServer, clients: Any
+) -> None:
+    teacher = await clients("Ms T", Role.TEACHER, "grant")
+    student = await clients("Ana", Role.STUDENT, "grant")
+    refused = await student.publish([(ToneAudioTrack(), "microphone")])
+    assert refused["type"] == "error" and refused["code"] == "forbidden"
+    assert "until the teacher allows it" in refused["message"]
+    await student.close()
+
+    student = await clients("Ana", Role.STUDENT, "grant")
+    granted = student.wait_for(lambda m: m["type"] == "permissions_changed")
+    await teacher.send(p.GrantPublish(participant_id=student.participant_id or ""))
+    assert "publish" in (await granted)["permissions"]
+    reply = await student.publish(camera_and_microphone())
+    assert reply["type"] == "publish_answer"
+    video = await teacher.wait_track(student.participant_id or "", "video")
+    audio = await teacher.wait_track(student.participant_id or "", "audio")
+
+    unpublished = teacher.wait_for(lambda m: m["type"] == "track_unpublished")
+    await teacher.send(p.RevokePublish(participant_id=student.participant_id or ""))
+    message = await unpublished
+    assert message["participant_id"] == student.participant_id
+    assert message["reason"] == "publishing revoked"
+    await asyncio.wait_for(video.ended.wait(), 10)
+    await asyncio.wait_for(audio.ended.wait(), 10)
+    assert sfu_metrics(server)["forwarded_tracks"] == 0 or all(
+        t.participant_id != student.participant_id
+        for t in teacher.received.values()
+        if not t.ended.is_set()
+    )
+    refused_again = student.wait_for(lambda m: m["type"] == "error")
+    await student.send(json.dumps({"v": 1, "type": "publish_offer", "sdp": "v=0", "tracks": []}))
+    assert (await refused_again)["code"] == "forbidden"
+
+
+async def test_join_and_leave_cycles_leak_nothing(server: RunningServer, clients: Any) -> None:
+    teacher = await clients("Ms T", Role.TEACHER, "cycles")
+    await teacher.publish(camera_and_microphone())
+
+    async def cycle() -> None:
+        student = LessonClient(server.ws, server.token("S", Role.STUDENT, lesson="cycles"))
+        await student.connect()
+        await student.wait_track(teacher.participant_id or "", "video")
+        left = teacher.wait_for(lambda m: m["type"] == "participant_left")
+        await student.close()
+        await left
+
+    await cycle()  # warm up lazily created pools and caches
+    before = server.metrics()
+    for _ in range(20):
+        await cycle()
+    after = server.metrics()
+    for resource in ("asyncio_tasks", "threads", "open_fds", "connections", "bus_topics"):
+        assert after[resource] == before[resource], resource
+    assert after["sfu"]["subscriptions"] == before["sfu"]["subscriptions"]  # type: ignore[index]
+    assert after["sfu"]["peer_connections"] == before["sfu"]["peer_connections"]  # type: ignore[index]
