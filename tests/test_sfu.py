@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiortc.rtp import is_rtcp
+from aiortc.sdp import SessionDescription
 
 from media import hooks
 from media.client import LessonClient
@@ -19,7 +23,7 @@ from media.testsource import PatternVideoTrack, ToneAudioTrack
 from signaling import protocol as p
 from signaling.permissions import Role
 
-from .conftest import RunningServer
+from .conftest import RunningServer, start_server, stop_server
 
 
 @pytest.fixture(autouse=True)
@@ -176,3 +180,89 @@ async def test_join_and_leave_cycles_leak_nothing(server: RunningServer, clients
         assert after[resource] == before[resource], resource
     assert after["sfu"]["subscriptions"] == before["sfu"]["subscriptions"]  # type: ignore[index]
     assert after["sfu"]["peer_connections"] == before["sfu"]["peer_connections"]  # type: ignore[index]
+
+
+def rtx_payload_types(sdp: str) -> set[int]:
+    description = SessionDescription.parse(sdp)
+    return {c.payloadType for m in description.media for c in m.rtp.codecs if c.name == "rtx"}
+
+
+def video_transport(pc: Any) -> Any:
+    (transceiver,) = [t for t in pc.getTransceivers() if t.kind == "video"]
+    return transceiver.sender.transport
+
+
+async def test_lost_packets_are_recovered_with_nack_and_rtx_on_each_hop(
+    server: RunningServer, clients: Any
+) -> None:
+    """Drop every 15th video packet on each hop; both hops must retransmit them."""
+    teacher = await clients("Ms T", Role.TEACHER, "nack")
+    room = await clients("Room", Role.CLASSROOM, "nack")
+    await teacher.publish([(PatternVideoTrack(), "camera")])
+    video = await room.wait_track(teacher.participant_id or "", "video")
+
+    # Hop 1, publisher -> server: drop outgoing first transmissions, count RTX sent.
+    publish_transport = video_transport(teacher.publish_pc)
+    publish_rtx = rtx_payload_types(teacher.publish_pc.remoteDescription.sdp)  # type: ignore[union-attr]
+    sent = {"media": 0, "rtx": 0}
+    send_rtp = publish_transport._send_rtp
+
+    async def lossy_send(data: bytes) -> None:
+        if not is_rtcp(data):
+            payload_type = data[1] & 0x7F
+            if payload_type in publish_rtx:
+                sent["rtx"] += 1
+            else:
+                sent["media"] += 1
+                if sent["media"] % 15 == 0:
+                    return
+        await send_rtp(data)
+
+    publish_transport._send_rtp = lossy_send
+
+    # Hop 2, server -> subscriber: drop incoming first transmissions, count RTX received.
+    subscribe_transport = video_transport(room.subscribe_pc)
+    subscribe_rtx = rtx_payload_types(room.subscribe_pc.remoteDescription.sdp)  # type: ignore[union-attr]
+    received = {"media": 0, "rtx": 0}
+    handle_rtp = subscribe_transport._handle_rtp_data
+
+    async def lossy_receive(data: bytes, arrival_time_ms: int) -> None:
+        payload_type = data[1] & 0x7F
+        if payload_type in subscribe_rtx:
+            received["rtx"] += 1
+        else:
+            received["media"] += 1
+            if received["media"] % 15 == 0:
+                return
+        await handle_rtp(data, arrival_time_ms)
+
+    subscribe_transport._handle_rtp_data = lossy_receive
+
+    await room.wait_frames(video, 45, timeout=20)
+    assert sent["rtx"] > 0, "the server never NACKed the publisher's lost packets"
+    assert received["rtx"] > 0, "the server never retransmitted the subscriber's lost packets"
+
+
+async def test_sigterm_tells_everyone_and_closes_peer_connections(
+    tmp_path: Path, clients: Any
+) -> None:
+    own = start_server(tmp_path)
+    try:
+        teacher = LessonClient(own.ws, own.token("T", Role.TEACHER, lesson="stop"))
+        room = LessonClient(own.ws, own.token("R", Role.CLASSROOM, lesson="stop"))
+        for client in (teacher, room):
+            await client.connect()
+        await teacher.publish(camera_and_microphone())
+        video = await room.wait_track(teacher.participant_id or "", "video")
+        byes = [c.wait_for(lambda m: m["type"] == "bye") for c in (teacher, room)]
+        own.process.send_signal(signal.SIGTERM)
+        for bye in byes:
+            assert (await bye)["reason"] == "server_shutdown"
+        await asyncio.wait_for(video.ended.wait(), 10)
+        for client in (teacher, room):
+            await asyncio.wait_for(client.closed.wait(), 10)
+            await client.close()
+        assert await asyncio.to_thread(own.process.wait, 15) in (0, -signal.SIGTERM)
+        assert "all participants told; peer connections closed" in own.log()
+    finally:
+        stop_server(own)
