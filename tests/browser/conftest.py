@@ -1,0 +1,192 @@
+"""Fixtures for tests that drive the web client in headless Chromium.
+
+The whole run happens inside the private network namespace made by
+``scripts/netns-run`` (Chromium gathers no ICE candidates on loopback): the
+real ``lco serve`` runs as a subprocess announcing the namespace's veth
+address, and pages are opened at ``http://127.0.0.1`` (a secure context).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Playwright, sync_playwright
+
+from signaling.permissions import Role
+from signaling.tokens import mint_token
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("LCO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A running ``lco serve`` and the secret its tokens are signed with."""
+
+    url: str
+    secret: bytes
+    process: subprocess.Popen[bytes]
+
+    def link(
+        self,
+        lesson: str,
+        name: str,
+        role: Role,
+        school: str = "",
+        *,
+        ttl_seconds: int = 3600,
+        now: float | None = None,
+    ) -> str:
+        """A join link as ``lco token`` prints it."""
+        token = mint_token(
+            self.secret,
+            lesson=lesson,
+            name=name,
+            role=role,
+            school=school,
+            ttl_seconds=ttl_seconds,
+            now=now,
+        )
+        return f"{self.url}/join#token={token}"
+
+
+@pytest.fixture(scope="session")
+def host_address() -> str:
+    """The namespace's veth address; browser tests only run inside scripts/netns-run."""
+    address = os.environ.get("LCO_TEST_HOST_ADDRESS")
+    if not address:
+        pytest.skip(
+            "browser tests need the test network namespace: "
+            "run them via scripts/netns-run (scripts/test does)"
+        )
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (install Debian's chromium package)")
+    return address
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"lco serve exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)  # polling for start-up, not waiting out a race
+    raise TimeoutError("lco serve did not become healthy")
+
+
+def start_server(
+    port: int, secret: str, host_address: str, data_dir: str
+) -> subprocess.Popen[bytes]:
+    """Start ``lco serve`` on 127.0.0.1:``port`` and wait until it is healthy."""
+    lco = Path(sys.executable).with_name("lco")
+    process = subprocess.Popen(
+        [
+            str(lco),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ice-host",
+            host_address,
+            "--data-dir",
+            data_dir,
+            "--log-level",
+            "warning",
+        ],
+        env={**os.environ, "LCO_SECRET": secret},
+    )
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", process)
+    except BaseException:
+        stop_server(process)
+        raise
+    return process
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server gracefully (it says bye to everyone), or kill it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(host_address: str) -> Iterator[Server]:
+    """The real server, one per test module."""
+    port = free_port()
+    secret = secrets.token_urlsafe(32)
+    with tempfile.TemporaryDirectory(prefix="lco-browser-") as data_dir:
+        process = start_server(port, secret, host_address, data_dir)
+        try:
+            yield Server(url=f"http://127.0.0.1:{port}", secret=secret.encode(), process=process)
+        finally:
+            stop_server(process)
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as pw:
+        yield pw
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright, host_address: str) -> Iterator[Browser]:
+    """One headless Chromium; each participant gets its own fresh context."""
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

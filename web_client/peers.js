@@ -1,0 +1,186 @@
+// The two peer connections of a participant. The client always offers the
+// publish connection and always answers the subscribe connection: no glare.
+// Each connection runs one negotiation at a time (a promise chain).
+
+/**
+ * Make a sending transceiver use VP8 (video) or Opus (audio). The server
+ * forwards encoded frames, so publishers and subscribers must share a codec.
+ */
+export function preferForwardableCodecs(transceiver, kind) {
+  if (!RTCRtpSender.getCapabilities || !transceiver.setCodecPreferences) return;
+  const codecs = RTCRtpSender.getCapabilities(kind)?.codecs ?? [];
+  const wanted = kind === "video" ? ["video/vp8", "video/rtx"] : ["audio/opus"];
+  const chosen = wanted.flatMap((mime) => codecs.filter((c) => c.mimeType.toLowerCase() === mime));
+  if (chosen.length) transceiver.setCodecPreferences(chosen);
+}
+
+function trickle(pc, name, send) {
+  pc.addEventListener("icecandidate", (event) => {
+    if (!event.candidate || !event.candidate.candidate) return; // end of candidates: not needed
+    send("ice_candidate", {
+      pc: name,
+      candidate: event.candidate.candidate,
+      sdp_mid: event.candidate.sdpMid ?? undefined,
+      sdp_mline_index: event.candidate.sdpMLineIndex ?? undefined,
+    });
+  });
+}
+
+function watchFailure(pc, onFailed) {
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState === "failed") onFailed();
+  });
+}
+
+/** The publish connection: our camera, microphone and screen, one transceiver each. */
+export class Publisher {
+  constructor(iceServers, send, onFailed) {
+    this.send = send;
+    this.pc = new RTCPeerConnection({ iceServers });
+    this.sending = new Map(); // source -> RTCRtpTransceiver
+    this.chain = Promise.resolve();
+    this.pending = null; // {resolve, reject} of the offer waiting for its answer
+    trickle(this.pc, "publish", send);
+    watchFailure(this.pc, onFailed);
+  }
+
+  /**
+   * Add `track` as `source` (camera, microphone, screen, screen_audio); call
+   * negotiate() once after adding several.
+   */
+  add(track, source, stream) {
+    const transceiver = this.pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    preferForwardableCodecs(transceiver, track.kind);
+    this.sending.set(source, transceiver);
+  }
+
+  /** Swap the track of a source without renegotiating (another camera or microphone). */
+  async replace(source, track) {
+    const transceiver = this.sending.get(source);
+    if (transceiver) await transceiver.sender.replaceTrack(track);
+  }
+
+  /** Stop sending `source`; the server sees the m-line inactive and unpublishes it. */
+  unpublish(source, { negotiate = true } = {}) {
+    const transceiver = this.sending.get(source);
+    if (!transceiver) return Promise.resolve();
+    this.sending.delete(source);
+    this.pc.removeTrack(transceiver.sender);
+    return negotiate ? this.negotiate() : Promise.resolve();
+  }
+
+  has(source) {
+    return this.sending.has(source);
+  }
+
+  negotiate() {
+    this.chain = this.chain.catch(() => {}).then(() => this.offerOnce());
+    return this.chain;
+  }
+
+  async offerOnce() {
+    if (this.pc.signalingState === "closed") return;
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    const tracks = [];
+    for (const [source, transceiver] of this.sending) {
+      if (transceiver.mid) tracks.push({ mid: transceiver.mid, source });
+    }
+    const answered = new Promise((resolve, reject) => (this.pending = { resolve, reject }));
+    if (!this.send("publish_offer", { sdp: this.pc.localDescription.sdp, tracks })) {
+      this.pending = null;
+      throw new Error("not connected");
+    }
+    const sdp = await answered;
+    await this.pc.setRemoteDescription({ type: "answer", sdp });
+  }
+
+  /** The server's publish_answer. */
+  answered(sdp) {
+    this.pending?.resolve(sdp);
+    this.pending = null;
+  }
+
+  /** The server refused our offer (error with request_type publish_offer). */
+  refused(message) {
+    this.pending?.reject(new Error(message));
+    this.pending = null;
+    if (this.pc.signalingState === "have-local-offer") {
+      this.pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+    }
+  }
+
+  close() {
+    this.pending?.reject(new Error("closed"));
+    this.pending = null;
+    this.pc.close();
+  }
+}
+
+/** The subscribe connection: the server offers the tracks we receive. */
+export class Subscriber {
+  /**
+   * @param handlers {{onTrack(info, track), onGone(info)}}
+   */
+  constructor(iceServers, send, handlers, onFailed) {
+    this.send = send;
+    this.handlers = handlers;
+    this.pc = new RTCPeerConnection({ iceServers });
+    this.byMid = new Map(); // mid -> {mid, track_id, participant_id, kind, source}
+    this.chain = Promise.resolve();
+    trickle(this.pc, "subscribe", send);
+    watchFailure(this.pc, onFailed);
+    this.pc.addEventListener("track", (event) => {
+      const info = this.byMid.get(event.transceiver.mid);
+      if (info) this.handlers.onTrack(info, event.track);
+    });
+  }
+
+  /** Answer one subscribe_offer; tracks missing from it are gone. */
+  offered(message) {
+    this.chain = this.chain
+      .catch(() => {})
+      .then(async () => {
+        if (this.pc.signalingState === "closed") return;
+        const current = new Map(message.tracks.map((t) => [t.mid, t]));
+        for (const [mid, info] of this.byMid) {
+          if (!current.has(mid) || current.get(mid).track_id !== info.track_id) {
+            this.byMid.delete(mid);
+            this.handlers.onGone(info);
+          }
+        }
+        for (const [mid, info] of current) this.byMid.set(mid, info);
+        await this.pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
+        await this.pc.setLocalDescription(await this.pc.createAnswer());
+        this.send("subscribe_answer", { sdp: this.pc.localDescription.sdp });
+      });
+    return this.chain;
+  }
+
+  /** inbound-rtp statistics, each with the track it carries. */
+  async inbound() {
+    const out = [];
+    const report = await this.pc.getStats();
+    report.forEach((s) => {
+      if (s.type !== "inbound-rtp") return;
+      const info = this.byMid.get(s.mid);
+      out.push({
+        mid: s.mid,
+        kind: s.kind,
+        track_id: info?.track_id ?? null,
+        participant_id: info?.participant_id ?? null,
+        source: info?.source ?? null,
+        packetsReceived: s.packetsReceived ?? 0,
+        bytesReceived: s.bytesReceived ?? 0,
+        framesDecoded: s.framesDecoded ?? 0,
+        frameWidth: s.frameWidth ?? 0,
+        frameHeight: s.frameHeight ?? 0,
+        codecId: s.codecId ?? null,
+      });
+    });
+    return out;
+  }
+
+  close() {
+    this.pc.close();
+  }
+}
