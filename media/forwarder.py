@@ -31,6 +31,7 @@ class ForwardingStats:
     __slots__ = (
         "frames_dropped",
         "frames_forwarded",
+        "frames_muted",
         "frames_received",
         "keyframe_requests_relayed",
         "keyframe_requests_suppressed",
@@ -40,6 +41,7 @@ class ForwardingStats:
         self.frames_received = 0
         self.frames_forwarded = 0
         self.frames_dropped = 0
+        self.frames_muted = 0
         self.keyframe_requests_relayed = 0
         self.keyframe_requests_suppressed = 0
 
@@ -131,6 +133,7 @@ class TrackForwarder:
         self._keyframe_pending = False
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._paused = False
 
     @property
     def subscriber_count(self) -> int:
@@ -151,6 +154,19 @@ class TrackForwarder:
         if self.kind == "video":
             self.request_keyframe()
         return track
+
+    def set_paused(self, paused: bool) -> None:
+        """Stop (or resume) forwarding to everyone at once: a moderator's mute.
+
+        Resumed video restarts on a keyframe, which is asked for at once.
+        """
+        if paused == self._paused:
+            return
+        self._paused = paused
+        if not paused and self.kind == "video":
+            for track in self._subscribers:
+                track.awaiting_keyframe = True
+            self.request_keyframe()
 
     def remove_subscriber(self, track: SubscriberTrack) -> None:
         """Stop forwarding to one subscriber (it left or unsubscribed)."""
@@ -211,6 +227,9 @@ class TrackForwarder:
                 except MediaStreamError:
                     break
                 self.stats.frames_received += 1
+                if self._paused:
+                    self.stats.frames_muted += 1
+                    continue
                 if not isinstance(packet, av.Packet):
                     # Only encoded frames are forwarded; anything else is a bug upstream.
                     self.stats.frames_dropped += 1

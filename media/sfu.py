@@ -228,6 +228,12 @@ class Sfu:
             if subscription is not None:
                 await self._remove_subscription(media, subscription)
 
+    def set_paused(self, track_id: str, paused: bool) -> None:
+        """Stop or resume forwarding a track to everyone (a moderator's mute)."""
+        forwarder = self._forwarders.get(track_id)
+        if forwarder is not None:
+            forwarder.set_paused(paused)
+
     # -- subscribing ---------------------------------------------------------
 
     async def subscribe(self, subscriber_id: str, publisher_id: str, track: p.TrackInfo) -> None:
@@ -258,6 +264,19 @@ class Sfu:
                 track=subscriber_track,
             )
         self._schedule_offer(media)
+
+    async def unsubscribe(self, subscriber_id: str, track_id: str) -> None:
+        """Stop forwarding one track to one subscriber; the track goes on for others."""
+        media = self._participants.get(subscriber_id)
+        if media is None:
+            return
+        subscription = media.subscriptions.pop(track_id, None)
+        if subscription is None:
+            return
+        forwarder = self._forwarders.get(track_id)
+        if forwarder is not None:
+            forwarder.remove_subscriber(subscription.track)
+        await self._remove_subscription(media, subscription)
 
     async def accept_subscribe_answer(self, participant_id: str, sdp: str) -> None:
         """Apply the client's answer to our subscribe offer. Raises :class:`MediaError`."""
@@ -298,6 +317,7 @@ class Sfu:
         """Counters for ``/metrics``."""
         totals = {
             "frames_received": 0,
+            "frames_muted": 0,
             "frames_forwarded": 0,
             "frames_dropped": 0,
             "keyframe_requests_relayed": 0,

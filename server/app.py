@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -61,8 +62,13 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        await state.shutdown()
+        heartbeat = asyncio.create_task(state.keep_heartbeat(), name="heartbeat")
+        try:
+            yield
+        finally:
+            heartbeat.cancel()
+            await state.shutdown()
+            state.close()
 
     app = Starlette(
         routes=[

@@ -19,7 +19,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus, Subscription, participant_topic
-from signaling.lesson import Deliver, Effect, StopTrack, Subscribe
+from signaling.lesson import (
+    Deliver,
+    Effect,
+    PauseTrack,
+    Record,
+    StopTrack,
+    Subscribe,
+    Unsubscribe,
+)
 from signaling.session import (
     AcceptSubscribeAnswer,
     AddRemoteCandidate,
@@ -245,7 +253,7 @@ class ParticipantConnection:
         if pid is not None:
             await state.sfu.close(pid)
         for effect in effects:
-            if isinstance(effect, (Deliver, Subscribe, StopTrack)):
+            if isinstance(effect, (Deliver, Subscribe, Unsubscribe, StopTrack, PauseTrack, Record)):
                 await execute_lesson_effect(state, effect)
         if self._subscription is not None:
             self._subscription.close()
@@ -264,12 +272,19 @@ class ParticipantConnection:
 
 
 async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
-    """Carry out one effect of the lesson state machine."""
-    if isinstance(effect, Deliver):
+    """Carry out one effect of the lesson state machine, in order."""
+    if isinstance(effect, Record):
+        # Durable before anything that follows is delivered (acknowledged).
+        state.record(effect.data)
+    elif isinstance(effect, Deliver):
         await state.bus.publish(
             participant_topic(effect.to), p.encode_server_message(effect.message)
         )
     elif isinstance(effect, Subscribe):
         await state.sfu.subscribe(effect.subscriber, effect.publisher, effect.track)
+    elif isinstance(effect, Unsubscribe):
+        await state.sfu.unsubscribe(effect.subscriber, effect.track_id)
     elif isinstance(effect, StopTrack):
         await state.sfu.stop_track(effect.track_id)
+    elif isinstance(effect, PauseTrack):
+        state.sfu.set_paused(effect.track_id, effect.paused)

@@ -14,7 +14,9 @@ from media.peers import IceSettings
 from media.sfu import Sfu
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus
+from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
+from signaling.sqlite_records import SqliteRecordStore
 
 from .config import Settings
 
@@ -33,7 +35,11 @@ class ServerState:
             p.IceServer(urls=[s.url], username=s.username, credential=s.credential)
             for s in settings.ice_servers
         ]
-        self.registry = InMemoryLessonRegistry(ice_servers)
+        self.records = SqliteRecordStore(settings.data_dir / "lco.sqlite3")
+        closed = self.records.close_open_sessions()
+        if closed:
+            logger.warning("closed %d attendance sessions left open by a previous run", closed)
+        self.registry = InMemoryLessonRegistry(ice_servers, self.records)
         self.bus = InMemoryEventBus()
         self.sfu = Sfu(
             IceSettings(
@@ -61,6 +67,16 @@ class ServerState:
         if not self.connections:
             self._no_connections.set()
 
+    def record(self, record: Record) -> None:
+        """Write a lesson record durably (attendance, chat, removals, lesson end)."""
+        self.records.append(record)
+
+    async def keep_heartbeat(self, interval: float = 5.0) -> None:
+        """Note every few seconds that the server lives, to bound what a crash loses."""
+        while True:
+            self.records.beat()
+            await asyncio.sleep(interval)
+
     def _track_ended(self, participant_id: str, track_id: str) -> None:
         connection = self.connections.get(participant_id)
         if connection is not None:
@@ -68,6 +84,8 @@ class ServerState:
 
     async def shutdown(self) -> None:
         """Tell every participant, close every peer connection; refuse new joins."""
+        if not self.accepting:
+            return
         self.accepting = False
         bye = p.encode_server_message(
             p.Bye(reason="server_shutdown", message="the server is shutting down; rejoin shortly")
@@ -82,6 +100,10 @@ class ServerState:
         except TimeoutError:
             logger.warning("%d connections did not close in time", len(self.connections))
         logger.info("all participants told; peer connections closed")
+
+    def close(self) -> None:
+        """Release the record store (after :meth:`shutdown`)."""
+        self.records.close()
 
     def metrics(self) -> dict[str, Any]:
         """Operator counters (no secrets, no names)."""

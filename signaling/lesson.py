@@ -1,18 +1,41 @@
-"""The lesson state machine: who is in, what they publish, what they may do.
+"""The lesson state machine: who is in, who waits, what they publish and may do.
 
 Plain objects, no I/O: every operation takes the acting participant's id (from
 its session, never from a message), checks the permission table, changes the
-state and returns effects for the server and the SFU to carry out.
+state and returns effects for the server, the store and the SFU to carry out,
+in order. A :class:`Record` effect is written durably before the effects after it.
 """
 
 from __future__ import annotations
 
 import itertools
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from . import protocol as p
-from .permissions import Permission, Role, can_be_granted, effective_permissions, is_allowed
+from .permissions import (
+    CHAT_POLICY_ROLES,
+    TEACHING_ROLES,
+    ChatPolicy,
+    Permission,
+    Role,
+    Scope,
+    can_be_granted,
+    effective_permissions,
+    scope_of,
+)
+from .records import (
+    AttendanceEvent,
+    AttendanceKind,
+    BanRecord,
+    ChatRecord,
+    LessonEndedRecord,
+    LessonHistory,
+)
+from .records import Record as RecordData
 from .tokens import Grant
 
 # --- effects -----------------------------------------------------------------
@@ -20,7 +43,7 @@ from .tokens import Grant
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Send ``message`` to one participant."""
+    """Send ``message`` to one participant (a ``bye`` also closes its socket)."""
 
     to: str
     message: p.ServerMessage
@@ -36,6 +59,14 @@ class Subscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Stop forwarding one track to one subscriber (the track goes on for others)."""
+
+    subscriber: str
+    track_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class StopTrack:
     """Stop forwarding a published track at the server; it ends for every subscriber."""
 
@@ -43,10 +74,36 @@ class StopTrack:
     track_id: str
 
 
-Effect = Deliver | Subscribe | StopTrack
+@dataclass(frozen=True, slots=True)
+class PauseTrack:
+    """Stop (or resume) forwarding a track to everyone, at once (moderator mute)."""
+
+    track_id: str
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Write ``data`` durably before carrying out the effects that follow."""
+
+    data: RecordData
+
+
+Effect = Deliver | Subscribe | Unsubscribe | StopTrack | PauseTrack | Record
 
 
 # --- state -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LessonSettings:
+    """How a lesson runs; set when the lesson is created (defaults for ad-hoc lessons)."""
+
+    lobby: bool = False
+    wait_for_teacher: bool = False
+    students_publish: bool = False
+    chat_policy: ChatPolicy = ChatPolicy.EVERYONE
+    invited_schools: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -58,12 +115,17 @@ class Participant:
     role: Role
     school: str
     token_id: str
+    headcount: int | None = None
     granted: set[Permission] = field(default_factory=set)
     tracks: dict[str, p.TrackInfo] = field(default_factory=dict)
+    muted: set[p.Kind] = field(default_factory=set)
+    presenter: bool = False
+    hand_raised_at: float | None = None
+    group: str | None = None
 
     def may(self, permission: Permission) -> bool:
         """Whether this participant holds ``permission`` right now."""
-        return is_allowed(self.role, permission, frozenset(self.granted))
+        return scope_of(self.role, permission, frozenset(self.granted)) is not None
 
     def permissions(self) -> list[str]:
         """Sorted names of every permission held now."""
@@ -78,125 +140,210 @@ class Participant:
             school=self.school,
             can_publish=self.may(Permission.PUBLISH),
             tracks=list(self.tracks.values()),
+            muted=sorted(self.muted),
+            presenter=self.presenter,
+            hand_raised=self.hand_raised_at is not None,
+            group=self.group,
         )
 
 
 class Forbidden(p.ProtocolError):
-    """An action that the permission table does not allow."""
+    """An action that the permission table (or the lesson's state) does not allow."""
 
-    def __init__(self, message: str, request_type: str | None = None) -> None:
+    def __init__(
+        self, message: str, request_type: str | None = None, bye_reason: p.ByeReason = "forbidden"
+    ) -> None:
         super().__init__("forbidden", message, request_type)
+        self.bye_reason: p.ByeReason = bye_reason
+
+
+@dataclass(slots=True)
+class _Waiting:
+    participant: Participant
+    needs_admission: bool
 
 
 class Lesson:
-    """All state of one live lesson on this node."""
+    """All live state of one lesson on this node."""
 
-    def __init__(self, lesson_id: str, ice_servers: list[p.IceServer] | None = None) -> None:
+    def __init__(
+        self,
+        lesson_id: str,
+        ice_servers: list[p.IceServer] | None = None,
+        settings: LessonSettings | None = None,
+        history: LessonHistory | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.id = lesson_id
+        self.settings = settings or LessonSettings()
         self.participants: dict[str, Participant] = {}
+        self.waiting: dict[str, _Waiting] = {}
+        self.locked = False
+        self.ended = False
+        self.spotlight: str | None = None
+        self.breakout = False
+        self.broadcast_audio_from: str | None = None
         self._ice_servers = list(ice_servers or [])
+        self._clock = clock
         self._track_numbers = itertools.count(1)
+        self._forwarded: set[tuple[str, str]] = set()  # (subscriber, track id)
+        history = history or LessonHistory()
+        self._chat: list[ChatRecord] = list(history.chat)
+        self._banned: set[str] = set(history.banned)
+        self.ended = history.ended
+        self._chat_ids = itertools.count(max((c.entry.id for c in self._chat), default=0) + 1)
 
     # -- membership ------------------------------------------------------
 
     def join(self, grant: Grant) -> tuple[Participant, list[Effect]]:
-        """Admit the holder of ``grant``; the caller has verified the token."""
+        """Let the holder of ``grant`` in, or into the lobby; the token is already verified."""
         if grant.lesson != self.id:
-            raise Forbidden("this join link is for another lesson", "join")
+            raise Forbidden("this join link is for another lesson", "join", "bad_token")
+        if self.ended:
+            raise Forbidden("this lesson has ended", "join", "lesson_ended")
+        if grant.token_id in self._banned:
+            raise Forbidden("you were removed from this lesson", "join", "removed")
         participant = Participant(
             id=secrets.token_hex(6),
             name=grant.name,
             role=grant.role,
             school=grant.school,
             token_id=grant.token_id,
+            headcount=grant.headcount,
         )
         if not participant.may(Permission.JOIN):
             raise Forbidden(f"role {grant.role.value!r} may not join lessons", "join")
-        others = list(self.participants.values())
-        self.participants[participant.id] = participant
-        effects: list[Effect] = [
-            Deliver(
-                participant.id,
-                p.Welcome(
-                    participant_id=participant.id,
-                    lesson=self.id,
-                    you=participant.info(),
-                    permissions=participant.permissions(),
-                    participants=[other.info() for other in others],
-                    ice_servers=self._ice_servers,
-                ),
-            )
-        ]
-        joined = p.ParticipantJoined(participant=participant.info())
-        effects += [Deliver(other.id, joined) for other in others]
-        if participant.may(Permission.SUBSCRIBE):
-            for other in others:
-                effects += [
-                    Subscribe(participant.id, other.id, track) for track in other.tracks.values()
-                ]
+        teaching = participant.role in TEACHING_ROLES
+        if self.locked and not teaching:
+            raise Forbidden("the lesson is locked; nobody new can join", "join", "locked")
+        if self.settings.students_publish and can_be_granted(participant.role, Permission.PUBLISH):
+            participant.granted.add(Permission.PUBLISH)
+        needs_admission = self._needs_admission(participant)
+        if needs_admission or (self.settings.wait_for_teacher and not self._teacher_present()):
+            if not teaching:
+                return participant, self._to_lobby(participant, needs_admission)
+        effects = self._enter(participant)
+        if teaching:
+            effects += self._admit_those_waiting_for_a_teacher()
         return participant, effects
 
     def leave(self, participant_id: str, reason: str) -> list[Effect]:
-        """Remove a participant (left, disconnected or removed); its tracks end."""
+        """Remove a participant (left, disconnected, removed); its tracks end."""
+        waiting = self.waiting.pop(participant_id, None)
+        if waiting is not None:
+            return [
+                self._attendance(waiting.participant, AttendanceKind.LEFT, reason=reason),
+                *self._lobby_changed(),
+            ]
         participant = self.participants.pop(participant_id, None)
         if participant is None:
             return []
-        effects: list[Effect] = [
-            StopTrack(participant_id, track_id) for track_id in participant.tracks
-        ]
+        effects: list[Effect] = [self._attendance(participant, AttendanceKind.LEFT, reason=reason)]
+        effects += [StopTrack(participant_id, track_id) for track_id in participant.tracks]
+        self._forwarded = {
+            (sub, tid)
+            for sub, tid in self._forwarded
+            if sub != participant_id and tid not in participant.tracks
+        }
         left = p.ParticipantLeft(participant_id=participant_id, reason=reason)
         effects += [Deliver(other, left) for other in self.participants]
+        if participant.hand_raised_at is not None:
+            effects += self._hands_changed()
+        if self.spotlight == participant_id or self.broadcast_audio_from == participant_id:
+            if self.spotlight == participant_id:
+                self.spotlight = None
+            if self.broadcast_audio_from == participant_id:
+                self.broadcast_audio_from = None
+            effects += self._lesson_changed()
         return effects
 
     @property
     def is_empty(self) -> bool:
-        """No participant is left."""
-        return not self.participants
+        """Nobody is in the lesson or waiting for it."""
+        return not self.participants and not self.waiting
+
+    def is_waiting(self, participant_id: str) -> bool:
+        """Whether the participant is in the lobby."""
+        return participant_id in self.waiting
+
+    # -- the lobby -------------------------------------------------------
+
+    def admit(self, actor_id: str, target_id: str) -> list[Effect]:
+        """Let a participant in from the lobby."""
+        actor = self._get(actor_id)
+        waiting = self.waiting.get(target_id)
+        if waiting is None:
+            raise _unknown(target_id, "admit")
+        self._require_on(actor, Permission.ADMIT, waiting.participant, "admit")
+        del self.waiting[target_id]
+        participant = waiting.participant
+        return [
+            self._attendance(participant, AttendanceKind.ADMITTED, by=actor.name),
+            *self._enter(participant),
+            *self._lobby_changed(),
+        ]
+
+    def deny(self, actor_id: str, target_id: str) -> list[Effect]:
+        """Turn a participant away from the lobby."""
+        actor = self._get(actor_id)
+        waiting = self.waiting.get(target_id)
+        if waiting is None:
+            raise _unknown(target_id, "deny")
+        self._require_on(actor, Permission.ADMIT, waiting.participant, "deny")
+        del self.waiting[target_id]
+        return [
+            self._attendance(waiting.participant, AttendanceKind.DENIED, by=actor.name),
+            Deliver(
+                target_id,
+                p.Bye(reason="denied", message="the teacher did not let you into this lesson"),
+            ),
+            *self._lobby_changed(),
+        ]
+
+    def lock(self, actor_id: str, locked: bool) -> list[Effect]:
+        """Lock or unlock the lesson: while locked, only teachers get in."""
+        self._require(actor_id, Permission.RUN_LESSON, "lock_lesson")
+        self.locked = locked
+        return self._lesson_changed()
 
     # -- publishing ------------------------------------------------------
 
     def require(self, participant_id: str, permission: Permission, request_type: str) -> None:
         """Raise :class:`Forbidden` unless the participant holds ``permission`` now."""
-        participant = self._get(participant_id)
-        if not participant.may(permission):
-            raise Forbidden(_refusal(participant.role, permission), request_type)
+        self._require(participant_id, permission, request_type)
 
     def add_track(
         self, participant_id: str, kind: p.Kind, source: p.Source
     ) -> tuple[p.TrackInfo, list[Effect]]:
-        """Record a track the participant now publishes; subscribe everyone else to it."""
-        self.require(participant_id, Permission.PUBLISH, "publish_offer")
+        """Record a track the participant now publishes; forward it to those who see it."""
+        self._require(participant_id, Permission.PUBLISH, "publish_offer")
         publisher = self._get(participant_id)
         track = p.TrackInfo(
             id=f"{participant_id}-{next(self._track_numbers)}", kind=kind, source=source
         )
         publisher.tracks[track.id] = track
         announced = p.TrackPublished(participant_id=participant_id, track=track)
-        effects: list[Effect] = []
-        for other in self.participants.values():
-            if other.id == participant_id:
-                continue
-            effects.append(Deliver(other.id, announced))
-            if other.may(Permission.SUBSCRIBE):
-                effects.append(Subscribe(other.id, participant_id, track))
-        return track, effects
+        # The publisher hears of its own track too: its page shows what the server forwards.
+        effects: list[Effect] = [Deliver(other, announced) for other in self.participants]
+        if kind in publisher.muted:
+            effects.append(PauseTrack(track.id, True))
+        return track, effects + self._reconcile()
 
     def remove_track(self, participant_id: str, track_id: str, reason: str) -> list[Effect]:
         """A published track ended (unpublished, revoked or its peer connection closed)."""
         participant = self.participants.get(participant_id)
         if participant is None or participant.tracks.pop(track_id, None) is None:
             return []
+        self._forwarded = {(sub, tid) for sub, tid in self._forwarded if tid != track_id}
         gone = p.TrackUnpublished(participant_id=participant_id, track_id=track_id, reason=reason)
         effects: list[Effect] = [StopTrack(participant_id, track_id)]
-        effects += [Deliver(other, gone) for other in self.participants if other != participant_id]
+        effects += [Deliver(other, gone) for other in self.participants]
         return effects
 
-    # -- moderation ------------------------------------------------------
-
     def grant_publish(self, actor_id: str, target_id: str) -> list[Effect]:
-        """Let ``target_id`` publish (teacher action)."""
-        self.require(actor_id, Permission.GRANT_PUBLISH, "grant_publish")
-        target = self._target(target_id, "grant_publish")
+        """Let ``target_id`` publish."""
+        actor, target = self._get(actor_id), self._target(target_id, "grant_publish")
+        self._require_on(actor, Permission.GRANT_PUBLISH, target, "grant_publish")
         if target.may(Permission.PUBLISH):
             return []
         if not can_be_granted(target.role, Permission.PUBLISH):
@@ -209,8 +356,8 @@ class Lesson:
 
     def revoke_publish(self, actor_id: str, target_id: str) -> list[Effect]:
         """Take back a publish grant; the target's tracks stop at the server at once."""
-        self.require(actor_id, Permission.GRANT_PUBLISH, "revoke_publish")
-        target = self._target(target_id, "revoke_publish")
+        actor, target = self._get(actor_id), self._target(target_id, "revoke_publish")
+        self._require_on(actor, Permission.GRANT_PUBLISH, target, "revoke_publish")
         if Permission.PUBLISH not in target.granted:
             if target.may(Permission.PUBLISH):
                 raise Forbidden(
@@ -218,35 +365,514 @@ class Lesson:
                     "revoke_publish",
                 )
             return []
+        return self._withdraw_publishing(target)
+
+    # -- moderation ------------------------------------------------------
+
+    def mute(self, actor_id: str, target_id: str, kind: p.Kind) -> list[Effect]:
+        """Stop forwarding a participant's audio or video at the server until allowed back."""
+        actor, target = self._get(actor_id), self._target(target_id, "mute")
+        self._require_on(actor, Permission.MODERATE, target, "mute")
+        return self._mute(target, kind, f"{actor.name} muted your {_kind_word(kind)}")
+
+    def mute_all(self, actor_id: str, kind: p.Kind) -> list[Effect]:
+        """Mute everyone who does not teach."""
+        actor = self._get(actor_id)
+        self._require(actor_id, Permission.RUN_LESSON, "mute_all")
+        effects: list[Effect] = []
+        for target in list(self.participants.values()):
+            if target.role not in TEACHING_ROLES and target.role is not Role.DELEGATE:
+                effects += self._mute(target, kind, f"{actor.name} muted everyone")
+        return effects
+
+    def ask_to_unmute(self, participant_id: str, kind: p.Kind) -> list[Effect]:
+        """A muted participant asks; every moderator who may lift the mute is told."""
+        self._require(participant_id, Permission.ASK_TO_UNMUTE, "ask_to_unmute")
+        participant = self._get(participant_id)
+        if kind not in participant.muted:
+            raise p.ProtocolError(
+                "not_muted", f"your {_kind_word(kind)} is not muted", "ask_to_unmute"
+            )
+        request = p.UnmuteRequested(participant_id=participant_id, kind=kind)
+        return [
+            Deliver(moderator.id, request)
+            for moderator in self.participants.values()
+            if self._may_act_on(moderator, Permission.MODERATE, participant)
+        ]
+
+    def allow_unmute(self, actor_id: str, target_id: str, kind: p.Kind) -> list[Effect]:
+        """Lift a mute: forwarding resumes and the participant may unmute itself."""
+        actor, target = self._get(actor_id), self._target(target_id, "allow_unmute")
+        self._require_on(actor, Permission.MODERATE, target, "allow_unmute")
+        if kind not in target.muted:
+            return []
+        target.muted.discard(kind)
+        effects: list[Effect] = [
+            PauseTrack(track.id, False) for track in target.tracks.values() if track.kind == kind
+        ]
+        notice = p.Notice(
+            code=f"unmute_allowed_{kind}",
+            message=f"{actor.name} allowed you to turn your {_kind_word(kind)} back on",
+        )
+        return [*effects, Deliver(target.id, notice), *self._updated(target)]
+
+    def remove(self, actor_id: str, target_id: str) -> list[Effect]:
+        """Remove a participant; its link is refused from now on."""
+        actor, target = self._get(actor_id), self._target(target_id, "remove")
+        self._require_on(actor, Permission.MODERATE, target, "remove")
+        if target.id == actor.id:
+            raise Forbidden("you cannot remove yourself; leave instead", "remove")
+        self._banned.add(target.token_id)
+        bye = p.Bye(reason="removed", message=f"{actor.name} removed you from the lesson")
+        return [
+            Record(BanRecord(self.id, target.token_id)),
+            self._attendance(target, AttendanceKind.REMOVED, by=actor.name),
+            Deliver(target.id, bye),
+            *self.leave(target.id, "removed"),
+        ]
+
+    def set_presenter(self, actor_id: str, target_id: str, presenter: bool) -> list[Effect]:
+        """Make a participant presenter (may publish, shown large) or take it back."""
+        self._require(actor_id, Permission.RUN_LESSON, "set_presenter")
+        target = self._target(target_id, "set_presenter")
+        if presenter == target.presenter:
+            return []
+        if presenter and not (
+            target.may(Permission.PUBLISH) or can_be_granted(target.role, Permission.PUBLISH)
+        ):
+            raise Forbidden(f"a {target.role.value} cannot present", "set_presenter")
+        target.presenter = presenter
+        if presenter:
+            if not target.may(Permission.PUBLISH):
+                target.granted.add(Permission.PUBLISH)
+            return self._rights_changed(target)
+        if Permission.PUBLISH in target.granted:
+            return self._withdraw_publishing(target)
+        return self._updated(target)
+
+    def set_spotlight(self, actor_id: str, target_id: str | None) -> list[Effect]:
+        """Show one participant large for everyone, or nobody."""
+        self._require(actor_id, Permission.RUN_LESSON, "spotlight")
+        if target_id is not None:
+            self._target(target_id, "spotlight")
+        self.spotlight = target_id
+        return self._lesson_changed()
+
+    def end(self, actor_id: str) -> list[Effect]:
+        """End the lesson for everyone; later joins are refused."""
+        self._require(actor_id, Permission.RUN_LESSON, "end_lesson")
+        actor = self._get(actor_id)
+        self.ended = True
+        bye = p.Bye(reason="lesson_ended", message=f"{actor.name} ended the lesson")
+        everyone = [*self.participants, *self.waiting]
+        return [
+            Record(LessonEndedRecord(self.id, self._clock())),
+            *[Deliver(pid, bye) for pid in everyone],
+        ]
+
+    # -- hands -------------------------------------------------------------
+
+    def raise_hand(self, participant_id: str) -> list[Effect]:
+        """Put a hand up; the queue is kept in the order hands went up."""
+        self._require(participant_id, Permission.RAISE_HAND, "raise_hand")
+        participant = self._get(participant_id)
+        if participant.hand_raised_at is not None:
+            return []
+        participant.hand_raised_at = self._clock()
+        return self._hands_changed() + self._updated(participant)
+
+    def lower_hand(self, actor_id: str, target_id: str | None) -> list[Effect]:
+        """Lower one's own hand, or (moderator) someone else's."""
+        actor = self._get(actor_id)
+        if target_id is None or target_id == actor_id:
+            target = actor
+        else:
+            target = self._target(target_id, "lower_hand")
+            self._require_on(actor, Permission.MODERATE, target, "lower_hand")
+        if target.hand_raised_at is None:
+            return []
+        target.hand_raised_at = None
+        return self._hands_changed() + self._updated(target)
+
+    def grant_floor(self, actor_id: str, target_id: str) -> list[Effect]:
+        """Take a raised hand: lower it and let that participant publish."""
+        actor, target = self._get(actor_id), self._target(target_id, "grant_floor")
+        self._require_on(actor, Permission.GRANT_PUBLISH, target, "grant_floor")
+        if target.hand_raised_at is None:
+            raise p.ProtocolError("no_hand", f"{target.name} has not raised a hand", "grant_floor")
+        target.hand_raised_at = None
+        effects = self._hands_changed()
+        if not target.may(Permission.PUBLISH) and can_be_granted(target.role, Permission.PUBLISH):
+            target.granted.add(Permission.PUBLISH)
+            return effects + self._rights_changed(target)
+        return effects + self._updated(target)
+
+    def hands(self) -> list[p.Hand]:
+        """Raised hands, first raised first."""
+        raised = [x for x in self.participants.values() if x.hand_raised_at is not None]
+        raised.sort(key=lambda x: x.hand_raised_at or 0.0)
+        return [
+            p.Hand(
+                participant_id=x.id, name=x.name, school=x.school, raised_at=x.hand_raised_at or 0
+            )
+            for x in raised
+        ]
+
+    # -- chat ------------------------------------------------------------
+
+    def chat(self, sender_id: str, text: str, to: str) -> list[Effect]:
+        """Store a chat message, then deliver it (to one's group, or to the teachers)."""
+        self._require(sender_id, Permission.CHAT, "chat")
+        sender = self._get(sender_id)
+        if sender.role not in CHAT_POLICY_ROLES[self.settings.chat_policy]:
+            raise Forbidden("chat is closed for you in this lesson", "chat")
+        if to == "teachers":
+            recipients = {x.id for x in self.participants.values() if _teaches(x)} | {sender_id}
+        else:
+            recipients = {
+                x.id
+                for x in self.participants.values()
+                if not self.breakout or x.group == sender.group
+            }
+        return self._post(sender, text, "teachers" if to == "teachers" else "everyone", recipients)
+
+    def broadcast(self, actor_id: str, text: str) -> list[Effect]:
+        """A teacher's chat message to every group at once."""
+        self._require(actor_id, Permission.RUN_LESSON, "broadcast")
+        return self._post(self._get(actor_id), text, "all_groups", set(self.participants))
+
+    def chat_history_for(self, participant: Participant) -> list[p.ChatEntry]:
+        """Earlier messages this participant may read."""
+        return [
+            record.entry
+            for record in self._chat
+            if record.entry.to != "teachers"
+            or _teaches(participant)
+            or record.from_identity == participant.token_id
+        ]
+
+    # -- breakout groups -------------------------------------------------
+
+    def start_breakout(
+        self, actor_id: str, groups: list[list[str]] | None, count: int | None
+    ) -> list[Effect]:
+        """Split participants into groups, each with its own media and chat."""
+        self._require(actor_id, Permission.RUN_LESSON, "start_breakout")
+        if groups is not None:
+            assignment = self._groups_by_hand(groups)
+        elif count is not None:
+            assignment = self._groups_mixing_schools(count)
+        else:
+            raise p.ProtocolError(
+                "invalid_message", "give either groups or count", "start_breakout"
+            )
+        for participant in self.participants.values():
+            participant.group = assignment.get(participant.id)
+        self.breakout = True
+        return self._lesson_changed() + self._all_updated() + self._reconcile()
+
+    def visit_group(self, actor_id: str, group: str | None) -> list[Effect]:
+        """Move a teacher into a group (or back to the main room)."""
+        self._require(actor_id, Permission.RUN_LESSON, "visit_group")
+        if group is not None and group not in self._group_names():
+            raise p.ProtocolError("unknown_group", f"no group {group!r}", "visit_group")
+        actor = self._get(actor_id)
+        actor.group = group
+        return self._lesson_changed() + self._updated(actor) + self._reconcile()
+
+    def broadcast_audio(self, actor_id: str, on: bool) -> list[Effect]:
+        """Forward a teacher's audio to every group, or stop."""
+        self._require(actor_id, Permission.RUN_LESSON, "broadcast_audio")
+        if on:
+            self.broadcast_audio_from = actor_id
+        elif self.broadcast_audio_from == actor_id:
+            self.broadcast_audio_from = None
+        return self._lesson_changed() + self._reconcile()
+
+    def end_breakout(self, actor_id: str) -> list[Effect]:
+        """Bring everyone back to the main room."""
+        self._require(actor_id, Permission.RUN_LESSON, "end_breakout")
+        self.breakout = False
+        self.broadcast_audio_from = None
+        for participant in self.participants.values():
+            participant.group = None
+        return self._lesson_changed() + self._all_updated() + self._reconcile()
+
+    def state(self) -> p.LessonState:
+        """Lesson-wide state as every participant sees it."""
+        groups: dict[str, list[str]] = {}
+        if self.breakout:
+            for participant in self.participants.values():
+                if participant.group is not None:
+                    groups.setdefault(participant.group, []).append(participant.id)
+        return p.LessonState(
+            locked=self.locked,
+            spotlight=self.spotlight,
+            breakout=self.breakout,
+            groups=groups,
+            broadcast_audio_from=self.broadcast_audio_from,
+            chat_policy=self.settings.chat_policy.value,
+        )
+
+    # -- internals -------------------------------------------------------
+
+    def _needs_admission(self, participant: Participant) -> bool:
+        if not self.settings.lobby or participant.role in TEACHING_ROLES:
+            return False
+        if participant.role is Role.DELEGATE:
+            return False
+        if participant.role is Role.CLASSROOM:
+            return participant.school not in self.settings.invited_schools
+        return True
+
+    def _teacher_present(self) -> bool:
+        return any(x.role in TEACHING_ROLES for x in self.participants.values())
+
+    def _to_lobby(self, participant: Participant, needs_admission: bool) -> list[Effect]:
+        self.waiting[participant.id] = _Waiting(participant, needs_admission)
+        reason: Literal["lobby", "waiting_for_teacher"] = (
+            "lobby" if needs_admission else "waiting_for_teacher"
+        )
+        message = (
+            "please wait: the teacher will let you in"
+            if needs_admission
+            else "please wait: the teacher has not joined yet"
+        )
+        return [
+            self._attendance(participant, AttendanceKind.WAITING),
+            Deliver(
+                participant.id,
+                p.LobbyWait(participant_id=participant.id, reason=reason, message=message),
+            ),
+            *self._lobby_changed(),
+        ]
+
+    def _admit_those_waiting_for_a_teacher(self) -> list[Effect]:
+        effects: list[Effect] = []
+        for pid, waiting in list(self.waiting.items()):
+            if not waiting.needs_admission:
+                del self.waiting[pid]
+                effects += self._enter(waiting.participant)
+        if effects:
+            effects += self._lobby_changed()
+        return effects
+
+    def _enter(self, participant: Participant) -> list[Effect]:
+        others = list(self.participants.values())
+        self.participants[participant.id] = participant
+        effects: list[Effect] = [
+            self._attendance(participant, AttendanceKind.JOINED),
+            Deliver(
+                participant.id,
+                p.Welcome(
+                    participant_id=participant.id,
+                    lesson=self.id,
+                    you=participant.info(),
+                    permissions=participant.permissions(),
+                    participants=[other.info() for other in others],
+                    ice_servers=self._ice_servers,
+                    state=self.state(),
+                ),
+            ),
+        ]
+        history = self.chat_history_for(participant)
+        if history:
+            effects.append(Deliver(participant.id, p.ChatHistory(messages=history)))
+        if self.hands():
+            effects.append(Deliver(participant.id, p.HandsChanged(queue=self.hands())))
+        if self.waiting and participant.may(Permission.ADMIT):
+            effects.append(Deliver(participant.id, self._lobby_message()))
+        joined = p.ParticipantJoined(participant=participant.info())
+        effects += [Deliver(other.id, joined) for other in others]
+        return effects + self._reconcile()
+
+    def _visible(self, subscriber: Participant, publisher: Participant, track: p.TrackInfo) -> bool:
+        if subscriber.id == publisher.id or not subscriber.may(Permission.SUBSCRIBE):
+            return False
+        if not self.breakout or subscriber.group == publisher.group:
+            return True
+        return track.kind == "audio" and publisher.id == self.broadcast_audio_from
+
+    def _reconcile(self) -> list[Effect]:
+        """Subscribe and unsubscribe so that everyone receives exactly what they may see."""
+        desired: dict[tuple[str, str], tuple[str, p.TrackInfo]] = {}
+        for publisher in self.participants.values():
+            for track in publisher.tracks.values():
+                for subscriber in self.participants.values():
+                    if self._visible(subscriber, publisher, track):
+                        desired[(subscriber.id, track.id)] = (publisher.id, track)
+        effects: list[Effect] = [
+            Unsubscribe(sub, tid) for sub, tid in sorted(self._forwarded - desired.keys())
+        ]
+        for key in desired.keys() - self._forwarded:
+            publisher_id, track = desired[key]
+            effects.append(Subscribe(key[0], publisher_id, track))
+        self._forwarded = set(desired)
+        return effects
+
+    def _mute(self, target: Participant, kind: p.Kind, message: str) -> list[Effect]:
+        if kind in target.muted:
+            return []
+        target.muted.add(kind)
+        effects: list[Effect] = [
+            PauseTrack(track.id, True) for track in target.tracks.values() if track.kind == kind
+        ]
+        notice = p.Notice(code=f"muted_{kind}", message=message)
+        return [*effects, Deliver(target.id, notice), *self._updated(target)]
+
+    def _withdraw_publishing(self, target: Participant) -> list[Effect]:
         target.granted.discard(Permission.PUBLISH)
+        target.presenter = False
         effects: list[Effect] = []
         for track_id in list(target.tracks):
             effects += self.remove_track(target.id, track_id, "publishing revoked")
         return effects + self._rights_changed(target)
 
-    # -- helpers ---------------------------------------------------------
+    def _post(self, sender: Participant, text: str, to: str, recipients: set[str]) -> list[Effect]:
+        entry = p.ChatEntry(
+            id=next(self._chat_ids),
+            from_id=sender.id,
+            name=sender.name,
+            role=sender.role.value,
+            school=sender.school,
+            text=text,
+            to=to,  # type: ignore[arg-type]
+            group=sender.group if self.breakout and to == "everyone" else None,
+            sent_at=self._clock(),
+        )
+        record = ChatRecord(self.id, entry, sender.token_id)
+        self._chat.append(record)
+        message = p.ChatMessage(message=entry)
+        return [Record(record), *[Deliver(pid, message) for pid in sorted(recipients)]]
+
+    def _groups_by_hand(self, groups: list[list[str]]) -> dict[str, str]:
+        assignment: dict[str, str] = {}
+        for number, members in enumerate(groups, start=1):
+            for pid in members:
+                if pid not in self.participants:
+                    raise _unknown(pid, "start_breakout")
+                if pid in assignment:
+                    raise p.ProtocolError(
+                        "invalid_message", f"{pid} is in two groups", "start_breakout"
+                    )
+                assignment[pid] = str(number)
+        return assignment
+
+    def _groups_mixing_schools(self, count: int) -> dict[str, str]:
+        # Deal the participants round the groups, one school after another: each
+        # school is spread over all groups, so every group mixes schools.
+        ordered = sorted(
+            (x for x in self.participants.values() if not _teaches(x)),
+            key=lambda x: (x.school, x.name, x.id),
+        )
+        return {x.id: str(i % count + 1) for i, x in enumerate(ordered)}
+
+    def _group_names(self) -> set[str]:
+        return {x.group for x in self.participants.values() if x.group is not None}
+
+    def _attendance(
+        self, participant: Participant, kind: AttendanceKind, reason: str = "", by: str = ""
+    ) -> Record:
+        return Record(
+            AttendanceEvent(
+                lesson=self.id,
+                kind=kind,
+                at=self._clock(),
+                identity=participant.token_id,
+                participant_id=participant.id,
+                name=participant.name,
+                role=participant.role.value,
+                school=participant.school,
+                headcount=participant.headcount,
+                reason=reason,
+                by=by,
+            )
+        )
+
+    def _lobby_message(self) -> p.LobbyUpdated:
+        return p.LobbyUpdated(waiting=[w.participant.info() for w in self.waiting.values()])
+
+    def _lobby_changed(self) -> list[Effect]:
+        message = self._lobby_message()
+        return [
+            Deliver(x.id, message) for x in self.participants.values() if x.may(Permission.ADMIT)
+        ]
+
+    def _lesson_changed(self) -> list[Effect]:
+        message = p.LessonUpdated(state=self.state())
+        return [Deliver(pid, message) for pid in self.participants]
+
+    def _hands_changed(self) -> list[Effect]:
+        message = p.HandsChanged(queue=self.hands())
+        return [Deliver(pid, message) for pid in self.participants]
+
+    def _updated(self, target: Participant) -> list[Effect]:
+        updated = p.ParticipantUpdated(participant=target.info())
+        return [Deliver(pid, updated) for pid in self.participants]
+
+    def _all_updated(self) -> list[Effect]:
+        effects: list[Effect] = []
+        for participant in self.participants.values():
+            effects += self._updated(participant)
+        return effects
 
     def _rights_changed(self, target: Participant) -> list[Effect]:
-        updated = p.ParticipantUpdated(participant=target.info())
-        effects: list[Effect] = [
-            Deliver(target.id, p.PermissionsChanged(permissions=target.permissions()))
+        return [
+            Deliver(target.id, p.PermissionsChanged(permissions=target.permissions())),
+            *self._updated(target),
         ]
-        effects += [Deliver(other, updated) for other in self.participants]
-        return effects
+
+    def _require(self, participant_id: str, permission: Permission, request_type: str) -> None:
+        participant = self._get(participant_id)
+        if not participant.may(permission):
+            raise Forbidden(_refusal(participant.role, permission), request_type)
+
+    def _may_act_on(self, actor: Participant, permission: Permission, target: Participant) -> bool:
+        scope = scope_of(actor.role, permission, frozenset(actor.granted))
+        if scope is None:
+            return False
+        if target.role in TEACHING_ROLES and actor.role not in TEACHING_ROLES:
+            return False
+        return scope is Scope.ANY or target.school == actor.school
+
+    def _require_on(
+        self, actor: Participant, permission: Permission, target: Participant, request_type: str
+    ) -> None:
+        if self._may_act_on(actor, permission, target):
+            return
+        if scope_of(actor.role, permission, frozenset(actor.granted)) is None:
+            raise Forbidden(_refusal(actor.role, permission), request_type)
+        if target.role in TEACHING_ROLES:
+            raise Forbidden("only a teacher may act on a teacher", request_type)
+        raise Forbidden("you may only act on participants of your own school", request_type)
 
     def _get(self, participant_id: str) -> Participant:
         participant = self.participants.get(participant_id)
         if participant is None:
+            if participant_id in self.waiting:
+                raise p.ProtocolError("in_lobby", "you are waiting in the lobby")
             raise p.ProtocolError("not_joined", "you are not in this lesson")
         return participant
 
     def _target(self, target_id: str, request_type: str) -> Participant:
         target = self.participants.get(target_id)
         if target is None:
-            raise p.ProtocolError(
-                "unknown_participant", f"no participant {target_id!r} in this lesson", request_type
-            )
+            raise _unknown(target_id, request_type)
         return target
+
+
+def _teaches(participant: Participant) -> bool:
+    return participant.role in TEACHING_ROLES or participant.role is Role.DELEGATE
+
+
+def _unknown(target_id: str, request_type: str) -> p.ProtocolError:
+    return p.ProtocolError(
+        "unknown_participant", f"no participant {target_id!r} in this lesson", request_type
+    )
+
+
+def _kind_word(kind: p.Kind) -> str:
+    return "microphone" if kind == "audio" else "camera"
 
 
 def _refusal(role: Role, permission: Permission) -> str:

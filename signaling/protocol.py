@@ -110,6 +110,146 @@ class Leave(_Message):
     type: Literal["leave"] = "leave"
 
 
+class _Targeted(_Message):
+    participant_id: ParticipantId
+
+
+class Admit(_Targeted):
+    """Moderator: let a participant in from the lobby."""
+
+    type: Literal["admit"] = "admit"
+
+
+class Deny(_Targeted):
+    """Moderator: turn a participant away from the lobby."""
+
+    type: Literal["deny"] = "deny"
+
+
+class LockLesson(_Message):
+    """Teacher: nobody new gets in while locked (teachers excepted)."""
+
+    type: Literal["lock_lesson"] = "lock_lesson"
+    locked: bool
+
+
+class Mute(_Targeted):
+    """Moderator: stop forwarding a participant's microphone or camera at the server."""
+
+    type: Literal["mute"] = "mute"
+    kind: Kind
+
+
+class MuteAll(_Message):
+    """Teacher: mute everyone who is not teaching."""
+
+    type: Literal["mute_all"] = "mute_all"
+    kind: Kind
+
+
+class AskToUnmute(_Message):
+    """A muted participant asks the moderators to be heard (or seen) again."""
+
+    type: Literal["ask_to_unmute"] = "ask_to_unmute"
+    kind: Kind
+
+
+class AllowUnmute(_Targeted):
+    """Moderator: lift a mute; forwarding resumes and the participant is told."""
+
+    type: Literal["allow_unmute"] = "allow_unmute"
+    kind: Kind
+
+
+class Remove(_Targeted):
+    """Moderator: remove a participant; its link is refused afterwards."""
+
+    type: Literal["remove"] = "remove"
+
+
+class SetPresenter(_Targeted):
+    """Teacher: make a participant presenter (may publish, shown large) or not."""
+
+    type: Literal["set_presenter"] = "set_presenter"
+    presenter: bool
+
+
+class Spotlight(_Message):
+    """Teacher: show one participant large for everyone (null clears it)."""
+
+    type: Literal["spotlight"] = "spotlight"
+    participant_id: ParticipantId | None = None
+
+
+class EndLesson(_Message):
+    """Teacher: end the lesson for everyone."""
+
+    type: Literal["end_lesson"] = "end_lesson"
+
+
+class RaiseHand(_Message):
+    type: Literal["raise_hand"] = "raise_hand"
+
+
+class LowerHand(_Message):
+    """Lower one's own hand, or (moderator) someone else's."""
+
+    type: Literal["lower_hand"] = "lower_hand"
+    participant_id: ParticipantId | None = None
+
+
+class GrantFloor(_Targeted):
+    """Moderator: take the first (or a chosen) hand and let that participant publish."""
+
+    type: Literal["grant_floor"] = "grant_floor"
+
+
+MAX_CHAT_CHARS = 2000
+
+
+class Chat(_Message):
+    """A chat message to everyone (in one's group) or privately to the teachers."""
+
+    type: Literal["chat"] = "chat"
+    text: str = Field(min_length=1, max_length=MAX_CHAT_CHARS)
+    to: Literal["everyone", "teachers"] = "everyone"
+
+
+class StartBreakout(_Message):
+    """Teacher: split participants into groups, by hand or automatically mixing schools."""
+
+    type: Literal["start_breakout"] = "start_breakout"
+    groups: list[list[ParticipantId]] | None = Field(default=None, max_length=50)
+    count: int | None = Field(default=None, ge=2, le=50)
+
+
+class VisitGroup(_Message):
+    """Teacher: move oneself into a breakout group (null: back to the main room)."""
+
+    type: Literal["visit_group"] = "visit_group"
+    group: str | None = Field(default=None, max_length=16)
+
+
+class Broadcast(_Message):
+    """Teacher: a chat message to every group at once."""
+
+    type: Literal["broadcast"] = "broadcast"
+    text: str = Field(min_length=1, max_length=MAX_CHAT_CHARS)
+
+
+class BroadcastAudio(_Message):
+    """Teacher: forward one's audio to every group (or stop)."""
+
+    type: Literal["broadcast_audio"] = "broadcast_audio"
+    on: bool
+
+
+class EndBreakout(_Message):
+    """Teacher: bring everyone back to the main room."""
+
+    type: Literal["end_breakout"] = "end_breakout"
+
+
 ClientMessage = Annotated[
     Join
     | PublishOffer
@@ -118,7 +258,27 @@ ClientMessage = Annotated[
     | GrantPublish
     | RevokePublish
     | Ping
-    | Leave,
+    | Leave
+    | Admit
+    | Deny
+    | LockLesson
+    | Mute
+    | MuteAll
+    | AskToUnmute
+    | AllowUnmute
+    | Remove
+    | SetPresenter
+    | Spotlight
+    | EndLesson
+    | RaiseHand
+    | LowerHand
+    | GrantFloor
+    | Chat
+    | StartBreakout
+    | VisitGroup
+    | Broadcast
+    | BroadcastAudio
+    | EndBreakout,
     Field(discriminator="type"),
 ]
 CLIENT_MESSAGE_TYPES = frozenset(
@@ -131,6 +291,26 @@ CLIENT_MESSAGE_TYPES = frozenset(
         "revoke_publish",
         "ping",
         "leave",
+        "admit",
+        "deny",
+        "lock_lesson",
+        "mute",
+        "mute_all",
+        "ask_to_unmute",
+        "allow_unmute",
+        "remove",
+        "set_presenter",
+        "spotlight",
+        "end_lesson",
+        "raise_hand",
+        "lower_hand",
+        "grant_floor",
+        "chat",
+        "start_breakout",
+        "visit_group",
+        "broadcast",
+        "broadcast_audio",
+        "end_breakout",
     }
 )
 _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
@@ -158,6 +338,11 @@ class ParticipantInfo(BaseModel):
     school: str
     can_publish: bool
     tracks: list[TrackInfo]
+    # Kinds a moderator muted: the server does not forward them.
+    muted: list[Kind] = Field(default_factory=list)
+    presenter: bool = False
+    hand_raised: bool = False
+    group: str | None = None
 
 
 class IceServer(BaseModel):
@@ -179,6 +364,7 @@ class Welcome(_Message):
     permissions: list[str]
     participants: list[ParticipantInfo]
     ice_servers: list[IceServer]
+    state: LessonState
 
 
 class ParticipantJoined(_Message):
@@ -252,11 +438,28 @@ class ErrorMessage(_Message):
     request_type: str | None = None
 
 
+ByeReason = Literal[
+    "left",
+    "replaced",
+    "server_shutdown",
+    "bad_token",
+    "join_required",
+    "join_timeout",
+    "timeout",
+    "flood",
+    "forbidden",
+    "removed",
+    "denied",
+    "locked",
+    "lesson_ended",
+]
+
+
 class Bye(_Message):
-    """The server is closing this participant's session."""
+    """The server is closing this participant's session (its last message)."""
 
     type: Literal["bye"] = "bye"
-    reason: str
+    reason: ByeReason
     message: str
 
 
@@ -264,8 +467,107 @@ class Pong(_Message):
     type: Literal["pong"] = "pong"
 
 
+class LobbyWait(_Message):
+    """Sent instead of ``welcome`` while a participant waits to be let in."""
+
+    type: Literal["lobby_wait"] = "lobby_wait"
+    participant_id: str
+    reason: Literal["lobby", "waiting_for_teacher"]
+    message: str
+
+
+class LobbyUpdated(_Message):
+    """To moderators: who waits in the lobby now."""
+
+    type: Literal["lobby_updated"] = "lobby_updated"
+    waiting: list[ParticipantInfo]
+
+
+class LessonState(BaseModel):
+    """Lesson-wide state every participant sees."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    locked: bool
+    spotlight: str | None
+    breakout: bool
+    groups: dict[str, list[str]]
+    broadcast_audio_from: str | None
+    chat_policy: str
+
+
+class LessonUpdated(_Message):
+    type: Literal["lesson_updated"] = "lesson_updated"
+    state: LessonState
+
+
+class UnmuteRequested(_Message):
+    """To moderators: a muted participant asks to be heard (or seen) again."""
+
+    type: Literal["unmute_requested"] = "unmute_requested"
+    participant_id: str
+    kind: Kind
+
+
+class Notice(_Message):
+    """Something happened to you that the page should say (muted, unmute allowed...)."""
+
+    type: Literal["notice"] = "notice"
+    code: str
+    message: str
+
+
+class Hand(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    participant_id: str
+    name: str
+    school: str
+    raised_at: float
+
+
+class HandsChanged(_Message):
+    """The raised hands, first raised first."""
+
+    type: Literal["hands_changed"] = "hands_changed"
+    queue: list[Hand]
+
+
+class ChatEntry(BaseModel):
+    """One chat message as delivered and stored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: int
+    from_id: str
+    name: str
+    role: str
+    school: str
+    text: str
+    to: Literal["everyone", "teachers", "all_groups"]
+    group: str | None
+    sent_at: float
+
+
+class ChatMessage(_Message):
+    type: Literal["chat_message"] = "chat_message"
+    message: ChatEntry
+
+
+class ChatHistory(_Message):
+    """Sent after ``welcome``: earlier chat this participant may read."""
+
+    type: Literal["chat_history"] = "chat_history"
+    messages: list[ChatEntry]
+
+
 ServerMessage = (
     Welcome
+    | LobbyWait
+    | LobbyUpdated
+    | LessonUpdated
+    | UnmuteRequested
+    | Notice
+    | HandsChanged
+    | ChatMessage
+    | ChatHistory
     | ParticipantJoined
     | ParticipantLeft
     | ParticipantUpdated

@@ -6,10 +6,12 @@ one when lessons span several server processes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from . import protocol as p
-from .lesson import Lesson
+from .lesson import Lesson, LessonSettings
+from .records import InMemoryRecordStore, RecordStore
 
 
 class LessonRegistry(Protocol):
@@ -31,14 +33,28 @@ class LessonRegistry(Protocol):
 class InMemoryLessonRegistry:
     """The default registry: lessons live in this process."""
 
-    def __init__(self, ice_servers: list[p.IceServer] | None = None) -> None:
+    def __init__(
+        self,
+        ice_servers: list[p.IceServer] | None = None,
+        records: RecordStore | None = None,
+        settings_for: Callable[[str], LessonSettings] | None = None,
+    ) -> None:
         self._lessons: dict[str, Lesson] = {}
         self._ice_servers = list(ice_servers or [])
+        self._records: RecordStore = records or InMemoryRecordStore()
+        self._settings_for = settings_for or (lambda lesson_id: LessonSettings())
 
     def lesson(self, lesson_id: str) -> Lesson:
         lesson = self._lessons.get(lesson_id)
         if lesson is None:
-            lesson = self._lessons[lesson_id] = Lesson(lesson_id, self._ice_servers)
+            # A lesson reopened on this node starts from what was recorded: chat
+            # history, removed links, whether it has ended.
+            lesson = self._lessons[lesson_id] = Lesson(
+                lesson_id,
+                self._ice_servers,
+                settings=self._settings_for(lesson_id),
+                history=self._records.history(lesson_id),
+            )
         return lesson
 
     def discard_if_empty(self, lesson_id: str) -> None:

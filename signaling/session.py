@@ -9,6 +9,7 @@ limit and the permission each message type needs, in that order.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import protocol as p
@@ -19,16 +20,41 @@ from .tokens import TokenError, verify_token
 
 JOIN_TIMEOUT_SECONDS = 10.0
 
-# The permission each client message needs once joined; a type missing here is denied.
+# The permission each client message needs once joined; a type missing here is
+# denied. Actions on another participant also check the permission's scope (own
+# school only, for delegates) in the lesson.
 MESSAGE_PERMISSIONS: dict[str, Permission] = {
     "publish_offer": Permission.PUBLISH,
     "subscribe_answer": Permission.SUBSCRIBE,
     "ice_candidate": Permission.JOIN,
-    "grant_publish": Permission.GRANT_PUBLISH,
-    "revoke_publish": Permission.GRANT_PUBLISH,
     "ping": Permission.JOIN,
     "leave": Permission.JOIN,
+    "grant_publish": Permission.GRANT_PUBLISH,
+    "revoke_publish": Permission.GRANT_PUBLISH,
+    "grant_floor": Permission.GRANT_PUBLISH,
+    "admit": Permission.ADMIT,
+    "deny": Permission.ADMIT,
+    "mute": Permission.MODERATE,
+    "allow_unmute": Permission.MODERATE,
+    "remove": Permission.MODERATE,
+    "ask_to_unmute": Permission.ASK_TO_UNMUTE,
+    "raise_hand": Permission.RAISE_HAND,
+    # Lowering one's own hand needs nothing more; someone else's needs MODERATE.
+    "lower_hand": Permission.JOIN,
+    "chat": Permission.CHAT,
+    "lock_lesson": Permission.RUN_LESSON,
+    "mute_all": Permission.RUN_LESSON,
+    "set_presenter": Permission.RUN_LESSON,
+    "spotlight": Permission.RUN_LESSON,
+    "end_lesson": Permission.RUN_LESSON,
+    "start_breakout": Permission.RUN_LESSON,
+    "visit_group": Permission.RUN_LESSON,
+    "broadcast": Permission.RUN_LESSON,
+    "broadcast_audio": Permission.RUN_LESSON,
+    "end_breakout": Permission.RUN_LESSON,
 }
+# What a participant waiting in the lobby may send.
+LOBBY_MESSAGES = frozenset({"ping", "leave", "ice_candidate"})
 
 
 class SessionState(enum.Enum):
@@ -48,7 +74,7 @@ class Reply:
 class Close:
     """Send ``bye`` and close this socket."""
 
-    reason: str
+    reason: p.ByeReason
     message: str
 
 
@@ -157,7 +183,10 @@ class SignalingSession:
             message = p.parse_client_message(data)
         except p.ProtocolError as exc:
             if self.state is SessionState.AWAITING_JOIN:
-                return [_error(exc), *self._close(exc.code, "the first message must be join")]
+                return [
+                    _error(exc),
+                    *self._close("join_required", "the first message must be join"),
+                ]
             return [_error(exc)]
         if self.state is SessionState.AWAITING_JOIN:
             if not isinstance(message, p.Join):
@@ -185,7 +214,7 @@ class SignalingSession:
 
     # -- internals ---------------------------------------------------------
 
-    def _close(self, reason: str, message: str) -> list[SessionEffect]:
+    def _close(self, reason: p.ByeReason, message: str) -> list[SessionEffect]:
         self.state = SessionState.CLOSED
         return [Close(reason, message)]
 
@@ -216,7 +245,7 @@ class SignalingSession:
             participant, joined = lesson.join(grant)
         except Forbidden as exc:
             self._registry.discard_if_empty(lesson.id)
-            return [_error(exc), *self._close(exc.code, exc.message)]
+            return [_error(exc), *self._close(exc.bye_reason, exc.message)]
         self.state = SessionState.JOINED
         self.participant_id = participant.id
         self.lesson = lesson
@@ -224,25 +253,76 @@ class SignalingSession:
 
     def _dispatch(self, message: p.ClientMessage) -> list[SessionEffect]:
         assert self.lesson is not None and self.participant_id is not None
-        pid = self.participant_id
+        lesson, pid = self.lesson, self.participant_id
         if isinstance(message, p.Join):
             raise p.ProtocolError("already_joined", "this socket has already joined", "join")
-        permission = MESSAGE_PERMISSIONS.get(message.type)
-        if permission is None:
-            raise Forbidden(f"{message.type} is not allowed", message.type)
-        self.lesson.require(pid, permission, message.type)
-        if isinstance(message, p.PublishOffer):
-            return [NegotiatePublish(pid, message)]
-        if isinstance(message, p.SubscribeAnswer):
-            return [AcceptSubscribeAnswer(pid, message.sdp)]
-        if isinstance(message, p.IceCandidate):
-            return [AddRemoteCandidate(pid, message)]
-        if isinstance(message, p.GrantPublish):
-            return list(self.lesson.grant_publish(pid, message.participant_id))
-        if isinstance(message, p.RevokePublish):
-            return list(self.lesson.revoke_publish(pid, message.participant_id))
         if isinstance(message, p.Ping):
             return [Reply(p.Pong())]
         if isinstance(message, p.Leave):
             return self._close("left", "you left the lesson")
+        if lesson.is_waiting(pid) and message.type not in LOBBY_MESSAGES:
+            raise p.ProtocolError(
+                "in_lobby",
+                "you are waiting in the lobby; the teacher will let you in",
+                message.type,
+            )
+        permission = MESSAGE_PERMISSIONS.get(message.type)
+        if permission is None:
+            raise Forbidden(f"{message.type} is not allowed", message.type)
+        lesson.require(pid, permission, message.type)
+        return list(self._route(lesson, pid, message))
+
+    @staticmethod
+    def _route(lesson: Lesson, pid: str, message: p.ClientMessage) -> Sequence[SessionEffect]:
+        match message:
+            case p.PublishOffer():
+                return [NegotiatePublish(pid, message)]
+            case p.SubscribeAnswer():
+                return [AcceptSubscribeAnswer(pid, message.sdp)]
+            case p.IceCandidate():
+                return [AddRemoteCandidate(pid, message)]
+            case p.GrantPublish():
+                return lesson.grant_publish(pid, message.participant_id)
+            case p.RevokePublish():
+                return lesson.revoke_publish(pid, message.participant_id)
+            case p.GrantFloor():
+                return lesson.grant_floor(pid, message.participant_id)
+            case p.Admit():
+                return lesson.admit(pid, message.participant_id)
+            case p.Deny():
+                return lesson.deny(pid, message.participant_id)
+            case p.Mute():
+                return lesson.mute(pid, message.participant_id, message.kind)
+            case p.AllowUnmute():
+                return lesson.allow_unmute(pid, message.participant_id, message.kind)
+            case p.Remove():
+                return lesson.remove(pid, message.participant_id)
+            case p.AskToUnmute():
+                return lesson.ask_to_unmute(pid, message.kind)
+            case p.RaiseHand():
+                return lesson.raise_hand(pid)
+            case p.LowerHand():
+                return lesson.lower_hand(pid, message.participant_id)
+            case p.Chat():
+                return lesson.chat(pid, message.text, message.to)
+            case p.LockLesson():
+                return lesson.lock(pid, message.locked)
+            case p.MuteAll():
+                return lesson.mute_all(pid, message.kind)
+            case p.SetPresenter():
+                return lesson.set_presenter(pid, message.participant_id, message.presenter)
+            case p.Spotlight():
+                return lesson.set_spotlight(pid, message.participant_id)
+            case p.EndLesson():
+                return lesson.end(pid)
+            case p.StartBreakout():
+                return lesson.start_breakout(pid, message.groups, message.count)
+            case p.VisitGroup():
+                return lesson.visit_group(pid, message.group)
+            case p.Broadcast():
+                return lesson.broadcast(pid, message.text)
+            case p.BroadcastAudio():
+                return lesson.broadcast_audio(pid, message.on)
+            case p.EndBreakout():
+                return lesson.end_breakout(pid)
         raise Forbidden(f"{message.type} is not allowed", message.type)

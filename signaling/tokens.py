@@ -41,6 +41,8 @@ class Grant:
     school: str
     token_id: str
     expires_at: int
+    # For classroom endpoints: how many students sit in front of it.
+    headcount: int | None = None
 
 
 def _check_identifier(field: str, value: str) -> None:
@@ -59,6 +61,7 @@ def mint_token(
     school: str = "",
     ttl_seconds: int = 4 * 3600,
     now: float | None = None,
+    headcount: int | None = None,
 ) -> str:
     """Sign a join token for one participant. Raises ``ValueError`` on bad fields."""
     _check_identifier("lesson", lesson)
@@ -68,8 +71,10 @@ def mint_token(
         raise ValueError(f"name must be 1 to {MAX_NAME_LENGTH} characters")
     if ttl_seconds <= 0:
         raise ValueError("ttl must be positive")
+    if headcount is not None and not 0 <= headcount <= 1000:
+        raise ValueError("headcount must be between 0 and 1000")
     issued = int(time.time() if now is None else now)
-    claims = {
+    claims: dict[str, object] = {
         "iss": ISSUER,
         "iat": issued,
         "exp": issued + ttl_seconds,
@@ -79,6 +84,8 @@ def mint_token(
         "role": role.value,
         "school": school,
     }
+    if headcount is not None:
+        claims["headcount"] = headcount
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -107,6 +114,9 @@ def verify_token(secret: bytes, token: str) -> Grant:
         lesson = str(claims["lesson"])
         name = str(claims["name"])
         school = str(claims.get("school", ""))
+        headcount = claims.get("headcount")
+        if headcount is not None and not isinstance(headcount, int):
+            raise ValueError("headcount")
         _check_identifier("lesson", lesson)
     except (KeyError, ValueError):
         raise TokenError("the join link is not valid (missing or bad fields)") from None
@@ -117,4 +127,5 @@ def verify_token(secret: bytes, token: str) -> Grant:
         school=school,
         token_id=str(claims["jti"]),
         expires_at=int(claims["exp"]),
+        headcount=headcount,
     )

@@ -219,7 +219,7 @@ async def test_grant_reaches_the_student_and_everyone(connect: Any) -> None:
     assert await receive(student) == {
         "v": 1,
         "type": "permissions_changed",
-        "permissions": ["join", "publish", "subscribe"],
+        "permissions": ["ask_to_unmute", "chat", "join", "publish", "raise_hand", "subscribe"],
     }
     updated = await receive(teacher)
     assert updated["type"] == "participant_updated" and updated["participant"]["can_publish"]

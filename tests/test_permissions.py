@@ -1,25 +1,32 @@
-"""The permission table, role by role and permission by permission."""
+"""The permission table itself: roles, scopes and grants."""
 
 from __future__ import annotations
 
 import pytest
 
 from signaling.permissions import (
+    CHAT_POLICY_ROLES,
     ROLE_PERMISSIONS,
+    ChatPolicy,
     Permission,
     Role,
+    Scope,
     can_be_granted,
     effective_permissions,
     is_allowed,
+    scope_of,
 )
 
 P = Permission
+LISTENERS = {P.JOIN, P.SUBSCRIBE, P.CHAT}
+PARTICIPANTS = LISTENERS | {P.RAISE_HAND, P.ASK_TO_UNMUTE}
 EXPECTED: dict[Role, set[Permission]] = {
-    Role.TEACHER: {P.JOIN, P.SUBSCRIBE, P.PUBLISH, P.GRANT_PUBLISH},
-    Role.EXPERT: {P.JOIN, P.SUBSCRIBE, P.PUBLISH},
-    Role.CLASSROOM: {P.JOIN, P.SUBSCRIBE, P.PUBLISH},
-    Role.STUDENT: {P.JOIN, P.SUBSCRIBE},
-    Role.OBSERVER: {P.JOIN, P.SUBSCRIBE},
+    Role.TEACHER: LISTENERS | {P.PUBLISH, P.GRANT_PUBLISH, P.MODERATE, P.ADMIT, P.RUN_LESSON},
+    Role.DELEGATE: LISTENERS | {P.PUBLISH, P.GRANT_PUBLISH, P.MODERATE, P.ADMIT},
+    Role.EXPERT: PARTICIPANTS | {P.PUBLISH},
+    Role.CLASSROOM: PARTICIPANTS | {P.PUBLISH},
+    Role.STUDENT: PARTICIPANTS,
+    Role.OBSERVER: LISTENERS,
 }
 
 
@@ -33,6 +40,12 @@ def test_every_role_is_in_the_table() -> None:
     assert set(ROLE_PERMISSIONS) == set(Role)
 
 
+@pytest.mark.parametrize("permission", [P.GRANT_PUBLISH, P.MODERATE, P.ADMIT])
+def test_a_delegate_acts_only_on_its_own_school(permission: Permission) -> None:
+    assert scope_of(Role.DELEGATE, permission, frozenset()) is Scope.OWN_SCHOOL
+    assert scope_of(Role.TEACHER, permission, frozenset()) is Scope.ANY
+
+
 def test_a_student_publishes_only_with_a_grant() -> None:
     assert not is_allowed(Role.STUDENT, P.PUBLISH, frozenset())
     assert is_allowed(Role.STUDENT, P.PUBLISH, frozenset({P.PUBLISH}))
@@ -41,16 +54,20 @@ def test_a_student_publishes_only_with_a_grant() -> None:
 @pytest.mark.parametrize("role", [Role.OBSERVER, Role.STUDENT])
 def test_a_grant_outside_the_table_changes_nothing(role: Role) -> None:
     # A forged grant set (say, from a bug elsewhere) cannot widen a role.
-    forged = frozenset({P.GRANT_PUBLISH, P.PUBLISH})
-    assert not is_allowed(role, P.GRANT_PUBLISH, forged)
+    forged = frozenset(Permission)
+    for permission in (P.GRANT_PUBLISH, P.MODERATE, P.ADMIT, P.RUN_LESSON):
+        assert not is_allowed(role, permission, forged)
     if role is Role.OBSERVER:
         assert not is_allowed(role, P.PUBLISH, forged)
         assert not can_be_granted(role, P.PUBLISH)
 
 
 def test_effective_permissions_lists_role_and_grants() -> None:
-    assert effective_permissions(Role.STUDENT, frozenset({P.PUBLISH})) == {
-        P.JOIN,
-        P.SUBSCRIBE,
-        P.PUBLISH,
-    }
+    assert effective_permissions(Role.STUDENT, frozenset({P.PUBLISH})) == PARTICIPANTS | {P.PUBLISH}
+
+
+def test_chat_policies_narrow_chat() -> None:
+    assert CHAT_POLICY_ROLES[ChatPolicy.EVERYONE] == set(Role)
+    assert Role.OBSERVER not in CHAT_POLICY_ROLES[ChatPolicy.NO_OBSERVERS]
+    assert CHAT_POLICY_ROLES[ChatPolicy.TEACHERS_ONLY] == {Role.TEACHER, Role.DELEGATE}
+    assert not CHAT_POLICY_ROLES[ChatPolicy.OFF]
