@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,8 +16,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from .api import Api
 from .config import Settings
 from .connection import ParticipantConnection
+from .openapi import openapi_document
 from .state import ServerState
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
@@ -46,6 +49,12 @@ def create_app(settings: Settings) -> Starlette:
     async def metrics(request: Request) -> Response:
         return JSONResponse(state.metrics())
 
+    api = Api(state)
+    document = openapi_document(api, version("lco-classroom"))
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
     async def join_page(request: Request) -> Response:
         return FileResponse(WEB_CLIENT_DIR / "index.html", headers={"Cache-Control": "no-store"})
 
@@ -62,11 +71,16 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        heartbeat = asyncio.create_task(state.keep_heartbeat(), name="heartbeat")
+        background = [
+            asyncio.create_task(state.keep_heartbeat(), name="heartbeat"),
+            asyncio.create_task(state.webhooks.run(), name="webhooks"),
+        ]
         try:
             yield
         finally:
-            heartbeat.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await state.shutdown()
             state.close()
 
@@ -74,6 +88,8 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/healthz", healthz),
             Route("/metrics", metrics),
+            Route("/openapi.json", openapi),
+            *api.routes(),
             Route("/", join_page),
             Route("/join", join_page),
             WebSocketRoute("/ws", signaling),

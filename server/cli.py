@@ -15,7 +15,15 @@ from pathlib import Path
 from signaling.permissions import Role
 from signaling.tokens import mint_token
 
-from .config import DEFAULT_DATA_DIR, Settings, parse_ice_server, resolve_secret
+from . import manage
+from .config import (
+    DEFAULT_DATA_DIR,
+    Settings,
+    parse_ice_server,
+    resolve_admin_key,
+    resolve_secret,
+    resolve_webhook_secret,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -81,6 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
         "(env LCO_ALLOWED_ORIGINS, comma separated)",
     )
     serve.add_argument(
+        "--admin-key",
+        default=None,
+        help="the operator's key for the HTTP API (env LCO_ADMIN_KEY; default: "
+        "generated into DATA_DIR/admin.key)",
+    )
+    serve.add_argument(
+        "--public-url",
+        default=os.environ.get("LCO_PUBLIC_URL"),
+        help="address people use to reach the server, for join links (env LCO_PUBLIC_URL)",
+    )
+    serve.add_argument(
+        "--webhook-url",
+        action="append",
+        default=None,
+        help="POST lesson events here, signed; repeat for several (env LCO_WEBHOOK_URLS)",
+    )
+    serve.add_argument(
+        "--webhook-secret",
+        default=None,
+        help="HMAC key for webhook signatures (env LCO_WEBHOOK_SECRET; default: "
+        "generated into DATA_DIR/webhook.key)",
+    )
+    serve.add_argument(
         "--join-timeout",
         type=float,
         default=float(os.environ.get("LCO_JOIN_TIMEOUT", "10")),
@@ -118,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to announce as an ICE host candidate (e.g. 127.0.0.1 on one machine)",
     )
     publish.add_argument("--report", action="store_true", help="print what is received as JSON")
+    manage.add_commands(commands)
     return parser
 
 
@@ -126,6 +158,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     ice_hosts = args.ice_host or _env_list("LCO_ICE_HOSTS") or None
     ice_specs = args.ice_server or _env_list("LCO_ICE_SERVERS")
     origins = args.allowed_origin or _env_list("LCO_ALLOWED_ORIGINS")
+    webhooks = args.webhook_url or _env_list("LCO_WEBHOOK_URLS")
     return Settings(
         host=args.host,
         port=args.port,
@@ -136,6 +169,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ice_servers=tuple(parse_ice_server(s) for s in ice_specs),
         allowed_origins=tuple(origins),
         join_timeout=args.join_timeout,
+        admin_key=resolve_admin_key(args.admin_key, args.data_dir),
+        public_url=args.public_url,
+        webhook_urls=tuple(webhooks),
+        webhook_secret=resolve_webhook_secret(args.webhook_secret, args.data_dir)
+        if webhooks
+        else b"",
     )
 
 
@@ -201,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lco`` console script."""
     args = build_parser().parse_args(argv)
     handlers = {"serve": _serve, "token": _token, "publish": _publish}
-    return handlers[args.command](args)
+    return handlers.get(args.command, manage.run)(args)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ class Settings:
     # Origins allowed to open the signalling socket; empty means same origin only.
     allowed_origins: tuple[str, ...] = ()
     public_url: str | None = None
+    # The operator's key for the HTTP API (generated into the data directory if absent).
+    admin_key: str = ""
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: bytes = b""
     join_timeout: float = 10.0
     idle_timeout: float = 45.0
 
@@ -54,20 +58,41 @@ def parse_ice_server(spec: str) -> IceServerConfig:
 
 def load_or_create_secret(data_dir: Path) -> bytes:
     """The token signing secret from ``data_dir``, created (mode 0600) if absent."""
-    path = data_dir / SECRET_FILE_NAME
+    return _load_or_create_key(data_dir / SECRET_FILE_NAME, "signing secret").encode()
+
+
+def _load_or_create_key(path: Path, what: str) -> str:
     if path.exists():
-        secret = path.read_text().strip().encode()
-        if len(secret) < 32:
-            raise SystemExit(f"the signing secret in {path} is too short (need 32+ characters)")
-        return secret
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48).encode()
+        value = path.read_text().strip()
+        if len(value) < 32:
+            raise SystemExit(f"the {what} in {path} is too short (need 32+ characters)")
+        return value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
     with os.fdopen(fd, "w") as handle:
-        handle.write(secret.decode() + "\n")
+        handle.write(value + "\n")
     # Say where it is, never what it is.
-    logger.warning("no signing secret was configured; generated a new one in %s", path)
-    return secret
+    logger.warning("no %s was configured; generated a new one in %s", what, path)
+    return value
+
+
+def resolve_admin_key(explicit: str | None, data_dir: Path) -> str:
+    """Admin key from a flag, else ``LCO_ADMIN_KEY``, else ``DATA_DIR/admin.key``."""
+    value = explicit or os.environ.get("LCO_ADMIN_KEY")
+    if value:
+        if len(value) < 32:
+            raise SystemExit("the admin key must be at least 32 characters long")
+        return value
+    return _load_or_create_key(data_dir / "admin.key", "admin key")
+
+
+def resolve_webhook_secret(explicit: str | None, data_dir: Path) -> bytes:
+    """Webhook signing secret from a flag, else ``LCO_WEBHOOK_SECRET``, else a file."""
+    value = explicit or os.environ.get("LCO_WEBHOOK_SECRET")
+    if value:
+        return value.encode()
+    return _load_or_create_key(data_dir / "webhook.key", "webhook secret").encode()
 
 
 def resolve_secret(explicit: str | None, data_dir: Path) -> bytes:

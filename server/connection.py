@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus, Subscription, participant_topic
 from signaling.lesson import (
+    Announce,
     Deliver,
     Effect,
     PauseTrack,
@@ -253,7 +254,9 @@ class ParticipantConnection:
         if pid is not None:
             await state.sfu.close(pid)
         for effect in effects:
-            if isinstance(effect, (Deliver, Subscribe, Unsubscribe, StopTrack, PauseTrack, Record)):
+            if isinstance(
+                effect, (Deliver, Subscribe, Unsubscribe, StopTrack, PauseTrack, Record, Announce)
+            ):
                 await execute_lesson_effect(state, effect)
         if self._subscription is not None:
             self._subscription.close()
@@ -288,3 +291,5 @@ async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
         await state.sfu.stop_track(effect.track_id)
     elif isinstance(effect, PauseTrack):
         state.sfu.set_paused(effect.track_id, effect.paused)
+    elif isinstance(effect, Announce):
+        state.webhooks.notify(effect.event, effect.data)

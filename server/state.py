@@ -14,11 +14,13 @@ from media.peers import IceSettings
 from media.sfu import Sfu
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus
+from signaling.catalogue import Catalogue
 from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
 from signaling.sqlite_records import SqliteRecordStore
 
 from .config import Settings
+from .webhooks import Webhooks, WebhookSettings
 
 if TYPE_CHECKING:
     from .connection import ParticipantConnection
@@ -39,7 +41,10 @@ class ServerState:
         closed = self.records.close_open_sessions()
         if closed:
             logger.warning("closed %d attendance sessions left open by a previous run", closed)
-        self.registry = InMemoryLessonRegistry(ice_servers, self.records)
+        self.catalogue = Catalogue(settings.data_dir / "catalogue.sqlite3")
+        self.registry = InMemoryLessonRegistry(
+            ice_servers, self.records, settings_for=self.catalogue.settings_for
+        )
         self.bus = InMemoryEventBus()
         self.sfu = Sfu(
             IceSettings(
@@ -50,6 +55,9 @@ class ServerState:
                 public_ip=settings.public_ip,
             ),
             on_track_ended=self._track_ended,
+        )
+        self.webhooks = Webhooks(
+            WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)
         )
         self.connections: dict[str, ParticipantConnection] = {}
         self.accepting = True
@@ -104,6 +112,7 @@ class ServerState:
     def close(self) -> None:
         """Release the record store (after :meth:`shutdown`)."""
         self.records.close()
+        self.catalogue.close()
 
     def metrics(self) -> dict[str, Any]:
         """Operator counters (no secrets, no names)."""
@@ -116,6 +125,11 @@ class ServerState:
             "lessons": len(self.registry.lessons()),
             "connections": len(self.connections),
             "bus_topics": self.bus.topic_count(),
+            "webhooks": {
+                "delivered": self.webhooks.delivered,
+                "failed": self.webhooks.failed,
+                "dropped": self.webhooks.dropped,
+            },
             "asyncio_tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
             "open_fds": open_fds,

@@ -89,7 +89,15 @@ class Record:
     data: RecordData
 
 
-Effect = Deliver | Subscribe | Unsubscribe | StopTrack | PauseTrack | Record
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Something outside the lesson may want to hear of (webhooks); never blocks it."""
+
+    event: str
+    data: dict[str, object]
+
+
+Effect = Deliver | Subscribe | Unsubscribe | StopTrack | PauseTrack | Record | Announce
 
 
 # --- state -------------------------------------------------------------------
@@ -187,6 +195,7 @@ class Lesson:
         self._clock = clock
         self._track_numbers = itertools.count(1)
         self._forwarded: set[tuple[str, str]] = set()  # (subscriber, track id)
+        self._started = False
         history = history or LessonHistory()
         self._chat: list[ChatRecord] = list(history.chat)
         self._banned: set[str] = set(history.banned)
@@ -238,7 +247,10 @@ class Lesson:
         participant = self.participants.pop(participant_id, None)
         if participant is None:
             return []
-        effects: list[Effect] = [self._attendance(participant, AttendanceKind.LEFT, reason=reason)]
+        effects: list[Effect] = [
+            self._attendance(participant, AttendanceKind.LEFT, reason=reason),
+            Announce("participant.left", {**self._about(participant), "reason": reason}),
+        ]
         effects += [StopTrack(participant_id, track_id) for track_id in participant.tracks]
         self._forwarded = {
             (sub, tid)
@@ -459,14 +471,20 @@ class Lesson:
         return self._lesson_changed()
 
     def end(self, actor_id: str) -> list[Effect]:
-        """End the lesson for everyone; later joins are refused."""
+        """A teacher ends the lesson for everyone; later joins are refused."""
         self._require(actor_id, Permission.RUN_LESSON, "end_lesson")
-        actor = self._get(actor_id)
+        return self.close(f"{self._get(actor_id).name} ended the lesson")
+
+    def close(self, message: str) -> list[Effect]:
+        """End the lesson (a teacher, or the operator through the API)."""
+        if self.ended:
+            return []
         self.ended = True
-        bye = p.Bye(reason="lesson_ended", message=f"{actor.name} ended the lesson")
+        bye = p.Bye(reason="lesson_ended", message=message)
         everyone = [*self.participants, *self.waiting]
         return [
             Record(LessonEndedRecord(self.id, self._clock())),
+            Announce("lesson.ended", {"lesson": self.id, "message": message}),
             *[Deliver(pid, bye) for pid in everyone],
         ]
 
@@ -479,7 +497,8 @@ class Lesson:
         if participant.hand_raised_at is not None:
             return []
         participant.hand_raised_at = self._clock()
-        return self._hands_changed() + self._updated(participant)
+        announce = Announce("hand.raised", self._about(participant))
+        return [announce, *self._hands_changed(), *self._updated(participant)]
 
     def lower_hand(self, actor_id: str, target_id: str | None) -> list[Effect]:
         """Lower one's own hand, or (moderator) someone else's."""
@@ -660,8 +679,13 @@ class Lesson:
     def _enter(self, participant: Participant) -> list[Effect]:
         others = list(self.participants.values())
         self.participants[participant.id] = participant
-        effects: list[Effect] = [
+        effects: list[Effect] = []
+        if not others and not self._started:
+            self._started = True
+            effects.append(Announce("lesson.started", {"lesson": self.id}))
+        effects += [
             self._attendance(participant, AttendanceKind.JOINED),
+            Announce("participant.joined", self._about(participant)),
             Deliver(
                 participant.id,
                 p.Welcome(
@@ -769,6 +793,15 @@ class Lesson:
 
     def _group_names(self) -> set[str]:
         return {x.group for x in self.participants.values() if x.group is not None}
+
+    def _about(self, participant: Participant) -> dict[str, object]:
+        return {
+            "lesson": self.id,
+            "participant_id": participant.id,
+            "name": participant.name,
+            "role": participant.role.value,
+            "school": participant.school,
+        }
 
     def _attendance(
         self, participant: Participant, kind: AttendanceKind, reason: str = "", by: str = ""

@@ -25,6 +25,10 @@ class LessonRegistry(Protocol):
         """Forget a lesson once its last participant has left."""
         ...
 
+    def find(self, lesson_id: str) -> Lesson | None:
+        """The live lesson ``lesson_id`` if anyone is in it on this node."""
+        ...
+
     def lessons(self) -> list[Lesson]:
         """Every live lesson."""
         ...
@@ -56,6 +60,9 @@ class InMemoryLessonRegistry:
                 history=self._records.history(lesson_id),
             )
         return lesson
+
+    def find(self, lesson_id: str) -> Lesson | None:
+        return self._lessons.get(lesson_id)
 
     def discard_if_empty(self, lesson_id: str) -> None:
         lesson = self._lessons.get(lesson_id)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 
 SECRET = "test-secret-" + "x" * 40
+ADMIN_KEY = "test-admin-key-" + "k" * 40
 
 
 @dataclass
@@ -36,8 +38,21 @@ class RunningServer:
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def token(self, name: str, role: Role, lesson: str = "lesson-1", school: str = "north") -> str:
-        return mint_token(SECRET.encode(), lesson=lesson, name=name, role=role, school=school)
+    def token(
+        self,
+        name: str,
+        role: Role,
+        lesson: str = "lesson-1",
+        school: str = "north",
+        **extra: Any,
+    ) -> str:
+        return mint_token(
+            SECRET.encode(), lesson=lesson, name=name, role=role, school=school, **extra
+        )
+
+    def api(self, method: str, path: str, key: str | None = ADMIN_KEY, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.request(method, f"{self.http}{path}", headers=headers, timeout=10, **kw)
 
     def metrics(self) -> dict[str, object]:
         response = httpx.get(f"{self.http}/metrics", timeout=5)
@@ -61,7 +76,7 @@ def start_server(tmp: Path, *extra: str) -> RunningServer:
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     log = log_path.open("wb")
-    env = {**os.environ, "LCO_SECRET": SECRET}
+    env = {**os.environ, "LCO_SECRET": SECRET, "LCO_ADMIN_KEY": ADMIN_KEY}
     process = subprocess.Popen(
         [
             sys.executable,

@@ -1,0 +1,453 @@
+"""The HTTP API: communities, schools, endpoints, lessons, join links, attendance.
+
+Every route needs credentials: the operator's admin key, or (for one lesson's own
+routes) a teacher's join token for that lesson, as ``Authorization: Bearer ...``.
+Bodies are validated by the pydantic models in ``signaling.catalogue``; errors
+answer 4xx with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from signaling.attendance import attendance_rows, rows_as_csv, rows_as_json
+from signaling.catalogue import (
+    CatalogueError,
+    Community,
+    CommunityIn,
+    Endpoint,
+    EndpointIn,
+    Identifier,
+    Lesson,
+    LessonIn,
+    LessonPatch,
+    Name,
+    School,
+    SchoolIn,
+)
+from signaling.permissions import Role
+from signaling.records import LessonEndedRecord
+from signaling.tokens import TokenError, verify_token
+
+from .connection import execute_lesson_effect
+from .links import JoinLink, LinkMaker
+from .state import ServerState
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class LinkRequest(BaseModel):
+    """Ask for join links: one per name, for one role (and school)."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    names: list[Name] = Field(min_length=1, max_length=500)
+    school: Identifier | None = None
+    ttl_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One API operation and its documentation."""
+
+    path: str
+    method: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    many: bool = False
+    status: int = 200
+    auth: str = "admin key"
+    csv: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who calls: the operator (admin key) or a teacher of one lesson."""
+
+    admin: bool
+    lesson: str | None = None
+
+
+def _field_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(x) for x in first["loc"]) or "body"
+    if first["type"] == "extra_forbidden":
+        return f"unknown field {where!r}"
+    if first["type"] == "missing":
+        return f"missing field {where!r}"
+    return f"field {where!r}: {first['msg']}"
+
+
+async def _body(request: Request, model: type[BaseModel]) -> Any:
+    raw = await request.body()
+    if len(raw) > 256 * 1024:
+        raise ApiError(413, "body larger than 256 KiB")
+    try:
+        data = json.loads(raw or b"null")
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"body is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, _field_error(exc)) from None
+
+
+def _json(value: Any, status: int = 200) -> JSONResponse:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    elif isinstance(value, list):
+        value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
+    return JSONResponse(value, status_code=status)
+
+
+class Api:
+    """Route handlers over the server state."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self.catalogue = state.catalogue
+
+    # -- auth ----------------------------------------------------------------
+
+    def _principal(self, request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, credential = header.partition(" ")
+        if scheme.lower() != "bearer" or not credential:
+            raise ApiError(401, "credentials required: Authorization: Bearer <admin key or token>")
+        if hmac.compare_digest(credential.encode(), self.state.settings.admin_key.encode()):
+            return Principal(admin=True)
+        try:
+            grant = verify_token(self.state.settings.secret, credential)
+        except TokenError as exc:
+            raise ApiError(401, f"credentials refused: {exc.reason}") from None
+        if grant.role is not Role.TEACHER:
+            raise ApiError(403, "only teachers and the operator may use the API")
+        return Principal(admin=False, lesson=grant.lesson)
+
+    def _admin(self, request: Request) -> None:
+        if not self._principal(request).admin:
+            raise ApiError(403, "this needs the operator's admin key")
+
+    def _lesson_access(self, request: Request, lesson_id: str) -> None:
+        principal = self._principal(request)
+        if not principal.admin and principal.lesson != lesson_id:
+            raise ApiError(403, "your token is for another lesson")
+
+    # -- communities, schools, endpoints ---------------------------------------
+
+    async def list_communities(self, request: Request) -> Response:
+        self._admin(request)
+        return _json(self.catalogue.communities())
+
+    async def create_community(self, request: Request) -> Response:
+        self._admin(request)
+        return _json(self.catalogue.add_community(await _body(request, CommunityIn)), 201)
+
+    async def show_community(self, request: Request) -> Response:
+        self._admin(request)
+        community = self.catalogue.community(request.path_params["community_id"])
+        return _json(
+            {
+                **community.model_dump(mode="json"),
+                "schools": [
+                    s.model_dump(mode="json") for s in self.catalogue.schools(community.id)
+                ],
+            }
+        )
+
+    async def list_schools(self, request: Request) -> Response:
+        self._admin(request)
+        return _json(self.catalogue.schools(request.path_params["community_id"]))
+
+    async def create_school(self, request: Request) -> Response:
+        self._admin(request)
+        school = self.catalogue.add_school(
+            request.path_params["community_id"], await _body(request, SchoolIn)
+        )
+        return _json(school, 201)
+
+    async def list_endpoints(self, request: Request) -> Response:
+        self._admin(request)
+        school = self.catalogue.school(request.path_params["school_id"])
+        return _json(self.catalogue.endpoints(school.id))
+
+    async def create_endpoint(self, request: Request) -> Response:
+        self._admin(request)
+        endpoint = self.catalogue.add_endpoint(
+            request.path_params["school_id"], await _body(request, EndpointIn)
+        )
+        return _json(endpoint, 201)
+
+    # -- lessons -----------------------------------------------------------------
+
+    async def list_lessons(self, request: Request) -> Response:
+        self._admin(request)
+        return _json(self.catalogue.lessons(request.query_params.get("community")))
+
+    async def create_lesson(self, request: Request) -> Response:
+        self._admin(request)
+        return _json(self.catalogue.add_lesson(await _body(request, LessonIn)), 201)
+
+    async def show_lesson(self, request: Request) -> Response:
+        lesson_id = request.path_params["lesson_id"]
+        self._lesson_access(request, lesson_id)
+        lesson = self.catalogue.lesson(lesson_id)
+        live = self.state.registry.find(lesson_id)
+        return _json(
+            {
+                **lesson.model_dump(mode="json"),
+                "live": {
+                    "participants": len(live.participants),
+                    "waiting": len(live.waiting),
+                }
+                if live is not None
+                else None,
+            }
+        )
+
+    async def update_lesson(self, request: Request) -> Response:
+        lesson_id = request.path_params["lesson_id"]
+        self._lesson_access(request, lesson_id)
+        patch = await _body(request, LessonPatch)
+        return _json(self.catalogue.update_lesson(lesson_id, patch))
+
+    async def end_lesson(self, request: Request) -> Response:
+        lesson_id = request.path_params["lesson_id"]
+        self._lesson_access(request, lesson_id)
+        lesson = self.catalogue.end_lesson(lesson_id)
+        live = self.state.registry.find(lesson_id)
+        if live is not None:
+            for effect in live.close("the lesson was ended by its organiser"):
+                await execute_lesson_effect(self.state, effect)
+        else:
+            self.state.record(LessonEndedRecord(lesson_id, time.time()))
+        return _json(lesson)
+
+    # -- links -------------------------------------------------------------------
+
+    def _links(self, request: Request) -> LinkMaker:
+        base = self.state.settings.public_url or str(request.base_url)
+        return LinkMaker(self.catalogue, self.state.settings.secret, base)
+
+    async def lesson_links(self, request: Request) -> Response:
+        """The standard set: teacher, expert guest, one per invited classroom endpoint."""
+        lesson_id = request.path_params["lesson_id"]
+        self._lesson_access(request, lesson_id)
+        return _json(self._links(request).standard(lesson_id))
+
+    async def create_links(self, request: Request) -> Response:
+        """Links for named people of one role (students, co-teachers, delegates...)."""
+        lesson_id = request.path_params["lesson_id"]
+        self._lesson_access(request, lesson_id)
+        body: LinkRequest = await _body(request, LinkRequest)
+        ttl = body.ttl_minutes * 60 if body.ttl_minutes else None
+        try:
+            links = self._links(request).named(
+                lesson_id, body.role, list(body.names), body.school or "", ttl
+            )
+        except ValueError as exc:
+            raise ApiError(422, f"field 'school': {exc}") from None
+        return _json(links, 201)
+
+    # -- attendance --------------------------------------------------------------
+
+    async def attendance(self, request: Request) -> Response:
+        lesson_id = request.path_params["lesson_id"]
+        self._lesson_access(request, lesson_id)
+        fmt: Literal["json", "csv"] | str = request.query_params.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise ApiError(422, "query 'format' must be json or csv")
+        rows = attendance_rows(self.state.records.attendance(lesson_id), time.time())
+        if fmt == "csv":
+            return PlainTextResponse(
+                rows_as_csv(rows),
+                media_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="{lesson_id}.csv"'},
+            )
+        return JSONResponse(rows_as_json(lesson_id, rows))
+
+    # -- routing -----------------------------------------------------------------
+
+    def operations(self) -> list[Operation]:
+        """Every API operation: its route, handler and what the OpenAPI document says."""
+        lesson_scope = "admin key, or a teacher token for this lesson"
+        return [
+            Operation(
+                "/api/communities",
+                "GET",
+                self.list_communities,
+                "List communities",
+                response=Community,
+                many=True,
+            ),
+            Operation(
+                "/api/communities",
+                "POST",
+                self.create_community,
+                "Create a community",
+                body=CommunityIn,
+                response=Community,
+                status=201,
+            ),
+            Operation(
+                "/api/communities/{community_id}",
+                "GET",
+                self.show_community,
+                "Show a community and its schools",
+                response=Community,
+            ),
+            Operation(
+                "/api/communities/{community_id}/schools",
+                "GET",
+                self.list_schools,
+                "List a community's schools",
+                response=School,
+                many=True,
+            ),
+            Operation(
+                "/api/communities/{community_id}/schools",
+                "POST",
+                self.create_school,
+                "Add a school to a community",
+                body=SchoolIn,
+                response=School,
+                status=201,
+            ),
+            Operation(
+                "/api/schools/{school_id}/endpoints",
+                "GET",
+                self.list_endpoints,
+                "List a school's classroom endpoints",
+                response=Endpoint,
+                many=True,
+            ),
+            Operation(
+                "/api/schools/{school_id}/endpoints",
+                "POST",
+                self.create_endpoint,
+                "Register a classroom endpoint (room PC) with its headcount",
+                body=EndpointIn,
+                response=Endpoint,
+                status=201,
+            ),
+            Operation(
+                "/api/lessons",
+                "GET",
+                self.list_lessons,
+                "List lessons (query: community)",
+                response=Lesson,
+                many=True,
+            ),
+            Operation(
+                "/api/lessons",
+                "POST",
+                self.create_lesson,
+                "Schedule a lesson",
+                body=LessonIn,
+                response=Lesson,
+                status=201,
+            ),
+            Operation(
+                "/api/lessons/{lesson_id}",
+                "GET",
+                self.show_lesson,
+                "Show a lesson (with live counts)",
+                response=Lesson,
+                auth=lesson_scope,
+            ),
+            Operation(
+                "/api/lessons/{lesson_id}",
+                "PATCH",
+                self.update_lesson,
+                "Change a scheduled lesson",
+                body=LessonPatch,
+                response=Lesson,
+                auth=lesson_scope,
+            ),
+            Operation(
+                "/api/lessons/{lesson_id}/end",
+                "POST",
+                self.end_lesson,
+                "End a lesson for everyone",
+                response=Lesson,
+                auth=lesson_scope,
+            ),
+            Operation(
+                "/api/lessons/{lesson_id}/links",
+                "GET",
+                self.lesson_links,
+                "Join links: teacher, guest expert, one per invited classroom endpoint",
+                response=JoinLink,
+                many=True,
+                auth=lesson_scope,
+            ),
+            Operation(
+                "/api/lessons/{lesson_id}/links",
+                "POST",
+                self.create_links,
+                "Join links for named people of one role (students...)",
+                body=LinkRequest,
+                response=JoinLink,
+                many=True,
+                status=201,
+                auth=lesson_scope,
+            ),
+            Operation(
+                "/api/lessons/{lesson_id}/attendance",
+                "GET",
+                self.attendance,
+                "Attendance per participant and school (query: format=json|csv)",
+                auth=lesson_scope,
+                csv=True,
+            ),
+        ]
+
+    def routes(self) -> list[Route]:
+        """Every API route, wrapped so that errors become JSON answers."""
+
+        def wrap(handler: Handler) -> Handler:
+            async def endpoint(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except ApiError as exc:
+                    return JSONResponse({"error": exc.message}, status_code=exc.status)
+                except CatalogueError as exc:
+                    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+            return endpoint
+
+        by_path: dict[str, dict[str, Handler]] = {}
+        for operation in self.operations():
+            by_path.setdefault(operation.path, {})[operation.method] = wrap(operation.handler)
+
+        def dispatch(methods: dict[str, Handler]) -> Handler:
+            async def endpoint(request: Request) -> Response:
+                return await methods[request.method](request)
+
+            return endpoint
+
+        return [
+            Route(path, dispatch(methods), methods=list(methods))
+            for path, methods in by_path.items()
+        ]
