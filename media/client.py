@@ -73,19 +73,29 @@ class LessonClient:
     # -- lifecycle -----------------------------------------------------------
 
     async def connect(self) -> dict[str, Any]:
-        """Open the socket, join, and return the welcome (or raise with the error)."""
+        """Open the socket and join; return the welcome, or ``lobby_wait`` while held.
+
+        Raises ``ConnectionError`` with the server's reason if the join is refused.
+        """
         headers = {"Origin": self.origin} if self.origin else None
         self._ws = await websockets.connect(self.url, additional_headers=headers, max_size=2**20)
         self._reader = asyncio.create_task(self._read())
-        waiting = self.wait_for(lambda m: m["type"] in ("welcome", "bye"))
+        waiting = self.wait_for(lambda m: m["type"] in ("welcome", "lobby_wait", "bye"))
         await self.send(p.Join(token=self.token))
         message = await waiting
-        if message["type"] != "welcome":
+        if message["type"] == "bye":
             raise ConnectionError(message.get("message", "join refused"))
-        self.welcome = message
-        self.participant_id = message["participant_id"]
-        for participant in message["participants"]:
-            self.participants[participant["id"]] = participant
+        if message["type"] == "lobby_wait":
+            self.participant_id = message["participant_id"]
+        return message
+
+    async def admitted(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Wait in the lobby until let in (the welcome) or turned away (raises)."""
+        if self.welcome is not None:
+            return self.welcome
+        message = await self.wait_for(lambda m: m["type"] in ("welcome", "bye"), timeout)
+        if message["type"] == "bye":
+            raise ConnectionError(message.get("message", "turned away"))
         return message
 
     async def close(self) -> None:
@@ -170,7 +180,12 @@ class LessonClient:
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message["type"]
-        if kind == "error":
+        if kind == "welcome":
+            self.welcome = message
+            self.participant_id = message["participant_id"]
+            for participant in message["participants"]:
+                self.participants[participant["id"]] = participant
+        elif kind == "error":
             self.errors.append(message)
         elif kind == "bye":
             self.bye = message
