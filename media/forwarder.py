@@ -93,6 +93,10 @@ class SubscriberTrack(MediaStreamTrack):
         stats.frames_forwarded += 1
         return False
 
+    def drop_queued(self) -> None:
+        """Forget frames not yet taken by the sender."""
+        self._drain()
+
     def end(self) -> None:
         """End the track for this subscriber: its sender stops after queued frames."""
         if self.readyState == "live":
@@ -163,7 +167,11 @@ class TrackForwarder:
         if paused == self._paused:
             return
         self._paused = paused
-        if not paused and self.kind == "video":
+        if paused:
+            # Frames already queued for subscribers are not sent either.
+            for track in self._subscribers:
+                track.drop_queued()
+        elif self.kind == "video":
             for track in self._subscribers:
                 track.awaiting_keyframe = True
             self.request_keyframe()

@@ -160,3 +160,24 @@ async def test_a_subscriber_that_stops_is_detached() -> None:
     await settle(source)
     assert forwarder.stats.frames_forwarded == 0
     await forwarder.stop()
+
+
+async def test_pausing_drops_queued_frames_and_video_resumes_on_a_keyframe() -> None:
+    source, forwarder, requests, _, _ = make()
+    subscriber = forwarder.add_subscriber()
+    await requests.event.wait()
+    requests.event.clear()
+    source.queue.put_nowait(packet(0, True))
+    source.queue.put_nowait(packet(1, False))
+    await settle(source)
+    forwarder.set_paused(True)
+    source.queue.put_nowait(packet(2, True))
+    await settle(source)
+    assert forwarder.stats.frames_muted == 1
+    forwarder.set_paused(False)
+    await requests.event.wait()  # resuming video asks for a keyframe at once
+    source.queue.put_nowait(packet(3, False))
+    source.queue.put_nowait(packet(4, True))
+    # Nothing queued before the pause is sent after it; video restarts on a keyframe.
+    assert (await subscriber.recv()).pts == 4
+    await forwarder.stop()
