@@ -3,6 +3,17 @@
 import { explainMediaError, listDevices, openCameraAndMicrophone, openScreen } from "./media.js";
 import { Publisher, Subscriber } from "./peers.js";
 import { SignalingSocket } from "./signaling.js";
+import {
+  ChatLog,
+  chatOpenFor,
+  handPosition,
+  kindWord,
+  renderGroups,
+  renderHands,
+  renderLobby,
+  renderUnmuteRequests,
+  actionButton,
+} from "./lesson.js";
 import { readClaims, tokenFromLocation } from "./token.js";
 import {
   Sound,
@@ -20,6 +31,52 @@ const $ = (id) => document.getElementById(id);
 const MAX_BACKOFF_MS = 10_000;
 // A bye with one of these reasons is followed by a reconnect, not a final page.
 const RECONNECTING_BYES = new Set(["timeout", "server_shutdown"]);
+// Roles whose microphone and camera a moderator may mute, and who may present.
+const MUTABLE_ROLES = new Set(["student", "classroom", "expert", "delegate"]);
+const PRESENTABLE_ROLES = new Set(["student", "classroom", "expert", "delegate"]);
+const KINDS = ["audio", "video"];
+const EMPTY_STATE = {
+  locked: false,
+  spotlight: null,
+  breakout: false,
+  groups: {},
+  broadcast_audio_from: null,
+  chat_policy: "everyone",
+};
+// What the page says when the server ends this participant's session: [title, text, hint, retry].
+const BYE_TEXTS = {
+  replaced: [
+    "This lesson is open somewhere else",
+    "You opened this join link in another tab or window, so this page has stopped.",
+    "Close this page, or reload it to continue here.",
+    false,
+  ],
+  left: ["You left the lesson", "Thank you for taking part.", "Reload the page to join again.", true],
+  removed: [
+    "You were removed from the lesson",
+    null, // the server's sentence says who removed you
+    "This link no longer works. If you think this is a mistake, ask your teacher.",
+    false,
+  ],
+  denied: [
+    "The teacher did not let you in",
+    "The teacher did not let you into this lesson.",
+    "If you should be in this lesson, ask your teacher, then try again.",
+    true,
+  ],
+  locked: [
+    "The lesson is locked",
+    "The teacher has locked the lesson, so nobody new can join.",
+    "Ask your teacher to unlock it, then try again.",
+    true,
+  ],
+  lesson_ended: [
+    "The lesson has ended",
+    "The lesson has ended.",
+    "Thank you for taking part. You can close this page.",
+    false,
+  ],
+};
 
 function sentence(text) {
   const t = String(text ?? "").trim();
@@ -49,6 +106,14 @@ class ClassroomPage {
     this.bye = null;
     this.everJoined = false;
     this.metrics = { firstTeacherFrameMs: null, welcomeMs: null, firstFrames: {} };
+    this.lessonState = { ...EMPTY_STATE };
+    this.hands = []; // raised hands, first raised first
+    this.waiting = []; // who waits in the lobby (moderators only)
+    this.unmuteRequests = new Map(); // "pid:kind" -> {participant_id, kind}
+    this.askedUnmute = new Set(); // kinds this page asked to have unmuted
+    this.lobbyReason = null;
+    this.joinRefusal = null;
+    this.chat = new ChatLog();
     this.tiles = new Tiles(this.role);
     this.tiles.onFirstFrame = (who, source, trackId) => this.firstFrame(who, source, trackId);
     this.sound = new Sound();
@@ -95,6 +160,9 @@ class ClassroomPage {
     setText("prejoin-media-error", error);
     setText("media-error", error);
     this.updateControls();
+    // Joined before the camera was ready (a quick click on Join): publish now.
+    const sending = this.publisher?.has("camera") || this.publisher?.has("microphone");
+    if (this.me && this.may("publish") && !sending) this.startPublishing();
   }
 
   async fillDevicePickers() {
@@ -178,6 +246,26 @@ class ClassroomPage {
     switch (message.type) {
       case "welcome":
         return this.welcomed(message);
+      case "lobby_wait":
+        return this.lobbyWait(message);
+      case "lobby_updated":
+        this.waiting = message.waiting;
+        return this.renderPanels();
+      case "lesson_updated":
+        return this.lessonChanged(message.state);
+      case "unmute_requested":
+        return this.unmuteRequested(message.participant_id, message.kind);
+      case "notice":
+        return this.noticed(message);
+      case "hands_changed":
+        this.hands = message.queue;
+        this.updateControls();
+        return this.renderPanels();
+      case "chat_message":
+        return this.chat.add(message.message, this.me?.id);
+      case "chat_history":
+        for (const entry of message.messages) this.chat.add(entry, this.me?.id);
+        return undefined;
       case "participant_joined":
       case "participant_updated":
         return this.updateParticipant(message.participant);
@@ -210,14 +298,109 @@ class ClassroomPage {
     this.permissions = message.permissions;
     this.iceServers = message.ice_servers ?? [];
     this.participants = new Map(message.participants.map((p) => [p.id, p]));
+    this.lessonState = { ...EMPTY_STATE, ...(message.state ?? {}) };
+    this.lobbyReason = null;
+    this.hands = [];
+    this.waiting = [];
+    this.unmuteRequests.clear();
+    this.askedUnmute.clear();
+    this.chat.clear(); // chat_history follows
+    setText("notice", null);
+    this.applyMyMutes([], this.me.muted ?? []);
+    this.tiles.setFocus(this.lessonState.spotlight, this.presenterIds());
     document.body.dataset.connection = "connected";
     setBanner(this.reconnects ? "Reconnected to the lesson." : null, "info");
     if (this.reconnects) setTimeout(() => document.body.dataset.connection === "connected" && setBanner(null), 4000);
     $("prejoin-preview").srcObject = null;
     showScreen("room");
     this.renderPeople();
+    this.renderPanels();
     this.updateControls();
     if (this.may("publish")) this.startPublishing();
+  }
+
+  /** Sent instead of welcome: this participant waits in the lobby until let in. */
+  lobbyWait(message) {
+    this.attempt = 0;
+    this.everJoined = true;
+    this.lobbyReason = message.reason;
+    document.body.dataset.connection = "waiting";
+    setBanner(null);
+    $("lobby-text").textContent =
+      message.reason === "waiting_for_teacher"
+        ? "Please wait: the teacher has not joined yet. You will be let in as soon as the teacher is here."
+        : "Please wait, the teacher will let you in.";
+    showScreen("lobby");
+  }
+
+  lessonChanged(state) {
+    this.lessonState = { ...EMPTY_STATE, ...state };
+    this.tiles.setFocus(this.lessonState.spotlight, this.presenterIds());
+    this.tiles.arrange();
+    this.renderPeople();
+    this.renderPanels();
+    this.updateControls();
+  }
+
+  presenterIds() {
+    return [this.me, ...this.participants.values()].filter((p) => p?.presenter).map((p) => p.id);
+  }
+
+  /** Something happened to this participant (muted, allowed to unmute...): say it. */
+  noticed(message) {
+    let text = sentence(message.message);
+    const allowed = /^unmute_allowed_(audio|video)$/.exec(message.code ?? "");
+    if (allowed) {
+      const kind = allowed[1];
+      this.askedUnmute.delete(kind);
+      if (this.role === "classroom") {
+        // Nobody sits at the room PC's keyboard: turn it back on by itself.
+        const track = this.localTrack(kind);
+        if (track) track.enabled = true;
+      } else {
+        text += ` Press “${kind === "audio" ? "Unmute microphone" : "Turn camera on"}” when you are ready.`;
+      }
+    }
+    this.notify(text);
+    this.updateControls();
+  }
+
+  /** Say something in the notice line (read out by screen readers); it fades after a while. */
+  notify(text) {
+    setText("notice", text);
+    clearTimeout(this.noticeTimer);
+    this.noticeTimer = setTimeout(() => setText("notice", null), 15_000);
+  }
+
+  unmuteRequested(participantId, kind) {
+    if (!this.participants.has(participantId)) return;
+    this.unmuteRequests.set(`${participantId}:${kind}`, { participant_id: participantId, kind });
+    const who = this.participants.get(participantId);
+    this.notify(`${who.name} asks to turn the ${kindWord(kind)} back on.`);
+    this.renderPanels();
+  }
+
+  localTrack(kind) {
+    return kind === "audio" ? this.localStream?.getAudioTracks()[0] : this.localStream?.getVideoTracks()[0];
+  }
+
+  /** A moderator muted (or allowed back) this participant: keep the local track in step. */
+  applyMyMutes(before, after) {
+    for (const kind of after) {
+      if (!before.includes(kind)) {
+        const track = this.localTrack(kind);
+        if (track) track.enabled = false;
+      }
+    }
+    for (const kind of before) if (!after.includes(kind)) this.askedUnmute.delete(kind);
+  }
+
+  /** May this page act on `p` with `permission`? (The server checks again.) */
+  mayActOn(permission, p) {
+    if (!this.may(permission) || !p || p.id === this.me?.id) return false;
+    if (p.role === "teacher" && this.role !== "teacher") return false;
+    if (this.role === "delegate") return p.school === this.me?.school; // own school only
+    return true;
   }
 
   may(permission) {
@@ -225,6 +408,12 @@ class ClassroomPage {
   }
 
   refused(message) {
+    if (message.request_type === "join" && message.code !== "bad_token") {
+      // Refused for a reason about the lesson (removed, locked, ended): the bye says which.
+      this.stopped = true;
+      this.joinRefusal = message;
+      return;
+    }
     if (message.request_type === "join") {
       this.stopped = true;
       const expired = /expired/i.test(message.message);
@@ -243,34 +432,57 @@ class ClassroomPage {
     this.bye = message;
     if (RECONNECTING_BYES.has(message.reason)) return; // the close that follows reconnects
     this.stopped = true;
-    if (message.reason === "bad_token") return; // the error before it said why
-    const texts = {
-      replaced: [
-        "This lesson is open somewhere else",
-        "You opened this join link in another tab or window, so this page has stopped.",
-        "Close this page, or reload it to continue here.",
-      ],
-      left: ["You left the lesson", "Thank you for taking part.", "Reload the page to join again."],
-    };
-    const [title, text, hint] = texts[message.reason] ?? [
+    if (message.reason === "bad_token" && !this.joinRefusal) return; // the error before it said why
+    if (message.reason === "bad_token") {
+      showFatal(
+        "This join link does not work",
+        sentence(message.message),
+        "Ask your teacher for a new link, then open it in this browser.",
+      );
+      return;
+    }
+    const [title, text, hint, retry] = BYE_TEXTS[message.reason] ?? [
       "You are no longer in the lesson",
-      sentence(message.message),
+      null,
       "Reload the page to try to join again.",
+      true,
     ];
-    showFatal(title, text, hint, message.reason === "replaced" ? null : () => location.reload());
+    this.teardown();
+    this.stopScreen({ negotiate: false });
+    this.localStream?.getTracks().forEach((t) => t.stop());
+    showFatal(title, text ?? sentence(message.message), hint, retry ? () => location.reload() : null);
   }
 
   // -- participants -----------------------------------------------------------
 
   updateParticipant(participant) {
-    if (this.me && participant.id === this.me.id) this.me = participant;
-    else this.participants.set(participant.id, participant);
+    if (this.me && participant.id === this.me.id) {
+      const before = this.me.muted ?? [];
+      this.me = { ...participant, tracks: participant.tracks ?? this.me.tracks };
+      this.applyMyMutes(before, participant.muted ?? []);
+      this.updateControls();
+    } else {
+      this.participants.set(participant.id, participant);
+    }
+    // A lifted mute answers the request for it.
+    for (const [key, request] of [...this.unmuteRequests]) {
+      if (request.participant_id === participant.id && !(participant.muted ?? []).includes(request.kind)) {
+        this.unmuteRequests.delete(key);
+      }
+    }
     this.tiles.rename(participant);
+    this.tiles.setFocus(this.lessonState.spotlight, this.presenterIds());
+    this.tiles.arrange();
     this.renderPeople();
+    this.renderPanels();
   }
 
   participantLeft(participantId) {
     this.participants.delete(participantId);
+    for (const key of [...this.unmuteRequests.keys()]) {
+      if (key.startsWith(`${participantId}:`)) this.unmuteRequests.delete(key);
+    }
+    this.renderPanels();
     this.tiles.removeParticipant(participantId);
     this.sound.removeParticipant(participantId);
     for (const [trackId, entry] of [...this.remote]) {
@@ -281,7 +493,8 @@ class ClassroomPage {
   }
 
   trackPublished(participantId, track) {
-    const participant = this.participants.get(participantId);
+    // Our own tracks are announced to us too: the page shows what the server forwards.
+    const participant = participantId === this.me?.id ? this.me : this.participants.get(participantId);
     if (participant && !participant.tracks.some((t) => t.id === track.id)) {
       participant.tracks = [...participant.tracks, track];
       this.renderPeople();
@@ -299,14 +512,144 @@ class ClassroomPage {
 
   renderPeople() {
     if (!this.me) return;
-    const actions = (p) => {
-      if (!this.may("grant_publish") || p.role !== "student") return [];
-      return p.can_publish
-        ? [{ label: "Stop publishing", onClick: () => this.send("revoke_publish", { participant_id: p.id }) }]
-        : [{ label: "Allow to publish", onClick: () => this.send("grant_publish", { participant_id: p.id }) }];
-    };
     const publishing = Boolean(this.publisher && (this.publisher.has("camera") || this.publisher.has("microphone")));
-    renderPeople(this.me, this.participants, actions, { publishing });
+    renderPeople(this.me, this.participants, (p) => this.peopleActions(p), {
+      publishing,
+      spotlight: this.lessonState.spotlight,
+    });
+  }
+
+  /** The moderation buttons next to a participant (only what this page may do to them). */
+  peopleActions(p) {
+    const inline = [];
+    const more = [];
+    const target = { participant_id: p.id };
+    if (this.mayActOn("grant_publish", p) && p.role === "student") {
+      inline.push(
+        p.can_publish
+          ? { label: "Stop publishing", onClick: () => this.send("revoke_publish", target) }
+          : { label: "Allow to publish", onClick: () => this.send("grant_publish", target) },
+      );
+    }
+    if (this.mayActOn("moderate", p) && MUTABLE_ROLES.has(p.role)) {
+      for (const kind of KINDS) {
+        const muted = (p.muted ?? []).includes(kind);
+        const word = kindWord(kind);
+        inline.push(
+          muted
+            ? { label: `Allow ${word}`, onClick: () => this.send("allow_unmute", { ...target, kind }) }
+            : { label: `Mute ${word}`, onClick: () => this.send("mute", { ...target, kind }) },
+        );
+      }
+    }
+    if (this.may("run_lesson")) {
+      if (PRESENTABLE_ROLES.has(p.role)) {
+        more.push({
+          label: p.presenter ? "Stop presenting" : "Make presenter",
+          onClick: () => this.send("set_presenter", { ...target, presenter: !p.presenter }),
+        });
+      }
+      const lit = this.lessonState.spotlight === p.id;
+      more.push({
+        label: lit ? "Remove spotlight" : "Spotlight",
+        pressed: lit,
+        onClick: () => this.send("spotlight", { participant_id: lit ? null : p.id }),
+      });
+    }
+    if (this.mayActOn("moderate", p)) {
+      more.push({
+        label: "Remove from lesson",
+        className: "danger",
+        onClick: () => {
+          if (window.confirm(`Remove ${p.name} from the lesson? Their link will stop working.`)) {
+            this.send("remove", target);
+          }
+        },
+      });
+    }
+    return { inline, more };
+  }
+
+  /** Lobby, unmute requests, raised hands, breakout groups, lesson controls. */
+  renderPanels() {
+    if (!this.me) return;
+    const state = this.lessonState;
+    // The lesson: lock, mute all, end.
+    const runs = this.may("run_lesson");
+    $("lesson-controls").hidden = !runs;
+    $("lock-button").textContent = state.locked ? "Unlock lesson" : "Lock lesson";
+    $("lock-button").setAttribute("aria-pressed", String(state.locked));
+    $("lock-status").textContent = state.locked
+      ? "The lesson is locked: nobody new can join."
+      : "The lesson is open.";
+    // The lobby.
+    const admits = this.may("admit");
+    $("lobby-panel").hidden = !admits || this.waiting.length === 0;
+    renderLobby(this.waiting, (p) =>
+      this.mayActOn("admit", p)
+        ? [
+            actionButton("Admit", p.name, () => this.send("admit", { participant_id: p.id }), "primary"),
+            actionButton("Deny", p.name, () => this.send("deny", { participant_id: p.id })),
+          ]
+        : [],
+    );
+    // Unmute requests.
+    const requests = [...this.unmuteRequests.values()]
+      .map((r) => ({ participant: this.participants.get(r.participant_id), kind: r.kind }))
+      .filter((r) => r.participant);
+    $("unmute-panel").hidden = requests.length === 0;
+    renderUnmuteRequests(
+      requests,
+      (p, kind) => this.send("allow_unmute", { participant_id: p.id, kind }),
+      (p, kind) => {
+        this.unmuteRequests.delete(`${p.id}:${kind}`);
+        this.renderPanels();
+      },
+    );
+    // Raised hands: moderators see the queue with each hand's school.
+    const moderates = this.may("grant_publish") || this.may("moderate");
+    $("hands-panel").hidden = !moderates;
+    renderHands(this.hands, (hand) => {
+      const p = this.participants.get(hand.participant_id) ?? {
+        id: hand.participant_id,
+        name: hand.name,
+        school: hand.school,
+        role: "student",
+      };
+      const buttons = [];
+      if (this.mayActOn("grant_publish", p)) {
+        buttons.push(
+          actionButton("Give the floor", hand.name, () => this.send("grant_floor", { participant_id: p.id }), "primary"),
+        );
+      }
+      if (this.mayActOn("moderate", p)) {
+        buttons.push(actionButton("Lower", hand.name, () => this.send("lower_hand", { participant_id: p.id })));
+      }
+      return buttons;
+    });
+    // Breakout groups.
+    $("breakout-panel").hidden = !runs;
+    $("breakout-start").hidden = state.breakout;
+    $("breakout-running").hidden = !state.breakout;
+    if (state.breakout) {
+      const nameOf = (id) => {
+        const p = id === this.me.id ? this.me : this.participants.get(id);
+        return p ? `${p.name}${p.school ? ` (${p.school})` : ""}` : null;
+      };
+      renderGroups(state.groups ?? {}, nameOf, this.me.group ?? null, (group) =>
+        this.send("visit_group", { group }),
+      );
+      $("breakout-main").hidden = !this.me.group;
+      const broadcasting = state.broadcast_audio_from === this.me.id;
+      $("broadcast-audio").setAttribute("aria-pressed", String(broadcasting));
+      $("broadcast-audio").textContent = broadcasting
+        ? "Stop broadcasting my audio"
+        : "Broadcast my audio to all groups";
+    }
+    // Chat: closed by the lesson's policy for some roles.
+    const chatOpen = this.may("chat") && chatOpenFor(this.role, state.chat_policy);
+    $("chat-form").hidden = !chatOpen;
+    $("chat-closed").hidden = chatOpen;
   }
 
   // -- receiving ----------------------------------------------------------------
@@ -456,12 +799,59 @@ class ClassroomPage {
     $("camera-button").addEventListener("click", () => this.toggle("video"));
     $("screen-button").addEventListener("click", () => (this.screenStream ? this.stopScreen() : this.startScreen()));
     $("leave-button").addEventListener("click", () => this.leave());
+    $("lobby-leave").addEventListener("click", () => this.leave());
+    $("hand-button").addEventListener("click", () =>
+      this.send(this.me?.hand_raised ? "lower_hand" : "raise_hand"),
+    );
+    for (const kind of KINDS) {
+      $(`ask-unmute-${kind}`).addEventListener("click", () => {
+        if (this.send("ask_to_unmute", { kind })) {
+          this.askedUnmute.add(kind);
+          this.updateControls();
+        }
+      });
+    }
+    $("mute-all-audio").addEventListener("click", () => this.send("mute_all", { kind: "audio" }));
+    $("mute-all-video").addEventListener("click", () => this.send("mute_all", { kind: "video" }));
+    $("lock-button").addEventListener("click", () =>
+      this.send("lock_lesson", { locked: !this.lessonState.locked }),
+    );
+    $("end-button").addEventListener("click", () => {
+      if (window.confirm("End the lesson for everyone? Everyone will be disconnected.")) this.send("end_lesson");
+    });
+    $("chat-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const input = $("chat-text");
+      const text = input.value.trim();
+      if (!text) return;
+      if (this.send("chat", { text, to: $("chat-to").value })) input.value = "";
+    });
+    $("breakout-start").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const count = Number.parseInt($("breakout-count").value, 10);
+      if (count >= 2) this.send("start_breakout", { count });
+    });
+    $("breakout-main").addEventListener("click", () => this.send("visit_group", { group: null }));
+    $("broadcast-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const input = $("broadcast-text");
+      const text = input.value.trim();
+      if (text && this.send("broadcast", { text })) input.value = "";
+    });
+    $("broadcast-audio").addEventListener("click", () =>
+      this.send("broadcast_audio", { on: this.lessonState.broadcast_audio_from !== this.me?.id }),
+    );
+    $("breakout-end").addEventListener("click", () => this.send("end_breakout"));
     window.addEventListener("pagehide", () => this.send("leave"));
   }
 
+  mutedByModerator(kind) {
+    return (this.me?.muted ?? []).includes(kind);
+  }
+
   toggle(kind) {
-    const track = kind === "audio" ? this.localStream?.getAudioTracks()[0] : this.localStream?.getVideoTracks()[0];
-    if (!track) return;
+    const track = this.localTrack(kind);
+    if (!track || (this.mutedByModerator(kind) && !track.enabled)) return; // only the teacher can lift it
     track.enabled = !track.enabled;
     this.updateControls();
   }
@@ -472,10 +862,12 @@ class ClassroomPage {
     const video = this.localStream?.getVideoTracks()[0];
     const mic = $("mic-button");
     mic.hidden = !canPublish || !audio;
+    mic.disabled = this.mutedByModerator("audio");
     mic.textContent = audio?.enabled === false ? "Unmute microphone" : "Mute microphone";
     mic.setAttribute("aria-pressed", String(audio?.enabled === false));
     const camera = $("camera-button");
     camera.hidden = !canPublish || !video;
+    camera.disabled = this.mutedByModerator("video");
     camera.textContent = video?.enabled === false ? "Turn camera on" : "Turn camera off";
     camera.setAttribute("aria-pressed", String(video?.enabled === false));
     const screen = $("screen-button");
@@ -491,6 +883,37 @@ class ClassroomPage {
       );
       $("publish-status").dataset.allowed = String(canPublish);
     }
+    this.updateParticipation();
+  }
+
+  /** The hand button, the "muted by the teacher" note with "Ask to unmute", the group. */
+  updateParticipation() {
+    const me = this.me;
+    const hand = $("hand-button");
+    hand.hidden = !me || !this.may("raise_hand");
+    const raised = Boolean(me?.hand_raised);
+    hand.textContent = raised ? "Lower hand" : "Raise hand";
+    hand.setAttribute("aria-pressed", String(raised));
+    $("hand-status").textContent = me && raised ? handPosition(this.hands, me.id) : "";
+    const muted = me?.muted ?? [];
+    const status = $("mute-status");
+    status.hidden = muted.length === 0;
+    const words = muted.map(kindWord).join(" and ");
+    const asked = muted.filter((k) => this.askedUnmute.has(k));
+    $("mute-text").textContent = muted.length
+      ? `The teacher muted your ${words}.` +
+        (asked.length ? " You asked to turn it back on; please wait for the teacher." : "")
+      : "";
+    for (const kind of KINDS) {
+      const ask = $(`ask-unmute-${kind}`);
+      ask.hidden = !muted.includes(kind) || !this.may("ask_to_unmute");
+      ask.disabled = this.askedUnmute.has(kind);
+    }
+    const state = this.lessonState;
+    let group = "";
+    if (state.breakout && me?.group) group = `You are in breakout group ${me.group}.`;
+    else if (state.breakout && !this.may("run_lesson")) group = "You are in the main room.";
+    $("group-status").textContent = group;
   }
 
   leave() {
@@ -512,11 +935,28 @@ class ClassroomPage {
       participantId: this.me?.id ?? null,
       role: this.role,
       permissions: [...this.permissions],
-      participants: [...this.participants.values()].map((p) => ({ id: p.id, name: p.name, role: p.role, school: p.school })),
+      participants: [...this.participants.values()].map((p) => ({
+        id: p.id,
+        name: p.name,
+        role: p.role,
+        school: p.school,
+        muted: [...(p.muted ?? [])],
+        presenter: Boolean(p.presenter),
+        hand_raised: Boolean(p.hand_raised),
+        group: p.group ?? null,
+      })),
       remoteTracks: [...this.remote.values()].map((r) => r.info),
       reconnects: this.reconnects,
       sharing: Boolean(this.screenStream),
       banners: [...bannerHistory],
+      inLobby: this.lobbyReason,
+      muted: [...(this.me?.muted ?? [])],
+      handRaised: Boolean(this.me?.hand_raised),
+      hands: this.hands.map((h) => ({ id: h.participant_id, name: h.name, school: h.school })),
+      waiting: this.waiting.map((p) => ({ id: p.id, name: p.name, school: p.school })),
+      unmuteRequests: [...this.unmuteRequests.values()],
+      chatCount: this.chat.count,
+      lesson: { ...this.lessonState },
     };
   }
 }

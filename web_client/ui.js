@@ -1,10 +1,13 @@
 // Everything that touches the page. Names and schools come from other people:
 // they are only ever set with textContent, never parsed as HTML.
 
+import { el } from "./lesson.js";
+
 const $ = (id) => document.getElementById(id);
 
 const ROLE_LABELS = {
   teacher: "Teacher",
+  delegate: "School moderator",
   student: "Student",
   classroom: "Classroom",
   expert: "Expert",
@@ -15,20 +18,10 @@ export function roleLabel(role) {
   return ROLE_LABELS[role] ?? role;
 }
 
-function el(tag, props = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "dataset") Object.assign(node.dataset, value);
-    else if (key === "text") node.textContent = value;
-    else node[key] = value;
-  }
-  node.append(...children);
-  return node;
-}
 
-/** Show one of the screens: loading, fatal, prejoin or room. */
+/** Show one of the screens: loading, fatal, prejoin, lobby or room. */
 export function showScreen(name) {
-  for (const id of ["loading", "fatal", "prejoin", "room"]) $(id).hidden = id !== name;
+  for (const id of ["loading", "fatal", "prejoin", "lobby", "room"]) $(id).hidden = id !== name;
 }
 
 export function showFatal(title, text, hint = "", retry = null) {
@@ -66,6 +59,19 @@ export class Tiles {
     this.myRole = myRole;
     this.tiles = new Map(); // key -> figure
     this.onFirstFrame = () => {};
+    this.spotlight = null; // participant id everyone sees large
+    this.presenters = new Set(); // participant ids made presenter
+  }
+
+  /** The teacher's spotlight and the presenters: they are shown large. */
+  setFocus(spotlight, presenters) {
+    this.spotlight = spotlight ?? null;
+    this.presenters = new Set(presenters);
+    for (const figure of this.tiles.values()) {
+      const id = figure.dataset.participantId;
+      figure.dataset.spotlight = String(id === this.spotlight);
+      figure.dataset.presenter = String(this.presenters.has(id));
+    }
   }
 
   static key(participantId, source) {
@@ -89,6 +95,8 @@ export class Tiles {
       role: who.role,
       source,
       local: local ? "true" : "false",
+      spotlight: String(who.id === this.spotlight),
+      presenter: String(this.presenters.has(who.id)),
     });
     Object.assign(video.dataset, { participantId: who.id, trackId, source, role: who.role });
     video.setAttribute(
@@ -158,8 +166,19 @@ export class Tiles {
     const all = [...this.tiles.values()];
     const remote = all.filter((f) => f.dataset.local !== "true");
     let large;
+    // The spotlight (else the presenters) first: their screen if they share one, else their camera.
+    const focusIds = this.spotlight ? [this.spotlight] : [...this.presenters];
+    const focused = [];
+    for (const id of focusIds) {
+      const mine = remote.filter((f) => f.dataset.participantId === id);
+      const pick = mine.find((f) => f.dataset.source === "screen") ?? mine.find((f) => f.dataset.source === "camera");
+      if (pick) focused.push(pick);
+    }
     if (this.myRole === "teacher") {
-      large = remote.filter((f) => f.dataset.role === "classroom" || f.dataset.source === "screen");
+      const stage = remote.filter((f) => f.dataset.role === "classroom" || f.dataset.source === "screen");
+      large = [...focused, ...stage.filter((f) => !focused.includes(f))];
+    } else if (focused.length) {
+      large = focused;
     } else {
       const presenter =
         remote.find((f) => f.dataset.source === "screen" && f.dataset.role === "teacher") ??
@@ -235,11 +254,27 @@ export class Sound {
 
 // -- people -------------------------------------------------------------------
 
+const KIND_MUTED = { audio: "microphone muted", video: "camera muted" };
+const openMenus = new Set(); // participant ids whose "More" menu is open
+
+/** What a participant is doing, as short words: publishing, muted, hand up... */
+export function statusWords(p, { sending }) {
+  const words = [];
+  if (p.presenter) words.push("presenter");
+  if (sending) words.push("publishing");
+  else if (p.can_publish) words.push("may publish");
+  for (const kind of p.muted ?? []) words.push(KIND_MUTED[kind] ?? `${kind} muted`);
+  if (p.hand_raised) words.push("hand raised");
+  if (p.group) words.push(`group ${p.group}`);
+  return words.join(" · ");
+}
+
 /**
- * The participant list grouped by school. `actions(p)` returns buttons
- * ({label, onClick}) for a participant, for example grant/revoke publishing.
+ * The participant list grouped by school. `actions(p)` returns
+ * {inline: [{label, onClick}], more: [{label, onClick}]} (or an array: inline);
+ * "more" actions sit behind a "More" disclosure that stays open across updates.
  */
-export function renderPeople(me, participants, actions, { publishing = false } = {}) {
+export function renderPeople(me, participants, actions, { publishing = false, spotlight = null } = {}) {
   const container = $("people-groups");
   const everyone = [me, ...participants.values()].filter(Boolean);
   const bySchool = new Map();
@@ -248,6 +283,14 @@ export function renderPeople(me, participants, actions, { publishing = false } =
     if (!bySchool.has(school)) bySchool.set(school, []);
     bySchool.get(school).push(p);
   }
+  const button = (action, p) => {
+    const node = el("button", { type: "button", text: action.label });
+    if (action.className) node.className = action.className;
+    if (action.pressed !== undefined) node.setAttribute("aria-pressed", String(action.pressed));
+    node.setAttribute("aria-label", `${action.label}: ${p.name}`);
+    node.addEventListener("click", action.onClick);
+    return node;
+  };
   const groups = [];
   for (const school of [...bySchool.keys()].sort((a, b) => a.localeCompare(b))) {
     const items = bySchool
@@ -255,19 +298,29 @@ export function renderPeople(me, participants, actions, { publishing = false } =
       .sort((a, b) => a.name.localeCompare(b.name))
       .map((p) => {
         const sending = p.id === me.id ? publishing : p.tracks.length > 0;
-        const status = sending ? "publishing" : p.can_publish ? "may publish" : "";
+        const words = statusWords(p, { sending });
         const item = el(
           "li",
-          { dataset: { participantId: p.id, role: p.role } },
+          { dataset: { participantId: p.id, role: p.role, muted: (p.muted ?? []).join(" "), spotlight: String(p.id === spotlight) } },
           el("span", { className: "name", text: p.id === me.id ? `${p.name} (you)` : p.name }),
           el("span", { className: "role", text: roleLabel(p.role) }),
-          el("span", { className: "state", text: status }),
+          el("span", { className: "state", text: p.id === spotlight ? [words, "spotlight"].filter(Boolean).join(" · ") : words }),
         );
-        for (const action of p.id === me.id ? [] : actions(p)) {
-          const button = el("button", { type: "button", text: action.label });
-          button.setAttribute("aria-label", `${action.label}: ${p.name}`);
-          button.addEventListener("click", action.onClick);
-          item.append(button);
+        const found = p.id === me.id ? [] : actions(p);
+        const { inline = [], more = [] } = Array.isArray(found) ? { inline: found } : found;
+        if (inline.length || more.length) {
+          const row = el("div", { className: "actions" }, ...inline.map((a) => button(a, p)));
+          if (more.length) {
+            const details = el(
+              "details",
+              { className: "more", open: openMenus.has(p.id) },
+              el("summary", { text: "More", aria: { label: `More actions: ${p.name}` } }),
+              el("div", { className: "menu" }, ...more.map((a) => button(a, p))),
+            );
+            details.addEventListener("toggle", () => (details.open ? openMenus.add(p.id) : openMenus.delete(p.id)));
+            row.append(details);
+          }
+          item.append(row);
         }
         return item;
       });

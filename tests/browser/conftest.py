@@ -54,6 +54,14 @@ class Server:
     url: str
     secret: bytes
     process: subprocess.Popen[bytes]
+    data_dir: Path | None = None
+
+    def admin_key(self) -> str:
+        """The HTTP API's admin key that the server generated into its data directory."""
+        if os.environ.get("LCO_ADMIN_KEY"):
+            return os.environ["LCO_ADMIN_KEY"]
+        assert self.data_dir is not None
+        return (self.data_dir / "admin.key").read_text().strip()
 
     def link(
         self,
@@ -163,7 +171,12 @@ def server(host_address: str) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix="lco-browser-") as data_dir:
         process = start_server(port, secret, host_address, data_dir)
         try:
-            yield Server(url=f"http://127.0.0.1:{port}", secret=secret.encode(), process=process)
+            yield Server(
+                url=f"http://127.0.0.1:{port}",
+                secret=secret.encode(),
+                process=process,
+                data_dir=Path(data_dir),
+            )
         finally:
             stop_server(process)
 
