@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -19,6 +20,7 @@ from starlette.websockets import WebSocket
 from .api import Api
 from .config import Settings
 from .connection import ParticipantConnection
+from .headers import SecurityHeaders
 from .openapi import openapi_document
 from .state import ServerState
 
@@ -96,6 +98,7 @@ def create_app(settings: Settings) -> Starlette:
             Mount("/static", StaticFiles(directory=WEB_CLIENT_DIR), name="static"),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(SecurityHeaders)],
     )
     app.state.lco = state
     return app

@@ -84,6 +84,8 @@ def test_the_join_page_is_served_and_the_token_never_in_the_log(
 ) -> None:
     response = httpx.get(f"{app_server.http}/join")
     assert response.status_code == 200 and "html" in response.headers["content-type"]
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["referrer-policy"] == "no-referrer"
     assert SECRET not in app_server.log()
 
 
