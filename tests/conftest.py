@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from media import hooks
+from media.client import LessonClient
 from signaling.permissions import Role
 from signaling.tokens import mint_token
 
@@ -134,3 +136,33 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 @pytest.fixture
 def teacher_token() -> str:
     return mint_token(SECRET.encode(), lesson="lesson-1", name="Ms T", role=Role.TEACHER)
+
+
+@pytest.fixture
+def decoding_clients() -> Iterator[None]:
+    """This process's aiortc peers decode what they receive and count it; ICE on loopback."""
+    hooks.install_counting_hooks()
+    hooks.set_host_addresses(["127.0.0.1"])
+    yield
+    hooks.uninstall_hooks()
+    hooks.set_host_addresses(None)
+
+
+@pytest.fixture
+async def clients(server: RunningServer) -> AsyncIterator[Any]:
+    """Join Python participants to the module's server; all are closed afterwards."""
+    opened: list[LessonClient] = []
+
+    async def join(
+        name: str, role: Role, lesson: str, school: str = "north", token: str | None = None
+    ) -> LessonClient:
+        client = LessonClient(
+            server.ws, token or server.token(name, role, lesson=lesson, school=school)
+        )
+        await client.connect()
+        opened.append(client)
+        return client
+
+    yield join
+    for client in opened:
+        await client.close()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from media import hooks
 from media.client import LessonClient, ReceivedTrack
 from media.testsource import PatternVideoTrack, ToneAudioTrack
 from signaling import protocol as p
@@ -16,33 +14,7 @@ from signaling.permissions import Role
 
 from .conftest import RunningServer
 
-
-@pytest.fixture(autouse=True)
-def decoding_clients() -> Iterator[None]:
-    hooks.install_counting_hooks()
-    hooks.set_host_addresses(["127.0.0.1"])
-    yield
-    hooks.uninstall_hooks()
-    hooks.set_host_addresses(None)
-
-
-@pytest.fixture
-async def clients(server: RunningServer) -> AsyncIterator[Any]:
-    opened: list[LessonClient] = []
-
-    async def join(
-        name: str, role: Role, lesson: str, school: str = "north", token: str | None = None
-    ) -> LessonClient:
-        client = LessonClient(
-            server.ws, token or server.token(name, role, lesson=lesson, school=school)
-        )
-        await client.connect()
-        opened.append(client)
-        return client
-
-    yield join
-    for client in opened:
-        await client.close()
+pytestmark = pytest.mark.usefixtures("decoding_clients")
 
 
 def sfu(server: RunningServer) -> dict[str, int]:

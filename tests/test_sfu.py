@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 from aiortc.rtp import is_rtcp
 from aiortc.sdp import SessionDescription
 
-from media import hooks
 from media.client import LessonClient
 from media.testsource import PatternVideoTrack, ToneAudioTrack
 from signaling import protocol as p
@@ -25,29 +23,7 @@ from signaling.permissions import Role
 
 from .conftest import RunningServer, start_server, stop_server
 
-
-@pytest.fixture(autouse=True)
-def decoding_clients() -> Iterator[None]:
-    hooks.install_counting_hooks()
-    hooks.set_host_addresses(["127.0.0.1"])
-    yield
-    hooks.uninstall_hooks()
-    hooks.set_host_addresses(None)
-
-
-@pytest.fixture
-async def clients(server: RunningServer) -> AsyncIterator[Any]:
-    opened: list[LessonClient] = []
-
-    async def join(name: str, role: Role, lesson: str, school: str = "north") -> LessonClient:
-        client = LessonClient(server.ws, server.token(name, role, lesson=lesson, school=school))
-        await client.connect()
-        opened.append(client)
-        return client
-
-    yield join
-    for client in opened:
-        await client.close()
+pytestmark = pytest.mark.usefixtures("decoding_clients")
 
 
 def camera_and_microphone() -> list[tuple[Any, p.Source]]:
