@@ -25,6 +25,8 @@ from signaling import protocol as p
 
 logger = logging.getLogger(__name__)
 
+PING_INTERVAL = 15.0
+
 
 @dataclass(slots=True)
 class ReceivedTrack:
@@ -47,8 +49,16 @@ class ReceivedTrack:
 class LessonClient:
     """One participant over one WebSocket and up to two peer connections."""
 
-    def __init__(self, url: str, token: str, *, origin: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        origin: str | None = None,
+        ping_interval: float = PING_INTERVAL,
+    ) -> None:
         self.url = url
+        self.ping_interval = ping_interval
         self.token = token
         self.origin = origin
         self.participant_id: str | None = None
@@ -61,6 +71,7 @@ class LessonClient:
         self.subscribe_pc: RTCPeerConnection | None = None
         self._ws: Any = None
         self._reader: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
         self._consumers: list[asyncio.Task[None]] = []
         self._waiters: list[
             tuple[Callable[[dict[str, Any]], bool], asyncio.Future[dict[str, Any]]]
@@ -80,6 +91,7 @@ class LessonClient:
         headers = {"Origin": self.origin} if self.origin else None
         self._ws = await websockets.connect(self.url, additional_headers=headers, max_size=2**20)
         self._reader = asyncio.create_task(self._read())
+        self._keepalive = asyncio.create_task(self._keep_alive())
         waiting = self.wait_for(lambda m: m["type"] in ("welcome", "lobby_wait", "bye"))
         await self.send(p.Join(token=self.token))
         message = await waiting
@@ -105,11 +117,12 @@ class LessonClient:
                 await pc.close()
         if self._ws is not None:
             await self._ws.close()
-        for task in [*self._consumers, *([self._reader] if self._reader else [])]:
+        for task in [*self._consumers, *(t for t in (self._reader, self._keepalive) if t)]:
             task.cancel()
         await asyncio.gather(*self._consumers, return_exceptions=True)
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
+        await asyncio.gather(
+            *(t for t in (self._reader, self._keepalive) if t), return_exceptions=True
+        )
 
     async def send(self, message: Any) -> None:
         """Send one protocol message (a model or a raw string)."""
@@ -134,6 +147,15 @@ class LessonClient:
                 self._waiters = [(pr, f) for pr, f in self._waiters if f is not future]
 
         return wait()
+
+    async def _keep_alive(self) -> None:
+        # The server closes sockets silent for 45 s.
+        while True:
+            await asyncio.sleep(self.ping_interval)
+            try:
+                await self.send(p.Ping())
+            except websockets.ConnectionClosed:
+                return
 
     # -- publishing ----------------------------------------------------------
 

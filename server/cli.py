@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("LCO_JOIN_TIMEOUT", "10")),
         help="seconds a new socket has to send its join (default 10)",
     )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(os.environ.get("LCO_IDLE_TIMEOUT", "45")),
+        help="seconds of silence after which a socket is closed (default 45)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
 
     token = commands.add_parser("token", help="mint a signed join link")
@@ -169,6 +175,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ice_servers=tuple(parse_ice_server(s) for s in ice_specs),
         allowed_origins=tuple(origins),
         join_timeout=args.join_timeout,
+        idle_timeout=args.idle_timeout,
         admin_key=resolve_admin_key(args.admin_key, args.data_dir),
         public_url=args.public_url,
         webhook_urls=tuple(webhooks),

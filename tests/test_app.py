@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +14,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from media.client import LessonClient
 from signaling.permissions import Role
 from signaling.protocol import MAX_MESSAGE_BYTES
 from signaling.tokens import mint_token
@@ -257,3 +259,21 @@ def test_the_secret_file_is_created_private(tmp_path: Path) -> None:
     assert len(secret) >= 32
     assert (tmp_path / "secret.key").stat().st_mode & 0o077 == 0
     assert load_or_create_secret(tmp_path) == secret
+
+
+async def test_silent_sockets_are_closed_and_pinging_ones_kept(tmp_path: Path) -> None:
+    own = start_server(tmp_path, "--idle-timeout", "1")
+    try:
+        pinging = LessonClient(own.ws, token(lesson="idle", name="P"), ping_interval=0.2)
+        await pinging.connect()
+        silent = LessonClient(own.ws, token(lesson="idle", name="S"), ping_interval=3600)
+        await silent.connect()
+        await asyncio.wait_for(silent.closed.wait(), 10)
+        assert silent.bye is not None and silent.bye["reason"] == "timeout"
+        for _ in range(8):  # well past the idle timeout, answered every time
+            await pinging.wait_for(lambda m: m["type"] == "pong")
+        assert not pinging.closed.is_set()
+        await pinging.close()
+        await silent.close()
+    finally:
+        stop_server(own)
