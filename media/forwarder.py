@@ -16,7 +16,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import av
+from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from . import hooks
+from .peers import preferences_for
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,10 @@ class ForwardingStats:
         self.frames_muted = 0
         self.keyframe_requests_relayed = 0
         self.keyframe_requests_suppressed = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """All counters by name."""
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 class SubscriberTrack(MediaStreamTrack):
@@ -113,6 +122,18 @@ class SubscriberTrack(MediaStreamTrack):
             self._queue.get_nowait()
 
 
+class FrameSubscription:
+    """One subscriber's transceiver for a frame-forwarded track."""
+
+    def __init__(self, transceiver: RTCRtpTransceiver, track: SubscriberTrack) -> None:
+        self.transceiver = transceiver
+        self._track = track
+
+    def detach(self) -> None:
+        """Stop feeding this subscriber; its sender ends after what is queued."""
+        self._track.end()
+
+
 class TrackForwarder:
     """Forwards one published track to any number of subscribers."""
 
@@ -123,8 +144,10 @@ class TrackForwarder:
         request_keyframe: Callable[[], Awaitable[bool]],
         on_ended: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        codec: RTCRtpCodecParameters | None = None,
     ) -> None:
         self.track_id = track_id
+        self._codec = codec
         self.kind = source.kind
         self.stats = ForwardingStats()
         self._source = source
@@ -143,6 +166,10 @@ class TrackForwarder:
     def subscriber_count(self) -> int:
         """How many subscribers receive this track now."""
         return len(self._subscribers)
+
+    def counters(self) -> dict[str, int]:
+        """This track's counters, for ``/metrics``."""
+        return self.stats.as_dict()
 
     def start(self) -> None:
         """Begin draining the publisher's track."""
@@ -175,6 +202,20 @@ class TrackForwarder:
             for track in self._subscribers:
                 track.awaiting_keyframe = True
             self.request_keyframe()
+
+    def attach(self, pc: RTCPeerConnection) -> FrameSubscription:
+        """Add a ``sendonly`` transceiver carrying this track to ``pc``.
+
+        Its sender packetises our encoded frames; the subscriber's PLI/FIR come
+        back here. Call before creating the offer.
+        """
+        if self._codec is None:
+            raise ValueError("a forwarder needs its codec to offer it to subscribers")
+        track = self.add_subscriber()
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences(preferences_for(self.kind, self._codec))
+        hooks.on_keyframe_request(transceiver.sender, self.request_keyframe)
+        return FrameSubscription(transceiver, track)
 
     def remove_subscriber(self, track: SubscriberTrack) -> None:
         """Stop forwarding to one subscriber (it left or unsubscribed)."""

@@ -20,14 +20,27 @@ upgrade has one file to check; ``pyproject.toml`` pins the versions and
    SSRC we tell from its RTX SSRC with ``RTCRtpReceiver.__rtx_ssrc``.
 6. ``aioice.ice.get_host_addresses``: which host addresses ICE announces (aioice
    skips loopback; tests and single-host setups need to choose).
+
+The RTP fast path (``media/rtp_forward.py``) also uses:
+
+7. ``RTCRtpReceiver.__jitter_buffer`` again, for a tap that hands each decrypted,
+   RTX-unwrapped, NACK-accounted packet to the forwarder and reports "no frame".
+8. ``RTCRtpSender._retransmit`` and ``_send_keyframe`` per instance: a subscriber's
+   NACKs are answered from our history; its PLI/FIR reach the publisher.
+9. ``RTCRtpSender._ssrc`` / ``_rtx_ssrc``: the SSRCs the subscriber's SDP announced.
+10. ``RTCRtpSender.__ntp_timestamp`` / ``__rtp_timestamp`` / ``__packet_count`` /
+    ``__octet_count``: what aiortc's RTCP task puts in sender reports.
+11. ``RTCDtlsTransport._tx_srtp``: the subscriber's outbound SRTP session.
+12. aioice ``Connection._nominated[1]`` and its pair's ``protocol.transport`` and
+    ``remote_addr``: the UDP socket and address to send on without a coroutine.
 """
 
 from __future__ import annotations
 
 import fractions
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import aioice.ice
 import aiortc.rtcrtpreceiver
@@ -198,3 +211,93 @@ async def send_pli(receiver: RTCRtpReceiver) -> bool:
     newest = max(sources, key=lambda s: s.timestamp)
     await receiver._send_rtcp_pli(newest.source)
     return True
+
+
+# --- the RTP fast path -------------------------------------------------------
+
+_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+_SENDER_STATS = (
+    "_RTCRtpSender__ntp_timestamp",
+    "_RTCRtpSender__rtp_timestamp",
+    "_RTCRtpSender__packet_count",
+    "_RTCRtpSender__octet_count",
+)
+
+
+class PacketTap(Protocol):
+    """What replaces a receiver's jitter buffer."""
+
+    capacity: int
+
+    def add(self, packet: Any) -> tuple[bool, None]: ...
+
+
+def install_tap(receiver: RTCRtpReceiver, tap: PacketTap) -> Any:
+    """Put ``tap`` where the receiver's jitter buffer was; return the old buffer."""
+    previous = getattr(receiver, _JITTER_BUFFER)
+    setattr(receiver, _JITTER_BUFFER, tap)
+    return previous
+
+
+def remove_tap(receiver: RTCRtpReceiver, previous: Any) -> None:
+    """Give the receiver its jitter buffer back."""
+    setattr(receiver, _JITTER_BUFFER, previous)
+
+
+def has_tap_slot(receiver: RTCRtpReceiver) -> bool:
+    """Whether the private slot still exists (a guard for upgrades)."""
+    return hasattr(receiver, _JITTER_BUFFER)
+
+
+def hook_sender(
+    sender: RTCRtpSender,
+    retransmit: Callable[[int], Awaitable[None]],
+    keyframe: Callable[[], None],
+) -> None:
+    """Route a subscriber's NACKs and PLI/FIR to us."""
+    setattr(sender, "_retransmit", retransmit)  # noqa: B010
+    setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
+
+
+def unhook_sender(sender: RTCRtpSender) -> None:
+    """Remove our instance overrides: the class methods apply again."""
+    for name in ("_retransmit", "_send_keyframe"):
+        sender.__dict__.pop(name, None)
+
+
+def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
+    """(media SSRC, RTX SSRC) of a sender, as announced in its SDP."""
+    return int(sender._ssrc), int(sender._rtx_ssrc)
+
+
+def set_sender_report(
+    sender: RTCRtpSender, ntp_timestamp: int, rtp_timestamp: int, packets: int, octets: int
+) -> None:
+    """Make aiortc's next RTCP SR for ``sender`` describe what we sent."""
+    for name, value in zip(
+        _SENDER_STATS, (ntp_timestamp, rtp_timestamp, packets, octets), strict=True
+    ):
+        setattr(sender, name, value)
+
+
+def tx_srtp(sender: RTCRtpSender) -> Any | None:
+    """The outbound SRTP session of the sender's DTLS transport, once connected."""
+    transport = sender.transport
+    if transport is None or transport.state != "connected":
+        return None
+    return getattr(transport, "_tx_srtp", None)
+
+
+def nominated_pairs(sender: RTCRtpSender) -> dict[int, Any] | None:
+    """aioice's live ``{component: CandidatePair}`` of the sender's ICE connection."""
+    transport = sender.transport
+    if transport is None:
+        return None
+    connection = getattr(transport.transport, "_connection", None)
+    pairs = getattr(connection, "_nominated", None)
+    return pairs if isinstance(pairs, dict) else None
+
+
+def pair_endpoint(pair: Any) -> tuple[Any, tuple[str, int]]:
+    """(asyncio datagram transport, remote address) of a nominated candidate pair."""
+    return pair.protocol.transport, pair.remote_addr

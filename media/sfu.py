@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
@@ -22,20 +22,23 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from signaling import protocol as p
 
 from . import hooks
-from .forwarder import SubscriberTrack, TrackForwarder
+from .forwarder import TrackForwarder
 from .peers import (
     IceSettings,
     announce_public_ip,
     negotiated_media,
     new_peer_connection,
     parse_candidate,
-    preferences_for,
     restrict_offer_codecs,
 )
+from .rtp_forward import RtpForwarder
 
 logger = logging.getLogger(__name__)
 
 SendMessage = Callable[[p.ServerMessage], Awaitable[None]]
+# "rtp": forward RTP packets (the fast path, default); "frames": reassembled frames
+# re-packetised by aiortc's senders (the stock path, kept as a benchmark baseline).
+ForwardingMode = Literal["rtp", "frames"]
 TrackEnded = Callable[[str, str], None]  # (publisher id, track id)
 
 
@@ -67,11 +70,38 @@ class PublishResult:
     stopped_track_ids: list[str]
 
 
+class Attachment(Protocol):
+    """One subscriber's transceiver for one forwarded track."""
+
+    transceiver: RTCRtpTransceiver
+
+    def detach(self) -> None:
+        """Stop forwarding to this subscriber."""
+
+
+class Forwarder(Protocol):
+    """Forwards one published track to its subscribers (RTP packets or frames)."""
+
+    track_id: str
+
+    @property
+    def subscriber_count(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def set_paused(self, paused: bool) -> None: ...
+
+    def attach(self, pc: RTCPeerConnection) -> Attachment: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+
 @dataclass(slots=True)
 class _Subscription:
     info: p.SubscribedTrack
-    transceiver: RTCRtpTransceiver
-    track: SubscriberTrack
+    attachment: Attachment
 
 
 @dataclass(slots=True)
@@ -94,12 +124,17 @@ class ParticipantMedia:
 class Sfu:
     """Forwards every published track to its subscribers as encoded frames."""
 
-    def __init__(self, settings: IceSettings, on_track_ended: TrackEnded) -> None:
+    def __init__(
+        self,
+        settings: IceSettings,
+        on_track_ended: TrackEnded,
+        forwarding: ForwardingMode = "rtp",
+    ) -> None:
         self._settings = settings
         self._on_track_ended = on_track_ended
+        self._forwarding = forwarding
         self._participants: dict[str, ParticipantMedia] = {}
-        self._forwarders: dict[str, TrackForwarder] = {}
-        self._codecs: dict[str, RTCRtpCodecParameters] = {}
+        self._forwarders: dict[str, Forwarder] = {}
         self._publishers: dict[str, str] = {}  # track id -> participant id
 
     # -- participants --------------------------------------------------------
@@ -117,7 +152,7 @@ class Sfu:
         for track_id in list(media.published.values()):
             await self.stop_track(track_id)
         for subscription in media.subscriptions.values():
-            subscription.track.end()
+            subscription.attachment.detach()
         media.subscriptions.clear()
         task = media.negotiation_task
         if task is not None and not task.done():
@@ -181,8 +216,6 @@ class Sfu:
                     assert m is not None and m.codec is not None
                     kind: p.Kind = "audio" if transceiver.kind == "audio" else "video"
                     source = sources.get(mid, "microphone" if kind == "audio" else "camera")
-                    if kind == "audio":
-                        hooks.release_audio_immediately(transceiver.receiver)
                     started.append(
                         IncomingTrack(
                             mid=mid,
@@ -200,21 +233,30 @@ class Sfu:
         media = self._media(participant_id)
         media.published[incoming.mid] = track_id
         receiver = incoming.receiver
-        forwarder = TrackForwarder(
-            track_id,
-            incoming.track,
-            request_keyframe=lambda: hooks.send_pli(receiver),
-            on_ended=lambda tid: self._forwarder_ended(participant_id, tid),
-        )
+
+        def ended(tid: str) -> None:
+            self._forwarder_ended(participant_id, tid)
+
+        forwarder: Forwarder
+        if self._forwarding == "rtp":
+            forwarder = RtpForwarder(track_id, receiver, incoming.codec, on_ended=ended)
+        else:
+            if incoming.kind == "audio":
+                hooks.release_audio_immediately(receiver)
+            forwarder = TrackForwarder(
+                track_id,
+                incoming.track,
+                request_keyframe=lambda: hooks.send_pli(receiver),
+                on_ended=ended,
+                codec=incoming.codec,
+            )
         self._forwarders[track_id] = forwarder
-        self._codecs[track_id] = incoming.codec
         self._publishers[track_id] = participant_id
         forwarder.start()
 
     async def stop_track(self, track_id: str) -> None:
         """Stop forwarding a track: it ends for every subscriber, who renegotiates."""
         forwarder = self._forwarders.pop(track_id, None)
-        self._codecs.pop(track_id, None)
         publisher_id = self._publishers.pop(track_id, None)
         if publisher_id is not None and publisher_id in self._participants:
             published = self._participants[publisher_id].published
@@ -240,18 +282,14 @@ class Sfu:
         """Forward ``track`` to ``subscriber_id`` and offer it on the subscribe connection."""
         media = self._participants.get(subscriber_id)
         forwarder = self._forwarders.get(track.id)
-        codec = self._codecs.get(track.id)
-        if media is None or media.closed or forwarder is None or codec is None:
+        if media is None or media.closed or forwarder is None:
             return
         if track.id in media.subscriptions:
             return
         async with media.lock:
             if media.subscribe_pc is None:
                 media.subscribe_pc = self._new_subscribe_pc(media)
-            subscriber_track = forwarder.add_subscriber()
-            transceiver = media.subscribe_pc.addTransceiver(subscriber_track, direction="sendonly")
-            transceiver.setCodecPreferences(preferences_for(track.kind, codec))
-            hooks.on_keyframe_request(transceiver.sender, forwarder.request_keyframe)
+            attachment = forwarder.attach(media.subscribe_pc)
             media.subscriptions[track.id] = _Subscription(
                 info=p.SubscribedTrack(
                     mid="",
@@ -260,8 +298,7 @@ class Sfu:
                     kind=track.kind,
                     source=track.source,
                 ),
-                transceiver=transceiver,
-                track=subscriber_track,
+                attachment=attachment,
             )
         self._schedule_offer(media)
 
@@ -273,9 +310,6 @@ class Sfu:
         subscription = media.subscriptions.pop(track_id, None)
         if subscription is None:
             return
-        forwarder = self._forwarders.get(track_id)
-        if forwarder is not None:
-            forwarder.remove_subscriber(subscription.track)
         await self._remove_subscription(media, subscription)
 
     async def accept_subscribe_answer(self, participant_id: str, sdp: str) -> None:
@@ -315,22 +349,16 @@ class Sfu:
 
     def stats(self) -> dict[str, Any]:
         """Counters for ``/metrics``."""
-        totals = {
-            "frames_received": 0,
-            "frames_muted": 0,
-            "frames_forwarded": 0,
-            "frames_dropped": 0,
-            "keyframe_requests_relayed": 0,
-            "keyframe_requests_suppressed": 0,
-        }
+        totals: dict[str, int] = {}
         for forwarder in self._forwarders.values():
-            for name in totals:
-                totals[name] += getattr(forwarder.stats, name)
+            for name, value in forwarder.counters().items():
+                totals[name] = totals.get(name, 0) + value
         peer_connections = sum(
             (m.publish_pc is not None) + (m.subscribe_pc is not None)
             for m in self._participants.values()
         )
         return {
+            "forwarding": self._forwarding,
             "participants": len(self._participants),
             "peer_connections": peer_connections,
             "forwarded_tracks": len(self._forwarders),
@@ -370,9 +398,9 @@ class Sfu:
     async def _remove_subscription(
         self, media: ParticipantMedia, subscription: _Subscription
     ) -> None:
-        subscription.track.end()
+        subscription.attachment.detach()
         async with media.lock:
-            transceiver = subscription.transceiver
+            transceiver = subscription.attachment.transceiver
             transceiver.direction = "inactive"
             # Stopping the sender sends RTCP BYE, which ends the track at the subscriber.
             await transceiver.stop()
@@ -401,8 +429,9 @@ class Sfu:
             sdp = announce_public_ip(pc.localDescription.sdp, self._settings.public_ip)
             tracks = []
             for subscription in media.subscriptions.values():
-                mid = subscription.transceiver.mid
-                if mid is None or subscription.transceiver.stopped:
+                transceiver = subscription.attachment.transceiver
+                mid = transceiver.mid
+                if mid is None or transceiver.stopped:
                     continue
                 tracks.append(subscription.info.model_copy(update={"mid": mid}))
             media.offer_in_flight = True

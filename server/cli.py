@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a new socket has to send its join (default 10)",
     )
     serve.add_argument(
+        "--forwarding",
+        choices=["rtp", "frames"],
+        default=os.environ.get("LCO_FORWARDING", "rtp"),
+        help="rtp: forward RTP packets (default, fastest); frames: re-packetise "
+        "reassembled frames with aiortc's senders (the stock path, for comparison)",
+    )
+    serve.add_argument(
         "--idle-timeout",
         type=float,
         default=float(os.environ.get("LCO_IDLE_TIMEOUT", "45")),
@@ -176,6 +183,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allowed_origins=tuple(origins),
         join_timeout=args.join_timeout,
         idle_timeout=args.idle_timeout,
+        forwarding=args.forwarding,
         admin_key=resolve_admin_key(args.admin_key, args.data_dir),
         public_url=args.public_url,
         webhook_urls=tuple(webhooks),

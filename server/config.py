@@ -8,6 +8,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class Settings:
     public_url: str | None = None
     # The operator's key for the HTTP API (generated into the data directory if absent).
     admin_key: str = ""
+    # "rtp" forwards RTP packets (default); "frames" is aiortc's stock packetiser path.
+    forwarding: Literal["rtp", "frames"] = "rtp"
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: bytes = b""
     join_timeout: float = 10.0

@@ -55,6 +55,7 @@ class ServerState:
                 public_ip=settings.public_ip,
             ),
             on_track_ended=self._track_ended,
+            forwarding=settings.forwarding,
         )
         self.webhooks = Webhooks(
             WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)

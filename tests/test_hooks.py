@@ -160,3 +160,81 @@ async def test_a_pli_reaches_the_senders_keyframe_hook() -> None:
     finally:
         await sender_pc.close()
         await receiver_pc.close()
+
+
+# --- the RTP fast path's hooks --------------------------------------------------
+
+
+async def connected(track: MediaStreamTrack) -> tuple[RTCPeerConnection, RTCPeerConnection]:
+    """A sending and a receiving peer whose first frame has arrived (all transports up)."""
+    sender_pc, receiver_pc = await connect(track)
+    await asyncio.wait_for(receiver_of(receiver_pc).track.recv(), 10)
+    return sender_pc, receiver_pc
+
+
+async def test_the_sender_private_state_the_fast_path_uses_is_there() -> None:
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    try:
+        (transceiver,) = sender_pc.getTransceivers()
+        sender = transceiver.sender
+        ssrc, rtx_ssrc = hooks.sender_ssrcs(sender)
+        offer = sender_pc.localDescription.sdp
+        assert f"a=ssrc:{ssrc} " in offer and f"a=ssrc:{rtx_ssrc} " in offer
+        assert hooks.tx_srtp(sender) is not None
+        pairs = hooks.nominated_pairs(sender)
+        assert pairs is not None and 1 in pairs
+        transport, address = hooks.pair_endpoint(pairs[1])
+        assert hasattr(transport, "sendto") and address[0] == "127.0.0.1"
+        hooks.set_sender_report(sender, 1 << 40, 1234, 5, 678)
+        stats = await sender.getStats()
+        outbound = [s for s in stats.values() if s.type == "outbound-rtp"]
+        assert outbound and outbound[0].packetsSent == 5 and outbound[0].bytesSent == 678
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+async def test_a_tap_in_the_jitter_buffer_slot_sees_every_packet() -> None:
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    try:
+        seen = asyncio.Event()
+        packets: list[int] = []
+
+        class Tap:
+            capacity = 1
+
+            def add(self, packet: Any) -> tuple[bool, None]:
+                packets.append(packet.sequence_number)
+                seen.set()
+                return False, None
+
+        receiver = receiver_of(receiver_pc)
+        previous = hooks.install_tap(receiver, Tap())
+        await asyncio.wait_for(seen.wait(), 5)
+        hooks.remove_tap(receiver, previous)
+        assert packets and hooks.has_tap_slot(receiver)
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+async def test_nacks_reach_the_senders_retransmit_hook() -> None:
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    try:
+        (transceiver,) = sender_pc.getTransceivers()
+        nacked: asyncio.Queue[int] = asyncio.Queue()
+
+        async def retransmit(sequence_number: int) -> None:
+            nacked.put_nowait(sequence_number)
+
+        requested = asyncio.Event()
+        hooks.hook_sender(transceiver.sender, retransmit, requested.set)
+        receiver = receiver_of(receiver_pc)
+        (source,) = [s.source for s in receiver.getSynchronizationSources()][:1]
+        await receiver._send_rtcp_nack(source, [4242])
+        assert await asyncio.wait_for(nacked.get(), 5) == 4242
+        hooks.unhook_sender(transceiver.sender)
+        assert "_retransmit" not in transceiver.sender.__dict__
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
