@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to announce as an ICE host candidate (e.g. 127.0.0.1 on one machine)",
     )
     publish.add_argument("--report", action="store_true", help="print what is received as JSON")
+    # Listed for help; its own arguments are parsed by benchmarks.cli (see main).
+    commands.add_parser(
+        "bench", help="measure forwarding cost against baselines (lco bench --help)"
+    )
     manage.add_commands(commands)
     return parser
 
@@ -253,7 +257,12 @@ def _publish(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lco`` console script."""
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["bench"]:
+        from benchmarks.cli import main as bench_main
+
+        return bench_main(arguments[1:])
+    args = build_parser().parse_args(arguments)
     handlers = {"serve": _serve, "token": _token, "publish": _publish}
     return handlers.get(args.command, manage.run)(args)
 

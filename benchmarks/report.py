@@ -1,0 +1,128 @@
+"""The side-by-side table (text and Markdown) and the JSON file of a run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# (figure key, label, digits)
+ROWS: list[tuple[str, str, int]] = [
+    ("server_cpu_pct", "server CPU, % of one core", 1),
+    ("cpu_us_per_packet", "server CPU per forwarded packet, us", 1),
+    ("marginal_us_per_packet", "server CPU per extra packet vs previous size, us", 1),
+    ("forwarded_packets_per_s", "forwarded packets/s (received by subscribers)", 0),
+    ("forwarded_mbit_per_s", "forwarded Mbit/s (RTP payload + 12 B header)", 2),
+    ("loss_pct", "loss at subscribers, % (sequence gaps)", 2),
+    ("video_fps_mean", "video fps per subscriber, mean", 1),
+    ("video_fps_min", "video fps per subscriber, worst", 1),
+    ("audio_fps_mean", "audio frames/s per track per subscriber (source 50)", 1),
+    ("latency_p50_ms", "frame latency p50, ms (publisher schedule to reassembly)", 1),
+    ("latency_p99_ms", "frame latency p99, ms", 1),
+    ("ttff_video_p50_s", "first video frame p50, s (from join start)", 2),
+    ("ttff_video_p95_s", "first video frame p95, s", 2),
+    ("ttff_audio_p50_s", "first audio frame p50, s", 2),
+    ("join_p50_s", "join (socket to welcome) p50, s", 3),
+    ("join_p95_s", "join p95, s", 3),
+    ("rss_per_subscriber_mib", "server RSS growth per subscriber, MiB", 2),
+    ("keyframe_requests_relayed", "keyframe requests relayed to the publisher (run)", 0),
+    ("frames_decoded", "frames decoded by the server (window)", 0),
+    ("frames_encoded", "frames encoded by the server (window)", 0),
+    ("load_generator_cpu_pct", "load generator CPU, % of one core", 1),
+    ("machine_busy_pct", "whole machine busy, % of all cores (noise check)", 0),
+]
+
+
+def _fmt(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ratio(ours: Any, other: Any) -> str:
+    if not isinstance(ours, int | float) or not isinstance(other, int | float) or other == 0:
+        return "-"
+    return f"{ours / other:.2f}"
+
+
+def _clean(figures: dict[str, Any]) -> bool:
+    loss = figures.get("loss_pct") or 0.0
+    busy = figures.get("machine_busy_pct") or 0.0
+    server = figures.get("server_cpu_pct") or 0.0
+    return bool(loss <= 1.0 and busy <= 90.0 and server <= 90.0)
+
+
+def add_marginal_costs(runs: list[dict[str, Any]]) -> None:
+    """Per system, CPU per extra forwarded packet between consecutive sizes (in place)."""
+    by_system: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        if run.get("figures"):
+            by_system.setdefault(run["system"], []).append(run)
+    for system_runs in by_system.values():
+        system_runs.sort(key=lambda r: r["subscribers"])
+        for before, after in itertools.pairwise(system_runs):
+            a, b = before["figures"], after["figures"]
+            b.pop("marginal_us_per_packet", None)
+            # A slope means nothing when the load generator or the machine was the limit.
+            if not (_clean(a) and _clean(b)):
+                continue
+            extra = b["forwarded_packets_per_s"] - a["forwarded_packets_per_s"]
+            if extra > 0.2 * a["forwarded_packets_per_s"]:
+                cpu = (b["server_cpu_pct"] - a["server_cpu_pct"]) / 100
+                b["marginal_us_per_packet"] = cpu * 1e6 / extra
+
+
+def table_rows(runs: list[dict[str, Any]], baseline: str = "mediarelay") -> list[list[str]]:
+    """Rows of [subscribers, metric, ours, baseline, ours/baseline] for every size."""
+    by_size: dict[int, dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        by_size.setdefault(run["subscribers"], {})[run["system"]] = run.get("figures") or {}
+    rows = []
+    for size in sorted(by_size):
+        ours = by_size[size].get("ours", {})
+        other = by_size[size].get(baseline, {})
+        for key, label, digits in ROWS:
+            a, b = ours.get(key), other.get(key)
+            if a is None and b is None:
+                continue
+            rows.append([str(size), label, _fmt(a, digits), _fmt(b, digits), _ratio(a, b)])
+    return rows
+
+
+HEADER = ["subs", "metric", "ours", "MediaRelay", "ours/relay"]
+
+
+def text_table(rows: list[list[str]]) -> str:
+    """A fixed-width table for the terminal."""
+    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    lines = []
+    for index, row in enumerate([HEADER, *rows]):
+        cells = [
+            cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells))
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """The same table in Markdown."""
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(document: dict[str, Any], directory: Path | None = None) -> Path:
+    """Write ``document`` to ``benchmarks/results/<timestamp>.json`` (git-ignored)."""
+    target = directory or RESULTS_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / (time.strftime("%Y%m%dT%H%M%S") + ".json")
+    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    return path
