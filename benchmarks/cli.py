@@ -118,9 +118,10 @@ def _run(args: argparse.Namespace) -> int:
         "label": args.label,
         "systems": {name: SYSTEMS[name] for name in options.systems},
         "notes": [
-            "ours == baseline (b), the stock aiortc pre-encoded pack() path, until the fast "
-            "path of issue 5 lands",
-            "pre-encoded publishers cannot answer keyframe requests: keyframe every 2 s",
+            "ours: RTP packet forwarding (lco serve, the default); pack: the same server with "
+            "--forwarding frames (aiortc's stock pre-encoded pack() path, baseline b)",
+            "pre-encoded publishers answer keyframe requests by jumping to the next keyframe "
+            "of their loop; keyframes also every 2 s",
             "figures from a shared 2-core machine; other work ran in parallel",
         ],
         "workloads": {},
@@ -142,9 +143,10 @@ def _run(args: argparse.Namespace) -> int:
             "runs": runs,
         }
         report.add_marginal_costs(runs)
-        rows = report.table_rows(runs)
+        systems = list(options.systems)
+        rows = report.table_rows(runs, systems)
         print(f"\n{name}: {workload.description}; {workload.duration:.0f} s windows")
-        print(report.text_table(rows))
+        print(report.text_table(report.table_header(systems), rows))
         for run in runs:
             for error in run["errors"]:
                 print(f"  {run['system']} x{run['subscribers']}: {error}")
@@ -175,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         document = json.loads(args.path.read_text())
         for name, entry in document["workloads"].items():
             report.add_marginal_costs(entry["runs"])
-            rows = report.table_rows(entry["runs"])
+            systems = list(document["systems"])
+            rows = report.table_rows(entry["runs"], systems)
+            header = report.table_header(systems)
             title = f"{name}: {entry['description']}; {entry['duration_s']:.0f} s windows"
             if args.markdown:
-                print(f"**{title}**\n\n{report.markdown_table(rows)}\n")
+                print(f"**{title}**\n\n{report.markdown_table(header, rows)}\n")
             else:
-                print(f"{title}\n{report.text_table(rows)}\n")
+                print(f"{title}\n{report.text_table(header, rows)}\n")
         return 0
     if args.command == "check":
         from .check import check

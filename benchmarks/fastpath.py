@@ -318,7 +318,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
         def per_packet(mode: str, key: str, n: int = n) -> float:
             runs = rows[(mode, n)]
-            return sum(r[key] for r in runs) / max(1, sum(r["forwarded"] for r in runs)) * 1e6
+            spent = float(sum(r[key] for r in runs))
+            forwarded = int(sum(r["forwarded"] for r in runs))
+            return spent / max(1, forwarded) * 1e6
 
         s, su = per_packet("stock", "cpu_s"), per_packet("stock", "user_s")
         f, fu = per_packet("fast", "cpu_s"), per_packet("fast", "user_s")

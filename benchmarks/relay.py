@@ -19,14 +19,15 @@ import contextlib
 import logging
 from typing import Any
 
+from aiortc import RTCPeerConnection
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from media import hooks
-from media.forwarder import ForwardingStats
+from media.forwarder import ForwardingStats, FrameSubscription
 from media.peers import preferences_for
-from media.sfu import IncomingTrack, Sfu, _Subscription
-from signaling import protocol as p
+from media.sfu import IncomingTrack, Sfu
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +72,15 @@ class RelaySubscriberTrack(MediaStreamTrack):
 class RelayForwarder:
     """The ``MediaRelay`` counterpart of ``media.forwarder.TrackForwarder``."""
 
-    def __init__(self, track_id: str, source: MediaStreamTrack, on_ended: Any) -> None:
+    def __init__(
+        self,
+        track_id: str,
+        source: MediaStreamTrack,
+        codec: RTCRtpCodecParameters,
+        on_ended: Any,
+    ) -> None:
         self.track_id = track_id
+        self._codec = codec
         self.kind = source.kind
         self.stats = ForwardingStats()
         self._relay = MediaRelay()
@@ -104,12 +112,26 @@ class RelayForwarder:
             self._subscribers.add(track)
         return track
 
+    def attach(self, pc: RTCPeerConnection) -> FrameSubscription:
+        """A ``sendonly`` transceiver whose sender encodes this subscriber's frames.
+
+        A subscriber's PLI stays with its own encoder (aiortc's default).
+        """
+        track = self.add_subscriber()
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences(preferences_for(self.kind, self._codec))
+        return FrameSubscription(transceiver, track)
+
     def remove_subscriber(self, track: RelaySubscriberTrack) -> None:
         """Forget one subscriber."""
         self._subscribers.discard(track)
 
-    def request_keyframe(self) -> None:
-        """Nothing to do: each subscriber's own encoder makes its keyframes."""
+    def set_paused(self, paused: bool) -> None:
+        """Muting is not part of this baseline's measurements."""
+
+    def counters(self) -> dict[str, int]:
+        """This track's counters, for ``/metrics``."""
+        return self.stats.as_dict()
 
     async def stop(self) -> None:
         """End every subscriber's track and the draining task."""
@@ -152,40 +174,12 @@ class RelaySfu(Sfu):
         forwarder = RelayForwarder(
             track_id,
             incoming.track,
+            incoming.codec,
             on_ended=lambda tid: self._forwarder_ended(participant_id, tid),
         )
-        self._forwarders[track_id] = forwarder  # type: ignore[assignment]
-        self._codecs[track_id] = incoming.codec
+        self._forwarders[track_id] = forwarder
         self._publishers[track_id] = participant_id
         forwarder.start()
-
-    async def subscribe(self, subscriber_id: str, publisher_id: str, track: p.TrackInfo) -> None:
-        """As ``Sfu.subscribe``, but PLI stays with the subscriber's own encoder."""
-        media = self._participants.get(subscriber_id)
-        forwarder = self._forwarders.get(track.id)
-        codec = self._codecs.get(track.id)
-        if media is None or media.closed or forwarder is None or codec is None:
-            return
-        if track.id in media.subscriptions:
-            return
-        async with media.lock:
-            if media.subscribe_pc is None:
-                media.subscribe_pc = self._new_subscribe_pc(media)
-            subscriber_track = forwarder.add_subscriber()
-            transceiver = media.subscribe_pc.addTransceiver(subscriber_track, direction="sendonly")
-            transceiver.setCodecPreferences(preferences_for(track.kind, codec))
-            media.subscriptions[track.id] = _Subscription(
-                info=p.SubscribedTrack(
-                    mid="",
-                    track_id=track.id,
-                    participant_id=publisher_id,
-                    kind=track.kind,
-                    source=track.source,
-                ),
-                transceiver=transceiver,
-                track=subscriber_track,
-            )
-        self._schedule_offer(media)
 
 
 def main(argv: list[str]) -> int:

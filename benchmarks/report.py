@@ -78,31 +78,44 @@ def add_marginal_costs(runs: list[dict[str, Any]]) -> None:
                 b["marginal_us_per_packet"] = cpu * 1e6 / extra
 
 
-def table_rows(runs: list[dict[str, Any]], baseline: str = "mediarelay") -> list[list[str]]:
-    """Rows of [subscribers, metric, ours, baseline, ours/baseline] for every size."""
+SYSTEM_LABELS = {"ours": "ours", "pack": "aiortc pack()", "mediarelay": "MediaRelay"}
+
+
+def table_header(systems: list[str]) -> list[str]:
+    """Column titles: each system, then ours divided by each baseline."""
+    baselines = [s for s in systems if s != "ours"]
+    return [
+        "subs",
+        "metric",
+        *(SYSTEM_LABELS.get(s, s) for s in systems),
+        *(f"ours/{SYSTEM_LABELS.get(s, s)}" for s in baselines if "ours" in systems),
+    ]
+
+
+def table_rows(runs: list[dict[str, Any]], systems: list[str]) -> list[list[str]]:
+    """Rows of [subscribers, metric, one value per system, ours/baseline ratios]."""
     by_size: dict[int, dict[str, dict[str, Any]]] = {}
     for run in runs:
         by_size.setdefault(run["subscribers"], {})[run["system"]] = run.get("figures") or {}
+    baselines = [s for s in systems if s != "ours"] if "ours" in systems else []
     rows = []
     for size in sorted(by_size):
-        ours = by_size[size].get("ours", {})
-        other = by_size[size].get(baseline, {})
+        figures = {s: by_size[size].get(s, {}) for s in systems}
         for key, label, digits in ROWS:
-            a, b = ours.get(key), other.get(key)
-            if a is None and b is None:
+            values = [figures[s].get(key) for s in systems]
+            if all(v is None for v in values):
                 continue
-            rows.append([str(size), label, _fmt(a, digits), _fmt(b, digits), _ratio(a, b)])
+            ours = figures.get("ours", {}).get(key)
+            ratios = [_ratio(ours, figures[b].get(key)) for b in baselines]
+            rows.append([str(size), label, *(_fmt(v, digits) for v in values), *ratios])
     return rows
 
 
-HEADER = ["subs", "metric", "ours", "MediaRelay", "ours/relay"]
-
-
-def text_table(rows: list[list[str]]) -> str:
+def text_table(header: list[str], rows: list[list[str]]) -> str:
     """A fixed-width table for the terminal."""
-    widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
-    for index, row in enumerate([HEADER, *rows]):
+    for index, row in enumerate([header, *rows]):
         cells = [
             cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(row)
         ]
@@ -112,9 +125,9 @@ def text_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """The same table in Markdown."""
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 

@@ -41,7 +41,8 @@ from .loadgen import frame_latencies
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 SYSTEMS: dict[str, str] = {
-    "ours": "LCO encoded forwarding (today: aiortc's pre-encoded pack() path)",
+    "ours": "LCO Classroom: RTP packets forwarded (lco serve, the default)",
+    "pack": "aiortc pre-encoded pack() path: lco serve --forwarding frames",
     "mediarelay": "aiortc MediaRelay: decode once, encode per subscriber",
 }
 
@@ -100,7 +101,7 @@ def workloads(quick: bool) -> dict[str, Workload]:
 class RunOptions:
     """How to run: systems, subscribers per load process, where to write."""
 
-    systems: tuple[str, ...] = ("ours", "mediarelay")
+    systems: tuple[str, ...] = ("ours", "pack", "mediarelay")
     per_process: int = 8
     publishers_per_process: int = 4
     ready_timeout: float = 30.0
@@ -218,6 +219,8 @@ def _server_argv(system: str, port: int, data_dir: Path) -> list[str]:
     ]
     if system == "ours":
         return [sys.executable, "-m", "server.cli", "serve", *common]
+    if system == "pack":
+        return [sys.executable, "-m", "server.cli", "serve", "--forwarding", "frames", *common]
     if system == "mediarelay":
         return [sys.executable, "-m", "benchmarks", "relay-server", *common]
     raise ValueError(f"unknown system {system!r}")
@@ -298,7 +301,9 @@ async def run_one(
         async with asyncio.timeout(15):
             while True:
                 metrics = await _http_json(base + "/metrics")
-                if metrics and metrics.get("sfu", {}).get("frames_received", 0) > 0:
+                sfu = metrics.get("sfu", {}) if metrics else {}
+                # The publisher's media reaches the server (frames or RTP packets).
+                if sfu.get("frames_received", 0) > 0 or sfu.get("packets_received", 0) > 0:
                     break
                 await asyncio.sleep(0.1)
         await asyncio.sleep(options.settle)
@@ -466,6 +471,7 @@ def derive(workload: Workload, raw: dict[str, Any], subscribers: int) -> dict[st
             else None
         ),
         "server_frames_forwarded": _delta(m0, m1, "frames_forwarded"),
+        "server_packets_forwarded": _delta(m0, m1, "packets_forwarded"),
         "server_frames_dropped": _delta(m0, m1, "frames_dropped"),
         # Whole run (requests happen when subscribers join, before the window).
         "keyframe_requests_relayed": (m1 or {}).get("sfu", {}).get("keyframe_requests_relayed"),

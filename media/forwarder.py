@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import av
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
@@ -122,10 +122,16 @@ class SubscriberTrack(MediaStreamTrack):
             self._queue.get_nowait()
 
 
+class EndableTrack(Protocol):
+    """A subscriber's track that can be ended from the forwarding side."""
+
+    def end(self) -> None: ...
+
+
 class FrameSubscription:
     """One subscriber's transceiver for a frame-forwarded track."""
 
-    def __init__(self, transceiver: RTCRtpTransceiver, track: SubscriberTrack) -> None:
+    def __init__(self, transceiver: RTCRtpTransceiver, track: EndableTrack) -> None:
         self.transceiver = transceiver
         self._track = track
 
