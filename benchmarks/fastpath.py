@@ -32,12 +32,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import av
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from media import hooks
 from media.forwarder import TrackForwarder
-from media.peers import negotiated_media, preferences_for
+from media.peers import configuration, negotiated_media, preferences_for
 from media.rtp_forward import RtpForwarder
 
 WIDTH, HEIGHT, FPS = 640, 480, 20
@@ -103,7 +103,7 @@ class PacedPackets(MediaStreamTrack):
 
 
 def new_pc() -> RTCPeerConnection:
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    return RTCPeerConnection(configuration([]))
 
 
 async def recv(conn: Connection) -> Any:

@@ -18,10 +18,12 @@ from typing import Any
 
 import av
 import websockets
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from signaling import protocol as p
+
+from .peers import configuration
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +164,7 @@ class LessonClient:
     async def publish(self, tracks: list[tuple[MediaStreamTrack, p.Source]]) -> dict[str, Any]:
         """Offer ``tracks`` on the publish connection; return the server's reply."""
         if self.publish_pc is None:
-            self.publish_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            self.publish_pc = RTCPeerConnection(configuration([]))
         pc = self.publish_pc
         added = []
         for track, source in tracks:
@@ -221,7 +223,7 @@ class LessonClient:
 
     async def _answer_subscribe_offer(self, message: dict[str, Any]) -> None:
         if self.subscribe_pc is None:
-            self.subscribe_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            self.subscribe_pc = RTCPeerConnection(configuration([]))
             self.subscribe_pc.on("track", self._on_track)
         for entry in message["tracks"]:
             info = p.SubscribedTrack.model_validate(entry)

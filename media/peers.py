@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+)
 from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
@@ -34,9 +40,20 @@ class NegotiatedMedia:
     ssrcs: list[int] = field(default_factory=list)
 
 
+def configuration(ice_servers: list[RTCIceServer]) -> RTCConfiguration:
+    """Our peer connections' configuration: these ICE servers only, max-bundle.
+
+    aiortc's default "balanced" bundle policy gives a second transceiver of a kind
+    created in the same negotiation the first one's transport, which BUNDLE then
+    discards without moving that transceiver: its media never flows. Max-bundle
+    puts every transceiver on one transport from the start (browsers bundle anyway).
+    """
+    return RTCConfiguration(iceServers=ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
 def new_peer_connection(settings: IceSettings) -> RTCPeerConnection:
     """A peer connection that only uses the configured ICE servers (never a default STUN)."""
-    return RTCPeerConnection(RTCConfiguration(iceServers=list(settings.ice_servers)))
+    return RTCPeerConnection(configuration(list(settings.ice_servers)))
 
 
 def negotiated_media(sdp: str) -> list[NegotiatedMedia]:

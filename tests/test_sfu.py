@@ -255,3 +255,24 @@ async def test_sigterm_tells_everyone_and_closes_peer_connections(
         assert "all participants told; peer connections closed" in own.log()
     finally:
         stop_server(own)
+
+
+async def test_a_late_joiner_receives_every_track_offered_at_once(
+    server: RunningServer, clients: Any
+) -> None:
+    """Two videos and two audios in the first subscribe offer: each must get a live transport.
+
+    With aiortc's default "balanced" bundle policy the second video transceiver of
+    one offer kept a transport that BUNDLE then discarded, and its media never
+    flowed; peer connections use max-bundle.
+    """
+    teacher = await clients("Ms T", Role.TEACHER, "two-videos")
+    expert = await clients("Dr E", Role.EXPERT, "two-videos")
+    await teacher.publish(camera_and_microphone())
+    await expert.publish(camera_and_microphone())
+    await teacher.wait_track(expert.participant_id or "", "video")
+    late = await clients("Late", Role.CLASSROOM, "two-videos")
+    for publisher in (teacher, expert):
+        for kind in ("video", "audio"):
+            track = await late.wait_track(publisher.participant_id or "", kind)
+            await late.wait_frames(track, 5)
