@@ -18,7 +18,7 @@ from typing import Any
 
 import av
 import websockets
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from signaling import protocol as p
@@ -161,14 +161,27 @@ class LessonClient:
 
     # -- publishing ----------------------------------------------------------
 
-    async def publish(self, tracks: list[tuple[MediaStreamTrack, p.Source]]) -> dict[str, Any]:
-        """Offer ``tracks`` on the publish connection; return the server's reply."""
+    async def publish(
+        self, tracks: list[tuple[MediaStreamTrack, p.Source]], video_codec: str | None = None
+    ) -> dict[str, Any]:
+        """Offer ``tracks`` on the publish connection; return the server's reply.
+
+        ``video_codec`` ("VP8" or "H264") offers only that codec for video.
+        """
         if self.publish_pc is None:
             self.publish_pc = RTCPeerConnection(configuration([]))
         pc = self.publish_pc
         added = []
         for track, source in tracks:
             transceiver = pc.addTransceiver(track, direction="sendonly")
+            if video_codec is not None and track.kind == "video":
+                transceiver.setCodecPreferences(
+                    [
+                        c
+                        for c in RTCRtpSender.getCapabilities("video").codecs
+                        if c.mimeType.lower() in (f"video/{video_codec.lower()}", "video/rtx")
+                    ]
+                )
             added.append((transceiver, source))
         self._publish_tracks += tracks
         await pc.setLocalDescription(await pc.createOffer())

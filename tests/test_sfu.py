@@ -276,3 +276,19 @@ async def test_a_late_joiner_receives_every_track_offered_at_once(
         for kind in ("video", "audio"):
             track = await late.wait_track(publisher.participant_id or "", kind)
             await late.wait_frames(track, 5)
+
+
+async def test_h264_is_forwarded_when_the_publisher_offers_only_h264(
+    server: RunningServer, clients: Any
+) -> None:
+    teacher = await clients("Ms T", Role.TEACHER, "h264")
+    room = await clients("Room", Role.CLASSROOM, "h264")
+    reply = await teacher.publish([(PatternVideoTrack(), "camera")], video_codec="H264")
+    assert reply["type"] == "publish_answer" and "H264" in reply["sdp"]
+    video = await room.wait_track(teacher.participant_id or "", "video")
+    await room.wait_frames(video, 10)
+    assert (video.width, video.height) == (320, 240)
+    assert room.subscribe_pc is not None
+    assert "H264" in (room.subscribe_pc.remoteDescription.sdp or "")
+    metrics = sfu_metrics(server)
+    assert metrics["frames_decoded"] == 0 and metrics["frames_encoded"] == 0
