@@ -33,11 +33,17 @@ The RTP fast path (``media/rtp_forward.py``) also uses:
 11. ``RTCDtlsTransport._tx_srtp``: the subscriber's outbound SRTP session.
 12. aioice ``Connection._nominated[1]`` and its pair's ``protocol.transport`` and
     ``remote_addr``: the UDP socket and address to send on without a coroutine.
+13. pylibsrtp's cffi ``lib.srtp_protect``, ``ffi`` and ``Session._srtp``: protect a
+    packet in a preallocated buffer (no per-packet ``ffi.new``, type checks, copy
+    out), the same libsrtp call ``Session.protect`` makes.
+14. A duplicate of the pair's UDP socket (``get_extra_info("socket")``, public,
+    but on aioice's private transport): ``sendto`` without the asyncio transport.
 """
 
 from __future__ import annotations
 
 import fractions
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -46,6 +52,7 @@ import aioice.ice
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import av
+import pylibsrtp
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -55,6 +62,7 @@ from .keyframes import is_keyframe
 
 PINNED_AIORTC = "1.16.0"
 PINNED_AIOICE = "0.13.0"
+PINNED_PYLIBSRTP = "1.0.0"  # hook 13 uses its cffi binding and Session._srtp
 
 
 class MediaCounters:
@@ -301,3 +309,52 @@ def nominated_pairs(sender: RTCRtpSender) -> dict[int, Any] | None:
 def pair_endpoint(pair: Any) -> tuple[Any, tuple[str, int]]:
     """(asyncio datagram transport, remote address) of a nominated candidate pair."""
     return pair.protocol.transport, pair.remote_addr
+
+
+# pylibsrtp's cffi binding (``from ._binding import ffi, lib`` in its __init__).
+_SRTP_FFI: Any = getattr(pylibsrtp, "ffi")  # noqa: B009
+_SRTP_LIB: Any = getattr(pylibsrtp, "lib")  # noqa: B009
+SRTP_OK: int = int(_SRTP_LIB.srtp_err_status_ok)
+SRTP_MAX_TRAILER: int = int(getattr(pylibsrtp, "SRTP_MAX_TRAILER_LEN"))  # noqa: B009
+
+
+def raw_srtp_protect() -> Callable[[Any, Any, Any], int]:
+    """libsrtp's ``srtp_protect(ctx, buffer, length_pointer)``: protects in place, writes
+    the new length; returns ``SRTP_OK`` or an error status (never raises)."""
+    protect: Callable[[Any, Any, Any], int] = _SRTP_LIB.srtp_protect
+    return protect
+
+
+def srtp_context(session: Any) -> Any:
+    """The ``srtp_t`` of a pylibsrtp ``Session``; valid only while ``session`` lives
+    (pylibsrtp frees it when the session is collected): keep the session too."""
+    return getattr(session, "_srtp")[0]  # noqa: B009
+
+
+class SrtpBuffer:
+    """A packet buffer libsrtp can protect in place: ``data`` (cffi ``unsigned char[]``),
+    ``view`` (a writable memoryview of it) and ``length`` (the ``int *`` libsrtp reads
+    the packet length from and writes the protected length to)."""
+
+    __slots__ = ("data", "length", "size", "view")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: Any = _SRTP_FFI.new("unsigned char[]", size)
+        self.view = memoryview(_SRTP_FFI.buffer(self.data))
+        self.length: Any = _SRTP_FFI.new("int *")
+
+    def release(self) -> None:
+        """Release the memoryview (the cffi memory goes with the last reference)."""
+        self.view.release()
+
+
+def pair_socket(pair: Any) -> socket.socket:
+    """A non-blocking duplicate of the UDP socket of a nominated candidate pair.
+
+    Sending on it skips the asyncio transport; it is a separate descriptor of the
+    same socket, so closing it (the caller must) leaves aioice's socket open."""
+    sock = pair.protocol.transport.get_extra_info("socket")
+    dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
+    dup.setblocking(False)
+    return dup

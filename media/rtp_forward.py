@@ -19,6 +19,15 @@ What each subscriber gets
     publisher's hop), protect it with the subscriber's SRTP session and ``sendto``
     it on the nominated ICE pair's socket.
 
+Cost per packet and subscriber
+    Each subscriber owns one packet buffer that libsrtp protects in place: its
+    constant header bytes are written once, then per packet 7 header bytes are
+    rewritten (:func:`~media.rtp_rewrite.write_varying`), the payload copied in,
+    ``srtp_protect`` called through pylibsrtp's cffi ``lib`` and a view of the
+    result handed to ``sendto`` on a duplicate of the ICE pair's socket (no asyncio
+    transport, no per-packet object besides the view). The history holds one
+    shared record per incoming packet, not a copy per subscriber.
+
 NACK, RTX, keyframes, RTCP
     Each video subscriber keeps a ring of the last :data:`HISTORY` packets it was
     sent, by its own sequence number; its NACKs are answered from the ring (as RTX
@@ -47,7 +56,13 @@ from aiortc.sdp import SessionDescription
 
 from . import hooks
 from .peers import preferences_for
-from .rtp_rewrite import HeaderWriter, keyframe_detector, one_byte_extension, rtx_packet
+from .rtp_rewrite import (
+    HeaderWriter,
+    keyframe_detector,
+    one_byte_extension,
+    rtx_packet,
+    write_varying,
+)
 
 KEYFRAME_REQUEST_INTERVAL = 0.5  # at most one PLI per published track per 500 ms
 KEYFRAME_RETRY = 1.0  # ask again while a subscriber still waits for a keyframe
@@ -55,8 +70,19 @@ HISTORY = 512  # packets per video subscriber kept for retransmission (power of 
 SENDER_REPORT_SYNC = 0.5  # seconds between updates of what aiortc's SR says
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 to 1970 (RFC 5905)
 
+PACKET_BUFFER = 2048  # bytes per subscriber: header, payload and SRTP trailer
+MAX_PAYLOAD = PACKET_BUFFER - hooks.SRTP_MAX_TRAILER - 12 - 4 * 15  # with the largest header
+DIRECT_SOCKET = True  # sendto on a duplicate of the pair's socket, not the transport's
+
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _NO_FRAME: tuple[bool, None] = (False, None)
+_SRTP_PROTECT = hooks.raw_srtp_protect()
+_SRTP_OK = hooks.SRTP_OK
+
+# What the history keeps per packet: (sequence number, timestamp, marker bit (0 or
+# 0x80), payload) in the publisher's numbering; a subscriber's offsets turn it into
+# what it was sent. One record is shared by every subscriber of a packet.
+HistoryRecord = tuple[int, int, int, bytes]
 
 
 class RtpForwardingStats:
@@ -148,14 +174,21 @@ class RtpSubscriber:
     __slots__ = (
         "__weakref__",
         "_addr",
+        "_buffer",
         "_description",
         "_pair",
         "_pairs",
-        "_protect",
         "_sendto",
+        "_socket",
+        "_srtp",
+        "buffer",
+        "cbuffer",
         "forwarder",
+        "header_size",
+        "length",
         "mask",
         "packets_base",
+        "payload_type",
         "pc",
         "resume",
         "ring",
@@ -163,6 +196,7 @@ class RtpSubscriber:
         "rtx_writer",
         "sender",
         "seq_offset",
+        "srtp_ctx",
         "start_seq",
         "started",
         "track",
@@ -183,7 +217,7 @@ class RtpSubscriber:
         self.writer: HeaderWriter | None = None  # set once negotiated and connected
         self.rtx_writer: HeaderWriter | None = None
         self.rtx_seq = random.getrandbits(16)
-        self.ring: list[bytes | None] | None = None
+        self.ring: list[HistoryRecord | None] | None = None
         self.mask = HISTORY - 1
         self.waiting = True  # until the first packet that can start decoding
         self.started = False
@@ -192,10 +226,19 @@ class RtpSubscriber:
         self.start_seq = 0
         self.packets_base = (0, 0)
         self.resume: tuple[int, int, float] | None = None
-        self._protect: Callable[[bytes], bytes] | None = None
+        # Bound by resolve() and bind(); the hot path reads these.
+        self._srtp: Any = None  # the pylibsrtp Session: keeps srtp_ctx alive
+        self.srtp_ctx: Any = None
+        self._buffer: hooks.SrtpBuffer | None = None
+        self.buffer: Any = None  # memoryview of the buffer
+        self.cbuffer: Any = None
+        self.length: Any = None
+        self.payload_type = 0
+        self.header_size = 0
         self._pairs: dict[int, Any] = {}
         self._pair: Any = None
-        self._sendto: Callable[[bytes, Any], None] | None = None
+        self._socket: Any = None
+        self._sendto: Any = None
         self._addr: Any = None
         self._description: Any = None
 
@@ -223,13 +266,21 @@ class RtpSubscriber:
                 if mid_id is not None and 0 < len(mid) <= 16
                 else b""
             )
-            self.writer = HeaderWriter(payload_type, ssrc, ext)
+            writer = HeaderWriter(payload_type, ssrc, ext)
             if rtx_payload_type is not None:
                 self.rtx_writer = HeaderWriter(rtx_payload_type, rtx_ssrc, ext)
             if nack and codec.name.lower() != "opus":
                 self.ring = [None] * HISTORY
-            self._protect = srtp.protect
+            buffer = hooks.SrtpBuffer(PACKET_BUFFER)
+            buffer.view[: writer.header_size] = writer.header(0, 0, 0)  # the constant bytes
+            self._buffer = buffer
+            self.buffer, self.cbuffer, self.length = buffer.view, buffer.data, buffer.length
+            self.payload_type = writer.payload_type
+            self.header_size = writer.header_size
+            self._srtp = srtp
+            self.srtp_ctx = hooks.srtp_context(srtp)
             self._pairs = pairs
+            self.writer = writer  # last: the hot path takes a writer as "resolved"
             return True
         except Exception:
             return False
@@ -244,26 +295,82 @@ class RtpSubscriber:
         else:
             base_seq = random.getrandbits(15)  # RFC 3550 5.1: random start
             base_ts = random.getrandbits(32)
-        self.seq_offset = (base_seq - seq) & 0xFFFF
-        self.ts_offset = (base_ts - timestamp) & 0xFFFFFFFF
+        seq_offset = (base_seq - seq) & 0xFFFF
+        ts_offset = (base_ts - timestamp) & 0xFFFFFFFF
+        ring = self.ring
+        if ring is not None and self.started:
+            # Keep what was sent retransmittable: re-express each record so that the
+            # new offsets give the numbers it was sent with.
+            seq_shift = (self.seq_offset - seq_offset) & 0xFFFF
+            ts_shift = (self.ts_offset - ts_offset) & 0xFFFFFFFF
+            for index, record in enumerate(ring):
+                if record is not None:
+                    old_seq, old_ts, marker, payload = record
+                    ring[index] = (
+                        (old_seq + seq_shift) & 0xFFFF,
+                        (old_ts + ts_shift) & 0xFFFFFFFF,
+                        marker,
+                        payload,
+                    )
+        self.seq_offset = seq_offset
+        self.ts_offset = ts_offset
         self.start_seq = seq
         self.waiting = False
         self.started = True
 
     # -- per packet ----------------------------------------------------------
 
-    def transmit(self, data: bytes) -> bool:
-        """Protect and send one RTP packet; False if the subscriber is not connected."""
+    def bind(self) -> bool:
+        """Follow the nominated ICE pair: the socket and address to send on. False (and
+        nothing to send on) once the pair is gone. Never raises."""
         pair = self._pairs.get(1)
-        if pair is not self._pair:
-            if pair is None:
-                return False
+        self._unbind()
+        if pair is None:
+            return False
+        try:
+            sock, addr = hooks.pair_endpoint(pair)
+            if DIRECT_SOCKET:
+                self._socket = hooks.pair_socket(pair)
+                self._sendto = self._socket.sendto
+            else:
+                self._sendto = _copying_sendto(sock.sendto)
+            self._addr = addr
             self._pair = pair
-            sock, self._addr = hooks.pair_endpoint(pair)
-            self._sendto = sock.sendto
-        assert self._protect is not None and self._sendto is not None
-        self._sendto(self._protect(data), self._addr)
+            return True
+        except Exception:
+            self._unbind()
+            return False
+
+    def _unbind(self) -> None:
+        sock, self._socket = self._socket, None
+        self._pair = self._sendto = self._addr = None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def send_protected(self, data: bytes) -> bool:
+        """Protect and send one serialised RTP packet (retransmissions: not the hot path)."""
+        if self._pairs.get(1) is not self._pair and not self.bind():
+            return False
+        srtp, sendto = self._srtp, self._sendto
+        if srtp is None or sendto is None:
+            return False
+        try:
+            sendto(srtp.protect(data), self._addr)
+        except OSError:
+            return False
         return True
+
+    def packet_for(self, record: HistoryRecord) -> bytes | None:
+        """The packet this subscriber was sent for a history record, serialised."""
+        writer = self.writer
+        if writer is None:
+            return None
+        seq, ts, marker, payload = record
+        header = writer.header(
+            marker, (seq + self.seq_offset) & 0xFFFF, (ts + self.ts_offset) & 0xFFFFFFFF
+        )
+        return header + payload
 
     async def retransmit(self, sequence_number: int) -> None:
         """Answer one NACKed sequence number from the history (RFC 4588 if RTX)."""
@@ -273,14 +380,17 @@ class RtpSubscriber:
             return
         stats = forwarder.stats
         try:
-            data = ring[sequence_number & self.mask] if ring is not None else None
-            if data is None or ((data[2] << 8) | data[3]) != sequence_number:
+            record = ring[sequence_number & self.mask] if ring is not None else None
+            if record is None or (record[0] + self.seq_offset) & 0xFFFF != sequence_number:
                 stats.retransmissions_missed += 1
+                return
+            data = self.packet_for(record)
+            if data is None:
                 return
             if self.rtx_writer is not None and self.writer is not None:
                 data = rtx_packet(self.rtx_writer, self.rtx_seq, data, self.writer.header_size)
                 self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
-            if self.transmit(data):
+            if self.send_protected(data):
                 stats.retransmissions += 1
         except Exception:
             stats.errors += 1
@@ -304,12 +414,27 @@ class RtpSubscriber:
         self.forwarder = None
         hooks.unhook_sender(self.sender)
         self.ring = None
-        self._protect = self._sendto = None
-        self._pair = self._addr = self._description = None
+        self._unbind()
+        self._description = None
         self._pairs = {}
+        self._srtp = self.srtp_ctx = None
+        self.buffer = self.cbuffer = self.length = None
+        buffer, self._buffer = self._buffer, None
+        if buffer is not None:
+            buffer.release()
         track, self.track = self.track, None
         if track is not None:
             track.stop()
+
+
+def _copying_sendto(sendto: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """A transport's ``sendto`` fed from our reused buffer: a transport may queue what
+    it cannot send at once, so it gets a copy."""
+
+    def send(view: Any, addr: Any) -> Any:
+        return sendto(bytes(view), addr)
+
+    return send
 
 
 def _negotiated(
@@ -516,39 +641,59 @@ class RtpForwarder:
         subscribers = self._subscribers
         if not subscribers:
             return
-        marker: int = packet.marker
+        size = len(payload)
+        if size > MAX_PAYLOAD:
+            stats.packets_dropped += len(subscribers)
+            return
+        marker = 0x80 if packet.marker else 0
         key: bool | None = None
-        forwarded = dropped = 0
+        record: HistoryRecord | None = None
+        protect = _SRTP_PROTECT
+        forwarded = dropped = errors = 0
         for sub in subscribers:
-            writer = sub.writer
-            if writer is None:
-                if not sub.resolve(self.codec):
-                    dropped += 1
-                    continue
-                writer = sub.writer
-                assert writer is not None
+            if sub.writer is None and not sub.resolve(self.codec):
+                dropped += 1
+                continue
             if sub.waiting:
                 if key is None:
                     key = self._detector is None or bool(self._detector(payload))
                 if not key:
                     dropped += 1
                     continue
-                self._begin(sub, seq, ts, len(payload))
+                self._begin(sub, seq, ts, size)
             elif ((seq - sub.start_seq) & 0xFFFF) >= 0x8000:
                 dropped += 1  # older than this subscriber's first packet
                 continue
             out_seq = (seq + sub.seq_offset) & 0xFFFF
-            data = writer.header(marker, out_seq, (ts + sub.ts_offset) & 0xFFFFFFFF) + payload
             ring = sub.ring
             if ring is not None:
-                ring[out_seq & sub.mask] = data
+                if record is None:
+                    record = (seq, ts, marker, payload)
+                ring[out_seq & sub.mask] = record
+            if sub._pairs.get(1) is not sub._pair and not sub.bind():
+                dropped += 1
+                continue
+            buffer = sub.buffer
+            length = sub.length
+            end = sub.header_size + size
+            write_varying(
+                buffer, 1, sub.payload_type | marker, out_seq, (ts + sub.ts_offset) & 0xFFFFFFFF
+            )
+            buffer[sub.header_size : end] = payload
+            length[0] = end
             try:
-                if sub.transmit(data):
-                    forwarded += 1
-                else:
-                    dropped += 1
+                if protect(sub.srtp_ctx, sub.cbuffer, length) != _SRTP_OK:
+                    errors += 1
+                    continue
+                sub._sendto(buffer[: length[0]], sub._addr)
+            except OSError:
+                dropped += 1  # socket buffer full, or the socket went away
+                continue
             except Exception:
-                stats.errors += 1
+                errors += 1
+                continue
+            forwarded += 1
+        stats.errors += errors
         stats.packets_forwarded += forwarded
         stats.packets_dropped += dropped
         if self._waiting and self._clock() - self._last_keyframe_request > KEYFRAME_RETRY:

@@ -105,16 +105,35 @@ def one_byte_extension(elements: list[tuple[int, bytes]]) -> bytes:
     return struct.pack("!HH", _ONE_BYTE_PROFILE, len(body) // 4) + body
 
 
+_VARYING = struct.Struct("!BHI")
+
+write_varying = _VARYING.pack_into
+"""``write_varying(buffer, 1, marker << 7 | payload_type, sequence_number, timestamp)``:
+rewrite, in place, the only header bytes that change per packet (1 to 7) of a
+header whose constant bytes (V/P/X/CC, SSRC, extension block) are already there
+(:meth:`HeaderWriter.header` with any values writes them)."""
+
+
 class HeaderWriter:
     """Writes one outgoing stream's fixed RTP header (RFC 3550 5.1) plus a constant
     extension block; only marker, sequence number and timestamp change per packet."""
 
-    __slots__ = ("_first", "_pack", "_pt_marker", "_pt_plain", "ext", "header_size", "ssrc")
+    __slots__ = (
+        "_first",
+        "_pack",
+        "_pt_marker",
+        "_pt_plain",
+        "ext",
+        "header_size",
+        "payload_type",
+        "ssrc",
+    )
 
     def __init__(self, payload_type: int, ssrc: int, extension: bytes = b"") -> None:
         if not 0 <= payload_type <= 127:
             raise ValueError(f"payload type {payload_type} out of range")
         self.ssrc = ssrc
+        self.payload_type = payload_type
         self.ext = extension
         self.header_size = 12 + len(extension)
         self._first = 0x90 if extension else 0x80  # V=2, X if an extension follows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 
 import uvicorn
@@ -29,8 +30,24 @@ class _LessonServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def raise_open_file_limit(wanted: int = 65536) -> int:
+    """Raise the soft limit on open files towards ``wanted`` (within the hard limit).
+
+    Every peer connection holds sockets, and the RTP fast path one more descriptor per
+    forwarded track and subscriber: a large lesson needs more than the usual 1024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
 def run_server(settings: Settings, log_level: str = "info") -> None:
     """Serve until SIGINT or SIGTERM."""
+    limit = raise_open_file_limit()
+    logger.info("open file limit: %d", limit)
     # Process-wide: every aiortc receiver in this process yields encoded frames.
     hooks.install_forwarding_hooks()
     hooks.set_host_addresses(settings.ice_host_addresses)

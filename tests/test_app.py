@@ -277,3 +277,18 @@ async def test_silent_sockets_are_closed_and_pinging_ones_kept(tmp_path: Path) -
         await silent.close()
     finally:
         stop_server(own)
+
+
+def test_the_server_raises_its_open_file_limit() -> None:
+    import resource
+
+    from server.serve import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        assert raise_open_file_limit(512) == 512
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 512
+        assert raise_open_file_limit(300) == 512  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

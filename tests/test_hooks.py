@@ -96,6 +96,7 @@ def receiver_of(pc: RTCPeerConnection) -> RTCRtpReceiver:
 def test_the_pinned_versions_are_installed() -> None:
     assert aiortc.__version__ == hooks.PINNED_AIORTC
     assert version("aioice") == hooks.PINNED_AIOICE
+    assert version("pylibsrtp") == hooks.PINNED_PYLIBSRTP
 
 
 async def test_host_addresses_hook_limits_candidates() -> None:
@@ -235,6 +236,53 @@ async def test_nacks_reach_the_senders_retransmit_hook() -> None:
         assert await asyncio.wait_for(nacked.get(), 5) == 4242
         hooks.unhook_sender(transceiver.sender)
         assert "_retransmit" not in transceiver.sender.__dict__
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+def test_raw_srtp_protect_in_a_buffer_matches_session_protect() -> None:
+    from pylibsrtp import Policy, Session
+
+    key = bytes(range(30))
+
+    def session(direction: int) -> Session:
+        policy = Policy(key=key, ssrc_type=direction)
+        policy.allow_repeat_tx = True
+        return Session(policy)
+
+    packet = bytes([0x80, 96, 0, 1, 0, 0, 0, 9, 0, 0, 0, 7]) + b"payload" * 100
+    expected = session(Policy.SSRC_ANY_OUTBOUND).protect(packet)
+
+    outbound = session(Policy.SSRC_ANY_OUTBOUND)
+    buffer = hooks.SrtpBuffer(2048)
+    buffer.view[: len(packet)] = packet
+    buffer.length[0] = len(packet)
+    protect = hooks.raw_srtp_protect()
+    assert protect(hooks.srtp_context(outbound), buffer.data, buffer.length) == hooks.SRTP_OK
+    protected = bytes(buffer.view[: buffer.length[0]])
+    assert protected == expected
+    assert len(protected) <= len(packet) + hooks.SRTP_MAX_TRAILER
+    assert session(Policy.SSRC_ANY_INBOUND).unprotect(protected) == packet
+    buffer.release()
+
+
+async def test_a_duplicate_of_the_pair_socket_sends_and_closes_alone() -> None:
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    try:
+        (transceiver,) = sender_pc.getTransceivers()
+        pairs = hooks.nominated_pairs(transceiver.sender)
+        assert pairs is not None and 1 in pairs
+        transport, address = hooks.pair_endpoint(pairs[1])
+        original = transport.get_extra_info("socket")
+        dup = hooks.pair_socket(pairs[1])
+        assert dup.fileno() != original.fileno()
+        assert dup.getsockname() == original.getsockname()
+        assert not dup.getblocking()
+        dup.sendto(b"\x00\x01", address)  # not RTP, not STUN: the peer drops it
+        dup.close()
+        # aioice's own socket is untouched: media keeps flowing.
+        await asyncio.wait_for(receiver_of(receiver_pc).track.recv(), 10)
     finally:
         await sender_pc.close()
         await receiver_pc.close()

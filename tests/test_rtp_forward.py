@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import types
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket, is_rtcp
 
-from media import hooks
+from media import hooks, rtp_forward
 from media import hooks as private
 from media.peers import negotiated_media
 from media.rtp_forward import IdleTrack, RtpForwarder, RtpSubscriber
@@ -32,6 +33,7 @@ from media.rtp_rewrite import (
     rtx_packet,
     sequence_of,
     vp8_keyframe_start,
+    write_varying,
 )
 from media.testsource import PatternVideoTrack, ToneAudioTrack
 
@@ -80,6 +82,42 @@ def test_header_writer_and_rtx_wrap_round_trip_through_aiortcs_parser() -> None:
     assert rtx.payload == b"\xff\xff" + b"payload"  # OSN, then the original payload
     with pytest.raises(ValueError):
         one_byte_extension([(15, b"x")])
+
+
+def test_write_varying_rewrites_marker_sequence_and_timestamp_in_place() -> None:
+    ext = one_byte_extension([(4, b"1")])
+    writer = HeaderWriter(98, 0x11223344, ext)
+    buffer = bytearray(writer.header(0, 0, 0) + b"payload")
+    write_varying(buffer, 1, writer.payload_type | 0x80, 65535, 0xFFFFFFFF)
+    assert bytes(buffer) == writer.header(1, 65535, 0xFFFFFFFF) + b"payload"
+    write_varying(buffer, 1, writer.payload_type, 7, 9)
+    assert bytes(buffer) == writer.header(0, 7, 9) + b"payload"
+
+
+def test_history_records_survive_a_restart_of_the_numbering() -> None:
+    """After the publisher's source changes (or a mute ends) a subscriber's offsets
+    change; what it was sent before must still be retransmitted as it was sent."""
+    sub = RtpSubscriber.__new__(RtpSubscriber)
+    RtpSubscriber.__init__(sub, None, None, types.SimpleNamespace(sender=None))  # type: ignore[arg-type]
+    sub.writer = HeaderWriter(96, 1234)
+    sub.ring = [None] * rtp_forward.HISTORY
+    sub.begin(1000, 50_000, 10.0, 90000)
+    sent = {}
+    for i in range(5):
+        seq, ts = 1000 + i, 50_000 + 3000 * i
+        out_seq = (seq + sub.seq_offset) & 0xFFFF
+        record = (seq, ts, 0x80 if i == 4 else 0, b"p%d" % i)
+        sub.ring[out_seq & sub.mask] = record
+        sent[out_seq] = sub.packet_for(record)
+    # The source changes: new numbers, and the subscriber resumes after what it had.
+    last_seq = (1004 + sub.seq_offset) & 0xFFFF
+    sub.resume = ((last_seq + 1) & 0xFFFF, (62_000 + sub.ts_offset) & 0xFFFFFFFF, 10.2)
+    sub.begin(7, 123, 10.3, 90000)
+    assert (7 + sub.seq_offset) & 0xFFFF == (last_seq + 1) & 0xFFFF  # no jump back
+    for out_seq, data in sent.items():
+        record = sub.ring[out_seq & sub.mask]
+        assert record is not None and (record[0] + sub.seq_offset) & 0xFFFF == out_seq
+        assert sub.packet_for(record) == data
 
 
 # -- real peers ------------------------------------------------------------------
@@ -268,6 +306,8 @@ async def test_stop_releases_subscribers_hooks_and_tasks(lab: Lab) -> None:
     idle = subscriber.track
     assert isinstance(idle, IdleTrack)
     assert "_retransmit" in sender.__dict__
+    sock = subscriber._socket
+    assert sock is not None and sock.fileno() >= 0
     tasks_before = set(forwarder._tasks)
     assert tasks_before
     receiver = lab.pcs[1].getTransceivers()[0].receiver
@@ -275,6 +315,7 @@ async def test_stop_releases_subscribers_hooks_and_tasks(lab: Lab) -> None:
     await forwarder.stop()
 
     assert forwarder.subscriber_count == 0
+    assert subscriber._socket is None and sock.fileno() == -1  # our duplicate is closed
     assert "_retransmit" not in sender.__dict__ and "_send_keyframe" not in sender.__dict__
     assert idle.readyState == "ended"
     assert all(t.done() for t in tasks_before) and not forwarder._tasks
@@ -296,3 +337,15 @@ async def test_unsubscribing_one_viewer_leaves_the_other_running(lab: Lab) -> No
     assert forwarder.subscriber_count == 1
     assert first.attached["video"].forwarder is None
     await frames(second.track("video"), 5)
+
+
+async def test_forwarding_through_the_asyncio_transport_also_works(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rtp_forward, "DIRECT_SOCKET", False)
+    await lab.publish([PatternVideoTrack()])
+    viewer = await lab.subscribe(("video",))
+    video = await frames(viewer.track("video"), 5)
+    assert all(isinstance(f, av.VideoFrame) for f in video)
+    assert viewer.attached["video"]._socket is None
+    assert lab.forwarders["video"].stats.errors == 0
