@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from . import hooks
+from .counters import Counters
 from .peers import preferences_for
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ VIDEO_QUEUE_FRAMES = 60
 AUDIO_QUEUE_FRAMES = 50
 
 
-class ForwardingStats:
+class ForwardingStats(Counters):
     """Counters of one forwarder (and, summed, of the SFU)."""
 
     __slots__ = (
@@ -41,18 +42,12 @@ class ForwardingStats:
         "keyframe_requests_relayed",
         "keyframe_requests_suppressed",
     )
-
-    def __init__(self) -> None:
-        self.frames_received = 0
-        self.frames_forwarded = 0
-        self.frames_dropped = 0
-        self.frames_muted = 0
-        self.keyframe_requests_relayed = 0
-        self.keyframe_requests_suppressed = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """All counters by name."""
-        return {name: getattr(self, name) for name in self.__slots__}
+    frames_dropped: int
+    frames_forwarded: int
+    frames_muted: int
+    frames_received: int
+    keyframe_requests_relayed: int
+    keyframe_requests_suppressed: int
 
 
 class SubscriberTrack(MediaStreamTrack):

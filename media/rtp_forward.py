@@ -55,6 +55,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
 
 from . import hooks
+from .counters import Counters
 from .peers import preferences_for
 from .rtp_rewrite import (
     HeaderWriter,
@@ -85,7 +86,7 @@ _SRTP_OK = hooks.SRTP_OK
 HistoryRecord = tuple[int, int, int, bytes]
 
 
-class RtpForwardingStats:
+class RtpForwardingStats(Counters):
     """Counters of one forwarded track (summed by the SFU for ``/metrics``)."""
 
     __slots__ = (
@@ -100,22 +101,16 @@ class RtpForwardingStats:
         "retransmissions_missed",
         "subscribers_started",
     )
-
-    def __init__(self) -> None:
-        self.packets_received = 0
-        self.packets_forwarded = 0
-        self.packets_dropped = 0
-        self.packets_muted = 0
-        self.errors = 0
-        self.retransmissions = 0
-        self.retransmissions_missed = 0
-        self.keyframe_requests_relayed = 0
-        self.keyframe_requests_suppressed = 0
-        self.subscribers_started = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """All counters by name."""
-        return {name: getattr(self, name) for name in self.__slots__}
+    errors: int
+    keyframe_requests_relayed: int
+    keyframe_requests_suppressed: int
+    packets_dropped: int
+    packets_forwarded: int
+    packets_muted: int
+    packets_received: int
+    retransmissions: int
+    retransmissions_missed: int
+    subscribers_started: int
 
 
 class IdleTrack(MediaStreamTrack):
