@@ -17,7 +17,7 @@ from typing import Any
 
 from . import procstat, report
 from .encoded import VIDEO_VARIANTS, default_cache_dir, load_audio, load_video
-from .runner import SYSTEMS, RunOptions, run_workload, workloads
+from .runner import RAMP_CPU_LIMIT, SYSTEMS, RunOptions, run_workload, workloads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workload",
         action="append",
         choices=sorted(workloads(False)),
-        help="core (default), w1, w4; repeat for several",
+        help="core (default), w1 ... w6; repeat for several",
     )
     run.add_argument("--quick", action="store_true", help="small sizes and short windows")
     run.add_argument(
@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="print the tables of a results JSON file")
     show.add_argument("path", type=Path)
     show.add_argument("--markdown", action="store_true")
+    show.add_argument("--brief", action="store_true", help="the main rows only")
+
+    plot = commands.add_parser("plot", help="draw the ramp of a results JSON file (PNG)")
+    plot.add_argument("path", type=Path)
+    plot.add_argument("--workload", default="w2")
+    plot.add_argument("--out", type=Path, help="PNG path (default: next to the JSON)")
 
     check = commands.add_parser(
         "check", help="decode the replayed media through the server (proves it is valid)"
@@ -87,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         child.add_argument("--deadline", type=float, default=120.0)
         child.add_argument("--ready-timeout", type=float, default=30.0)
         child.add_argument("--cache-dir")
+        child.add_argument("--ice-host", default="127.0.0.1")
+        child.add_argument("--janus", action="store_true", help="--url is Janus's HTTP API")
         if name == "_publishers":
             child.add_argument("--video", choices=sorted(VIDEO_VARIANTS))
             child.add_argument("--audio", action="store_true")
@@ -95,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
             child.add_argument("--expect-audio", type=int, default=1)
             child.add_argument("--stagger", type=float, default=0.05)
             child.add_argument("--latency-video", choices=sorted(VIDEO_VARIANTS))
+            child.add_argument("--inject-loss", type=float, default=0.0)
+            child.add_argument("--inject-delay", type=float, default=0.0)
+            child.add_argument("--churn", action="store_true")
     return parser
 
 
@@ -105,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
         systems=tuple(args.system or SYSTEMS),
         per_process=args.per_process,
         cache_dir=args.cache_dir,
+        settle=0.5 if args.quick else 1.0,
     )
     if args.source_dir:
         options.source_dir = args.source_dir.resolve()
@@ -127,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         "workloads": {},
     }
     print(f"logs: {options.log_dir}", file=sys.stderr)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    document["ice_host"] = options.host
     exit_code = 0
     for name in names:
         workload = chosen[name]
@@ -143,6 +157,18 @@ def _run(args: argparse.Namespace) -> int:
             "runs": runs,
         }
         report.add_marginal_costs(runs)
+        if workload.ramp:
+            png = report.plot_ramp(
+                runs,
+                f"{name}: {workload.description}",
+                (args.results_dir or report.RESULTS_DIR) / f"{stamp}-{name}.png",
+                cpu_limit=RAMP_CPU_LIMIT,
+            )
+            document["workloads"][name]["plot"] = str(png) if png else None
+            document["workloads"][name]["ramp_stops"] = {
+                r["system"]: r["ramp_stop"] for r in runs if "ramp_stop" in r
+            }
+            print(f"plot: {png or 'not drawn (pip install matplotlib)'}")
         systems = list(options.systems)
         rows = report.table_rows(runs, systems)
         print(f"\n{name}: {workload.description}; {workload.duration:.0f} s windows")
@@ -150,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         for run in runs:
             for error in run["errors"]:
                 print(f"  {run['system']} x{run['subscribers']}: {error}")
-    path = report.write_json(document, args.results_dir)
+    path = report.write_json(document, args.results_dir, stamp)
     print(f"\nJSON: {path}")
     return exit_code
 
@@ -178,14 +204,25 @@ def main(argv: list[str] | None = None) -> int:
         for name, entry in document["workloads"].items():
             report.add_marginal_costs(entry["runs"])
             systems = list(document["systems"])
-            rows = report.table_rows(entry["runs"], systems)
+            rows = report.table_rows(entry["runs"], systems, args.brief)
             header = report.table_header(systems)
             title = f"{name}: {entry['description']}; {entry['duration_s']:.0f} s windows"
             if args.markdown:
                 print(f"**{title}**\n\n{report.markdown_table(header, rows)}\n")
+                stops = entry.get("ramp_stops")
+                if stops:
+                    print("Ramp stops: " + "; ".join(f"{k}: {v}" for k, v in stops.items()))
+                    print()
             else:
                 print(f"{title}\n{report.text_table(header, rows)}\n")
         return 0
+    if args.command == "plot":
+        document = json.loads(args.path.read_text())
+        entry = document["workloads"][args.workload]
+        out = args.out or args.path.with_name(f"{args.path.stem}-{args.workload}.png")
+        png = report.plot_ramp(entry["runs"], f"{args.workload}: {entry['description']}", out)
+        print(png or "matplotlib is not installed")
+        return 0 if png else 1
     if args.command == "check":
         from .check import check
 

@@ -17,6 +17,7 @@ periodic keyframe, up to ``keyframe_interval``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fractions
 import json
 import os
@@ -314,6 +315,9 @@ class PreEncodedTrack(MediaStreamTrack):
         self.keyframe_requests = 0
         self.keyframe_jumps = 0
         self.frames_skipped = 0
+        # (wall time when handed to the sender, loop position): the latency probe's
+        # send times. Bounded: about 11 minutes at 30 fps.
+        self.sent_log: collections.deque[tuple[float, int]] = collections.deque(maxlen=20_000)
 
     def request_keyframe(self) -> None:
         """A receiver asked for a keyframe (PLI/FIR): jump to the next one of the loop."""
@@ -358,6 +362,7 @@ class PreEncodedTrack(MediaStreamTrack):
                 self._position = target_position % count
                 self.keyframe_jumps += 1
         data, keyframe = stream.frames[self._position]
+        self.sent_log.append((time.time(), self._position))
         self._position = (self._position + 1) % count
         packet = av.Packet(data)
         packet.pts = self._index * stream.pts_step

@@ -15,20 +15,19 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiortc.rtcrtpreceiver
-from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 
 from media import hooks
-from media.client import LessonClient
-from media.peers import negotiated_media
+from media.client import LessonClient, ReceivedTrack
+from media.peers import configuration, negotiated_media
 
 from .encoded import PreEncodedTrack, load_audio, load_video
 
@@ -77,21 +76,46 @@ async def sleep_until(wall: float) -> None:
 
 
 class _SsrcCounter:
-    """Extended sequence numbers of one media SSRC, as an RTCP receiver report counts them."""
+    """Extended sequence numbers of one media SSRC, as an RTCP receiver report counts them.
 
-    __slots__ = ("first", "highest", "received")
+    Also remembers the most recent missing sequence numbers, so that a packet that
+    arrives late or is repaired by RTX is told apart from a loss.
+    """
+
+    __slots__ = ("first", "highest", "missing", "received", "repaired")
 
     def __init__(self, sequence: int) -> None:
         self.first = sequence
         self.highest = sequence
         self.received = 1
+        self.repaired = 0
+        self.missing: dict[int, None] = {}
+
+    def _extend(self, sequence: int) -> int:
+        diff = ((sequence - (self.highest & 0xFFFF) + 0x8000) & 0xFFFF) - 0x8000
+        return self.highest + diff
 
     def add(self, sequence: int) -> None:
-        diff = ((sequence - (self.highest & 0xFFFF) + 0x8000) & 0xFFFF) - 0x8000
-        extended = self.highest + diff
+        extended = self._extend(sequence)
         if extended > self.highest:
+            if extended - self.highest <= 512:
+                for gap in range(self.highest + 1, extended):
+                    self.missing[gap] = None
+                while len(self.missing) > 4096:
+                    del self.missing[next(iter(self.missing))]
             self.highest = extended
-        self.received += 1
+            self.received += 1
+        elif extended in self.missing:  # late, not lost
+            del self.missing[extended]
+            self.received += 1
+        # else: a duplicate, not counted
+
+    def repair(self, sequence: int) -> None:
+        """An RTX packet carrying ``sequence`` arrived."""
+        extended = self._extend(sequence)
+        if extended in self.missing:
+            del self.missing[extended]
+            self.repaired += 1
 
     @property
     def expected(self) -> int:
@@ -112,8 +136,12 @@ class ReceiveCounters:
     def add(self, packet: RtpPacket, rtx_ssrcs: dict[int, int]) -> None:
         self.packets += 1
         self.bytes += RTP_HEADER_BYTES + len(packet.payload) + packet.padding_size
-        if packet.ssrc in rtx_ssrcs:
+        media_ssrc = rtx_ssrcs.get(packet.ssrc)
+        if media_ssrc is not None:
             self.rtx_packets += 1
+            repaired = self.ssrcs.get(media_ssrc)
+            if repaired is not None and len(packet.payload) >= 2:
+                repaired.repair(int.from_bytes(packet.payload[:2], "big"))
             return
         counter = self.ssrcs.get(packet.ssrc)
         if counter is None:
@@ -128,7 +156,64 @@ class ReceiveCounters:
             "rtx_packets": self.rtx_packets,
             "expected": sum(c.expected for c in self.ssrcs.values()),
             "media_received": sum(c.received for c in self.ssrcs.values()),
+            "repaired": sum(c.repaired for c in self.ssrcs.values()),
         }
+
+
+class PacketProbe:
+    """Arrival of each replayed VP8 frame's last RTP packet, recognised by its bytes.
+
+    The first packet of a frame (VP8 descriptor S=1, partition 0) carries the
+    frame's first bytes, which identify its position in the loop; the packet with
+    the marker bit and the same RTP timestamp ends it. Its arrival (after SRTP,
+    before aiortc's jitter buffer, so without the subscriber's one-frame wait) is
+    recorded as ``(wall time, loop position, receiver id)``. This works for
+    servers that forward the encoded bytes (ours, pack(), Janus), not for MediaRelay.
+    """
+
+    PREFIX = 48
+
+    def __init__(self, frames: list[tuple[bytes, bool]]) -> None:
+        index: dict[bytes, int] = {}
+        clashes: set[bytes] = set()
+        for position, (data, _) in enumerate(frames):
+            key = data[: self.PREFIX]
+            if key in index:
+                clashes.add(key)
+            index[key] = position
+        for key in clashes:
+            del index[key]
+        self.index = index
+        self.current: dict[int, tuple[int, int]] = {}
+        self.arrivals: list[tuple[float, int, int]] = []
+
+    def add(self, receiver_id: int, packet: RtpPacket) -> None:
+        payload = packet.payload
+        if len(payload) < 2:
+            return
+        first = payload[0]
+        if first & 0x10 and not first & 0x07:  # start of partition 0: a new frame
+            offset = 1
+            if first & 0x80:
+                extension = payload[1]
+                offset = 2
+                if extension & 0x80:
+                    offset += 2 if payload[offset] & 0x80 else 1
+                if extension & 0x40:
+                    offset += 1
+                if extension & 0x30:
+                    offset += 1
+            position = self.index.get(bytes(payload[offset : offset + self.PREFIX]))
+            if position is not None:
+                self.current[packet.ssrc] = (packet.timestamp, position)
+        if packet.marker:
+            current = self.current.pop(packet.ssrc, None)
+            if current is not None and current[0] == packet.timestamp:
+                if len(self.arrivals) < 500_000:
+                    self.arrivals.append((time.time(), current[1], receiver_id))
+
+
+_PROBE: PacketProbe | None = None
 
 
 _COUNTERS_ATTR = "_lco_bench_counters"
@@ -146,11 +231,35 @@ def install_receive_counters() -> None:
         try:
             rtx: dict[int, int] = getattr(self, "_RTCRtpReceiver__rtx_ssrc", {})
             counters.add(packet, rtx)
+            if _PROBE is not None and packet.ssrc not in rtx:
+                if getattr(self, "_RTCRtpReceiver__kind", "") == "video":
+                    _PROBE.add(id(self), packet)
         except Exception:  # counting must never break reception
             pass
         await original(self, packet, arrival_time_ms)
 
     setattr(RTCRtpReceiver, "_handle_rtp_packet", counting)  # noqa: B010
+
+
+def route_rtx_by_ssrc() -> None:
+    """Route RTX packets by their SSRC, as browsers do (from the SDP's FID group).
+
+    aiortc registers only the media SSRC of a receiver; an RTX packet then finds its
+    receiver by payload type alone, which fails as soon as two video receivers share
+    a BUNDLE transport (two publishers): every retransmission would be discarded
+    by the subscriber's own router, whatever the server does.
+    """
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    original = RTCDtlsTransport._register_rtp_receiver
+
+    def register(self: Any, receiver: Any, parameters: Any) -> None:
+        original(self, receiver, parameters)
+        for encoding in parameters.encodings:
+            if encoding.rtx is not None:
+                self._rtp_router.ssrc_table[encoding.rtx.ssrc] = receiver
+
+    setattr(RTCDtlsTransport, "_register_rtp_receiver", register)  # noqa: B010
 
 
 def receiver_counters(receiver: RTCRtpReceiver) -> ReceiveCounters | None:
@@ -159,9 +268,16 @@ def receiver_counters(receiver: RTCRtpReceiver) -> ReceiveCounters | None:
     return counters
 
 
-def client_counters(client: LessonClient) -> dict[str, int]:
+def client_counters(client: Participant) -> dict[str, int]:
     """Totals over every receiver of ``client``'s subscribe connection."""
-    totals = {"packets": 0, "bytes": 0, "rtx_packets": 0, "expected": 0, "media_received": 0}
+    totals = {
+        "packets": 0,
+        "bytes": 0,
+        "rtx_packets": 0,
+        "expected": 0,
+        "media_received": 0,
+        "repaired": 0,
+    }
     pc = client.subscribe_pc
     if pc is not None:
         for receiver in pc.getReceivers():
@@ -176,63 +292,171 @@ def _difference(before: dict[str, int], after: dict[str, int]) -> dict[str, int]
     return {key: after[key] - before.get(key, 0) for key in after}
 
 
-class LatencyProbe:
-    """Arrival times of replayed VP8 frames, recognised by their bytes.
+# -- network impairment in subscriber processes -----------------------------------
 
-    The publisher sends frame ``i`` of the loop at ``epoch + i * interval`` (its
-    schedule); a subscriber that receives the same bytes knows which frame it is.
-    This only works when the server forwards the encoded frames unchanged (ours);
-    a transcoding server (``MediaRelay``) produces other bytes, and nothing matches.
-    Arrival is taken when aiortc's receiver hands the reassembled frame to its
-    decoder, which is one frame interval after the frame's last packet
-    (aiortc's jitter buffer releases a frame when the next one starts).
+
+def install_impairment(loss: float, delay: float, seed: int) -> None:
+    """Drop ``loss`` (a fraction) of incoming datagrams and delay the rest by ``delay`` s.
+
+    Applied in this process only, before aioice hands a datagram to DTLS/SRTP (so
+    before aiortc sees it): what ``tc netem`` on the subscriber's ingress would do,
+    STUN included, without reordering.
     """
+    import random
 
-    def __init__(self, frames: list[tuple[bytes, bool]]) -> None:
-        self.index = {hash(data): i for i, (data, _) in enumerate(frames)}
-        self.arrivals: list[tuple[float, int]] = []
+    import aioice.ice
 
-    def install(self) -> None:
-        """Wrap the decoder lookup of this process (after the forwarding hooks)."""
-        inner = aiortc.rtcrtpreceiver.get_decoder  # type: ignore[attr-defined]
-        probe = self
+    rng = random.Random(seed)
+    original = aioice.ice.StunProtocol.datagram_received
 
-        class _Probing:
-            def __init__(self, decoder: Any) -> None:
-                self._decoder = decoder
+    def impaired(self: Any, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        if rng.random() < loss:
+            return
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, original, self, data, addr)
+        else:
+            original(self, data, addr)
 
-            def decode(self, encoded_frame: Any) -> Any:
-                index = probe.index.get(hash(encoded_frame.data))
-                if index is not None:
-                    probe.arrivals.append((time.time(), index))
-                return self._decoder.decode(encoded_frame)
-
-        def get_decoder(codec: Any) -> Any:
-            decoder = inner(codec)
-            return _Probing(decoder) if codec.name.upper() == "VP8" else decoder
-
-        setattr(aiortc.rtcrtpreceiver, "get_decoder", get_decoder)  # noqa: B010
+    setattr(aioice.ice.StunProtocol, "datagram_received", impaired)  # noqa: B010
 
 
-def frame_latencies(
-    arrivals: list[tuple[float, int]],
-    epoch: float,
-    interval: float,
-    loop_frames: int,
-    skipped: int = 0,
-) -> list[float]:
-    """Seconds from each frame's scheduled send time to its arrival.
+# -- Janus participants (baseline c) -------------------------------------------------
 
-    Loop frame ``index`` was sent as frame ``index - skipped + k * loop_frames``
-    for some ``k``: the latest such send time not after the arrival is the one.
-    """
-    out = []
-    for arrival, index in arrivals:
-        first = index - skipped
-        n = math.floor(((arrival - epoch) / interval - first) / loop_frames)
-        sent = epoch + (n * loop_frames + first) * interval
-        out.append(arrival - sent)
+
+class JanusParticipant:
+    """A publisher or subscriber of Janus VideoRoom with the attributes the counters read."""
+
+    def __init__(self, base: str, name: str, http: Any) -> None:
+        from .janus import JanusSession
+
+        self.name = name
+        self.session = JanusSession(base, http)
+        self.participant_id: str | None = None
+        self.received: dict[str, ReceivedTrack] = {}
+        self.publish_pc: RTCPeerConnection | None = None
+        self.subscribe_pc: RTCPeerConnection | None = None
+        self.mid_feed: dict[str, str] = {}
+        self._consumers: list[asyncio.Task[None]] = []
+
+    async def connect(self) -> None:
+        await self.session.open()
+
+    async def publish(self, tracks: list[tuple[Any, Any]]) -> dict[str, Any]:
+        from .janus import ROOM
+
+        joined = await self.session.message(
+            {"request": "join", "ptype": "publisher", "room": ROOM, "display": self.name}
+        )
+        self.participant_id = str(joined["plugindata"]["data"]["id"])
+        pc = RTCPeerConnection(configuration([]))
+        self.publish_pc = pc
+        for track, _ in tracks:
+            pc.addTransceiver(track, direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        reply = await self.session.message(
+            {"request": "publish"}, jsep={"type": "offer", "sdp": pc.localDescription.sdp}
+        )
+        jsep = reply.get("jsep")
+        if not jsep:
+            return {"type": "error", "message": f"no answer from Janus: {reply}"}
+        await pc.setRemoteDescription(RTCSessionDescription(jsep["sdp"], "answer"))
+        return {"type": "publish_answer", "sdp": jsep["sdp"]}
+
+    async def subscribe(self, publishers: int, timeout: float) -> None:
+        """Subscribe to every publisher's streams once ``publishers`` are in the room."""
+        from .janus import ROOM
+
+        async with asyncio.timeout(timeout):
+            while True:
+                listed = await self.session.message({"request": "listparticipants", "room": ROOM})
+                feeds = [
+                    p["id"]
+                    for p in listed["plugindata"]["data"].get("participants", [])
+                    if p.get("publisher")
+                ]
+                if len(feeds) >= publishers:
+                    break
+                await asyncio.sleep(0.1)
+        attached = await self.session.message(
+            {
+                "request": "join",
+                "ptype": "subscriber",
+                "room": ROOM,
+                "streams": [{"feed": feed} for feed in feeds],
+            }
+        )
+        for stream in attached["plugindata"]["data"].get("streams", []):
+            self.mid_feed[str(stream.get("mid"))] = str(stream.get("feed_id"))
+        pc = RTCPeerConnection(configuration([]))
+        self.subscribe_pc = pc
+        pc.on("track", self._on_track)
+        await pc.setRemoteDescription(RTCSessionDescription(attached["jsep"]["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.session.message(
+            {"request": "start"}, jsep={"type": "answer", "sdp": pc.localDescription.sdp}
+        )
+
+    def _on_track(self, track: Any) -> None:
+        assert self.subscribe_pc is not None
+        mid = next(
+            (t.mid for t in self.subscribe_pc.getTransceivers() if t.receiver.track is track),
+            None,
+        )
+        feed = self.mid_feed.get(str(mid), "?")
+        received = ReceivedTrack(f"{feed}/{mid}", feed, track.kind, "janus")
+        self.received[received.track_id] = received
+        self._consumers.append(asyncio.create_task(_consume(track, received)))
+
+    def receiver_owners(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        if self.subscribe_pc is not None:
+            for transceiver in self.subscribe_pc.getTransceivers():
+                feed = self.mid_feed.get(str(transceiver.mid))
+                if feed is not None:
+                    out[id(transceiver.receiver)] = feed
+        return out
+
+    async def close(self) -> None:
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None:
+                await pc.close()
+        for task in self._consumers:
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+        await self.session.close()
+
+
+async def _consume(track: Any, received: ReceivedTrack) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
+            received.frames += 1
+            if received.first_frame_at is None:
+                received.first_frame_at = time.monotonic()
+
+
+Participant = LessonClient | JanusParticipant
+
+
+def receiver_owners(client: Participant) -> dict[int, str]:
+    """id(receiver) -> the publisher's participant id, for the subscribe connection."""
+    if isinstance(client, JanusParticipant):
+        return client.receiver_owners()
+    out: dict[int, str] = {}
+    pending: dict[str, Any] = getattr(client, "_pending_tracks", {})
+    if client.subscribe_pc is not None:
+        for transceiver in client.subscribe_pc.getTransceivers():
+            info = pending.get(str(transceiver.mid))
+            if info is not None:
+                out[id(transceiver.receiver)] = info.participant_id
     return out
+
+
+def _http_client() -> Any:
+    import httpx
+
+    # One connection per long poll plus requests; no proxy from the environment.
+    return httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=200))
 
 
 # -- publishers ------------------------------------------------------------------
@@ -240,16 +464,15 @@ def frame_latencies(
 
 @dataclass(slots=True)
 class _Publisher:
-    client: LessonClient
+    client: Participant
     tracks: list[PreEncodedTrack]
     codecs: list[str] = field(default_factory=list)
     error: str | None = None
 
 
 async def _start_publisher(
-    url: str, token: str, video: str | None, audio: bool, cache_dir: Path | None
+    client: Participant, video: str | None, audio: bool, cache_dir: Path | None
 ) -> _Publisher:
-    client = LessonClient(url, token)
     await client.connect()
     tracks: list[PreEncodedTrack] = []
     specs: list[tuple[Any, Any]] = []
@@ -295,44 +518,66 @@ async def _connected(pc: RTCPeerConnection) -> None:
     await done.wait()
 
 
+def _received_snapshot(client: Participant) -> dict[str, Any]:
+    frames: dict[str, int] = {"video": 0, "audio": 0}
+    for track in client.received.values():
+        frames[track.kind] = frames.get(track.kind, 0) + track.frames
+    return {"frames": frames, **client_counters(client)}
+
+
 async def run_publishers(args: Any) -> int:
     """A process of ``len(args.token)`` publishers; see the module docstring."""
+    global _PROBE
+    if args.video:  # publishers that hear each other measure latency too (W3)
+        cache = Path(args.cache_dir) if args.cache_dir else None
+        _PROBE = PacketProbe(load_video(args.video, cache).frames)
     hooks.install_forwarding_hooks()  # publishers also receive each other: never decode
-    hooks.set_host_addresses(["127.0.0.1"])
+    hooks.set_host_addresses([args.ice_host])
     install_receive_counters()
+    route_rtx_by_ssrc()
     deadline = time.time() + args.deadline
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     publishers: list[_Publisher] = []
+    http = _http_client() if args.janus else None
     try:
         async with asyncio.timeout(args.ready_timeout):
-            for token in args.token:
-                publishers.append(
-                    await _start_publisher(args.url, token, args.video, args.audio, cache_dir)
+            for index, token in enumerate(args.token):
+                client: Participant = (
+                    JanusParticipant(args.url, f"pub{index}", http)
+                    if args.janus
+                    else LessonClient(args.url, token)
                 )
+                publishers.append(await _start_publisher(client, args.video, args.audio, cache_dir))
             for publisher in publishers:
                 if publisher.client.publish_pc is not None:
                     await _connected(publisher.client.publish_pc)
-    except (TimeoutError, ConnectionError, OSError) as exc:
+    except Exception as exc:
         emit("ready", ok=False, error=f"publishers did not start: {exc!r}")
         for publisher in publishers:
-            await publisher.client.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(publisher.client.close(), 5.0)
         return 1
     errors = [p.error for p in publishers if p.error]
     emit("ready", ok=not errors, errors=errors, codecs=[p.codecs for p in publishers])
     commands = Commands()
     command = await commands.next(deadline)
-    received: list[dict[str, int]] = []
-    at_start: dict[int, tuple[int, int]] = {}
+    received: list[dict[str, Any]] = []
+    window: list[float] = []
     if "start" in command:
         # What publishers receive (each other's tracks) is forwarded by the server too.
         await sleep_until(command["start"])
-        at_start = {
-            id(t): (t.frames_skipped, t.schedule_resets) for p in publishers for t in p.tracks
-        }
-        before = [client_counters(p.client) for p in publishers]
+        window.append(time.time())
+        before = [_received_snapshot(p.client) for p in publishers]
         await sleep_until(command["end"])
-        after = [client_counters(p.client) for p in publishers]
-        received = [_difference(b, a) for b, a in zip(before, after, strict=True)]
+        window.append(time.time())
+        after = [_received_snapshot(p.client) for p in publishers]
+        received = [
+            {
+                "frames": {k: a["frames"][k] - b["frames"].get(k, 0) for k in a["frames"]},
+                **{k: a[k] - b.get(k, 0) for k in a if k != "frames"},
+            }
+            for b, a in zip(before, after, strict=True)
+        ]
     result = [
         {
             "participant_id": p.client.participant_id,
@@ -342,26 +587,41 @@ async def run_publishers(args: Any) -> int:
                     "frames_sent": t.frames_sent,
                     "bytes_sent": t.bytes_sent,
                     "schedule_resets": t.schedule_resets,
-                    "first_send_wall": t.first_send_wall,
-                    "schedule_epoch_wall": t.schedule_epoch_wall,
                     "frames_skipped": t.frames_skipped,
                     "keyframe_requests": t.keyframe_requests,
                     "keyframe_jumps": t.keyframe_jumps,
-                    # The latency probe needs a schedule that did not move in the window.
-                    "stable_in_window": at_start.get(id(t))
-                    == (t.frames_skipped, t.schedule_resets),
+                    # Send times of the video frames around the window (latency probe).
+                    "sent": [
+                        [round(w, 6), i]
+                        for w, i in t.sent_log
+                        if window and window[0] - 3 <= w <= window[1]
+                    ]
+                    if t.kind == "video"
+                    else [],
                 }
                 for t in p.tracks
             ],
         }
         for p in publishers
     ]
-    emit("result", publishers=result, received=received)
+    arrivals: list[list[Any]] = []
+    if _PROBE is not None and len(window) == 2:
+        owners: dict[int, str] = {}
+        for publisher in publishers:
+            owners.update(receiver_owners(publisher.client))
+        arrivals = [
+            [round(t, 6), i, owners[r]]
+            for t, i, r in _PROBE.arrivals
+            if window[0] <= t <= window[1] and r in owners
+        ]
+    emit("result", publishers=result, received=received, arrivals=arrivals)
     if "start" in command:
         await commands.next(deadline)  # stay until the orchestrator has sampled the server
     for publisher in publishers:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(publisher.client.close(), 5.0)
+    if http is not None:
+        await http.aclose()
     return 0
 
 
@@ -370,10 +630,11 @@ async def run_publishers(args: Any) -> int:
 
 @dataclass(slots=True)
 class _Subscriber:
-    client: LessonClient
+    client: Participant
     started: float  # monotonic, before the socket opened
     joined: float | None = None
     error: str | None = None
+    left: dict[str, Any] | None = None  # counters when a churning subscriber left
 
     def first_frames(self) -> dict[str, float]:
         """Seconds from the start of the join to the first frame, per kind."""
@@ -391,43 +652,109 @@ class _Subscriber:
         return {"frames": frames, **client_counters(self.client)}
 
 
-async def _join(url: str, token: str, expect: dict[str, int], timeout: float) -> _Subscriber:
-    subscriber = _Subscriber(LessonClient(url, token), time.monotonic())
+async def _join(
+    args: Any, index: int, token: str, expect: dict[str, int], http: Any
+) -> _Subscriber:
+    client: Participant = (
+        JanusParticipant(args.url, f"sub{index}", http)
+        if args.janus
+        else LessonClient(args.url, token)
+    )
+    subscriber = _Subscriber(client, time.monotonic())
     try:
-        async with asyncio.timeout(timeout):
-            await subscriber.client.connect()
+        async with asyncio.timeout(args.ready_timeout):
+            await client.connect()
+            if isinstance(client, JanusParticipant):
+                # Janus: attached; the join is complete once the subscription is started.
+                await client.subscribe(max(expect.values()), args.ready_timeout)
             subscriber.joined = time.monotonic()
             while True:
                 counts: dict[str, int] = {}
-                for received in subscriber.client.received.values():
+                for received in client.received.values():
                     if received.first_frame_at is not None:
                         counts[received.kind] = counts.get(received.kind, 0) + 1
                 if all(counts.get(kind, 0) >= n for kind, n in expect.items()):
                     break
                 await asyncio.sleep(0.02)
-    except (TimeoutError, ConnectionError, OSError) as exc:
+    except Exception as exc:
         subscriber.error = f"{type(exc).__name__}: {exc}"
     return subscriber
 
 
+def _entry(subscriber: _Subscriber) -> dict[str, Any]:
+    return {
+        "error": subscriber.error,
+        "join_s": (
+            subscriber.joined - subscriber.started if subscriber.joined is not None else None
+        ),
+        "first_frame_s": subscriber.first_frames(),
+        "tracks": len(subscriber.client.received),
+    }
+
+
+async def _churn(
+    args: Any, expect: dict[str, int], http: Any, end: float
+) -> tuple[list[_Subscriber], list[dict[str, Any]]]:
+    """One join or leave per second until ``end``: returns everyone who joined, and
+    the counters of those who left (from their join, so inside the window)."""
+    active: list[asyncio.Task[_Subscriber]] = []
+    joined: list[_Subscriber] = []
+    left: list[dict[str, Any]] = []
+    tokens = iter(enumerate(args.token))
+    tick = 0
+    while time.time() + 1.0 <= end:
+        if tick % 2 == 0 or len(active) < 2:
+            following = next(tokens, None)
+            if following is not None:
+                index, token = following
+                active.append(asyncio.create_task(_join(args, 1000 + index, token, expect, http)))
+        elif active:
+            task = active.pop(0)
+            subscriber = await task if task.done() else None
+            if subscriber is None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            else:
+                left.append(subscriber.snapshot())
+                joined.append(subscriber)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(subscriber.client.close(), 5.0)
+        tick += 1
+        await asyncio.sleep(1.0)
+    for task in active:
+        with contextlib.suppress(BaseException):
+            async with asyncio.timeout(max(0.1, end - time.time() + args.ready_timeout)):
+                subscriber = await task
+                left.append(subscriber.snapshot())
+                joined.append(subscriber)
+    return joined, left
+
+
 async def run_subscribers(args: Any) -> int:
     """A process of ``len(args.token)`` subscribers; see the module docstring."""
-    hooks.install_forwarding_hooks()  # receive encoded frames: this process never decodes
-    hooks.set_host_addresses(["127.0.0.1"])
+    global _PROBE
+    hooks.install_forwarding_hooks()  # receive encoded frames: this process never decode
+    hooks.set_host_addresses([args.ice_host])
     install_receive_counters()
-    probe: LatencyProbe | None = None
+    route_rtx_by_ssrc()
     if args.latency_video:
         cache_dir = Path(args.cache_dir) if args.cache_dir else None
-        probe = LatencyProbe(load_video(args.latency_video, cache_dir).frames)
-        probe.install()
+        _PROBE = PacketProbe(load_video(args.latency_video, cache_dir).frames)
+    if args.inject_loss or args.inject_delay:
+        install_impairment(args.inject_loss, args.inject_delay, seed=hash(args.token[0]))
+    http = _http_client() if args.janus else None
     deadline = time.time() + args.deadline
     expect = {"video": args.expect_video, "audio": args.expect_audio}
-    joins = []
-    for index, token in enumerate(args.token):
-        joins.append(asyncio.create_task(_join(args.url, token, expect, args.ready_timeout)))
-        if index + 1 < len(args.token):
-            await asyncio.sleep(args.stagger)
-    subscribers = list(await asyncio.gather(*joins))
+    expect = {k: v for k, v in expect.items() if v}
+    subscribers: list[_Subscriber] = []
+    if not args.churn:
+        joins = []
+        for index, token in enumerate(args.token):
+            joins.append(asyncio.create_task(_join(args, index, token, expect, http)))
+            if index + 1 < len(args.token):
+                await asyncio.sleep(args.stagger)
+        subscribers = list(await asyncio.gather(*joins))
     emit(
         "ready",
         ok=all(s.error is None for s in subscribers),
@@ -438,37 +765,50 @@ async def run_subscribers(args: Any) -> int:
     before: list[dict[str, Any]] = []
     after: list[dict[str, Any]] = []
     window: list[float] = []
+    churned: list[_Subscriber] = []
+    churn_counters: list[dict[str, Any]] = []
     if "start" in command:
         await sleep_until(command["start"])
         window.append(time.time())
         before = [s.snapshot() for s in subscribers]
+        if args.churn:
+            churned, churn_counters = await _churn(args, expect, http, command["end"])
         await sleep_until(command["end"])
         window.append(time.time())
         after = [s.snapshot() for s in subscribers]
     results = []
     for index, subscriber in enumerate(subscribers):
-        entry: dict[str, Any] = {
-            "error": subscriber.error,
-            "join_s": (
-                subscriber.joined - subscriber.started if subscriber.joined is not None else None
-            ),
-            "first_frame_s": subscriber.first_frames(),
-            "tracks": len(subscriber.client.received),
-        }
+        entry = _entry(subscriber)
         if before:
             b, a = before[index], after[index]
             entry["window"] = {
                 "frames": {k: a["frames"][k] - b["frames"].get(k, 0) for k in a["frames"]},
-                **{k: a[k] - b[k] for k in a if k != "frames"},
+                **{k: a[k] - b.get(k, 0) for k in a if k != "frames"},
             }
         results.append(entry)
-    arrivals = []
-    if probe is not None and len(window) == 2:
-        arrivals = [a for a in probe.arrivals if window[0] <= a[0] <= window[1]]
-    emit("result", window=window, subscribers=results, arrivals=arrivals)
+    arrivals: list[list[Any]] = []
+    if _PROBE is not None and len(window) == 2:
+        owners: dict[int, str] = {}
+        for subscriber in subscribers:
+            owners.update(receiver_owners(subscriber.client))
+        arrivals = [
+            [round(t, 6), i, owners[r]]
+            for t, i, r in _PROBE.arrivals
+            if window[0] <= t <= window[1] and r in owners
+        ]
+    emit(
+        "result",
+        window=window,
+        subscribers=results,
+        arrivals=arrivals,
+        churn=[_entry(s) for s in churned],
+        churn_counters=churn_counters,
+    )
     if "start" in command:
         await commands.next(deadline)  # stay until the orchestrator has sampled the server
     for subscriber in subscribers:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(subscriber.client.close(), 5.0)
+    if http is not None:
+        await http.aclose()
     return 0

@@ -17,6 +17,7 @@ For each workload size and each system, back to back in one run:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import math
@@ -37,14 +38,18 @@ from signaling.tokens import mint_token
 
 from . import procstat
 from .encoded import VIDEO_VARIANTS, load_audio, load_video
-from .loadgen import frame_latencies
 
 REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 SYSTEMS: dict[str, str] = {
     "ours": "LCO Classroom: RTP packets forwarded (lco serve, the default)",
     "pack": "aiortc pre-encoded pack() path: lco serve --forwarding frames",
     "mediarelay": "aiortc MediaRelay: decode once, encode per subscriber",
+    "janus": "Janus VideoRoom 1.1.2 (Debian), event_loops = 2, HTTP API",
 }
+# Server CPU above this (% of one core) ends a ramp: 85 % of the machine's cores.
+RAMP_CPU_LIMIT = 85.0 * (os.cpu_count() or 1)
+RAMP_LOSS_LIMIT = 1.0  # % lost (after repair) at subscribers
+RAMP_FPS_FRACTION = 0.9  # ... or fewer video frames delivered than this part of the source
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,11 @@ class Workload:
     duration: float  # measurement window, seconds
     publisher_role: Role = Role.TEACHER
     subscriber_role: Role = Role.STUDENT
+    ramp: bool = False  # sizes are steps, stopped per system at the ramp limits
+    inject_loss: float = 0.0  # fraction of datagrams dropped in subscriber processes
+    inject_delay: float = 0.0  # seconds added to every datagram there
+    churn: int = 0  # extra subscribers that join and leave, one event per second
+    publishers_hear_each_other: bool = False
 
 
 def workloads(quick: bool) -> dict[str, Workload]:
@@ -71,8 +81,8 @@ def workloads(quick: bool) -> dict[str, Workload]:
             publishers=1,
             video="480p20",
             audio=True,
-            sizes=(1, 8) if quick else (1, 4, 8),
-            duration=6.0 if quick else 20.0,
+            sizes=(8,) if quick else (1, 4, 8),
+            duration=4.0 if quick else 20.0,
         ),
         "w1": Workload(
             "w1",
@@ -81,8 +91,30 @@ def workloads(quick: bool) -> dict[str, Workload]:
             video="720p30",
             audio=True,
             sizes=(10,) if quick else (30,),
-            duration=6.0 if quick else 20.0,
+            duration=4.0 if quick else 20.0,
             subscriber_role=Role.CLASSROOM,
+        ),
+        "w2": Workload(
+            "w2",
+            "teacher + expert, each 1280x720 30 fps VP8 (~1.5 Mbit/s) + Opus, to N students, "
+            "ramped until loss > 1 %, server CPU > 85 % of the cores or < 90 % of frames",
+            publishers=2,
+            video="720p30",
+            audio=True,
+            sizes=(2, 8) if quick else (1, 2, 4, 8, 12, 16, 24, 32),
+            duration=3.0 if quick else 10.0,
+            ramp=True,
+        ),
+        "w3": Workload(
+            "w3",
+            "six schools, each publishing 640x480 20 fps VP8 + Opus and receiving the other five",
+            publishers=6,
+            video="480p20",
+            audio=True,
+            sizes=(0,),
+            duration=5.0 if quick else 20.0,
+            publisher_role=Role.CLASSROOM,
+            publishers_hear_each_other=True,
         ),
         "w4": Workload(
             "w4",
@@ -91,8 +123,31 @@ def workloads(quick: bool) -> dict[str, Workload]:
             video=None,
             audio=True,
             sizes=(4,) if quick else (4, 10),
-            duration=6.0 if quick else 20.0,
+            duration=4.0 if quick else 20.0,
             publisher_role=Role.EXPERT,
+            publishers_hear_each_other=True,
+        ),
+        "w5": Workload(
+            "w5",
+            "W1 with churn: one classroom joins or leaves every second during the window",
+            publishers=1,
+            video="720p30",
+            audio=True,
+            sizes=(6,) if quick else (30,),
+            duration=6.0 if quick else 20.0,
+            subscriber_role=Role.CLASSROOM,
+            churn=8 if quick else 20,
+        ),
+        "w6": Workload(
+            "w6",
+            "W2 with 2 % loss and 50 ms delay on every subscriber's ingress (NACK, RTX, PLI)",
+            publishers=2,
+            video="720p30",
+            audio=True,
+            sizes=(4,) if quick else (4, 8),
+            duration=4.0 if quick else 15.0,
+            inject_loss=0.02,
+            inject_delay=0.05,
         ),
     }
 
@@ -102,6 +157,9 @@ class RunOptions:
     """How to run: systems, subscribers per load process, where to write."""
 
     systems: tuple[str, ...] = ("ours", "pack", "mediarelay")
+    # Address for ICE host candidates of every system: the namespace's veth address
+    # under scripts/netns-run (needed by Janus), else loopback.
+    host: str = field(default_factory=lambda: os.environ.get("LCO_TEST_HOST_ADDRESS", "127.0.0.1"))
     per_process: int = 8
     publishers_per_process: int = 4
     ready_timeout: float = 30.0
@@ -120,8 +178,11 @@ def _free_port() -> int:
         return port
 
 
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+
+
 def _get_json(url: str, timeout: float = 2.0) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
+    with _OPENER.open(url, timeout=timeout) as response:  # this machine only
         data: dict[str, Any] = json.loads(response.read())
         return data
 
@@ -149,13 +210,15 @@ class _Child:
         log_dir: Path,
         cwd: Path,
         env: dict[str, str] | None = None,
+        quiet: bool = False,
     ) -> _Child:
         log = log_dir / f"{name}.log"
         with log.open("wb") as err:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
+                # A program that is not ours (Janus) logs to stdout: to the file.
+                stdout=err if quiet else asyncio.subprocess.PIPE,
                 stderr=err,
                 limit=64 * 2**20,  # result lines carry per-frame arrival times
                 env={**os.environ, **(env or {})},
@@ -204,14 +267,14 @@ class _Child:
         return self.process.returncode
 
 
-def _server_argv(system: str, port: int, data_dir: Path) -> list[str]:
+def _server_argv(system: str, port: int, data_dir: Path, host: str) -> list[str]:
     common = [
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
         "--ice-host",
-        "127.0.0.1",
+        host,
         "--data-dir",
         str(data_dir),
         "--log-level",
@@ -238,39 +301,75 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+async def _start_server(
+    system: str, tag: str, options: RunOptions, secret: str
+) -> tuple[_Child, str, str]:
+    """Start the system under test; returns it, the load's URL and its health URL."""
+    port = _free_port()
+    if system == "janus":
+        from . import janus
+
+        why = janus.available()
+        if why:
+            raise RuntimeError(why)
+        if options.host.startswith("127."):
+            raise RuntimeError(
+                "Janus needs the test namespace (libnice skips loopback): run "
+                "scripts/netns-run .venv/bin/lco bench run --system janus ..."
+            )
+        directory = options.log_dir / f"janus-{tag}"
+        janus.write_config(directory, options.host, port)
+        server = await _Child.start(
+            f"server-{tag}",
+            janus.argv(directory, options.log_dir / f"janus-{tag}.log"),
+            options.log_dir,
+            options.source_dir,
+            quiet=True,
+        )
+        base = f"http://{options.host}:{port}/janus"
+        return server, base, base + "/info"
+    data_dir = options.log_dir / f"data-{tag}"
+    server = await _Child.start(
+        f"server-{tag}",
+        _server_argv(system, port, data_dir, options.host),
+        options.log_dir,
+        options.source_dir,
+        env={"LCO_SECRET": secret},
+    )
+    return server, f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}/healthz"
+
+
 async def run_one(
     workload: Workload, system: str, subscribers: int, options: RunOptions
 ) -> dict[str, Any]:
     """One system under one workload size; returns raw samples and derived figures."""
-    port = _free_port()
     secret = secrets.token_urlsafe(48)
     tag = f"{workload.name}-{system}-{subscribers}"
-    data_dir = options.log_dir / f"data-{tag}"
-    url = f"ws://127.0.0.1:{port}/ws"
-    base = f"http://127.0.0.1:{port}"
     lesson = f"bench-{workload.name}"
     key = secret.encode()
+    is_janus = system == "janus"
 
     def token(name: str, role: Role) -> str:
         return mint_token(key, lesson=lesson, name=name, role=role, ttl_seconds=3600)
 
     deadline = workload.duration + 3 * options.ready_timeout + 30
-    common = ["--url", url, "--deadline", str(deadline)]
-    common += ["--ready-timeout", str(options.ready_timeout)]
-    if options.cache_dir is not None:
-        common += ["--cache-dir", str(options.cache_dir)]
     result: dict[str, Any] = {"system": system, "subscribers": subscribers, "errors": []}
-    server = await _Child.start(
-        f"server-{tag}",
-        _server_argv(system, port, data_dir),
-        options.log_dir,
-        options.source_dir,
-        env={"LCO_SECRET": secret},
-    )
+    if is_janus and workload.publishers_hear_each_other:
+        result["skipped"] = "not run: the Janus driver does not subscribe publishers to each other"
+        return result
     children: list[_Child] = []
+    server: _Child | None = None
     try:
+        server, url, health = await _start_server(system, tag, options, secret)
+        base = url.replace("ws://", "http://").removesuffix("/ws")
+        common = ["--url", url, "--deadline", str(deadline), "--ice-host", options.host]
+        common += ["--ready-timeout", str(options.ready_timeout)]
+        if is_janus:
+            common += ["--janus"]
+        if options.cache_dir is not None:
+            common += ["--cache-dir", str(options.cache_dir)]
         async with asyncio.timeout(20):
-            while await _http_json(base + "/healthz") is None:
+            while await _http_json(health) is None:
                 if server.process.returncode is not None:
                     raise RuntimeError(f"the server exited (see {server.log})")
                 await asyncio.sleep(0.1)
@@ -298,30 +397,41 @@ async def run_one(
                 raise RuntimeError(f"publishers failed: {ready}")
         result["negotiated"] = [codecs for r in readies for codecs in r.get("codecs", [])]
         # Wait until the server receives media, then note its memory with no subscriber.
-        async with asyncio.timeout(15):
-            while True:
-                metrics = await _http_json(base + "/metrics")
-                sfu = metrics.get("sfu", {}) if metrics else {}
-                # The publisher's media reaches the server (frames or RTP packets).
-                if sfu.get("frames_received", 0) > 0 or sfu.get("packets_received", 0) > 0:
-                    break
-                await asyncio.sleep(0.1)
+        if not is_janus:  # Janus: the publishers are connected; it has no /metrics
+            async with asyncio.timeout(15):
+                while True:
+                    metrics = await _http_json(base + "/metrics")
+                    sfu = metrics.get("sfu", {}) if metrics else {}
+                    if sfu.get("frames_received", 0) > 0 or sfu.get("packets_received", 0) > 0:
+                        break
+                    await asyncio.sleep(0.1)
         await asyncio.sleep(options.settle)
         idle = procstat.sample(server.process.pid)
         # Subscribers in load processes of at most ``per_process`` each.
         tokens = [token(f"sub{i}", workload.subscriber_role) for i in range(subscribers)]
         video_tracks = workload.publishers if workload.video else 0
         audio_tracks = workload.publishers if workload.audio else 0
+        expect = ["--expect-video", str(video_tracks), "--expect-audio", str(audio_tracks)]
+        if workload.video:
+            expect += ["--latency-video", workload.video]
+        if workload.inject_loss or workload.inject_delay:
+            expect += ["--inject-loss", str(workload.inject_loss)]
+            expect += ["--inject-delay", str(workload.inject_delay)]
         groups = _chunks(tokens, options.per_process)
         for index, group in enumerate(groups):
-            argv = [sys.executable, "-m", "benchmarks", "_subscribers", *common]
-            argv += ["--expect-video", str(video_tracks), "--expect-audio", str(audio_tracks)]
-            if workload.video and workload.publishers == 1:
-                argv += ["--latency-video", workload.video]
+            argv = [sys.executable, "-m", "benchmarks", "_subscribers", *common, *expect]
             for value in group:
                 argv += ["--token", value]
             children.append(
                 await _Child.start(f"sub{index}-{tag}", argv, options.log_dir, options.source_dir)
+            )
+        if workload.churn:
+            argv = [sys.executable, "-m", "benchmarks", "_subscribers", *common, *expect]
+            argv += ["--churn"]
+            for index in range(workload.churn):
+                argv += ["--token", token(f"churn{index}", workload.subscriber_role)]
+            children.append(
+                await _Child.start(f"churn-{tag}", argv, options.log_dir, options.source_dir)
             )
         subscriber_children = children[publisher_count:]
         readies = await asyncio.gather(
@@ -339,14 +449,16 @@ async def run_one(
         machine_start = procstat.machine_ticks()
         load_start = [procstat.sample(c.process.pid) for c in children]
         t_start = time.time()
-        metrics_start = await _http_json(base + "/metrics")
+        metrics_start = None if is_janus else await _http_json(base + "/metrics")
         await asyncio.sleep(max(0.0, end - time.time()))
         cpu_end = procstat.sample(server.process.pid)
         machine_end = procstat.machine_ticks()
         load_end = [procstat.sample(c.process.pid) for c in children]
         t_end = time.time()
-        metrics_end = await _http_json(base + "/metrics")
-        results = await asyncio.gather(*(c.next_event("result", 30) for c in children))
+        metrics_end = None if is_janus else await _http_json(base + "/metrics")
+        results = await asyncio.gather(
+            *(c.next_event("result", 30 + options.ready_timeout) for c in children)
+        )
         result["raw"] = {
             "window": [t_start, t_end],
             "server_idle": asdict(idle),
@@ -364,45 +476,60 @@ async def run_one(
                 w for r in results[:publisher_count] for w in r.get("received", [])
             ],
             "subscribers": [s for r in results[publisher_count:] for s in r.get("subscribers", [])],
+            "churn": [s for r in results[publisher_count:] for s in r.get("churn", [])],
+            "churn_counters": [
+                s for r in results[publisher_count:] for s in r.get("churn_counters", [])
+            ],
         }
-        arrivals = [a for r in results[publisher_count:] for a in r.get("arrivals", [])]
+        arrivals = [a for r in results for a in r.get("arrivals", [])]
         result["figures"] = derive(workload, result["raw"], subscribers)
-        result["figures"].update(_latency(workload, result["raw"], arrivals, options))
+        result["figures"].update(packet_latency(result["raw"]["publishers"], arrivals))
+        # The send logs are only needed for the latency: keep the JSON small.
+        for publisher in result["raw"]["publishers"]:
+            for track in publisher["tracks"]:
+                track.pop("sent", None)
     except Exception as exc:  # one failed run must not lose the others
         result["errors"].append(f"run failed: {type(exc).__name__}: {exc}")
     finally:
         for child in children:
             child.send({"stop": True})
         await asyncio.gather(*(c.wait(15) for c in children))
-        result["server_exit"] = await server.stop(15)
+        if server is not None:
+            result["server_exit"] = await server.stop(15)
     return result
 
 
-def _latency(
-    workload: Workload, raw: dict[str, Any], arrivals: list[Any], options: RunOptions
-) -> dict[str, Any]:
-    """Frame latency (publisher schedule to subscriber reassembly) when frames match."""
-    publishers = raw.get("publishers") or []
-    if not workload.video or len(publishers) != 1:
-        return {}
-    video = next((t for t in publishers[0]["tracks"] if t["kind"] == "video"), None)
-    if video is None or video.get("schedule_epoch_wall") is None:
-        return {}
-    if not video.get("stable_in_window"):
-        return {"latency_note": "publisher schedule moved in the window: latency not measured"}
-    stream = load_video(workload.video, options.cache_dir)
-    values = frame_latencies(
-        [(float(t), int(i)) for t, i in arrivals],
-        video["schedule_epoch_wall"],
-        stream.frame_interval,
-        len(stream.frames),
-        video.get("frames_skipped", 0),
-    )
+def packet_latency(publishers: list[dict[str, Any]], arrivals: list[Any]) -> dict[str, Any]:
+    """Latency from each video frame's send to the arrival of its last RTP packet.
+
+    The publisher logs (wall time, loop position) when its sender takes a frame;
+    a subscriber logs (wall time, loop position, publisher) when the packet that
+    ends the frame arrives. The send is the latest one of that position by that
+    publisher not after the arrival (the loop is 10 s long). One clock: the
+    machine's wall clock, shared by every process.
+    """
+    sends: dict[tuple[str, int], list[float]] = {}
+    for publisher in publishers:
+        for track in publisher.get("tracks", []):
+            for wall, position in track.get("sent") or []:
+                sends.setdefault((str(publisher["participant_id"]), position), []).append(wall)
+    for logged in sends.values():
+        logged.sort()
+    values = []
+    for arrival, position, owner in arrivals:
+        times = sends.get((str(owner), int(position)))
+        if not times:
+            continue
+        index = bisect.bisect_right(times, arrival) - 1
+        if index >= 0:
+            values.append(arrival - times[index])
+    if not values:
+        return {"latency_frames_matched": 0}
+    p50, p99 = _percentile(values, 50), _percentile(values, 99)
     return {
         "latency_frames_matched": len(values),
-        "latency_p50_ms": 1000 * p50 if (p50 := _percentile(values, 50)) is not None else None,
-        "latency_p99_ms": 1000 * p99 if (p99 := _percentile(values, 99)) is not None else None,
-        "publisher_schedule_resets": video.get("schedule_resets"),
+        "latency_p50_ms": 1000 * p50 if p50 is not None else None,
+        "latency_p99_ms": 1000 * p99 if p99 is not None else None,
     }
 
 
@@ -423,17 +550,34 @@ def derive(workload: Workload, raw: dict[str, Any], subscribers: int) -> dict[st
     windows = [s["window"] for s in subs if "window" in s]
     # Everything the server sent: to subscribers and to publishers that hear each other.
     counted = windows + list(raw.get("publishers_received") or [])
+    counted += list(raw.get("churn_counters") or [])
     packets = sum(w["packets"] for w in counted)
     payload = sum(w["bytes"] for w in counted)
     expected = sum(w["expected"] for w in counted)
     received = sum(w["media_received"] for w in counted)
     lost = sum(max(0, w["expected"] - w["media_received"]) for w in counted)
+    repaired = sum(w.get("repaired", 0) for w in counted)
+    churn = raw.get("churn") or []
+    churn_joins = [s["join_s"] for s in churn if s.get("join_s") is not None]
+    churn_ttff = [s["first_frame_s"]["video"] for s in churn if "video" in s["first_frame_s"]]
+    if not churn_ttff:
+        churn_ttff = [s["first_frame_s"]["audio"] for s in churn if "audio" in s["first_frame_s"]]
+    keyframe_requests = sum(
+        t.get("keyframe_requests", 0)
+        for p in raw.get("publishers") or []
+        for t in p["tracks"]
+        if t["kind"] == "video"
+    )
     video_tracks = workload.publishers if workload.video else 0
     fps_source = VIDEO_VARIANTS[workload.video].fps if workload.video else 0
+    fps_windows, tracks_each = windows, workload.publishers
+    if not windows and workload.publishers > 1:  # W3: the publishers are the receivers
+        fps_windows = [w for w in raw.get("publishers_received") or [] if "frames" in w]
+        tracks_each = workload.publishers - 1
     video_fps = [
-        w["frames"].get("video", 0) / window / video_tracks for w in windows if video_tracks
+        w["frames"].get("video", 0) / window / tracks_each for w in fps_windows if video_tracks
     ]
-    audio_fps = [w["frames"].get("audio", 0) / window / workload.publishers for w in windows]
+    audio_fps = [w["frames"].get("audio", 0) / window / tracks_each for w in fps_windows]
     ttff_video = [s["first_frame_s"]["video"] for s in subs if "video" in s["first_frame_s"]]
     ttff_audio = [s["first_frame_s"]["audio"] for s in subs if "audio" in s["first_frame_s"]]
     joins = [s["join_s"] for s in subs if s["join_s"] is not None]
@@ -447,7 +591,10 @@ def derive(workload: Workload, raw: dict[str, Any], subscribers: int) -> dict[st
         "forwarded_packets_per_s": packets / window,
         "forwarded_mbit_per_s": payload * 8 / window / 1e6,
         "cpu_us_per_packet": cpu * 1e6 / packets if packets else None,
-        "loss_pct": 100 * lost / expected if expected else None,
+        # Lost after repair: a gap that neither a late packet nor an RTX packet filled.
+        "loss_pct": 100 * max(0, lost - repaired) / expected if expected else None,
+        "loss_before_repair_pct": 100 * lost / expected if expected else None,
+        "repaired_by_rtx": repaired,
         "media_packets_expected": expected,
         "media_packets_received": received,
         "rtx_packets": sum(w["rtx_packets"] for w in counted),
@@ -461,6 +608,12 @@ def derive(workload: Workload, raw: dict[str, Any], subscribers: int) -> dict[st
         "ttff_audio_p95_s": _percentile(ttff_audio, 95),
         "join_p50_s": _percentile(joins, 50),
         "join_p95_s": _percentile(joins, 95),
+        "churn_joins": len(churn) or None,
+        "churn_join_p50_s": _percentile(churn_joins, 50),
+        "churn_join_p95_s": _percentile(churn_joins, 95),
+        "churn_ttff_p50_s": _percentile(churn_ttff, 50),
+        "churn_ttff_p95_s": _percentile(churn_ttff, 95),
+        "publisher_keyframe_requests": keyframe_requests if workload.video else None,
         "server_rss_mib": raw["server_end"]["rss_bytes"] / 2**20,
         "rss_per_subscriber_mib": rss_growth / 2**20 / subscribers if subscribers else None,
         "load_generator_cpu_pct": 100 * sum(raw["load_cpu_s"]) / window,
@@ -482,14 +635,22 @@ def derive(workload: Workload, raw: dict[str, Any], subscribers: int) -> dict[st
 
 
 async def run_workload(workload: Workload, options: RunOptions) -> list[dict[str, Any]]:
-    """Every size of ``workload`` on every system, back to back."""
+    """Every size of ``workload`` on every system, back to back.
+
+    A ramp (W2) takes its sizes as steps, all systems at each step; a system stops
+    after the first step where its loss exceeds 1 % or its server CPU exceeds 85 %
+    of the machine's cores (or where the run failed).
+    """
     # Encode the media once, before anything is timed, so that processes only read it.
     if workload.video:
         load_video(workload.video, options.cache_dir)
     load_audio(options.cache_dir)
     runs = []
+    stopped: dict[str, str] = {}
     for size in workload.sizes:
         for system in options.systems:
+            if system in stopped:
+                continue
             print(
                 f"[{time.strftime('%H:%M:%S')}] {workload.name}: {system} with {size} "
                 f"subscribers, {workload.duration:.0f} s window ...",
@@ -497,22 +658,52 @@ async def run_workload(workload: Workload, options: RunOptions) -> list[dict[str
                 flush=True,
             )
             run = await run_one(workload, system, size, options)
+            if run.get("skipped"):
+                print(f"    {run['skipped']}", file=options.progress, flush=True)
+                runs.append(run)
+                continue
             figures = run.get("figures") or {}
             print(
-                "    server CPU {} % of one core, {} packets/s, {} us/packet, "
-                "loss {} %, video {} fps, errors {}".format(
+                "    server CPU {} % of one core, {} packets/s, {} us/packet, loss {} %, "
+                "video {} fps, latency p50 {} ms, machine {} %, errors {}".format(
                     _fmt(figures.get("server_cpu_pct")),
                     _fmt(figures.get("forwarded_packets_per_s")),
                     _fmt(figures.get("cpu_us_per_packet")),
                     _fmt(figures.get("loss_pct"), 2),
                     _fmt(figures.get("video_fps_mean")),
+                    _fmt(figures.get("latency_p50_ms")),
+                    _fmt(figures.get("machine_busy_pct"), 0),
                     len(run["errors"]),
                 ),
                 file=options.progress,
                 flush=True,
             )
             runs.append(run)
+            if workload.ramp:
+                reason = ramp_stop_reason(run)
+                if reason:
+                    stopped[system] = reason
+                    run["ramp_stop"] = reason
+                    print(f"    {system}: ramp stops ({reason})", file=options.progress)
     return runs
+
+
+def ramp_stop_reason(run: dict[str, Any]) -> str | None:
+    """Why a ramp stops after this run, or ``None``."""
+    figures = run.get("figures")
+    if not figures:
+        return "run failed"
+    loss = figures.get("loss_pct") or 0.0
+    cpu = figures.get("server_cpu_pct") or 0.0
+    if loss > RAMP_LOSS_LIMIT:
+        return f"loss {loss:.2f} % > {RAMP_LOSS_LIMIT:.0f} %"
+    if cpu > RAMP_CPU_LIMIT:
+        return f"server CPU {cpu:.0f} % > {RAMP_CPU_LIMIT:.0f} % of one core"
+    # A transcoding server loses no packets when saturated: it sends fewer frames.
+    fps, source = figures.get("video_fps_mean"), figures.get("video_fps_source")
+    if fps is not None and source and fps < RAMP_FPS_FRACTION * source:
+        return f"delivered {fps:.1f} of {source} fps (< {RAMP_FPS_FRACTION:.0%})"
+    return None
 
 
 def _fmt(value: Any, digits: int = 1) -> str:

@@ -544,9 +544,10 @@ class RtpForwarder:
             subscriber.close()
             return subscriber
         hooks.hook_sender(transceiver.sender, subscriber.retransmit, subscriber.keyframe_requested)
-        if self._detector is not None:  # video waits for a keyframe; audio starts at once
+        if self._detector is not None:
+            # Video waits for a keyframe (audio starts at once); it is asked for when
+            # the subscriber's transport is connected (see _forward).
             self._waiting += 1
-            self.request_keyframe()
         self._subscribers = (*self._subscribers, subscriber)
         return subscriber
 
@@ -646,9 +647,14 @@ class RtpForwarder:
         protect = _SRTP_PROTECT
         forwarded = dropped = errors = 0
         for sub in subscribers:
-            if sub.writer is None and not sub.resolve(self.codec):
-                dropped += 1
-                continue
+            if sub.writer is None:
+                if not sub.resolve(self.codec):
+                    dropped += 1
+                    continue
+                if sub.waiting and self._detector is not None:
+                    # Its transport is up only now: a keyframe sent earlier could not
+                    # reach it, so this is when to ask for the one it starts on.
+                    self.request_keyframe()
             if sub.waiting:
                 if key is None:
                     key = self._detector is None or bool(self._detector(payload))
@@ -691,7 +697,12 @@ class RtpForwarder:
         stats.errors += errors
         stats.packets_forwarded += forwarded
         stats.packets_dropped += dropped
-        if self._waiting and self._clock() - self._last_keyframe_request > KEYFRAME_RETRY:
+        if (
+            self._waiting
+            and self._clock() - self._last_keyframe_request > KEYFRAME_RETRY
+            # Only subscribers that can receive it yet (transport up) need it now.
+            and any(s.waiting and s.writer is not None for s in subscribers)
+        ):
             self.request_keyframe()
 
     def _begin(self, sub: RtpSubscriber, seq: int, ts: int, size: int) -> None:
