@@ -241,27 +241,6 @@ def install_receive_counters() -> None:
     setattr(RTCRtpReceiver, "_handle_rtp_packet", counting)  # noqa: B010
 
 
-def route_rtx_by_ssrc() -> None:
-    """Route RTX packets by their SSRC, as browsers do (from the SDP's FID group).
-
-    aiortc registers only the media SSRC of a receiver; an RTX packet then finds its
-    receiver by payload type alone, which fails as soon as two video receivers share
-    a BUNDLE transport (two publishers): every retransmission would be discarded
-    by the subscriber's own router, whatever the server does.
-    """
-    from aiortc.rtcdtlstransport import RTCDtlsTransport
-
-    original = RTCDtlsTransport._register_rtp_receiver
-
-    def register(self: Any, receiver: Any, parameters: Any) -> None:
-        original(self, receiver, parameters)
-        for encoding in parameters.encodings:
-            if encoding.rtx is not None:
-                self._rtp_router.ssrc_table[encoding.rtx.ssrc] = receiver
-
-    setattr(RTCDtlsTransport, "_register_rtp_receiver", register)  # noqa: B010
-
-
 def receiver_counters(receiver: RTCRtpReceiver) -> ReceiveCounters | None:
     """The counters of one receiver, if it received anything."""
     counters: ReceiveCounters | None = receiver.__dict__.get(_COUNTERS_ATTR)
@@ -534,7 +513,7 @@ async def run_publishers(args: Any) -> int:
     hooks.install_forwarding_hooks()  # publishers also receive each other: never decode
     hooks.set_host_addresses([args.ice_host])
     install_receive_counters()
-    route_rtx_by_ssrc()
+    hooks.route_rtx_by_ssrc()
     deadline = time.time() + args.deadline
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     publishers: list[_Publisher] = []
@@ -737,7 +716,7 @@ async def run_subscribers(args: Any) -> int:
     hooks.install_forwarding_hooks()  # receive encoded frames: this process never decode
     hooks.set_host_addresses([args.ice_host])
     install_receive_counters()
-    route_rtx_by_ssrc()
+    hooks.route_rtx_by_ssrc()
     if args.latency_video:
         cache_dir = Path(args.cache_dir) if args.cache_dir else None
         _PROBE = PacketProbe(load_video(args.latency_video, cache_dir).frames)

@@ -38,6 +38,11 @@ The RTP fast path (``media/rtp_forward.py``) also uses:
     out), the same libsrtp call ``Session.protect`` makes.
 14. A duplicate of the pair's UDP socket (``get_extra_info("socket")``, public,
     but on aioice's private transport): ``sendto`` without the asyncio transport.
+15. ``RTCDtlsTransport._register_rtp_receiver`` and its ``_rtp_router.ssrc_table``:
+    aiortc registers only a receiver's media SSRC, so an RTX packet finds its receiver
+    by payload type alone and is discarded as soon as two video receivers share a
+    BUNDLE transport (a camera and a screen share); we also register each RTX SSRC
+    (from the SDP's FID group), as browsers route them.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import aiortc.rtcrtpsender
 import av
 import pylibsrtp
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import RtpPacket
@@ -147,6 +153,23 @@ class _ImmediateAudioBuffer:
 _original_get_decoder = aiortc.rtcrtpreceiver.get_decoder  # type: ignore[attr-defined]
 _original_get_encoder = aiortc.rtcrtpsender.get_encoder  # type: ignore[attr-defined]
 _original_get_host_addresses = aioice.ice.get_host_addresses
+_original_register_rtp_receiver = RTCDtlsTransport._register_rtp_receiver
+
+
+def _register_rtp_receiver_with_rtx(self: Any, receiver: Any, parameters: Any) -> None:
+    _original_register_rtp_receiver(self, receiver, parameters)
+    for encoding in parameters.encodings:
+        if encoding.rtx is not None:
+            self._rtp_router.ssrc_table[encoding.rtx.ssrc] = receiver
+
+
+def route_rtx_by_ssrc(enabled: bool = True) -> None:
+    """Route retransmissions by their RTX SSRC (hook 15); False restores aiortc's routing."""
+    setattr(  # noqa: B010
+        RTCDtlsTransport,
+        "_register_rtp_receiver",
+        _register_rtp_receiver_with_rtx if enabled else _original_register_rtp_receiver,
+    )
 
 
 def _counting_get_decoder(codec: Any) -> Any:
@@ -173,18 +196,21 @@ def install_forwarding_hooks() -> None:
     """Make every receiver in this process yield encoded frames (the SFU process)."""
     setattr(aiortc.rtcrtpreceiver, "get_decoder", _passthrough_get_decoder)  # noqa: B010
     setattr(aiortc.rtcrtpsender, "get_encoder", _counting_get_encoder)  # noqa: B010
+    route_rtx_by_ssrc()
 
 
 def install_counting_hooks() -> None:
     """Decode normally but count it (clients that render or check media)."""
     setattr(aiortc.rtcrtpreceiver, "get_decoder", _counting_get_decoder)  # noqa: B010
     setattr(aiortc.rtcrtpsender, "get_encoder", _counting_get_encoder)  # noqa: B010
+    route_rtx_by_ssrc()
 
 
 def uninstall_hooks() -> None:
     """Give aiortc back its own decoder and encoder lookup (tests that mix roles)."""
     setattr(aiortc.rtcrtpreceiver, "get_decoder", _original_get_decoder)  # noqa: B010
     setattr(aiortc.rtcrtpsender, "get_encoder", _original_get_encoder)  # noqa: B010
+    route_rtx_by_ssrc(False)
 
 
 def set_host_addresses(addresses: Sequence[str] | None) -> None:

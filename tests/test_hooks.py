@@ -17,8 +17,11 @@ import av
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtp import RtpPacket
+from aiortc.sdp import SessionDescription
 
 from media import hooks
+from media.peers import configuration
 
 
 class PacketTrack(MediaStreamTrack):
@@ -286,3 +289,32 @@ async def test_a_duplicate_of_the_pair_socket_sends_and_closes_alone() -> None:
     finally:
         await sender_pc.close()
         await receiver_pc.close()
+
+
+async def test_retransmissions_find_their_receiver_when_two_videos_share_a_transport() -> None:
+    sender_pc = RTCPeerConnection(configuration([]))
+    receiver_pc = RTCPeerConnection(configuration([]))
+    try:
+        for _ in range(2):
+            sender_pc.addTransceiver(PacketTrack("video", vp8_packets(4)), direction="sendonly")
+        await sender_pc.setLocalDescription(await sender_pc.createOffer())
+        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+        receivers = [t.receiver for t in receiver_pc.getTransceivers()]
+        for receiver in receivers:
+            await asyncio.wait_for(receiver.track.recv(), 10)
+        router = receivers[0].transport._rtp_router
+        rtx_type = min(rtx_payload_types(receiver_pc.remoteDescription.sdp))
+        senders = [t.sender for t in sender_pc.getTransceivers()]
+        for sender, receiver in zip(senders, receivers, strict=True):
+            rtx = RtpPacket(payload_type=rtx_type, sequence_number=1, ssrc=sender._rtx_ssrc)
+            assert router.route_rtp(rtx) is receiver
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+def rtx_payload_types(sdp: str) -> set[int]:
+    description = SessionDescription.parse(sdp)
+    return {c.payloadType for m in description.media for c in m.rtp.codecs if c.name == "rtx"}
