@@ -122,7 +122,7 @@ class ParticipantMedia:
 
 
 class Sfu:
-    """Forwards every published track to its subscribers as encoded frames."""
+    """Forwards every published track to its subscribers, encoded (RTP packets or frames)."""
 
     def __init__(
         self,
