@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "_publishers":
             child.add_argument("--video", choices=sorted(VIDEO_VARIANTS))
             child.add_argument("--audio", action="store_true")
+            child.add_argument(
+                "--hear-each-other",
+                type=int,
+                default=0,
+                help="(Janus) publishers in the room in all: each also subscribes to the others",
+            )
         else:
             child.add_argument("--expect-video", type=int, default=1)
             child.add_argument("--expect-audio", type=int, default=1)

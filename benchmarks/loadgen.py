@@ -341,8 +341,9 @@ class JanusParticipant:
         await pc.setRemoteDescription(RTCSessionDescription(jsep["sdp"], "answer"))
         return {"type": "publish_answer", "sdp": jsep["sdp"]}
 
-    async def subscribe(self, publishers: int, timeout: float) -> None:
-        """Subscribe to every publisher's streams once ``publishers`` are in the room."""
+    async def subscribe(self, publishers: int, timeout: float, exclude: str | None = None) -> None:
+        """Subscribe to every publisher's streams (but ``exclude``'s) once ``publishers``
+        of them are in the room."""
         from .janus import ROOM
 
         async with asyncio.timeout(timeout):
@@ -351,7 +352,7 @@ class JanusParticipant:
                 feeds = [
                     p["id"]
                     for p in listed["plugindata"]["data"].get("participants", [])
-                    if p.get("publisher")
+                    if p.get("publisher") and str(p["id"]) != exclude
                 ]
                 if len(feeds) >= publishers:
                     break
@@ -447,6 +448,8 @@ class _Publisher:
     tracks: list[PreEncodedTrack]
     codecs: list[str] = field(default_factory=list)
     error: str | None = None
+    # Janus only: the second handle that subscribes to the other publishers.
+    listener: JanusParticipant | None = None
 
 
 async def _start_publisher(
@@ -530,6 +533,18 @@ async def run_publishers(args: Any) -> int:
             for publisher in publishers:
                 if publisher.client.publish_pc is not None:
                     await _connected(publisher.client.publish_pc)
+            if args.janus and args.hear_each_other:
+                # A Janus handle publishes or subscribes: each publisher gets a second
+                # one that subscribes to the other publishers' feeds.
+                for index, publisher in enumerate(publishers):
+                    listener = JanusParticipant(args.url, f"pub{index}-listen", http)
+                    await listener.connect()
+                    await listener.subscribe(
+                        args.hear_each_other - 1,
+                        args.ready_timeout,
+                        exclude=publisher.client.participant_id,
+                    )
+                    publisher.listener = listener
     except Exception as exc:
         emit("ready", ok=False, error=f"publishers did not start: {exc!r}")
         for publisher in publishers:
@@ -546,10 +561,10 @@ async def run_publishers(args: Any) -> int:
         # What publishers receive (each other's tracks) is forwarded by the server too.
         await sleep_until(command["start"])
         window.append(time.time())
-        before = [_received_snapshot(p.client) for p in publishers]
+        before = [_received_snapshot(p.listener or p.client) for p in publishers]
         await sleep_until(command["end"])
         window.append(time.time())
-        after = [_received_snapshot(p.client) for p in publishers]
+        after = [_received_snapshot(p.listener or p.client) for p in publishers]
         received = [
             {
                 "frames": {k: a["frames"][k] - b["frames"].get(k, 0) for k in a["frames"]},
@@ -587,7 +602,7 @@ async def run_publishers(args: Any) -> int:
     if _PROBE is not None and len(window) == 2:
         owners: dict[int, str] = {}
         for publisher in publishers:
-            owners.update(receiver_owners(publisher.client))
+            owners.update(receiver_owners(publisher.listener or publisher.client))
         arrivals = [
             [round(t, 6), i, owners[r]]
             for t, i, r in _PROBE.arrivals
@@ -597,8 +612,10 @@ async def run_publishers(args: Any) -> int:
     if "start" in command:
         await commands.next(deadline)  # stay until the orchestrator has sampled the server
     for publisher in publishers:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(publisher.client.close(), 5.0)
+        for closing in (publisher.listener, publisher.client):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(closing.close(), 5.0)
     if http is not None:
         await http.aclose()
     return 0

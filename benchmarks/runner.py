@@ -354,9 +354,6 @@ async def run_one(
 
     deadline = workload.duration + 3 * options.ready_timeout + 30
     result: dict[str, Any] = {"system": system, "subscribers": subscribers, "errors": []}
-    if is_janus and workload.publishers_hear_each_other:
-        result["skipped"] = "not run: the Janus driver does not subscribe publishers to each other"
-        return result
     children: list[_Child] = []
     server: _Child | None = None
     try:
@@ -385,6 +382,10 @@ async def run_one(
                 argv += ["--video", workload.video]
             if workload.audio:
                 argv += ["--audio"]
+            if is_janus and workload.publishers_hear_each_other:
+                # Janus subscribes nobody by itself: each publisher subscribes to the
+                # others, as our server does for participants of one lesson.
+                argv += ["--hear-each-other", str(workload.publishers)]
             children.append(
                 await _Child.start(f"pub{index}-{tag}", argv, options.log_dir, options.source_dir)
             )
