@@ -22,11 +22,11 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from . import hooks
 from .counters import Counters
+from .keyframe_requests import KeyframeRequester
 from .peers import preferences_for
 
 logger = logging.getLogger(__name__)
 
-KEYFRAME_REQUEST_INTERVAL = 0.5  # at most one PLI per publisher track per 500 ms
 VIDEO_QUEUE_FRAMES = 60
 AUDIO_QUEUE_FRAMES = 50
 
@@ -152,13 +152,11 @@ class TrackForwarder:
         self.kind = source.kind
         self.stats = ForwardingStats()
         self._source = source
-        self._request_keyframe = request_keyframe
         self._on_ended = on_ended
-        self._clock = clock
         self._subscribers: set[SubscriberTrack] = set()
-        self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL
-        self._keyframe_task: asyncio.Task[None] | None = None
-        self._keyframe_pending = False
+        self._keyframes = KeyframeRequester(
+            request_keyframe, self.stats, self._keyframe_request_failed, clock
+        )
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._paused = False
@@ -224,23 +222,8 @@ class TrackForwarder:
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per interval (coalesced)."""
-        if self.kind != "video" or self._stopped:
-            return
-        now = self._clock()
-        wait = self._last_keyframe_request + KEYFRAME_REQUEST_INTERVAL - now
-        if wait > 0:
-            # One request is scheduled for the end of the interval; others fold into it.
-            self.stats.keyframe_requests_suppressed += 1
-            if not self._keyframe_pending:
-                self._keyframe_pending = True
-                self._keyframe_task = asyncio.get_running_loop().create_task(
-                    self._send_keyframe_request(wait)
-                )
-            return
-        self._last_keyframe_request = now
-        self._keyframe_task = asyncio.get_running_loop().create_task(
-            self._send_keyframe_request(0.0)
-        )
+        if self.kind == "video" and not self._stopped:
+            self._keyframes.request()
 
     async def stop(self) -> None:
         """End the track for every subscriber and release the forwarding task."""
@@ -250,24 +233,18 @@ class TrackForwarder:
         for track in list(self._subscribers):
             track.end()
         self._subscribers.clear()
-        for task in (self._task, self._keyframe_task):
-            if task is not None and not task.done():
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        await self._keyframes.close()
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
 
-    async def _send_keyframe_request(self, delay: float) -> None:
-        if delay > 0:
-            await asyncio.sleep(delay)
-            self._keyframe_pending = False
-            self._last_keyframe_request = self._clock()
-        try:
-            if await self._request_keyframe():
-                self.stats.keyframe_requests_relayed += 1
-        except Exception:
-            logger.debug("keyframe request for %s failed", self.track_id, exc_info=True)
+    def _keyframe_request_failed(self, error: BaseException) -> None:
+        # A failed RTCP send must not end forwarding.
+        logger.debug("keyframe request for %s failed: %r", self.track_id, error)
 
     async def _run(self) -> None:
         try:

@@ -32,7 +32,7 @@ NACK, RTX, keyframes, RTCP
     Each video subscriber keeps a ring of the last :data:`HISTORY` packets it was
     sent, by its own sequence number; its NACKs are answered from the ring (as RTX
     if negotiated). Video subscribers start on a keyframe start and ask for one at
-    once (PLI coalesced to one per :data:`KEYFRAME_REQUEST_INTERVAL`); their
+    once (PLI coalesced to one per :data:`media.keyframe_requests.KEYFRAME_REQUEST_INTERVAL`); their
     PLI/FIR reach the publisher the same way. aiortc's RTCP task of each sender
     keeps sending SR, with counters and an (NTP, RTP) pair we update every
     :data:`SENDER_REPORT_SYNC` seconds.
@@ -56,6 +56,7 @@ from aiortc.sdp import SessionDescription
 
 from . import hooks
 from .counters import Counters
+from .keyframe_requests import KeyframeRequester
 from .peers import preferences_for
 from .rtp_rewrite import (
     HeaderWriter,
@@ -65,7 +66,6 @@ from .rtp_rewrite import (
     write_varying,
 )
 
-KEYFRAME_REQUEST_INTERVAL = 0.5  # at most one PLI per published track per 500 ms
 KEYFRAME_RETRY = 1.0  # ask again while a subscriber still waits for a keyframe
 HISTORY = 512  # packets per video subscriber kept for retransmission (power of two)
 SENDER_REPORT_SYNC = 0.5  # seconds between updates of what aiortc's SR says
@@ -482,7 +482,6 @@ class RtpForwarder:
         self.last_in_ts = 0
         self._receiver = receiver
         self._on_ended = on_ended
-        self._send_pli = send_pli or (lambda: hooks.send_pli(receiver))
         self._clock = clock
         self._detector: Any = keyframe_detector(codec.name)
         self._subscribers: tuple[RtpSubscriber, ...] = ()
@@ -492,8 +491,12 @@ class RtpForwarder:
         self._in_packets = 0
         self._in_octets = 0
         self._last_arrival = 0.0  # wall clock of the newest packet, for SR
-        self._last_keyframe_request = -KEYFRAME_REQUEST_INTERVAL
-        self._pli_timer: asyncio.TimerHandle | None = None
+        self._keyframes = KeyframeRequester(
+            send_pli or (lambda: hooks.send_pli(receiver)),
+            self.stats,
+            self._keyframe_request_failed,
+            clock,
+        )
         self._tasks: set[asyncio.Future[Any]] = set()
         self._sr_timer: asyncio.TimerHandle | None = None
         self._previous_buffer: Any = None
@@ -579,35 +582,11 @@ class RtpForwarder:
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per interval (coalesced)."""
-        if self._detector is None or self._stopped:
-            return
-        now = self._clock()
-        wait = self._last_keyframe_request + KEYFRAME_REQUEST_INTERVAL - now
-        if wait > 0:
-            self.stats.keyframe_requests_suppressed += 1
-            if self._pli_timer is None:
-                loop = asyncio.get_running_loop()
-                self._pli_timer = loop.call_later(wait, self._deferred_keyframe_request)
-            return
-        self._send_keyframe_request(now)
+        if self._detector is not None and not self._stopped:
+            self._keyframes.request()
 
-    def _deferred_keyframe_request(self) -> None:
-        self._pli_timer = None
-        if not self._stopped:
-            self._send_keyframe_request(self._clock())
-
-    def _send_keyframe_request(self, now: float) -> None:
-        self._last_keyframe_request = now
-        self._watch(asyncio.ensure_future(self._send_pli()), self._pli_done)
-
-    def _pli_done(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
-            return
-        if task.exception() is not None:
-            self.stats.errors += 1
-        elif task.result():
-            self.stats.keyframe_requests_relayed += 1
+    def _keyframe_request_failed(self, error: BaseException) -> None:
+        self.stats.errors += 1
 
     # -- the hot path ----------------------------------------------------------
 
@@ -699,7 +678,7 @@ class RtpForwarder:
         stats.packets_dropped += dropped
         if (
             self._waiting
-            and self._clock() - self._last_keyframe_request > KEYFRAME_RETRY
+            and self._clock() - self._keyframes.last_request > KEYFRAME_RETRY
             # Only subscribers that can receive it yet (transport up) need it now.
             and any(s.waiting and s.writer is not None for s in subscribers)
         ):
@@ -795,14 +774,13 @@ class RtpForwarder:
         for sub in subscribers:
             sub.close()
         self._waiting = 0
-        for timer in (self._pli_timer, self._sr_timer):
-            if timer is not None:
-                timer.cancel()
-        self._pli_timer = self._sr_timer = None
+        if self._sr_timer is not None:
+            self._sr_timer.cancel()
+        self._sr_timer = None
+        await self._keyframes.close()
         tasks = list(self._tasks)
         self._tasks.clear()
         for task in tasks:
-            task.remove_done_callback(self._pli_done)
             task.remove_done_callback(self._track_done)
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

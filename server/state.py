@@ -13,7 +13,7 @@ from aiortc import RTCIceServer
 from media.peers import IceSettings
 from media.sfu import Sfu
 from signaling import protocol as p
-from signaling.bus import InMemoryEventBus
+from signaling.bus import InMemoryEventBus, participant_topic
 from signaling.catalogue import Catalogue
 from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
@@ -100,7 +100,7 @@ class ServerState:
             p.Bye(reason="server_shutdown", message="the server is shutting down; rejoin shortly")
         )
         for participant_id in list(self.connections):
-            await self.bus.publish(f"participant:{participant_id}", bye)
+            await self.bus.publish(participant_topic(participant_id), bye)
         await self.sfu.close_all()
         # Each connection leaves once its writer has sent the bye; wait for that,
         # bounded, before uvicorn closes the sockets.

@@ -9,7 +9,8 @@ import av
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from media.forwarder import KEYFRAME_REQUEST_INTERVAL, VIDEO_QUEUE_FRAMES, TrackForwarder
+from media.forwarder import VIDEO_QUEUE_FRAMES, TrackForwarder
+from media.keyframe_requests import KEYFRAME_REQUEST_INTERVAL
 
 
 class QueueTrack(MediaStreamTrack):
