@@ -18,7 +18,7 @@ decoding) live in this process; the measured "SFU" process forwards with
 A variant may name its event loop: ``fast@uvloop``, ``base@asyncio`` (default
 ``asyncio``; the server proper runs under uvicorn, which picks uvloop), and
 ``fast~transport`` sends through the asyncio transport instead of a duplicate of
-its socket (``media.rtp_forward.DIRECT_SOCKET = False``).
+its socket (``media.rtp_subscriber.DIRECT_SOCKET = False``).
 
 The server's CPU time (``getrusage``, all its threads, user and kernel) over the
 measurement window is divided by the RTP packets it forwarded in that window.
@@ -59,7 +59,7 @@ import av
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from media import hooks, rtp_forward
+from media import hooks, rtp_subscriber
 from media.forwarder import TrackForwarder
 from media.peers import configuration, negotiated_media, preferences_for
 from media.rtp_forward import RtpForwarder
@@ -321,7 +321,7 @@ def server_main(
     mode, _, loop = variant.partition("@")
     mode, _, option = mode.partition("~")
     if option == "transport":
-        rtp_forward.DIRECT_SOCKET = False
+        rtp_subscriber.DIRECT_SOCKET = False
     coroutine = serve(conn, mode, subscribers, seconds, profile, base_dir)
     if loop == "uvloop":
         import uvloop

@@ -8,16 +8,25 @@ Where packets are taken
     reassembles a frame and its decoder thread stays idle (it only carries the
     end of the track).
 
-What each subscriber gets
-    A ``sendonly`` transceiver whose ``RTCRtpSender`` is fed an :class:`IdleTrack`,
-    so it negotiates, announces its SSRCs, answers RTCP and sends SR/SDES/BYE but
-    never sends RTP. Per packet and subscriber we write a new 12-byte header
-    (subscriber's payload type and SSRC, sequence number and timestamp shifted by
-    per-subscriber offsets, so a gap stays a gap and the subscriber NACKs it), add
-    a constant extension block holding only the subscriber's MID (other extensions
-    are dropped: transport-wide sequence numbers and abs-send-time describe the
+What each subscriber gets (:mod:`media.rtp_subscriber`)
+    A ``sendonly`` transceiver whose ``RTCRtpSender`` is fed an ``IdleTrack``, so it
+    negotiates, announces its SSRCs, answers RTCP and sends SR/SDES/BYE but never
+    sends RTP. Per packet and subscriber we write a new 12-byte header (subscriber's
+    payload type and SSRC, sequence number and timestamp shifted by per-subscriber
+    offsets, so a gap stays a gap and the subscriber NACKs it), add a constant
+    extension block holding only the subscriber's MID (other extensions are
+    dropped: transport-wide sequence numbers and abs-send-time describe the
     publisher's hop), protect it with the subscriber's SRTP session and ``sendto``
     it on the nominated ICE pair's socket.
+
+Sequence numbers over a whole lesson
+    Each publisher sequence number is extended to an unbounded index as RFC 3550
+    appendix A.1 does (a large jump is believed only when the next packet confirms
+    it, and then counts as a new source). A subscriber sends index + offset, so its
+    numbering wraps with the publisher's; it only ever moves forward over a mute,
+    a keyframe wait, a change of source or a reused transceiver; and a packet that
+    arrives late is sent only into a gap it left (never onto an index already used,
+    which would reuse an SRTP keystream).
 
 Cost per packet and subscriber
     Each subscriber owns one packet buffer that libsrtp protects in place: its
@@ -32,10 +41,11 @@ NACK, RTX, keyframes, RTCP
     Each video subscriber keeps a ring of the last :data:`HISTORY` packets it was
     sent, by its own sequence number; its NACKs are answered from the ring (as RTX
     if negotiated). Video subscribers start on a keyframe start and ask for one at
-    once (PLI coalesced to one per :data:`media.keyframe_requests.KEYFRAME_REQUEST_INTERVAL`); their
-    PLI/FIR reach the publisher the same way. aiortc's RTCP task of each sender
-    keeps sending SR, with counters and an (NTP, RTP) pair we update every
-    :data:`SENDER_REPORT_SYNC` seconds.
+    once (PLI coalesced to one per
+    :data:`media.keyframe_requests.KEYFRAME_REQUEST_INTERVAL`); their PLI/FIR reach
+    the publisher the same way. aiortc's RTCP task of each sender keeps sending SR,
+    with the counts of what that subscriber was sent and an (NTP, RTP) pair of the
+    newest packet in sequence order, updated every :data:`SENDER_REPORT_SYNC` s.
 
 Per-packet code never raises into aiortc: a failing packet is dropped and counted.
 """
@@ -44,46 +54,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.sdp import SessionDescription
 
 from . import hooks
 from .counters import Counters
 from .keyframe_requests import KeyframeRequester
 from .peers import preferences_for
-from .rtp_rewrite import (
-    HeaderWriter,
-    keyframe_detector,
-    one_byte_extension,
-    rtx_packet,
-    write_varying,
+from .rtp_rewrite import keyframe_detector, write_varying
+from .rtp_subscriber import (
+    HISTORY,
+    MAX_PAYLOAD,
+    HistoryRecord,
+    IdleTrack,
+    RtpSubscriber,
+    StreamState,
 )
 
 KEYFRAME_RETRY = 1.0  # ask again while a subscriber still waits for a keyframe
-HISTORY = 512  # packets per video subscriber kept for retransmission (power of two)
 SENDER_REPORT_SYNC = 0.5  # seconds between updates of what aiortc's SR says
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 to 1970 (RFC 5905)
+# RFC 3550 appendix A.1: a forward jump up to MAX_DROPOUT is loss; a packet up to
+# MAX_MISORDER behind the newest is late; anything else is a jump that only the next
+# packet can confirm (the publisher restarted its numbering).
+MAX_DROPOUT = 3000
+MAX_MISORDER = HISTORY
+SEQ_MOD = 1 << 16
+RETIRED_SSRCS = 4  # earlier sources of a publisher whose late packets are ignored
+_FIRST_INDEX = 1 << 20  # where a source's extended indices start (room for late ones)
 
-PACKET_BUFFER = 2048  # bytes per subscriber: header, payload and SRTP trailer
-MAX_PAYLOAD = PACKET_BUFFER - hooks.SRTP_MAX_TRAILER - 12 - 4 * 15  # with the largest header
-DIRECT_SOCKET = True  # sendto on a duplicate of the pair's socket, not the transport's
-
-_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _NO_FRAME: tuple[bool, None] = (False, None)
 _SRTP_PROTECT = hooks.raw_srtp_protect()
 _SRTP_OK = hooks.SRTP_OK
-
-# What the history keeps per packet: (sequence number, timestamp, marker bit (0 or
-# 0x80), payload) in the publisher's numbering; a subscriber's offsets turn it into
-# what it was sent. One record is shared by every subscriber of a packet.
-HistoryRecord = tuple[int, int, int, bytes]
 
 
 class RtpForwardingStats(Counters):
@@ -113,30 +119,6 @@ class RtpForwardingStats(Counters):
     subscribers_started: int
 
 
-class IdleTrack(MediaStreamTrack):
-    """Given to a subscriber's sender so that it negotiates and runs RTCP but sends no
-    RTP: ``recv()`` waits until the track stops, then ends the sender's RTP task."""
-
-    def __init__(self, kind: str, on_stop: Callable[[], None] | None = None) -> None:
-        super().__init__()
-        self.kind = kind
-        self._stopped = asyncio.Event()
-        self._on_stop = on_stop
-
-    async def recv(self) -> Any:
-        """Never yields a frame; raises ``MediaStreamError`` once stopped."""
-        await self._stopped.wait()
-        raise MediaStreamError
-
-    def stop(self) -> None:
-        """Called by aiortc when the sender stops, or by us on release."""
-        super().stop()
-        self._stopped.set()
-        on_stop, self._on_stop = self._on_stop, None
-        if on_stop is not None:
-            on_stop()
-
-
 class _DiscardTap:
     """The tap left on a receiver after forwarding stopped: drops, holds no reference."""
 
@@ -163,306 +145,6 @@ class _Tap:
         return _NO_FRAME
 
 
-class RtpSubscriber:
-    """One subscriber of one forwarded track: offsets, header writers, history, socket."""
-
-    __slots__ = (
-        "__weakref__",
-        "_addr",
-        "_buffer",
-        "_description",
-        "_pair",
-        "_pairs",
-        "_sendto",
-        "_socket",
-        "_srtp",
-        "buffer",
-        "cbuffer",
-        "forwarder",
-        "header_size",
-        "length",
-        "mask",
-        "packets_base",
-        "payload_type",
-        "pc",
-        "resume",
-        "ring",
-        "rtx_seq",
-        "rtx_writer",
-        "sender",
-        "seq_offset",
-        "srtp_ctx",
-        "start_seq",
-        "started",
-        "track",
-        "transceiver",
-        "ts_offset",
-        "waiting",
-        "writer",
-    )
-
-    def __init__(
-        self, forwarder: RtpForwarder, pc: RTCPeerConnection, transceiver: RTCRtpTransceiver
-    ) -> None:
-        self.forwarder: RtpForwarder | None = forwarder
-        self.pc = pc
-        self.transceiver = transceiver
-        self.sender = transceiver.sender
-        self.track: IdleTrack | None = None
-        self.writer: HeaderWriter | None = None  # set once negotiated and connected
-        self.rtx_writer: HeaderWriter | None = None
-        self.rtx_seq = random.getrandbits(16)
-        self.ring: list[HistoryRecord | None] | None = None
-        self.mask = HISTORY - 1
-        self.waiting = True  # until the first packet that can start decoding
-        self.started = False
-        self.seq_offset = 0
-        self.ts_offset = 0
-        self.start_seq = 0
-        self.packets_base = (0, 0)
-        self.resume: tuple[int, int, float] | None = None
-        # Bound by resolve() and bind(); the hot path reads these.
-        self._srtp: Any = None  # the pylibsrtp Session: keeps srtp_ctx alive
-        self.srtp_ctx: Any = None
-        self._buffer: hooks.SrtpBuffer | None = None
-        self.buffer: Any = None  # memoryview of the buffer
-        self.cbuffer: Any = None
-        self.length: Any = None
-        self.payload_type = 0
-        self.header_size = 0
-        self._pairs: dict[int, Any] = {}
-        self._pair: Any = None
-        self._socket: Any = None
-        self._sendto: Any = None
-        self._addr: Any = None
-        self._description: Any = None
-
-    # -- set-up, once ---------------------------------------------------------
-
-    def resolve(self, codec: RTCRtpCodecParameters) -> bool:
-        """Bind to the negotiated payload types, SRTP session and socket. Never raises."""
-        try:
-            srtp = hooks.tx_srtp(self.sender)
-            pairs = hooks.nominated_pairs(self.sender)
-            description = self.pc.remoteDescription
-            if srtp is None or not pairs or description is None:
-                return False
-            if description is self._description:
-                return False  # this answer was already found unusable
-            self._description = description
-            negotiated = _negotiated(description.sdp, self.transceiver.mid, codec)
-            if negotiated is None:
-                return False
-            payload_type, rtx_payload_type, nack, mid_id = negotiated
-            ssrc, rtx_ssrc = hooks.sender_ssrcs(self.sender)
-            mid = self.transceiver.mid or ""
-            ext = (
-                one_byte_extension([(mid_id, mid.encode())])
-                if mid_id is not None and 0 < len(mid) <= 16
-                else b""
-            )
-            writer = HeaderWriter(payload_type, ssrc, ext)
-            if rtx_payload_type is not None:
-                self.rtx_writer = HeaderWriter(rtx_payload_type, rtx_ssrc, ext)
-            if nack and codec.name.lower() != "opus":
-                self.ring = [None] * HISTORY
-            buffer = hooks.SrtpBuffer(PACKET_BUFFER)
-            buffer.view[: writer.header_size] = writer.header(0, 0, 0)  # the constant bytes
-            self._buffer = buffer
-            self.buffer, self.cbuffer, self.length = buffer.view, buffer.data, buffer.length
-            self.payload_type = writer.payload_type
-            self.header_size = writer.header_size
-            self._srtp = srtp
-            self.srtp_ctx = hooks.srtp_context(srtp)
-            self._pairs = pairs
-            self.writer = writer  # last: the hot path takes a writer as "resolved"
-            return True
-        except Exception:
-            return False
-
-    def begin(self, seq: int, timestamp: int, now: float, clock_rate: int) -> None:
-        """Start this subscriber's stream at this packet, or continue it after the
-        publisher's source changed (``resume``): the numbering never jumps back."""
-        if self.resume is not None:
-            base_seq, last_ts, last_wall = self.resume
-            base_ts = last_ts + max(1, int((now - last_wall) * clock_rate))
-            self.resume = None
-        else:
-            base_seq = random.getrandbits(15)  # RFC 3550 5.1: random start
-            base_ts = random.getrandbits(32)
-        seq_offset = (base_seq - seq) & 0xFFFF
-        ts_offset = (base_ts - timestamp) & 0xFFFFFFFF
-        ring = self.ring
-        if ring is not None and self.started:
-            # Keep what was sent retransmittable: re-express each record so that the
-            # new offsets give the numbers it was sent with.
-            seq_shift = (self.seq_offset - seq_offset) & 0xFFFF
-            ts_shift = (self.ts_offset - ts_offset) & 0xFFFFFFFF
-            for index, record in enumerate(ring):
-                if record is not None:
-                    old_seq, old_ts, marker, payload = record
-                    ring[index] = (
-                        (old_seq + seq_shift) & 0xFFFF,
-                        (old_ts + ts_shift) & 0xFFFFFFFF,
-                        marker,
-                        payload,
-                    )
-        self.seq_offset = seq_offset
-        self.ts_offset = ts_offset
-        self.start_seq = seq
-        self.waiting = False
-        self.started = True
-
-    # -- per packet ----------------------------------------------------------
-
-    def bind(self) -> bool:
-        """Follow the nominated ICE pair: the socket and address to send on. False (and
-        nothing to send on) once the pair is gone. Never raises."""
-        pair = self._pairs.get(1)
-        self._unbind()
-        if pair is None:
-            return False
-        try:
-            sock, addr = hooks.pair_endpoint(pair)
-            if DIRECT_SOCKET:
-                self._socket = hooks.pair_socket(pair)
-                self._sendto = self._socket.sendto
-            else:
-                self._sendto = _copying_sendto(sock.sendto)
-            self._addr = addr
-            self._pair = pair
-            return True
-        except Exception:
-            self._unbind()
-            return False
-
-    def _unbind(self) -> None:
-        sock, self._socket = self._socket, None
-        self._pair = self._sendto = self._addr = None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def send_protected(self, data: bytes) -> bool:
-        """Protect and send one serialised RTP packet (retransmissions: not the hot path)."""
-        if self._pairs.get(1) is not self._pair and not self.bind():
-            return False
-        srtp, sendto = self._srtp, self._sendto
-        if srtp is None or sendto is None:
-            return False
-        try:
-            sendto(srtp.protect(data), self._addr)
-        except OSError:
-            return False
-        return True
-
-    def packet_for(self, record: HistoryRecord) -> bytes | None:
-        """The packet this subscriber was sent for a history record, serialised."""
-        writer = self.writer
-        if writer is None:
-            return None
-        seq, ts, marker, payload = record
-        header = writer.header(
-            marker, (seq + self.seq_offset) & 0xFFFF, (ts + self.ts_offset) & 0xFFFFFFFF
-        )
-        return header + payload
-
-    async def retransmit(self, sequence_number: int) -> None:
-        """Answer one NACKed sequence number from the history (RFC 4588 if RTX)."""
-        forwarder = self.forwarder
-        ring = self.ring
-        if forwarder is None:
-            return
-        stats = forwarder.stats
-        try:
-            record = ring[sequence_number & self.mask] if ring is not None else None
-            if record is None or (record[0] + self.seq_offset) & 0xFFFF != sequence_number:
-                stats.retransmissions_missed += 1
-                return
-            data = self.packet_for(record)
-            if data is None:
-                return
-            if self.rtx_writer is not None and self.writer is not None:
-                data = rtx_packet(self.rtx_writer, self.rtx_seq, data, self.writer.header_size)
-                self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
-            if self.send_protected(data):
-                stats.retransmissions += 1
-        except Exception:
-            stats.errors += 1
-
-    def detach(self) -> None:
-        """Stop forwarding to this subscriber and release what it holds."""
-        forwarder = self.forwarder
-        if forwarder is not None:
-            forwarder.remove_subscriber(self)
-        else:
-            self.close()
-
-    def keyframe_requested(self) -> None:
-        """The subscriber sent PLI or FIR."""
-        forwarder = self.forwarder
-        if forwarder is not None:
-            forwarder.request_keyframe()
-
-    def close(self) -> None:
-        """Drop every reference this subscriber holds; its sender goes back to aiortc's."""
-        self.forwarder = None
-        hooks.unhook_sender(self.sender)
-        self.ring = None
-        self._unbind()
-        self._description = None
-        self._pairs = {}
-        self._srtp = self.srtp_ctx = None
-        self.buffer = self.cbuffer = self.length = None
-        buffer, self._buffer = self._buffer, None
-        if buffer is not None:
-            buffer.release()
-        track, self.track = self.track, None
-        if track is not None:
-            track.stop()
-
-
-def _copying_sendto(sendto: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """A transport's ``sendto`` fed from our reused buffer: a transport may queue what
-    it cannot send at once, so it gets a copy."""
-
-    def send(view: Any, addr: Any) -> Any:
-        return sendto(bytes(view), addr)
-
-    return send
-
-
-def _negotiated(
-    sdp: str, mid: str | None, codec: RTCRtpCodecParameters
-) -> tuple[int, int | None, bool, int | None] | None:
-    """(payload type, RTX payload type, NACK, MID extension id) for ``mid`` in ``sdp``."""
-    for media in SessionDescription.parse(sdp).media:
-        if media.rtp.muxId != mid:
-            continue
-        chosen = None
-        for candidate in media.rtp.codecs:
-            if (
-                candidate.name.lower() == codec.name.lower()
-                and candidate.clockRate == codec.clockRate
-            ):
-                chosen = candidate
-                break
-        if chosen is None or chosen.payloadType is None:
-            return None
-        rtx = next(
-            (
-                c.payloadType
-                for c in media.rtp.codecs
-                if c.name.lower() == "rtx" and c.parameters.get("apt") == chosen.payloadType
-            ),
-            None,
-        )
-        nack = any(fb.type == "nack" and not fb.parameter for fb in chosen.rtcpFeedback)
-        mid_id = next((x.id for x in media.rtp.headerExtensions if x.uri == _MID_URI), None)
-        return chosen.payloadType, rtx, nack, mid_id
-    return None
-
-
 class RtpForwarder:
     """Forwards one published track's RTP packets to any number of subscribers."""
 
@@ -474,23 +156,27 @@ class RtpForwarder:
         on_ended: Callable[[str], None] | None = None,
         send_pli: Callable[[], Awaitable[bool]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.track_id = track_id
         self.kind = "audio" if codec.mimeType.lower().startswith("audio/") else "video"
         self.codec = codec
         self.stats = RtpForwardingStats()
-        self.last_in_ts = 0
         self._receiver = receiver
         self._on_ended = on_ended
         self._clock = clock
+        self._wall = wall_clock
         self._detector: Any = keyframe_detector(codec.name)
         self._subscribers: tuple[RtpSubscriber, ...] = ()
         self._waiting = 0  # subscribers waiting for a keyframe start
         self._in_ssrc: int | None = None
-        self._max_seq = 0
-        self._in_packets = 0
-        self._in_octets = 0
-        self._last_arrival = 0.0  # wall clock of the newest packet, for SR
+        self._retired_ssrcs: tuple[int, ...] = ()  # sources the publisher moved away from
+        # The publisher's numbering: the extended index of its newest packet, that
+        # packet's RTP timestamp and arrival (wall clock), and a jump awaiting proof.
+        self._newest = 0
+        self._newest_ts = 0
+        self._newest_wall = 0.0
+        self._bad_seq: int | None = None
         self._keyframes = KeyframeRequester(
             send_pli or (lambda: hooks.send_pli(receiver)),
             self.stats,
@@ -499,7 +185,6 @@ class RtpForwarder:
         )
         self._tasks: set[asyncio.Future[Any]] = set()
         self._sr_timer: asyncio.TimerHandle | None = None
-        self._previous_buffer: Any = None
         self._stopped = False
         self._started = False
         self._paused = False
@@ -518,31 +203,48 @@ class RtpForwarder:
         if self._started:
             return
         self._started = True
-        self._previous_buffer = hooks.install_tap(self._receiver, _Tap(self._safe_forward))
-        self._sync_sender_reports()
-        self._watch(asyncio.ensure_future(self._receiver.track.recv()), self._track_done)
+        hooks.install_tap(self._receiver, _Tap(self._safe_forward))
+        self._schedule_sender_reports()
+        track = self._receiver.track
+        # A receiver reused for a new track (its m-line sent again) may carry the
+        # previous track's end already: its end then comes from renegotiation or the
+        # peer connection closing.
+        if track is not None and track.readyState == "live":
+            self._watch(asyncio.ensure_future(track.recv()), self._track_done)
 
     # -- subscribers ---------------------------------------------------------
 
-    def attach(self, pc: RTCPeerConnection) -> RtpSubscriber:
-        """Add a ``sendonly`` transceiver for this track to ``pc`` and subscribe it.
+    def attach(self, pc: RTCPeerConnection, reuse: RtpSubscriber | None = None) -> RtpSubscriber:
+        """Subscribe ``pc``: on a new ``sendonly`` transceiver, or on the transceiver of
+        a detached subscriber (``reuse``), whose stream then continues.
 
         Call before creating the offer; the subscriber starts once the answer is
         applied and its transports are connected.
         """
-        track = IdleTrack(self.kind)
-        transceiver = pc.addTransceiver(track, direction="sendonly")
+        if reuse is not None:
+            transceiver = reuse.transceiver
+            track = reuse.track
+            continuation = reuse.continuation()
+        else:
+            track = IdleTrack(self.kind)
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            continuation = None
         transceiver.setCodecPreferences(preferences_for(self.kind, self.codec))
-        subscriber = self.add_subscriber(pc, transceiver)
+        subscriber = self.add_subscriber(pc, transceiver, continuation)
         subscriber.track = track
-        track._on_stop = lambda: self.remove_subscriber(subscriber)
+        if track is not None:
+            track.on_stop = lambda: self.remove_subscriber(subscriber)
         return subscriber
 
     def add_subscriber(
-        self, pc: RTCPeerConnection, transceiver: RTCRtpTransceiver
+        self,
+        pc: RTCPeerConnection,
+        transceiver: RTCRtpTransceiver,
+        continuation: StreamState | None = None,
     ) -> RtpSubscriber:
-        """Subscribe an existing transceiver (its sender should have an :class:`IdleTrack`)."""
-        subscriber = RtpSubscriber(self, pc, transceiver)
+        """Subscribe an existing transceiver (its sender should have an ``IdleTrack``);
+        ``continuation`` is where its outgoing stream stands if it carried a track."""
+        subscriber = RtpSubscriber(self, pc, transceiver, continuation)
         if self._stopped:
             subscriber.close()
             return subscriber
@@ -555,11 +257,13 @@ class RtpForwarder:
         return subscriber
 
     def remove_subscriber(self, subscriber: RtpSubscriber) -> None:
-        """Stop forwarding to one subscriber and release what it holds."""
+        """Stop forwarding to one subscriber and release what it holds; what its stream
+        has used stays in ``subscriber.final_state`` for the next track on it."""
         if subscriber in self._subscribers:
             self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
             if subscriber.waiting and self._detector is not None:
                 self._waiting -= 1
+            subscriber.final_state = subscriber.state(self._newest_ts, self._newest_wall)
         subscriber.close()
 
     def set_paused(self, paused: bool) -> None:
@@ -602,14 +306,35 @@ class RtpForwarder:
         seq: int = packet.sequence_number
         ts: int = packet.timestamp
         payload: bytes = packet.payload
-        self._in_packets += 1
-        self._in_octets += len(payload)
         if packet.ssrc != self._in_ssrc:
+            if packet.ssrc in self._retired_ssrcs:
+                # A late packet (a repair) of the source the publisher left: sending
+                # it would restart everyone's stream for nothing.
+                stats.packets_dropped += 1
+                return
             self._new_source(packet.ssrc, seq)
-        elif ((seq - self._max_seq) & 0xFFFF) < 0x8000:
-            self._max_seq = seq
-        self.last_in_ts = ts
-        self._last_arrival = time.time()
+        newest = self._newest
+        delta = (seq - newest) & 0xFFFF
+        if delta < MAX_DROPOUT:
+            index = newest + delta
+            in_order = delta != 0
+        elif delta > SEQ_MOD - MAX_MISORDER:
+            index = newest - (SEQ_MOD - delta)
+            in_order = False
+        elif seq == self._bad_seq:
+            # Two packets in a row after a jump: the publisher restarted its numbering,
+            # which counts as a new source.
+            self._restart_subscribers()
+            index = self._newest = _FIRST_INDEX + seq
+            in_order = True
+        else:
+            self._bad_seq = (seq + 1) & 0xFFFF
+            stats.packets_dropped += 1
+            return
+        if in_order:
+            self._newest = index
+            self._newest_ts = ts
+            self._newest_wall = self._wall()
         if self._paused:
             stats.packets_muted += 1
             return
@@ -635,21 +360,27 @@ class RtpForwarder:
                     # reach it, so this is when to ask for the one it starts on.
                     self.request_keyframe()
             if sub.waiting:
+                if not in_order:
+                    dropped += 1
+                    continue
                 if key is None:
                     key = self._detector is None or bool(self._detector(payload))
                 if not key:
                     dropped += 1
                     continue
-                self._begin(sub, seq, ts, size)
-            elif ((seq - sub.start_seq) & 0xFFFF) >= 0x8000:
-                dropped += 1  # older than this subscriber's first packet
+                self._begin(sub, index, ts)
+            out = index + sub.ext_offset
+            if out > sub.highest:
+                sub.highest = out
+            elif out < sub.floor or sub.highest - out >= HISTORY or not sub.unsent(out):
+                dropped += 1  # a duplicate, or late for a place already used
                 continue
-            out_seq = (seq + sub.seq_offset) & 0xFFFF
+            out_seq = out & 0xFFFF
             ring = sub.ring
             if ring is not None:
                 if record is None:
                     record = (seq, ts, marker, payload)
-                ring[out_seq & sub.mask] = record
+                ring[out & sub.mask] = record
             if sub._pairs.get(1) is not sub._pair and not sub.bind():
                 dropped += 1
                 continue
@@ -672,6 +403,8 @@ class RtpForwarder:
             except Exception:
                 errors += 1
                 continue
+            sub.packets += 1
+            sub.octets += size
             forwarded += 1
         stats.errors += errors
         stats.packets_forwarded += forwarded
@@ -684,9 +417,8 @@ class RtpForwarder:
         ):
             self.request_keyframe()
 
-    def _begin(self, sub: RtpSubscriber, seq: int, ts: int, size: int) -> None:
-        sub.begin(seq, ts, time.time(), self.codec.clockRate)
-        sub.packets_base = (self._in_packets - 1, self._in_octets - size)
+    def _begin(self, sub: RtpSubscriber, index: int, ts: int) -> None:
+        sub.begin(index, ts, self._wall(), self.codec.clockRate)
         if self._detector is not None:
             self._waiting -= 1
         self.stats.subscribers_started += 1
@@ -697,8 +429,12 @@ class RtpForwarder:
         for a keyframe of the new source."""
         if self._in_ssrc is not None:
             self._restart_subscribers()
+            self._retired_ssrcs = (*self._retired_ssrcs[-(RETIRED_SSRCS - 1) :], self._in_ssrc)
         self._in_ssrc = ssrc
-        self._max_seq = seq
+        # Extended indices of the new source start just before its first packet, which
+        # thus counts as in order.
+        self._newest = _FIRST_INDEX + ((seq - 1) & 0xFFFF)
+        self._bad_seq = None
 
     def _restart_subscribers(self, ask_for_keyframe: bool = True) -> None:
         """Started subscribers continue their numbering after what they were sent and
@@ -706,11 +442,7 @@ class RtpForwarder:
         for sub in self._subscribers:
             if not sub.started or sub.resume is not None:
                 continue
-            sub.resume = (
-                (self._max_seq + sub.seq_offset + 1) & 0xFFFF,
-                (self.last_in_ts + sub.ts_offset) & 0xFFFFFFFF,
-                self._last_arrival,
-            )
+            sub.resume = sub.state(self._newest_ts, self._newest_wall)
             if not sub.waiting:
                 sub.waiting = True
                 if self._detector is not None:
@@ -718,29 +450,43 @@ class RtpForwarder:
         if self._waiting and ask_for_keyframe:
             self.request_keyframe()
 
-    # -- housekeeping ----------------------------------------------------------
+    # -- sender reports --------------------------------------------------------
 
-    def _sync_sender_reports(self) -> None:
-        """Keep what aiortc's RTCP task reports (SR) in line with what we sent."""
+    def _schedule_sender_reports(self) -> None:
         if self._stopped:
             return
         self._sr_timer = asyncio.get_running_loop().call_later(
-            SENDER_REPORT_SYNC, self._sync_sender_reports
+            SENDER_REPORT_SYNC, self._schedule_sender_reports
         )
-        arrival = self._last_arrival
-        if not arrival:
-            return
-        ntp = int((arrival + NTP_EPOCH_OFFSET) * (1 << 32))
+        self.refresh_sender_reports()
+
+    def refresh_sender_reports(self) -> None:
+        """Make what each subscriber's sender reports (RFC 3550 6.4.1) true now: the
+        packets and payload octets sent to it, and an (NTP, RTP) pair on its clock:
+        the newest packet's, or while it waits to continue, its last time carried
+        forward to now."""
+        clock_rate = self.codec.clockRate
         for sub in self._subscribers:
-            if not sub.started:
+            resume = sub.resume
+            if resume is not None:
+                wall = self._wall()
+                rtp_ts = resume.last_timestamp + int((wall - resume.last_wall) * clock_rate)
+            elif sub.started:
+                wall = self._newest_wall
+                rtp_ts = self._newest_ts + sub.ts_offset
+            else:
                 continue
-            packets = self._in_packets - sub.packets_base[0]
-            octets = self._in_octets - sub.packets_base[1]
-            rtp_ts = (self.last_in_ts + sub.ts_offset) & 0xFFFFFFFF
+            ntp = int((wall + NTP_EPOCH_OFFSET) * (1 << 32))
             with contextlib.suppress(Exception):
                 hooks.set_sender_report(
-                    sub.sender, ntp, rtp_ts, packets & 0xFFFFFFFF, octets & 0xFFFFFFFF
+                    sub.sender,
+                    ntp,
+                    rtp_ts & 0xFFFFFFFF,
+                    sub.packets & 0xFFFFFFFF,
+                    sub.octets & 0xFFFFFFFF,
                 )
+
+    # -- housekeeping ----------------------------------------------------------
 
     def _track_done(self, task: asyncio.Future[Any]) -> None:
         """The publisher's track delivered something: with the tap in place that is only
@@ -769,9 +515,9 @@ class RtpForwarder:
         self._stopped = True
         if self._started:
             hooks.remove_tap(self._receiver, _DISCARD)
-        self._previous_buffer = None
         subscribers, self._subscribers = self._subscribers, ()
         for sub in subscribers:
+            sub.final_state = sub.state(self._newest_ts, self._newest_wall)
             sub.close()
         self._waiting = 0
         if self._sr_timer is not None:

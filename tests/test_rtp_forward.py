@@ -22,10 +22,10 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket, is_rtcp
 
-from media import hooks, rtp_forward
+from media import hooks, rtp_subscriber
 from media import hooks as private
 from media.peers import negotiated_media
-from media.rtp_forward import IdleTrack, RtpForwarder, RtpSubscriber
+from media.rtp_forward import RtpForwarder
 from media.rtp_rewrite import (
     HeaderWriter,
     h264_keyframe_start,
@@ -35,6 +35,7 @@ from media.rtp_rewrite import (
     vp8_keyframe_start,
     write_varying,
 )
+from media.rtp_subscriber import IdleTrack, RtpSubscriber
 from media.testsource import PatternVideoTrack, ToneAudioTrack
 
 from .test_hooks import vp8_packets
@@ -100,23 +101,25 @@ def test_history_records_survive_a_restart_of_the_numbering() -> None:
     sub = RtpSubscriber.__new__(RtpSubscriber)
     RtpSubscriber.__init__(sub, None, None, types.SimpleNamespace(sender=None))  # type: ignore[arg-type]
     sub.writer = HeaderWriter(96, 1234)
-    sub.ring = [None] * rtp_forward.HISTORY
+    sub.ring = [None] * rtp_subscriber.HISTORY
     sub.begin(1000, 50_000, 10.0, 90000)
     sent = {}
     for i in range(5):
-        seq, ts = 1000 + i, 50_000 + 3000 * i
-        out_seq = (seq + sub.seq_offset) & 0xFFFF
-        record = (seq, ts, 0x80 if i == 4 else 0, b"p%d" % i)
-        sub.ring[out_seq & sub.mask] = record
-        sent[out_seq] = sub.packet_for(record)
+        index, ts = 1000 + i, 50_000 + 3000 * i
+        out = index + sub.ext_offset
+        sub.highest = out
+        record = (index & 0xFFFF, ts, 0x80 if i == 4 else 0, b"p%d" % i)
+        sub.ring[out & sub.mask] = record
+        sent[out & 0xFFFF] = sub.packet_for(record)
     # The source changes: new numbers, and the subscriber resumes after what it had.
-    last_seq = (1004 + sub.seq_offset) & 0xFFFF
-    sub.resume = ((last_seq + 1) & 0xFFFF, (62_000 + sub.ts_offset) & 0xFFFFFFFF, 10.2)
-    sub.begin(7, 123, 10.3, 90000)
-    assert (7 + sub.seq_offset) & 0xFFFF == (last_seq + 1) & 0xFFFF  # no jump back
+    sub.resume = sub.state(62_000, 10.2)
+    assert sub.resume is not None and sub.resume.next_index == sub.highest + 1
+    sub.begin(7 + (1 << 20), 123, 10.3, 90000)
+    assert 7 + (1 << 20) + sub.ext_offset == sub.highest + 1  # no jump back
+    assert sub.floor == sub.highest + 1
     for out_seq, data in sent.items():
         record = sub.ring[out_seq & sub.mask]
-        assert record is not None and (record[0] + sub.seq_offset) & 0xFFFF == out_seq
+        assert record is not None and (record[0] + sub.ext_offset) & 0xFFFF == out_seq
         assert sub.packet_for(record) == data
 
 
@@ -317,7 +320,8 @@ async def test_stop_releases_subscribers_hooks_and_tasks(lab: Lab) -> None:
     assert forwarder.subscriber_count == 0
     assert subscriber._socket is None and sock.fileno() == -1  # our duplicate is closed
     assert "_retransmit" not in sender.__dict__ and "_send_keyframe" not in sender.__dict__
-    assert idle.readyState == "ended"
+    # The idle track stays with the transceiver, for the next track it may carry.
+    assert idle.readyState == "live" and idle.on_stop is None
     assert all(t.done() for t in tasks_before) and not forwarder._tasks
     assert private.has_tap_slot(receiver)
     ref = weakref.ref(forwarder)
@@ -342,7 +346,7 @@ async def test_unsubscribing_one_viewer_leaves_the_other_running(lab: Lab) -> No
 async def test_forwarding_through_the_asyncio_transport_also_works(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rtp_forward, "DIRECT_SOCKET", False)
+    monkeypatch.setattr(rtp_subscriber, "DIRECT_SOCKET", False)
     await lab.publish([PatternVideoTrack()])
     viewer = await lab.subscribe(("video",))
     video = await frames(viewer.track("video"), 5)
