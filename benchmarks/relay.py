@@ -19,13 +19,13 @@ import contextlib
 import logging
 from typing import Any
 
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from media import hooks
-from media.forwarder import ForwardingStats, FrameSubscription
+from media.forwarder import ForwardingStats
 from media.peers import preferences_for
 from media.sfu import IncomingTrack, Sfu
 
@@ -69,8 +69,24 @@ class RelaySubscriberTrack(MediaStreamTrack):
         self._proxy.stop()
 
 
+class RelaySubscription:
+    """One subscriber's transceiver for a relayed track; it carries that track only."""
+
+    def __init__(self, transceiver: RTCRtpTransceiver, track: RelaySubscriberTrack) -> None:
+        self.transceiver = transceiver
+        self._track = track
+
+    def detach(self) -> None:
+        """End the track for this subscriber."""
+        self._track.end()
+
+
 class RelayForwarder:
-    """The ``MediaRelay`` counterpart of ``media.forwarder.TrackForwarder``."""
+    """The ``MediaRelay`` counterpart of ``media.forwarder.TrackForwarder``.
+
+    It declines to reuse a freed transceiver (each subscription gets a new one): its
+    senders' encoders end with their track, and this baseline is measured on lessons
+    whose tracks do not come and go."""
 
     def __init__(
         self,
@@ -80,7 +96,7 @@ class RelayForwarder:
         on_ended: Any,
     ) -> None:
         self.track_id = track_id
-        self._codec = codec
+        self.codec = codec
         self.kind = source.kind
         self.stats = ForwardingStats()
         self._relay = MediaRelay()
@@ -112,15 +128,16 @@ class RelayForwarder:
             self._subscribers.add(track)
         return track
 
-    def attach(self, pc: RTCPeerConnection) -> FrameSubscription:
-        """A ``sendonly`` transceiver whose sender encodes this subscriber's frames.
+    def attach(self, pc: RTCPeerConnection, reuse: Any = None) -> RelaySubscription:
+        """A new ``sendonly`` transceiver whose sender encodes this subscriber's frames
+        (``reuse`` is declined).
 
         A subscriber's PLI stays with its own encoder (aiortc's default).
         """
         track = self.add_subscriber()
         transceiver = pc.addTransceiver(track, direction="sendonly")
-        transceiver.setCodecPreferences(preferences_for(self.kind, self._codec))
-        return FrameSubscription(transceiver, track)
+        transceiver.setCodecPreferences(preferences_for(self.kind, self.codec))
+        return RelaySubscription(transceiver, track)
 
     def remove_subscriber(self, track: RelaySubscriberTrack) -> None:
         """Forget one subscriber."""

@@ -74,11 +74,11 @@ class LessonClient:
         self._ws: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
-        self._consumers: list[asyncio.Task[None]] = []
+        self._consumers: dict[str, asyncio.Task[None]] = {}  # track id -> its reader
         self._waiters: list[
             tuple[Callable[[dict[str, Any]], bool], asyncio.Future[dict[str, Any]]]
         ] = []
-        self._pending_tracks: dict[str, p.SubscribedTrack] = {}
+        self._by_mid: dict[str, p.SubscribedTrack] = {}  # what each m-line carries now
         self._publish_tracks: list[tuple[MediaStreamTrack, p.Source]] = []
         self.closed = asyncio.Event()
         self._tracks_changed = asyncio.Event()
@@ -119,9 +119,10 @@ class LessonClient:
                 await pc.close()
         if self._ws is not None:
             await self._ws.close()
-        for task in [*self._consumers, *(t for t in (self._reader, self._keepalive) if t)]:
+        consumers = list(self._consumers.values())
+        for task in [*consumers, *(t for t in (self._reader, self._keepalive) if t)]:
             task.cancel()
-        await asyncio.gather(*self._consumers, return_exceptions=True)
+        await asyncio.gather(*consumers, return_exceptions=True)
         await asyncio.gather(
             *(t for t in (self._reader, self._keepalive) if t), return_exceptions=True
         )
@@ -209,6 +210,9 @@ class LessonClient:
                         future.set_result(message)
         except websockets.ConnectionClosed:
             pass
+        except Exception:
+            logger.exception("handling a server message failed; leaving")
+            raise
         finally:
             self.closed.set()
             for _, future in self._waiters:
@@ -235,29 +239,40 @@ class LessonClient:
             await self._answer_subscribe_offer(message)
 
     async def _answer_subscribe_offer(self, message: dict[str, Any]) -> None:
+        """Answer a subscribe offer. The ``tracks`` list says what each m-line carries:
+        an m-line that left it (inactive) or now carries another track ended its
+        track; the server reuses a freed m-line for a later track of its kind, and
+        aiortc fires no ``track`` event for it, so tracks are taken by m-line here."""
         if self.subscribe_pc is None:
             self.subscribe_pc = RTCPeerConnection(configuration([]))
-            self.subscribe_pc.on("track", self._on_track)
-        for entry in message["tracks"]:
-            info = p.SubscribedTrack.model_validate(entry)
-            self._pending_tracks[info.mid] = info
-        await self.subscribe_pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
-        await self.subscribe_pc.setLocalDescription(await self.subscribe_pc.createAnswer())
-        await self.send(p.SubscribeAnswer(sdp=self.subscribe_pc.localDescription.sdp))
+        offered = {
+            info.mid: info
+            for info in (p.SubscribedTrack.model_validate(entry) for entry in message["tracks"])
+        }
+        for mid, info in list(self._by_mid.items()):
+            now = offered.get(mid)
+            if now is None or now.track_id != info.track_id:
+                del self._by_mid[mid]
+                self._end_track(info.track_id)
+        pc = self.subscribe_pc
+        await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.send(p.SubscribeAnswer(sdp=pc.localDescription.sdp))
+        for transceiver in pc.getTransceivers():
+            carried = offered.get(transceiver.mid or "")
+            track = transceiver.receiver.track
+            if carried is None or carried.mid in self._by_mid or track is None:
+                continue
+            info = self._by_mid[carried.mid] = carried
+            received = ReceivedTrack(info.track_id, info.participant_id, info.kind, info.source)
+            self.received[info.track_id] = received
+            self._consumers[info.track_id] = asyncio.create_task(self._consume(track, received))
+            self._tracks_changed.set()
 
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        assert self.subscribe_pc is not None
-        mid = next(
-            (t.mid for t in self.subscribe_pc.getTransceivers() if t.receiver.track is track),
-            None,
-        )
-        info = self._pending_tracks.get(mid or "")
-        if info is None:
-            return
-        received = ReceivedTrack(info.track_id, info.participant_id, info.kind, info.source)
-        self.received[info.track_id] = received
-        self._consumers.append(asyncio.create_task(self._consume(track, received)))
-        self._tracks_changed.set()
+    def _end_track(self, track_id: str) -> None:
+        consumer = self._consumers.pop(track_id, None)
+        if consumer is not None:
+            consumer.cancel()  # its ``finally`` marks the track ended
 
     async def _consume(self, track: MediaStreamTrack, received: ReceivedTrack) -> None:
         try:

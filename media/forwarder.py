@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import av
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
@@ -51,28 +51,27 @@ class ForwardingStats(Counters):
 
 
 class SubscriberTrack(MediaStreamTrack):
-    """What a subscriber's ``RTCRtpSender`` reads: encoded frames as ``av.Packet``."""
+    """What a subscriber's ``RTCRtpSender`` reads: encoded frames as ``av.Packet``.
+
+    It lives as long as its transceiver: when the track it carries ends it waits,
+    empty, and may be given another forwarder's frames (:meth:`rebind`)."""
 
     def __init__(self, kind: str, track_id: str, forwarder: TrackForwarder) -> None:
         super().__init__()
         self.kind = kind
         self._id = f"{track_id}"
         self._forwarder = forwarder
-        self._queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue(
+        self._queue: asyncio.Queue[av.Packet[Any]] = asyncio.Queue(
             VIDEO_QUEUE_FRAMES if kind == "video" else AUDIO_QUEUE_FRAMES
         )
         # Video must start on a keyframe, and restart on one after a drop.
         self.awaiting_keyframe = kind == "video"
 
     async def recv(self) -> av.Packet[Any]:
-        """Next encoded frame; raises ``MediaStreamError`` once the track ended."""
+        """Next encoded frame; raises ``MediaStreamError`` once stopped."""
         if self.readyState != "live":
             raise MediaStreamError
-        packet = await self._queue.get()
-        if packet is None:
-            super().stop()
-            raise MediaStreamError
-        return packet
+        return await self._queue.get()
 
     def offer(self, packet: av.Packet[Any], stats: ForwardingStats) -> bool:
         """Queue one frame; return True if a keyframe is now needed. Never raises."""
@@ -101,11 +100,12 @@ class SubscriberTrack(MediaStreamTrack):
         """Forget frames not yet taken by the sender."""
         self._drain()
 
-    def end(self) -> None:
-        """End the track for this subscriber: its sender stops after queued frames."""
-        if self.readyState == "live":
-            self._drain()
-            self._queue.put_nowait(None)
+    def rebind(self, forwarder: TrackForwarder) -> None:
+        """Carry another forwarder's frames from now on (its transceiver was reused);
+        video waits for that track's next keyframe."""
+        self._drain()
+        self._forwarder = forwarder
+        self.awaiting_keyframe = self.kind == "video"
 
     def stop(self) -> None:
         """Called by aiortc when the sender stops: detach from the forwarder."""
@@ -117,22 +117,18 @@ class SubscriberTrack(MediaStreamTrack):
             self._queue.get_nowait()
 
 
-class EndableTrack(Protocol):
-    """A subscriber's track that can be ended from the forwarding side."""
-
-    def end(self) -> None: ...
-
-
 class FrameSubscription:
     """One subscriber's transceiver for a frame-forwarded track."""
 
-    def __init__(self, transceiver: RTCRtpTransceiver, track: EndableTrack) -> None:
+    def __init__(self, transceiver: RTCRtpTransceiver, track: SubscriberTrack) -> None:
         self.transceiver = transceiver
-        self._track = track
+        self.track = track
 
     def detach(self) -> None:
-        """Stop feeding this subscriber; its sender ends after what is queued."""
-        self._track.end()
+        """Stop feeding this subscriber. Its sender stays (waiting on an empty queue)
+        so that the transceiver can carry the next track of its kind."""
+        self.track._forwarder.remove_subscriber(self.track)
+        self.track.drop_queued()
 
 
 class TrackForwarder:
@@ -148,7 +144,7 @@ class TrackForwarder:
         codec: RTCRtpCodecParameters | None = None,
     ) -> None:
         self.track_id = track_id
-        self._codec = codec
+        self.codec = codec
         self.kind = source.kind
         self.stats = ForwardingStats()
         self._source = source
@@ -177,13 +173,15 @@ class TrackForwarder:
     def add_subscriber(self) -> SubscriberTrack:
         """A new subscriber; its video waits for a keyframe, which we ask for now."""
         track = SubscriberTrack(self.kind, self.track_id, self)
+        self._add(track)
+        return track
+
+    def _add(self, track: SubscriberTrack) -> None:
         if self._stopped:
-            track.end()
-            return track
+            return  # it carries nothing; its transceiver goes inactive with the track
         self._subscribers.add(track)
         if self.kind == "video":
             self.request_keyframe()
-        return track
 
     def set_paused(self, paused: bool) -> None:
         """Stop (or resume) forwarding to everyone at once: a moderator's mute.
@@ -202,17 +200,26 @@ class TrackForwarder:
                 track.awaiting_keyframe = True
             self.request_keyframe()
 
-    def attach(self, pc: RTCPeerConnection) -> FrameSubscription:
-        """Add a ``sendonly`` transceiver carrying this track to ``pc``.
+    def attach(
+        self, pc: RTCPeerConnection, reuse: FrameSubscription | None = None
+    ) -> FrameSubscription:
+        """Carry this track to ``pc`` on a new ``sendonly`` transceiver, or on the
+        transceiver of a detached subscription (``reuse``).
 
         Its sender packetises our encoded frames; the subscriber's PLI/FIR come
         back here. Call before creating the offer.
         """
-        if self._codec is None:
+        if self.codec is None:
             raise ValueError("a forwarder needs its codec to offer it to subscribers")
-        track = self.add_subscriber()
-        transceiver = pc.addTransceiver(track, direction="sendonly")
-        transceiver.setCodecPreferences(preferences_for(self.kind, self._codec))
+        if reuse is not None:
+            track = reuse.track
+            track.rebind(self)
+            self._add(track)
+            transceiver = reuse.transceiver
+        else:
+            track = self.add_subscriber()
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences(preferences_for(self.kind, self.codec))
         hooks.on_keyframe_request(transceiver.sender, self.request_keyframe)
         return FrameSubscription(transceiver, track)
 
@@ -230,8 +237,10 @@ class TrackForwarder:
         if self._stopped:
             return
         self._stopped = True
+        # Subscribers' tracks stay open: their transceivers go inactive and may carry
+        # another track later (the SFU decides).
         for track in list(self._subscribers):
-            track.end()
+            track.drop_queued()
         self._subscribers.clear()
         await self._keyframes.close()
         task = self._task
@@ -271,6 +280,6 @@ class TrackForwarder:
             if not self._stopped:
                 self._stopped = True
                 for track in list(self._subscribers):
-                    track.end()
+                    track.drop_queued()
                 self._subscribers.clear()
                 self._on_ended(self.track_id)

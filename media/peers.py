@@ -98,8 +98,9 @@ def preferences_for(kind: str, codec: RTCRtpCodecParameters) -> list[RTCRtpCodec
     return chosen[:1] + rtx
 
 
-def restrict_offer_codecs(sdp: str) -> str:
-    """Remove codecs the SFU does not forward from a client offer.
+def restrict_offer_codecs(sdp: str) -> tuple[str, int, int]:
+    """Remove codecs the SFU does not forward from a client offer; return the offer,
+    its number of audio and video sections and how many of them send media.
 
     aiortc answers with the offer's codecs in the offer's order, so removing the
     others here makes the publisher send one of ours.
@@ -107,18 +108,22 @@ def restrict_offer_codecs(sdp: str) -> str:
     if not sdp.lstrip().startswith("v=0"):
         raise ValueError("it does not start with v=0")
     description = SessionDescription.parse(sdp)
-    if not any(m.kind in ("audio", "video") for m in description.media):
-        raise ValueError("it has no audio or video section")
+    sections = sending = 0
     for media in description.media:
         if media.kind not in ("audio", "video"):
             continue
+        sections += 1
+        if media.port != 0 and (media.direction or "sendrecv") in ("sendonly", "sendrecv"):
+            sending += 1
         kept = [c for c in media.rtp.codecs if c.name.lower() in FORWARDED_CODECS]
         kept_types = {c.payloadType for c in kept}
         # An RTX codec is kept only if its primary codec is.
         kept = [c for c in kept if c.name.lower() != "rtx" or c.parameters.get("apt") in kept_types]
         media.rtp.codecs = kept
         media.fmt = [c.payloadType for c in kept]
-    return str(description)
+    if not sections:
+        raise ValueError("it has no audio or video section")
+    return str(description), sections, sending
 
 
 def announce_public_ip(sdp: str, public_ip: str | None) -> str:

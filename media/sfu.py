@@ -42,11 +42,14 @@ ForwardingMode = Literal["rtp", "frames"]
 TrackEnded = Callable[[str, str], None]  # (publisher id, track id)
 
 
+NEGOTIATION_TIMEOUT = 15.0  # seconds a subscribe offer waits for its answer
+
+
 class MediaError(p.ProtocolError):
     """SDP or ICE input that could not be applied; the client is told why."""
 
-    def __init__(self, message: str, request_type: str) -> None:
-        super().__init__("bad_sdp", message, request_type)
+    def __init__(self, message: str, request_type: str, code: str = "bad_sdp") -> None:
+        super().__init__(code, message, request_type)
 
 
 @dataclass(slots=True)
@@ -76,13 +79,16 @@ class Attachment(Protocol):
     transceiver: RTCRtpTransceiver
 
     def detach(self) -> None:
-        """Stop forwarding to this subscriber."""
+        """Stop forwarding to this subscriber; the transceiver may carry another track."""
 
 
 class Forwarder(Protocol):
     """Forwards one published track to its subscribers (RTP packets or frames)."""
 
     track_id: str
+
+    @property
+    def codec(self) -> RTCRtpCodecParameters | None: ...
 
     @property
     def subscriber_count(self) -> int: ...
@@ -93,7 +99,10 @@ class Forwarder(Protocol):
 
     def set_paused(self, paused: bool) -> None: ...
 
-    def attach(self, pc: RTCPeerConnection) -> Attachment: ...
+    def attach(self, pc: RTCPeerConnection, reuse: Any = None) -> Attachment:
+        """Subscribe ``pc``, on a new transceiver or on a detached one (``reuse``, which
+        a forwarder may decline by returning a new transceiver)."""
+        ...
 
     def counters(self) -> dict[str, int]: ...
 
@@ -102,6 +111,7 @@ class Forwarder(Protocol):
 class _Subscription:
     info: p.SubscribedTrack
     attachment: Attachment
+    reuse_key: str
 
 
 @dataclass(slots=True)
@@ -118,6 +128,14 @@ class ParticipantMedia:
     offer_in_flight: bool = False
     renegotiate: bool = False
     negotiation_task: asyncio.Task[None] | None = None
+    answer_timer: asyncio.TimerHandle | None = None
+    # Transceivers of ended subscriptions: inactive in the next offer (retiring), in
+    # the offer waiting for its answer (offered_inactive), then free for the next
+    # track with the same codec (aiortc never reuses an m-line by itself, so without
+    # this the subscribe SDP would grow with every track that ever came and went).
+    retiring: list[tuple[str, Attachment]] = field(default_factory=list)
+    offered_inactive: list[tuple[str, Attachment]] = field(default_factory=list)
+    free: dict[str, list[Attachment]] = field(default_factory=dict)
     closed: bool = False
 
 
@@ -129,9 +147,13 @@ class Sfu:
         settings: IceSettings,
         on_track_ended: TrackEnded,
         forwarding: ForwardingMode = "rtp",
+        on_negotiation_timeout: Callable[[str], None] | None = None,
+        negotiation_timeout: float = NEGOTIATION_TIMEOUT,
     ) -> None:
         self._settings = settings
         self._on_track_ended = on_track_ended
+        self._on_negotiation_timeout = on_negotiation_timeout
+        self._negotiation_timeout = negotiation_timeout
         self._forwarding = forwarding
         self._participants: dict[str, ParticipantMedia] = {}
         self._forwarders: dict[str, Forwarder] = {}
@@ -149,6 +171,8 @@ class Sfu:
         if media is None:
             return
         media.closed = True
+        if media.answer_timer is not None:
+            media.answer_timer.cancel()
         for track_id in list(media.published.values()):
             await self.stop_track(track_id)
         for subscription in media.subscriptions.values():
@@ -181,11 +205,19 @@ class Sfu:
         sources = {spec.mid: spec.source for spec in offer.tracks}
         async with media.lock:
             try:
-                sdp = restrict_offer_codecs(offer.sdp)
+                sdp, sections, sending = restrict_offer_codecs(offer.sdp)
             except (ValueError, IndexError, KeyError) as exc:
                 raise MediaError(
                     f"the publish offer is not valid SDP ({exc})", offer.type
                 ) from None
+            if sections > p.MAX_PUBLISH_MLINES or sending > p.MAX_PUBLISHED_TRACKS:
+                raise MediaError(
+                    f"the publish offer has {sending} sending of {sections} media sections; "
+                    f"at most {p.MAX_PUBLISHED_TRACKS} tracks in {p.MAX_PUBLISH_MLINES} "
+                    "sections (reuse or stop unused transceivers)",
+                    offer.type,
+                    code="too_many_tracks",
+                )
             if media.publish_pc is None:
                 media.publish_pc = self._new_publish_pc(media)
             pc = media.publish_pc
@@ -289,8 +321,15 @@ class Sfu:
         async with media.lock:
             if media.subscribe_pc is None:
                 media.subscribe_pc = self._new_subscribe_pc(media)
-            attachment = forwarder.attach(media.subscribe_pc)
+            key = _reuse_key(forwarder.codec)
+            free = media.free.setdefault(key, [])
+            reuse = free.pop() if free else None
+            attachment = forwarder.attach(media.subscribe_pc, reuse)
+            if reuse is not None and attachment.transceiver is not reuse.transceiver:
+                free.append(reuse)  # declined
+            attachment.transceiver.direction = "sendonly"
             media.subscriptions[track.id] = _Subscription(
+                reuse_key=key,
                 info=p.SubscribedTrack(
                     mid="",
                     track_id=track.id,
@@ -326,6 +365,12 @@ class Sfu:
                     f"the subscribe answer was refused: {exc}", "subscribe_answer"
                 ) from None
             media.offer_in_flight = False
+            if media.answer_timer is not None:
+                media.answer_timer.cancel()
+                media.answer_timer = None
+            for key, attachment in media.offered_inactive:
+                media.free.setdefault(key, []).append(attachment)
+            media.offered_inactive.clear()
             again = media.renegotiate
             media.renegotiate = False
         if again:
@@ -398,12 +443,13 @@ class Sfu:
     async def _remove_subscription(
         self, media: ParticipantMedia, subscription: _Subscription
     ) -> None:
-        subscription.attachment.detach()
+        attachment = subscription.attachment
+        attachment.detach()
         async with media.lock:
-            transceiver = subscription.attachment.transceiver
-            transceiver.direction = "inactive"
-            # Stopping the sender sends RTCP BYE, which ends the track at the subscriber.
-            await transceiver.stop()
+            # Inactive in the next offer (the browser fires removetrack), then free
+            # for the next track of its kind and codec.
+            attachment.transceiver.direction = "inactive"
+            media.retiring.append((subscription.reuse_key, attachment))
         if not media.closed:
             self._schedule_offer(media)
 
@@ -434,5 +480,25 @@ class Sfu:
                 if mid is None or transceiver.stopped:
                     continue
                 tracks.append(subscription.info.model_copy(update={"mid": mid}))
+            media.offered_inactive += media.retiring
+            media.retiring.clear()
             media.offer_in_flight = True
+            media.answer_timer = asyncio.get_running_loop().call_later(
+                self._negotiation_timeout, self._answer_timed_out, media
+            )
         await media.send(p.SubscribeOffer(sdp=sdp, tracks=tracks))
+
+    def _answer_timed_out(self, media: ParticipantMedia) -> None:
+        media.answer_timer = None
+        if media.offer_in_flight and not media.closed and self._on_negotiation_timeout:
+            # Nothing can be offered to it any more: its connection must start again.
+            self._on_negotiation_timeout(media.participant_id)
+
+
+def _reuse_key(codec: RTCRtpCodecParameters | None) -> str:
+    """Which freed transceivers a subscription may take: those that carried the same
+    codec (a receiver does not always follow a codec change on an m-line)."""
+    if codec is None:
+        return ""
+    profile = codec.parameters.get("profile-level-id", "")
+    return f"{codec.mimeType.lower()};{profile}"

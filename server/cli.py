@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("LCO_IDLE_TIMEOUT", "45")),
         help="seconds of silence after which a socket is closed (default 45)",
     )
+    serve.add_argument(
+        "--negotiation-timeout",
+        type=float,
+        default=float(os.environ.get("LCO_NEGOTIATION_TIMEOUT", "15")),
+        help="seconds a client has to answer a media offer before its connection is "
+        "closed to start again (default 15)",
+    )
     serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
 
     token = commands.add_parser("token", help="mint a signed join link")
@@ -187,6 +194,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allowed_origins=tuple(origins),
         join_timeout=args.join_timeout,
         idle_timeout=args.idle_timeout,
+        negotiation_timeout=args.negotiation_timeout,
         forwarding=args.forwarding,
         admin_key=resolve_admin_key(args.admin_key, args.data_dir),
         public_url=args.public_url,

@@ -48,6 +48,9 @@ class Settings:
     webhook_secret: bytes = b""
     join_timeout: float = 10.0
     idle_timeout: float = 45.0
+    # Seconds a subscribe offer waits for the client's answer before the client's
+    # connection is closed (it reconnects and starts its media again).
+    negotiation_timeout: float = 15.0
 
 
 def parse_ice_server(spec: str) -> IceServerConfig:

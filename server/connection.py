@@ -68,7 +68,17 @@ class _TrackEnded:
     track_id: str
 
 
-_InboxItem = _Frame | _Disconnected | _TrackEnded
+@dataclass(frozen=True, slots=True)
+class _NegotiationFailed:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _OfferSent:
+    pass
+
+
+_InboxItem = _Frame | _Disconnected | _TrackEnded | _NegotiationFailed | _OfferSent
 
 
 class ParticipantConnection:
@@ -93,6 +103,11 @@ class ParticipantConnection:
         """Called from the SFU when one of this participant's tracks ended by itself."""
         with contextlib.suppress(asyncio.QueueFull):
             self._inbox.put_nowait(_TrackEnded(track_id))
+
+    def post_negotiation_failed(self) -> None:
+        """Called from the SFU when a subscribe offer went unanswered for too long."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbox.put_nowait(_NegotiationFailed())
 
     async def run(self) -> None:
         """Serve the socket until it closes; always releases everything."""
@@ -123,6 +138,19 @@ class ParticipantConnection:
                 return "timed out"
             if isinstance(item, _Disconnected):
                 return item.reason
+            if isinstance(item, _OfferSent):
+                self._session.answer_expected()
+                continue
+            if isinstance(item, _NegotiationFailed):
+                await self._apply(
+                    [
+                        Close(
+                            "negotiation_failed",
+                            "your browser did not answer the media offer in time; reconnect",
+                        )
+                    ]
+                )
+                return "negotiation failed"
             if isinstance(item, _TrackEnded):
                 lesson = self._session.lesson
                 if lesson is not None and self.participant_id is not None:
@@ -189,6 +217,10 @@ class ParticipantConnection:
             await self._apply(list(effects))
 
     async def _deliver_to_self(self, message: p.ServerMessage) -> None:
+        if isinstance(message, p.SubscribeOffer):
+            # Ahead of the answer in the inbox, whatever the client's pace.
+            with contextlib.suppress(asyncio.QueueFull):
+                self._inbox.put_nowait(_OfferSent())
         self._send(message)
 
     def _send(self, message: p.ServerMessage) -> None:

@@ -56,6 +56,8 @@ class ServerState:
             ),
             on_track_ended=self._track_ended,
             forwarding=settings.forwarding,
+            on_negotiation_timeout=self._negotiation_timed_out,
+            negotiation_timeout=settings.negotiation_timeout,
         )
         self.webhooks = Webhooks(
             WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)
@@ -90,6 +92,11 @@ class ServerState:
         connection = self.connections.get(participant_id)
         if connection is not None:
             connection.post_track_ended(track_id)
+
+    def _negotiation_timed_out(self, participant_id: str) -> None:
+        connection = self.connections.get(participant_id)
+        if connection is not None:
+            connection.post_negotiation_failed()
 
     async def shutdown(self) -> None:
         """Tell every participant, close every peer connection; refuse new joins."""

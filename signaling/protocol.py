@@ -16,7 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SDP_CHARS = 60_000
-MAX_TRACKS_PER_OFFER = 8
+# A participant publishes at most a camera, a microphone, a screen and its sound; a
+# publish offer may hold a few more sections (stopped ones, before a client reuses them).
+MAX_PUBLISHED_TRACKS = 4
+MAX_PUBLISH_MLINES = 16
 
 Source = Literal["camera", "microphone", "screen", "screen_audio"]
 Kind = Literal["audio", "video"]
@@ -64,7 +67,7 @@ class PublishOffer(_Message):
 
     type: Literal["publish_offer"] = "publish_offer"
     sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
-    tracks: list[PublishedTrackSpec] = Field(max_length=MAX_TRACKS_PER_OFFER)
+    tracks: list[PublishedTrackSpec] = Field(max_length=MAX_PUBLISH_MLINES)
 
 
 class SubscribeAnswer(_Message):
@@ -452,6 +455,7 @@ ByeReason = Literal[
     "denied",
     "locked",
     "lesson_ended",
+    "negotiation_failed",
 ]
 
 

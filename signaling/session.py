@@ -143,6 +143,9 @@ class SignalingSession:
 
     # Consecutive refused messages (rate limit) after which the socket is closed.
     MAX_CONSECUTIVE_DROPS = 100
+    # Replies the server asked for (subscribe offers awaiting an answer) that may pass
+    # an empty rate-limit bucket: the server, not the client, set their pace.
+    MAX_SOLICITED = 2
 
     def __init__(
         self,
@@ -159,12 +162,16 @@ class SignalingSession:
         self._registry = registry
         self._bucket = TokenBucket(rate_per_second, burst)
         self._drops = 0
+        self._solicited = 0
 
     def receive_text(self, data: str | bytes, now: float) -> list[SessionEffect]:
         """Handle one frame from the client."""
         if self.state is SessionState.CLOSED:
             return []
         if not self._bucket.take(now):
+            if self._solicited:
+                self._solicited -= 1
+                return self._receive(data)
             self._drops += 1
             if self._drops >= self.MAX_CONSECUTIVE_DROPS:
                 return self._close("flood", "too many messages; the connection was closed")
@@ -178,6 +185,14 @@ class SignalingSession:
                     )
                 ]
             return []
+        return self._receive(data)
+
+    def answer_expected(self) -> None:
+        """The server sent this client an offer: its answer must not be rate limited
+        away (the server would wait for it forever)."""
+        self._solicited = min(self._solicited + 1, self.MAX_SOLICITED)
+
+    def _receive(self, data: str | bytes) -> list[SessionEffect]:
         self._drops = 0
         try:
             message = p.parse_client_message(data)

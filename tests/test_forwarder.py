@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import av
-import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.forwarder import VIDEO_QUEUE_FRAMES, TrackForwarder
@@ -129,27 +128,46 @@ async def test_a_subscriber_that_overflows_skips_to_the_next_keyframe() -> None:
     await forwarder.stop()
 
 
-async def test_the_publisher_ending_ends_every_subscriber() -> None:
+async def test_the_publisher_ending_is_reported_and_detaches_every_subscriber() -> None:
     source, forwarder, _, ended, _ = make("audio")
     subscribers = [forwarder.add_subscriber() for _ in range(3)]
+    source.queue.put_nowait(packet(0, True))
+    await settle(source)
     source.queue.put_nowait(None)
-    for subscriber in subscribers:
-        with pytest.raises(MediaStreamError):
-            await subscriber.recv()
+    await asyncio.wait_for(forwarder._task, 5)  # type: ignore[arg-type]
     assert ended == ["t1"]
     assert forwarder.subscriber_count == 0
+    # Their tracks stay open (their transceivers may carry another track) and hold
+    # nothing of the ended one.
+    for subscriber in subscribers:
+        assert subscriber.readyState == "live" and subscriber._queue.empty()
 
 
-async def test_stop_ends_subscribers_without_reporting_an_end() -> None:
+async def test_stop_detaches_subscribers_without_reporting_an_end() -> None:
     _, forwarder, _, ended, _ = make("audio")
-    subscriber = forwarder.add_subscriber()
+    forwarder.add_subscriber()
     await forwarder.stop()
-    with pytest.raises(MediaStreamError):
-        await subscriber.recv()
-    assert ended == []
-    late = forwarder.add_subscriber()
-    with pytest.raises(MediaStreamError):
-        await late.recv()
+    assert ended == [] and forwarder.subscriber_count == 0
+    forwarder.add_subscriber()
+    assert forwarder.subscriber_count == 0  # a stopped forwarder takes nobody
+
+
+async def test_a_subscriber_track_carries_the_next_forwarder_after_a_rebind() -> None:
+    first_source, first, _, _, _ = make()
+    track = first.add_subscriber()
+    first_source.queue.put_nowait(packet(1, True))
+    assert (await track.recv()).pts == 1
+    await first.stop()
+    second_source, second, second_requests, _, _ = make()
+    track.rebind(second)
+    second._add(track)
+    await second_requests.event.wait()  # the new track is asked for a keyframe
+    second_source.queue.put_nowait(packet(7, False))
+    second_source.queue.put_nowait(packet(8, True))
+    assert (await track.recv()).pts == 8  # it starts on the new track's keyframe
+    track.stop()
+    assert second.subscriber_count == 0
+    await second.stop()
 
 
 async def test_a_subscriber_that_stops_is_detached() -> None:

@@ -161,3 +161,20 @@ def test_disconnect_leaves_and_forgets_an_empty_lesson(registry: InMemoryLessonR
     s.disconnected("closed")
     assert registry.lessons() == []
     assert s.state is SessionState.CLOSED
+
+
+def test_answers_the_server_asked_for_pass_an_empty_bucket(
+    registry: InMemoryLessonRegistry,
+) -> None:
+    """A subscriber answers every offer; the server sets that pace, so an answer it
+    asked for is never rate limited away (the server would wait for it forever)."""
+    s = session(registry)
+    s.receive_text(join_text(Role.STUDENT), now=0.0)
+    for _ in range(60):
+        s.receive_text('{"v":1,"type":"ping"}', now=0.0)  # the bucket is empty now
+    for _ in range(3):
+        s.answer_expected()
+    passed = [replies(s.receive_text('{"v":1,"type":"ping"}', now=0.0)) for _ in range(3)]
+    # At most MAX_SOLICITED are owed, however many offers were sent.
+    assert passed[: SignalingSession.MAX_SOLICITED] == [[p.Pong()]] * SignalingSession.MAX_SOLICITED
+    assert passed[SignalingSession.MAX_SOLICITED][0].code == "rate_limited"  # type: ignore[union-attr]

@@ -292,3 +292,97 @@ async def test_h264_is_forwarded_when_the_publisher_offers_only_h264(
     assert "H264" in (room.subscribe_pc.remoteDescription.sdp or "")
     metrics = sfu_metrics(server)
     assert metrics["frames_decoded"] == 0 and metrics["frames_encoded"] == 0
+
+
+def media_sections(sdp: str) -> int:
+    return sum(1 for line in sdp.splitlines() if line.startswith("m="))
+
+
+async def test_a_participant_stays_while_a_hundred_publishers_come_and_go(
+    server: RunningServer, clients: Any
+) -> None:
+    """aiortc never reuses an m-line: unless the SFU does, the subscribe SDP grows with
+    every track that ever came and went, until it no longer fits a message."""
+    room = await clients("Room", Role.CLASSROOM, "churn")
+    offers: list[int] = []
+    original = room._answer_subscribe_offer
+
+    async def counting(message: dict[str, Any]) -> None:
+        offers.append(media_sections(message["sdp"]))
+        await original(message)
+
+    room._answer_subscribe_offer = counting  # type: ignore[method-assign]
+    for number in range(100):
+        guest = LessonClient(server.ws, server.token(f"G{number}", Role.EXPERT, lesson="churn"))
+        await guest.connect()
+        offered = room.wait_for(
+            lambda m, g=guest: (
+                m["type"] == "subscribe_offer"
+                and any(t["participant_id"] == g.participant_id for t in m["tracks"])
+            )
+        )
+        await guest.publish(camera_and_microphone())
+        await offered
+        if number % 25 == 0:  # now and then, media really flows on a reused m-line
+            await room.wait_track(guest.participant_id or "", "video")
+        left = room.wait_for(lambda m: m["type"] == "participant_left")
+        await guest.close()
+        await left
+    last = await clients("Last", Role.EXPERT, "churn")
+    await last.publish(camera_and_microphone())
+    for kind in ("video", "audio"):
+        track = await room.wait_track(last.participant_id or "", kind)
+        await room.wait_frames(track, 5)
+    assert not room.errors
+    # At most a guest's two tracks plus two being freed at any time: bounded, not 200.
+    assert max(offers) <= 4, offers
+
+
+async def test_a_publish_offer_with_more_media_sections_than_allowed_is_refused(
+    server: RunningServer, clients: Any
+) -> None:
+    teacher = await clients("Ms T", Role.TEACHER, "m-lines")
+    room = await clients("Room", Role.CLASSROOM, "m-lines")
+    sources: list[p.Source] = ["camera", "microphone", "screen", "screen_audio"]
+    tracks = [
+        (PatternVideoTrack() if n % 2 == 0 else ToneAudioTrack(), sources[n % 4])
+        for n in range(p.MAX_PUBLISHED_TRACKS + 1)
+    ]
+    refused = await teacher.publish(tracks)  # type: ignore[arg-type]
+    assert refused["type"] == "error" and refused["code"] == "too_many_tracks"
+    assert str(p.MAX_PUBLISHED_TRACKS) in refused["message"]
+    assert sfu_metrics(server)["forwarded_tracks"] == 0 or not any(
+        t.participant_id == teacher.participant_id for t in room.received.values()
+    )
+    # The socket and the lesson go on: the same participant publishes what it may.
+    allowed = LessonClient(server.ws, server.token("Ms T", Role.TEACHER, lesson="m-lines"))
+    await allowed.connect()
+    assert (await allowed.publish(camera_and_microphone()))["type"] == "publish_answer"
+    await room.wait_track(allowed.participant_id or "", "video")
+    await allowed.close()
+
+
+async def test_a_subscribe_offer_left_unanswered_closes_that_connection_only(
+    tmp_path: Path,
+) -> None:
+    own = start_server(tmp_path, "--negotiation-timeout", "1")
+    try:
+        teacher = LessonClient(own.ws, own.token("T", Role.TEACHER, lesson="mute-client"))
+        silent = LessonClient(own.ws, own.token("S", Role.CLASSROOM, lesson="mute-client"))
+        room = LessonClient(own.ws, own.token("R", Role.CLASSROOM, lesson="mute-client"))
+        for client in (teacher, silent, room):
+            await client.connect()
+
+        async def never_answer(message: dict[str, Any]) -> None:
+            return None
+
+        silent._answer_subscribe_offer = never_answer  # type: ignore[method-assign]
+        bye = silent.wait_for(lambda m: m["type"] == "bye", timeout=15)
+        await teacher.publish(camera_and_microphone())
+        assert (await bye)["reason"] == "negotiation_failed"
+        video = await room.wait_track(teacher.participant_id or "", "video")
+        await room.wait_frames(video, 5)  # everyone else goes on
+        for client in (teacher, silent, room):
+            await client.close()
+    finally:
+        stop_server(own)
