@@ -19,8 +19,52 @@ from media.client import LessonClient
 from signaling.permissions import Role
 from signaling.tokens import mint_token
 
+from .conformance import Conformance, install
+
 SECRET = "test-secret-" + "x" * 40
 ADMIN_KEY = "test-admin-key-" + "k" * 40
+
+
+# Every server message a test receives is validated against docs/protocol.schema.json.
+CONFORMANCE = Conformance.load()
+_undo_conformance: list[Any] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _undo_conformance.append(install(CONFORMANCE))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _undo_conformance:
+        _undo_conformance.pop()()
+
+
+@pytest.fixture(autouse=True)
+def _server_messages_conform() -> Iterator[None]:
+    """Fail the test during which the server sent a message the schema does not allow."""
+    before = len(CONFORMANCE.violations)
+    yield
+    found = CONFORMANCE.violations[before:]
+    assert not found, "\n".join(found)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A check that silently checked nothing would be worse than none: if sockets
+    # were opened to /ws, messages must have been validated.
+    if CONFORMANCE.sockets and not CONFORMANCE.validated:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(
+            f"\n{CONFORMANCE.sockets} signalling sockets were opened "
+            "but no server message was validated against docs/protocol.schema.json"
+        )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    kinds = ", ".join(f"{name} {count}" for name, count in sorted(CONFORMANCE.by_type.items()))
+    terminalreporter.write_line(
+        f"protocol conformance: {CONFORMANCE.validated} server messages on "
+        f"{CONFORMANCE.sockets} sockets matched docs/protocol.schema.json ({kinds})"
+    )
 
 
 @dataclass
