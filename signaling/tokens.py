@@ -7,11 +7,15 @@ school. Nothing a client sends later can change those.
 
 from __future__ import annotations
 
+import binascii
+import json
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
+from jwt.utils import base64url_decode
 
 from .permissions import Role
 
@@ -89,10 +93,44 @@ def mint_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _refuse_duplicate_keys(token: str) -> None:
+    """Refuse a header or payload that repeats a key, as the protocol refuses messages.
+
+    PyJWT's JSON decoding keeps the last of repeated keys, so ``{"role":"student",
+    "role":"teacher"}`` would mean whatever a reader's parser picks. Anything else
+    wrong with the segments is left to PyJWT, which names it.
+    """
+    for segment in token.split(".")[:2]:
+        try:
+            json.loads(base64url_decode(segment), object_pairs_hook=_no_duplicates)
+        except _DuplicateKey as exc:
+            raise TokenError(
+                f"the join link is not valid (duplicate key {exc.key!r} in the token)"
+            ) from None
+        except (ValueError, binascii.Error, RecursionError):
+            return
+
+
 def verify_token(secret: bytes, token: str) -> Grant:
     """Check a token's signature, expiry and fields; raise ``TokenError`` with a reason."""
     if not isinstance(token, str) or not token:
         raise TokenError("no join token was given")
+    _refuse_duplicate_keys(token)
     try:
         claims = jwt.decode(
             token,

@@ -116,6 +116,17 @@ async def test_bad_tokens_are_refused_with_a_reason(
     await expect_refusal(ws, words)
 
 
+async def test_a_token_repeating_a_key_is_refused(connect: Any) -> None:
+    from .test_tokens import HEADER, payload, signed
+
+    claims = payload('"role":"student"', '"role":"teacher"').replace("maths-7", "app-1")
+    ws = await connect()
+    await ws.send(
+        json.dumps({"v": 1, "type": "join", "token": signed(HEADER, claims, SECRET.encode())})
+    )
+    await expect_refusal(ws, "duplicate key 'role'")
+
+
 async def test_a_token_for_another_lesson_is_refused(connect: Any) -> None:
     ws = await connect()
     await ws.send(json.dumps({"v": 1, "type": "join", "token": token(), "lesson": "other"}))
