@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 
 from . import manage
+from .arguments import add_link_lifetime_arg, duration
 from .config import (
     DEFAULT_DATA_DIR,
     Settings,
@@ -31,14 +31,6 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 def _env_list(name: str) -> list[str]:
     value = os.environ.get(name, "")
     return [item.strip() for item in value.split(",") if item.strip()]
-
-
-def _duration(text: str) -> int:
-    """``90``, ``90s``, ``30m``, ``4h`` or ``2d`` as seconds."""
-    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad duration {text!r} (use 90, 30m, 4h or 2d)")
-    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 def _add_secret_args(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("LCO_IDLE_TIMEOUT", "45")),
         help="seconds of silence after which a socket is closed (default 45)",
     )
+    add_link_lifetime_arg(serve)
     serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
 
     token = commands.add_parser("token", help="mint a signed join link")
@@ -137,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", required=True)
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
     token.add_argument("--school", default="")
-    token.add_argument("--ttl", type=_duration, default="4h", help="validity, e.g. 90m or 4h")
+    token.add_argument("--ttl", type=duration, default="4h", help="validity, e.g. 90m or 4h")
     token.add_argument(
         "--url", default=os.environ.get("LCO_PUBLIC_URL", DEFAULT_URL), help="server address"
     )
@@ -154,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="test-pattern",
         help="'test-pattern' (moving bars and a tone), 'none', or a media file to play",
     )
-    publish.add_argument("--duration", type=_duration, default=None, help="stop after this long")
+    publish.add_argument("--duration", type=duration, default=None, help="stop after this long")
     publish.add_argument(
         "--ice-host",
         action="append",
@@ -187,6 +180,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         allowed_origins=tuple(origins),
         join_timeout=args.join_timeout,
         idle_timeout=args.idle_timeout,
+        max_link_lifetime=args.max_link_lifetime,
         forwarding=args.forwarding,
         admin_key=resolve_admin_key(args.admin_key, args.data_dir),
         public_url=args.public_url,

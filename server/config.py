@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from .links import DEFAULT_MAX_LINK_LIFETIME
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,16 @@ class Settings:
     webhook_secret: bytes = b""
     join_timeout: float = 10.0
     idle_timeout: float = 45.0
+    # Seconds: no join link the server mints lives longer, whatever the lesson says.
+    max_link_lifetime: int = DEFAULT_MAX_LINK_LIFETIME
+
+
+def parse_duration(text: str) -> int:
+    """``90``, ``90s``, ``30m``, ``4h`` or ``2d`` as seconds; raises ``ValueError``."""
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not match:
+        raise ValueError(f"bad duration {text!r} (use 90, 30m, 4h or 2d)")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 def parse_ice_server(spec: str) -> IceServerConfig:

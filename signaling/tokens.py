@@ -23,6 +23,8 @@ ALGORITHM = "HS256"
 ISSUER = "lco-classroom"
 # Minimum secret length: HS256 keys shorter than the hash output are weak.
 MIN_SECRET_BYTES = 32
+# One limit for every name that travels in a token: the catalogue's teacher and
+# endpoint names and the API's link names are checked with check_name too.
 MAX_NAME_LENGTH = 80
 MAX_ID_LENGTH = 64
 
@@ -49,11 +51,25 @@ class Grant:
     headcount: int | None = None
 
 
-def _check_identifier(field: str, value: str) -> None:
+def check_identifier(field: str, value: str) -> None:
+    """A lesson or school id as tokens carry it; raises ``ValueError`` naming ``field``."""
     if not value or len(value) > MAX_ID_LENGTH:
         raise ValueError(f"{field} must be 1 to {MAX_ID_LENGTH} characters")
     if not all(c.isalnum() or c in "-_." for c in value):
         raise ValueError(f"{field} may contain only letters, digits, '-', '_' and '.'")
+
+
+def check_name(name: str) -> str:
+    """A display name as tokens carry it (not blank, at most 80 characters).
+
+    Returns it unchanged; raises ``ValueError``. A pydantic validator as well, so
+    that the catalogue and the API refuse what a token could not carry.
+    """
+    if not name.strip():
+        raise ValueError("must not be blank")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"must be at most {MAX_NAME_LENGTH} characters")
+    return name
 
 
 def mint_token(
@@ -68,11 +84,13 @@ def mint_token(
     headcount: int | None = None,
 ) -> str:
     """Sign a join token for one participant. Raises ``ValueError`` on bad fields."""
-    _check_identifier("lesson", lesson)
+    check_identifier("lesson", lesson)
     if school:
-        _check_identifier("school", school)
-    if not name.strip() or len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"name must be 1 to {MAX_NAME_LENGTH} characters")
+        check_identifier("school", school)
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise ValueError(f"name {exc}") from None
     if ttl_seconds <= 0:
         raise ValueError("ttl must be positive")
     if headcount is not None and not 0 <= headcount <= 1000:
@@ -155,7 +173,7 @@ def verify_token(secret: bytes, token: str) -> Grant:
         headcount = claims.get("headcount")
         if headcount is not None and not isinstance(headcount, int):
             raise ValueError("headcount")
-        _check_identifier("lesson", lesson)
+        check_identifier("lesson", lesson)
     except (KeyError, ValueError):
         raise TokenError("the join link is not valid (missing or bad fields)") from None
     return Grant(
