@@ -23,6 +23,7 @@ from .config import (
     resolve_admin_key,
     resolve_secret,
     resolve_webhook_secret,
+    secure_data_dir,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -199,6 +200,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # aioice logs every ICE check at INFO: keep operators' logs readable.
     logging.getLogger("aioice").setLevel(logging.WARNING)
+    secure_data_dir(args.data_dir)
     settings = settings_from_args(args)
     run_server(settings, log_level=args.log_level)
     return 0

@@ -24,6 +24,7 @@ from pydantic import (
 
 from .lesson import LessonSettings
 from .permissions import ChatPolicy
+from .private_files import open_database
 from .tokens import MAX_NAME_LENGTH, check_name
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -167,10 +168,7 @@ class Catalogue:
     """The SQLite-backed catalogue."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_database(path, check_same_thread=False)
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
