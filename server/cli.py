@@ -25,6 +25,7 @@ from .config import (
     resolve_webhook_secret,
     secure_data_dir,
 )
+from .http_limits import ConnectionLimits
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -123,6 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(os.environ.get("LCO_IDLE_TIMEOUT", "45")),
         help="seconds of silence after which a socket is closed (default 45)",
     )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=float(os.environ.get("LCO_HEADER_TIMEOUT", "10")),
+        help="seconds a connection has to send a whole request head (default 10)",
+    )
+    serve.add_argument(
+        "--keep-alive-timeout",
+        type=int,
+        default=int(os.environ.get("LCO_KEEP_ALIVE_TIMEOUT", "5")),
+        help="seconds an idle HTTP connection is kept open between requests (default 5)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(os.environ.get("LCO_MAX_CONNECTIONS", "1000")),
+        help="open connections (HTTP and WebSocket) beyond which new ones get 503 (default 1000)",
+    )
+    serve.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=int(os.environ.get("LCO_MAX_CONNECTIONS_PER_ADDRESS", "200")),
+        help="open connections from one client address beyond which new ones get 503; "
+        "0: no limit (behind a reverse proxy all clients share its address) (default 200)",
+    )
     add_link_lifetime_arg(serve)
     serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
 
@@ -182,6 +208,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         join_timeout=args.join_timeout,
         idle_timeout=args.idle_timeout,
         max_link_lifetime=args.max_link_lifetime,
+        connection_limits=ConnectionLimits(
+            header_timeout=args.header_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
+            max_connections=args.max_connections,
+            max_connections_per_address=args.max_connections_per_address,
+        ),
         forwarding=args.forwarding,
         admin_key=resolve_admin_key(args.admin_key, args.data_dir),
         public_url=args.public_url,

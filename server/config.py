@@ -6,12 +6,13 @@ import logging
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from signaling.private_files import create_private_file, tighten
 
+from .http_limits import ConnectionLimits
 from .links import DEFAULT_MAX_LINK_LIFETIME
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Settings:
     idle_timeout: float = 45.0
     # Seconds: no join link the server mints lives longer, whatever the lesson says.
     max_link_lifetime: int = DEFAULT_MAX_LINK_LIFETIME
+    # Request-head and keep-alive timeouts, connections in all and per address.
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def parse_duration(text: str) -> int:

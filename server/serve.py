@@ -13,6 +13,7 @@ from signaling.protocol import MAX_MESSAGE_BYTES
 
 from .app import create_app
 from .config import Settings
+from .http_limits import guarded_http_protocol, open_file_limit_warning
 from .state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,12 @@ def raise_open_file_limit(wanted: int = 65536) -> int:
 
 def run_server(settings: Settings, log_level: str = "info") -> None:
     """Serve until SIGINT or SIGTERM."""
-    limit = raise_open_file_limit()
-    logger.info("open file limit: %d", limit)
+    limits = settings.connection_limits
+    open_files = raise_open_file_limit()
+    logger.info("open file limit: %d", open_files)
+    warning = open_file_limit_warning(open_files, limits.max_connections)
+    if warning:
+        logger.warning(warning)
     # Process-wide: every aiortc receiver in this process yields encoded frames.
     hooks.install_forwarding_hooks()
     hooks.set_host_addresses(settings.ice_host_addresses)
@@ -65,6 +70,9 @@ def run_server(settings: Settings, log_level: str = "info") -> None:
         ws_ping_timeout=20,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # uvicorn's h11 protocol with a request-head deadline and connection limits.
+        http=guarded_http_protocol(limits),
+        timeout_keep_alive=limits.keep_alive_timeout,
     )
     logger.info("LCO Classroom listening on http://%s:%d", settings.host, settings.port)
     _LessonServer(config, app.state.lco).run()

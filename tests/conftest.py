@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,8 +117,13 @@ def free_port() -> int:
         return port
 
 
-def start_server(tmp: Path, *extra: str) -> RunningServer:
-    """Start ``lco serve`` and wait until /healthz answers (or the process dies)."""
+def start_server(
+    tmp: Path, *extra: str, preexec_fn: Callable[[], None] | None = None
+) -> RunningServer:
+    """Start ``lco serve`` and wait until /healthz answers (or the process dies).
+
+    ``preexec_fn`` runs in the child before it starts (to lower a resource limit).
+    """
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     log = log_path.open("wb")
@@ -140,6 +145,7 @@ def start_server(tmp: Path, *extra: str) -> RunningServer:
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
+        preexec_fn=preexec_fn,
     )
     server = RunningServer(process, port, tmp / "data", log_path)
     # Poll the health endpoint: the event we wait for is "the server answers".
