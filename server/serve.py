@@ -65,6 +65,12 @@ def run_server(settings: Settings, log_level: str = "info") -> None:
         # Frames up to 1 MiB reach our parser, which answers oversized messages
         # with an error naming the limit; larger frames close the socket (1009).
         ws_max_size=16 * MAX_MESSAGE_BYTES,
+        # No permessage-deflate: a compressed frame inflates about 1000 times before
+        # any size check, so a student's 1 KiB frames cost the server 1 MiB each and
+        # stalled every lesson. Bounding inflation at 64 KiB was measured too: an
+        # attacker then sends 100-byte frames of 64 KiB with the same effect
+        # (docs/security.md). Signalling messages are small; bandwidth is cheap.
+        ws_per_message_deflate=False,
         # Our own keep-alive (ping messages) decides when a participant is gone.
         ws_ping_interval=20,
         ws_ping_timeout=20,

@@ -207,6 +207,29 @@ async def test_a_frame_over_a_mebibyte_closes_only_that_socket(connect: Any) -> 
     assert (await receive(other))["type"] == "pong"
 
 
+async def test_the_socket_does_not_agree_to_compression(
+    connect: Any, app_server: RunningServer
+) -> None:
+    # Compressed frames inflate about 1000 times before any size check (one student
+    # made /healthz take seconds): the server does not negotiate permessage-deflate.
+    ws = await connect()
+    assert ws.response is not None
+    assert "sec-websocket-extensions" not in ws.response.headers
+    await join(ws, token(lesson="deflate"))
+    other = await connect()
+    await join(other, token(lesson="deflate", name="O"))
+    # A compressed frame sent anyway (RSV1 set) is a protocol error: that socket closes.
+    writer = ws.transport
+    writer.write(b"\xc1\x85\x00\x00\x00\x00" + b"\xab\xa8\x00\x00\x00")
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await ws.recv()
+    assert ws.close_code == 1002
+    assert (await receive(other))["type"] == "participant_left"
+    await other.send('{"v":1,"type":"ping"}')
+    assert (await receive(other))["type"] == "pong"
+
+
 async def test_a_bad_sdp_offer_is_refused_and_the_session_goes_on(connect: Any) -> None:
     ws = await connect()
     await join(ws, token(lesson="bad-sdp"))
