@@ -149,6 +149,9 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
         raise ApiError(400, f"body is not valid JSON ({exc.msg})") from None
     except RecursionError:
         raise ApiError(400, "body is nested too deeply") from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits.
+        raise ApiError(400, "body holds a number too long") from None
     if not isinstance(data, dict):
         raise ApiError(400, "body must be a JSON object")
     try:

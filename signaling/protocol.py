@@ -625,6 +625,9 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
         raise ProtocolError("malformed_json", f"message is not valid JSON ({exc.msg})") from None
     except RecursionError:
         raise ProtocolError("malformed_json", "message is nested too deeply") from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits.
+        raise ProtocolError("malformed_json", "message holds a number too long") from None
     if not isinstance(raw, dict):
         raise ProtocolError("malformed_message", "message must be a JSON object")
     version = raw.get("v")

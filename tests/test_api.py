@@ -302,8 +302,9 @@ def test_a_huge_body_is_refused_without_reading_it_whole(
         (b"[" * 100_000, "nested too deeply"),
         (b'{"name": "\xff\xfe"}', "UTF-8"),
         (b'{"name": "a", "name": "b"}', "duplicate key 'name'"),
+        (b'{"name": ' + b"9" * 5000 + b"}", "number too long"),
     ],
-    ids=["nested", "not-utf-8", "duplicate-key"],
+    ids=["nested", "not-utf-8", "duplicate-key", "huge-number"],
 )
 def test_bodies_that_used_to_crash_are_refused_with_400(
     api_server: RunningServer, body: bytes, words: str

@@ -105,3 +105,10 @@ def test_server_messages_carry_every_documented_key_even_when_null() -> None:
     )
     joined = json.loads(p.encode_server_message(p.ParticipantJoined(participant=someone)))
     assert joined["participant"]["group"] is None
+
+
+def test_a_number_too_long_to_convert_is_malformed_json_not_a_crash() -> None:
+    # Found by tests/test_fuzz.py: Python refuses ints of more than 4300 digits
+    # with a plain ValueError, which escaped the parser and ended the connection.
+    error = parse_error('{"v":1,"type":"ping","n":' + "1" * 5000 + "}")
+    assert error.code == "malformed_json" and "number" in error.message
