@@ -385,7 +385,8 @@ def _attacker_process(
 
 def slow_headers(args: argparse.Namespace) -> dict[str, Any]:
     with running(args.source_dir, args.server_arg, args.fd_limit) as server:
-        teacher = websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}/ws")
+        # Entered by hand: it stays open across the whole measurement.
+        teacher = websockets.sync.client.connect(f"ws://127.0.0.1:{server.port}/ws").__enter__()
         teacher.send(json.dumps({"v": 1, "type": "join", "token": server.token("T", Role.TEACHER)}))
         assert json.loads(teacher.recv(5))["type"] == "welcome"
         sockets: list[socket.socket] = []

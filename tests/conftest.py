@@ -30,6 +30,22 @@ CONFORMANCE = Conformance.load()
 _undo_conformance: list[Any] = []
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        help="tests/test_fuzz.py: 10,000 cases with a random seed instead of 1,000 fixed",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--fuzz-long"):
+        # 10,000 fuzz cases take minutes; every other test keeps the short timeout.
+        for item in items:
+            if item.nodeid.startswith("tests/test_fuzz.py"):
+                item.add_marker(pytest.mark.timeout(1800))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _undo_conformance.append(install(CONFORMANCE))
 
