@@ -2,8 +2,9 @@
 
 Every route needs credentials: the operator's admin key, or (for one lesson's own
 routes) a teacher's join token for that lesson, as ``Authorization: Bearer ...``.
-Bodies are validated by the pydantic models in ``signaling.catalogue``; errors
-answer 4xx with a message that names the field.
+Bodies are read as a stream and refused past :data:`MAX_BODY_BYTES` (413), then
+validated by the pydantic models in ``signaling.catalogue``; errors answer 4xx
+with a message that names the field. No input should ever answer 500.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
@@ -31,19 +33,21 @@ from signaling.catalogue import (
     Lesson,
     LessonIn,
     LessonPatch,
-    Name,
+    PersonName,
     School,
     SchoolIn,
 )
 from signaling.permissions import Role
 from signaling.records import LessonEndedRecord
-from signaling.tokens import TokenError, verify_token
+from signaling.tokens import TokenError, check_identifier, verify_token
 
 from .connection import execute_lesson_effect
-from .links import JoinLink, LinkMaker
+from .links import JoinLink, LinkError, LinkMaker
 from .state import ServerState
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+MAX_BODY_BYTES = 256 * 1024
 
 
 class LinkRequest(BaseModel):
@@ -51,16 +55,19 @@ class LinkRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     role: Role
-    names: list[Name] = Field(min_length=1, max_length=500)
+    names: list[PersonName] = Field(min_length=1, max_length=500)
     school: Identifier | None = None
     ttl_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        # Close the connection after answering: the client may still be sending a
+        # body that nobody will read.
+        self.close = close
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +92,8 @@ class Principal:
 
     admin: bool
     lesson: str | None = None
+    # When the teacher token used expires: no link it mints may outlive it.
+    expires_at: int | None = None
 
 
 def _field_error(exc: ValidationError) -> str:
@@ -97,20 +106,67 @@ def _field_error(exc: ValidationError) -> str:
     return f"field {where!r}: {first['msg']}"
 
 
+def _too_large() -> ApiError:
+    return ApiError(413, f"body larger than {MAX_BODY_BYTES // 1024} KiB", close=True)
+
+
+def _check_declared_length(request: Request) -> None:
+    """Refuse at once a body declared too large, before reading any of it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, read as it arrives and abandoned as soon as it passes the limit."""
+    _check_declared_length(request)
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > MAX_BODY_BYTES:
+            raise _too_large()
+    return bytes(received)
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ApiError(400, f"duplicate key {key!r} in the body")
+        result[key] = value
+    return result
+
+
 async def _body(request: Request, model: type[BaseModel]) -> Any:
-    raw = await request.body()
-    if len(raw) > 256 * 1024:
-        raise ApiError(413, "body larger than 256 KiB")
+    raw = await _read_body(request)
     try:
-        data = json.loads(raw or b"null")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "body is not UTF-8 text (JSON must be)") from None
+    try:
+        data = json.loads(text or "null", object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"body is not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise ApiError(400, "body is nested too deeply") from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits.
+        raise ApiError(400, "body holds a number too long") from None
     if not isinstance(data, dict):
         raise ApiError(400, "body must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ApiError(422, _field_error(exc)) from None
+
+
+def _attachment(filename: str) -> str:
+    """Content-Disposition for ``filename`` (RFC 6266): an ASCII fallback for old
+    clients, the exact name percent-encoded as UTF-8 (headers are Latin-1 only)."""
+    fallback = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _json(value: Any, status: int = 200) -> JSONResponse:
@@ -143,16 +199,23 @@ class Api:
             raise ApiError(401, f"credentials refused: {exc.reason}") from None
         if grant.role is not Role.TEACHER:
             raise ApiError(403, "only teachers and the operator may use the API")
-        return Principal(admin=False, lesson=grant.lesson)
+        return Principal(admin=False, lesson=grant.lesson, expires_at=grant.expires_at)
 
     def _admin(self, request: Request) -> None:
         if not self._principal(request).admin:
             raise ApiError(403, "this needs the operator's admin key")
 
-    def _lesson_access(self, request: Request, lesson_id: str) -> None:
+    def _lesson_access(self, request: Request, lesson_id: str) -> Principal:
         principal = self._principal(request)
+        try:
+            # Ids as tokens carry them: no lesson can have another, and the id may
+            # end up in a header (the CSV's file name).
+            check_identifier("path 'lesson_id'", lesson_id)
+        except ValueError as exc:
+            raise ApiError(422, str(exc)) from None
         if not principal.admin and principal.lesson != lesson_id:
             raise ApiError(403, "your token is for another lesson")
+        return principal
 
     # -- communities, schools, endpoints ---------------------------------------
 
@@ -246,28 +309,37 @@ class Api:
 
     # -- links -------------------------------------------------------------------
 
-    def _links(self, request: Request) -> LinkMaker:
-        base = self.state.settings.public_url or str(request.base_url)
-        return LinkMaker(self.catalogue, self.state.settings.secret, base)
+    def _links(self, request: Request, principal: Principal) -> LinkMaker:
+        settings = self.state.settings
+        return LinkMaker(
+            self.catalogue,
+            settings.secret,
+            settings.public_url or str(request.base_url),
+            max_lifetime=settings.max_link_lifetime,
+            not_after=principal.expires_at,
+        )
 
     async def lesson_links(self, request: Request) -> Response:
         """The standard set: teacher, expert guest, one per invited classroom endpoint."""
         lesson_id = request.path_params["lesson_id"]
-        self._lesson_access(request, lesson_id)
-        return _json(self._links(request).standard(lesson_id))
+        principal = self._lesson_access(request, lesson_id)
+        try:
+            return _json(self._links(request, principal).standard(lesson_id))
+        except LinkError as exc:
+            raise ApiError(422, str(exc)) from None
 
     async def create_links(self, request: Request) -> Response:
         """Links for named people of one role (students, co-teachers, delegates...)."""
         lesson_id = request.path_params["lesson_id"]
-        self._lesson_access(request, lesson_id)
+        principal = self._lesson_access(request, lesson_id)
         body: LinkRequest = await _body(request, LinkRequest)
         ttl = body.ttl_minutes * 60 if body.ttl_minutes else None
         try:
-            links = self._links(request).named(
+            links = self._links(request, principal).named(
                 lesson_id, body.role, list(body.names), body.school or "", ttl
             )
-        except ValueError as exc:
-            raise ApiError(422, f"field 'school': {exc}") from None
+        except LinkError as exc:
+            raise ApiError(422, str(exc)) from None
         return _json(links, 201)
 
     # -- attendance --------------------------------------------------------------
@@ -283,7 +355,7 @@ class Api:
             return PlainTextResponse(
                 rows_as_csv(rows),
                 media_type="text/csv",
-                headers={"Content-Disposition": f'attachment; filename="{lesson_id}.csv"'},
+                headers={"Content-Disposition": _attachment(f"{lesson_id}.csv")},
             )
         return JSONResponse(rows_as_json(lesson_id, rows))
 
@@ -429,9 +501,14 @@ class Api:
         def wrap(handler: Handler) -> Handler:
             async def endpoint(request: Request) -> Response:
                 try:
+                    # Every route, with a body or not, refuses one declared too large.
+                    _check_declared_length(request)
                     return await handler(request)
                 except ApiError as exc:
-                    return JSONResponse({"error": exc.message}, status_code=exc.status)
+                    headers = {"Connection": "close"} if exc.close else None
+                    return JSONResponse(
+                        {"error": exc.message}, status_code=exc.status, headers=headers
+                    )
                 except CatalogueError as exc:
                     return JSONResponse({"error": exc.message}, status_code=exc.status)
 

@@ -7,7 +7,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 
 from . import manage
+from .arguments import add_link_lifetime_arg, duration
 from .config import (
     DEFAULT_DATA_DIR,
     Settings,
@@ -23,7 +23,9 @@ from .config import (
     resolve_admin_key,
     resolve_secret,
     resolve_webhook_secret,
+    secure_data_dir,
 )
+from .http_limits import ConnectionLimits
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -31,14 +33,6 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 def _env_list(name: str) -> list[str]:
     value = os.environ.get(name, "")
     return [item.strip() for item in value.split(",") if item.strip()]
-
-
-def _duration(text: str) -> int:
-    """``90``, ``90s``, ``30m``, ``4h`` or ``2d`` as seconds."""
-    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"bad duration {text!r} (use 90, 30m, 4h or 2d)")
-    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 def _add_secret_args(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +131,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a client has to answer a media offer before its connection is "
         "closed to start again (default 15)",
     )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=float(os.environ.get("LCO_HEADER_TIMEOUT", "10")),
+        help="seconds a connection has to send a whole request head (default 10)",
+    )
+    serve.add_argument(
+        "--keep-alive-timeout",
+        type=int,
+        default=int(os.environ.get("LCO_KEEP_ALIVE_TIMEOUT", "5")),
+        help="seconds an idle HTTP connection is kept open between requests (default 5)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(os.environ.get("LCO_MAX_CONNECTIONS", "1000")),
+        help="open connections (HTTP and WebSocket) beyond which new ones get 503 (default 1000)",
+    )
+    serve.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=int(os.environ.get("LCO_MAX_CONNECTIONS_PER_ADDRESS", "200")),
+        help="open connections from one client address beyond which new ones get 503; "
+        "0: no limit (behind a reverse proxy all clients share its address) (default 200)",
+    )
+    add_link_lifetime_arg(serve)
     serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
 
     token = commands.add_parser("token", help="mint a signed join link")
@@ -144,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--name", required=True)
     token.add_argument("--role", required=True, choices=[r.value for r in Role])
     token.add_argument("--school", default="")
-    token.add_argument("--ttl", type=_duration, default="4h", help="validity, e.g. 90m or 4h")
+    token.add_argument("--ttl", type=duration, default="4h", help="validity, e.g. 90m or 4h")
     token.add_argument(
         "--url", default=os.environ.get("LCO_PUBLIC_URL", DEFAULT_URL), help="server address"
     )
@@ -161,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="test-pattern",
         help="'test-pattern' (moving bars and a tone), 'none', or a media file to play",
     )
-    publish.add_argument("--duration", type=_duration, default=None, help="stop after this long")
+    publish.add_argument("--duration", type=duration, default=None, help="stop after this long")
     publish.add_argument(
         "--ice-host",
         action="append",
@@ -195,6 +215,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         join_timeout=args.join_timeout,
         idle_timeout=args.idle_timeout,
         negotiation_timeout=args.negotiation_timeout,
+        max_link_lifetime=args.max_link_lifetime,
+        connection_limits=ConnectionLimits(
+            header_timeout=args.header_timeout,
+            keep_alive_timeout=args.keep_alive_timeout,
+            max_connections=args.max_connections,
+            max_connections_per_address=args.max_connections_per_address,
+        ),
         forwarding=args.forwarding,
         admin_key=resolve_admin_key(args.admin_key, args.data_dir),
         public_url=args.public_url,
@@ -213,6 +240,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # aioice logs every ICE check at INFO: keep operators' logs readable.
     logging.getLogger("aioice").setLevel(logging.WARNING)
+    secure_data_dir(args.data_dir)
     settings = settings_from_args(args)
     run_server(settings, log_level=args.log_level)
     return 0

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
-import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from signaling.private_files import create_private_file, tighten
+
+from .http_limits import ConnectionLimits
+from .links import DEFAULT_MAX_LINK_LIFETIME
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,29 @@ class Settings:
     # Seconds a subscribe offer waits for the client's answer before the client's
     # connection is closed (it reconnects and starts its media again).
     negotiation_timeout: float = 15.0
+    # Seconds: no join link the server mints lives longer, whatever the lesson says.
+    max_link_lifetime: int = DEFAULT_MAX_LINK_LIFETIME
+    # Request-head and keep-alive timeouts, connections in all and per address.
+    connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+
+
+def parse_duration(text: str) -> int:
+    """``90``, ``90s``, ``30m``, ``4h`` or ``2d`` as seconds; raises ``ValueError``."""
+    match = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not match:
+        raise ValueError(f"bad duration {text!r} (use 90, 30m, 4h or 2d)")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """At start: make an existing data directory private (0700, files 0600), and say so."""
+    changed = tighten(data_dir)
+    if changed:
+        logger.warning(
+            "tightened permissions in the data directory %s (now 0700, files 0600): %s",
+            data_dir,
+            ", ".join(changed),
+        )
 
 
 def parse_ice_server(spec: str) -> IceServerConfig:
@@ -73,10 +101,8 @@ def _load_or_create_key(path: Path, what: str) -> str:
         if len(value) < 32:
             raise SystemExit(f"the {what} in {path} is too short (need 32+ characters)")
         return value
-    path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "w") as handle:
+    with os.fdopen(create_private_file(path), "w") as handle:
         handle.write(value + "\n")
     # Say where it is, never what it is.
     logger.warning("no %s was configured; generated a new one in %s", what, path)

@@ -238,6 +238,9 @@ class ParticipantConnection:
                 data = message.get("text")
                 if data is None:
                     data = message.get("bytes") or b""
+                # A frame over the message limit can only be refused: keep no more of
+                # it than shows that, so the inbox holds 256 x 64 KiB, not 256 MiB.
+                data = data[: p.MAX_MESSAGE_BYTES + 1]
                 try:
                     self._inbox.put_nowait(_Frame(data))
                 except asyncio.QueueFull:

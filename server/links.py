@@ -1,4 +1,9 @@
-"""Join links for a scheduled lesson: shared by the HTTP API and ``lco lesson links``."""
+"""Join links for a scheduled lesson: shared by the HTTP API and ``lco lesson links``.
+
+No link lives longer than the server's cap (``--max-link-lifetime``, 7 days by
+default) whatever the lesson's schedule says, nor longer than the token of the
+teacher who asked for it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,16 @@ from pydantic import BaseModel
 from signaling.catalogue import Catalogue
 from signaling.permissions import Role
 from signaling.tokens import mint_token
+
+DEFAULT_MAX_LINK_LIFETIME = 7 * 24 * 3600
+
+
+class LinkError(ValueError):
+    """A link cannot be made; ``field`` names the lesson's or request's field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"field {field!r}: {message}")
+        self.field = field
 
 
 class JoinLink(BaseModel):
@@ -24,17 +39,38 @@ class JoinLink(BaseModel):
 
 
 class LinkMaker:
-    """Mints links for the lessons of one catalogue."""
+    """Mints links for the lessons of one catalogue.
 
-    def __init__(self, catalogue: Catalogue, secret: bytes, base_url: str) -> None:
+    ``max_lifetime`` caps every link (seconds); ``not_after`` (a Unix time) is the
+    expiry of the teacher token the links are minted for, which none outlives.
+    """
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        secret: bytes,
+        base_url: str,
+        max_lifetime: int = DEFAULT_MAX_LINK_LIFETIME,
+        not_after: int | None = None,
+    ) -> None:
         self._catalogue = catalogue
         self._secret = secret
         self._base = base_url.rstrip("/")
+        self._max_lifetime = max_lifetime
+        self._not_after = not_after
 
     def default_ttl(self, lesson_id: str) -> int:
         """Valid until an hour after the scheduled end, and at least an hour from now."""
         lesson = self._catalogue.lesson(lesson_id)
         return max(3600, int(lesson.ends_at.timestamp() - time.time()) + 3600)
+
+    def _lifetime(self, wanted: int, now: int) -> int:
+        lifetime = min(wanted, self._max_lifetime)
+        if self._not_after is not None:
+            lifetime = min(lifetime, self._not_after - now)
+        if lifetime < 1:
+            raise LinkError("authorization", "the token asking for links expires now")
+        return lifetime
 
     def link(
         self,
@@ -45,23 +81,31 @@ class LinkMaker:
         ttl: int,
         endpoint: str | None = None,
         headcount: int | None = None,
+        field: str = "name",
     ) -> JoinLink:
-        """One link."""
-        token = mint_token(
-            self._secret,
-            lesson=lesson_id,
-            name=name,
-            role=role,
-            school=school,
-            ttl_seconds=ttl,
-            headcount=headcount,
-        )
+        """One link, valid for ``ttl`` seconds within the caps; ``field`` names ``name``
+        in a :class:`LinkError` if a token cannot carry it."""
+        now = int(time.time())
+        lifetime = self._lifetime(ttl, now)
+        try:
+            token = mint_token(
+                self._secret,
+                lesson=lesson_id,
+                name=name,
+                role=role,
+                school=school,
+                ttl_seconds=lifetime,
+                now=now,
+                headcount=headcount,
+            )
+        except ValueError as exc:
+            raise LinkError(field, str(exc)) from None
         return JoinLink(
             role=role,
             name=name,
             school=school,
             link=f"{self._base}/join#token={token}",
-            expires_at=int(time.time()) + ttl,
+            expires_at=now + lifetime,
             endpoint=endpoint,
             headcount=headcount,
         )
@@ -71,7 +115,14 @@ class LinkMaker:
         lesson = self._catalogue.lesson(lesson_id)
         ttl = self.default_ttl(lesson_id)
         links = [
-            self.link(lesson_id, Role.TEACHER, lesson.host_teacher, lesson.host_school, ttl),
+            self.link(
+                lesson_id,
+                Role.TEACHER,
+                lesson.host_teacher,
+                lesson.host_school,
+                ttl,
+                field="host_teacher",
+            ),
             self.link(lesson_id, Role.EXPERT, "Guest expert", "", ttl),
         ]
         for school_id in lesson.invited_schools:
@@ -85,6 +136,7 @@ class LinkMaker:
                         ttl,
                         endpoint=endpoint.id,
                         headcount=endpoint.headcount,
+                        field=f"endpoint {endpoint.id!r} name",
                     )
                 )
         return links
@@ -92,9 +144,12 @@ class LinkMaker:
     def named(
         self, lesson_id: str, role: Role, names: list[str], school: str, ttl: int | None
     ) -> list[JoinLink]:
-        """One link per name, for people of one role and school. Raises ``ValueError``."""
+        """One link per name, for people of one role and school. Raises :class:`LinkError`."""
         lesson = self._catalogue.lesson(lesson_id)
         if school and school not in {lesson.host_school, *lesson.invited_schools}:
-            raise ValueError(f"school {school!r} is not invited to this lesson")
+            raise LinkError("school", f"school {school!r} is not invited to this lesson")
         lifetime = ttl or self.default_ttl(lesson_id)
-        return [self.link(lesson_id, role, name, school, lifetime) for name in names]
+        return [
+            self.link(lesson_id, role, name, school, lifetime, field=f"names.{index}")
+            for index, name in enumerate(names)
+        ]

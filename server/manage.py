@@ -28,6 +28,7 @@ from signaling.catalogue import (
 from signaling.permissions import ChatPolicy, Role
 from signaling.sqlite_records import SqliteRecordStore
 
+from .arguments import add_link_lifetime_arg
 from .config import DEFAULT_DATA_DIR, resolve_secret
 from .links import LinkMaker
 
@@ -69,6 +70,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     lesson.add_argument("--chat", choices=[c.value for c in ChatPolicy], default="everyone")
     lesson.add_argument("--students", help="comma-separated student names (links)")
     lesson.add_argument("--url", default="http://127.0.0.1:8080", help="server address (links)")
+    add_link_lifetime_arg(lesson)
 
     attendance = commands.add_parser("attendance", help="export a lesson's attendance")
     attendance.add_argument("--lesson", required=True)
@@ -159,7 +161,12 @@ def _lesson(args: argparse.Namespace, catalogue: Catalogue) -> int:
         return 0
     if not args.lesson:
         raise ValueError("lesson links needs --lesson")
-    maker = LinkMaker(catalogue, resolve_secret(args.secret, args.data_dir), args.url)
+    maker = LinkMaker(
+        catalogue,
+        resolve_secret(args.secret, args.data_dir),
+        args.url,
+        max_lifetime=args.max_link_lifetime,
+    )
     links = maker.standard(args.lesson)
     if args.students:
         names = [n.strip() for n in args.students.split(",") if n.strip()]

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .api import Api
+from .api import MAX_BODY_BYTES, Api
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -80,8 +80,14 @@ def openapi_document(api: Api, version: str) -> dict[str, Any]:
                 "401": error("no credentials, or credentials refused"),
                 "403": error("these credentials may not do this"),
                 "404": error("no such community, school, endpoint or lesson"),
+                "413": error(f"the body is larger than {MAX_BODY_BYTES // 1024} KiB"),
             },
         }
+        if "{lesson_id}" in op.path:
+            operation["responses"]["422"] = error(
+                "the lesson id in the path is not one a lesson can have, or (links) a name "
+                "the lesson gives cannot be carried by a join link"
+            )
         if parameters:
             operation["parameters"] = parameters
         if op.body is not None:

@@ -13,6 +13,7 @@ from signaling.protocol import MAX_MESSAGE_BYTES
 
 from .app import create_app
 from .config import Settings
+from .http_limits import guarded_http_protocol, open_file_limit_warning
 from .state import ServerState
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,12 @@ def raise_open_file_limit(wanted: int = 65536) -> int:
 
 def run_server(settings: Settings, log_level: str = "info") -> None:
     """Serve until SIGINT or SIGTERM."""
-    limit = raise_open_file_limit()
-    logger.info("open file limit: %d", limit)
+    limits = settings.connection_limits
+    open_files = raise_open_file_limit()
+    logger.info("open file limit: %d", open_files)
+    warning = open_file_limit_warning(open_files, limits.max_connections)
+    if warning:
+        logger.warning(warning)
     # Process-wide: every aiortc receiver in this process yields encoded frames.
     hooks.install_forwarding_hooks()
     hooks.set_host_addresses(settings.ice_host_addresses)
@@ -60,11 +65,20 @@ def run_server(settings: Settings, log_level: str = "info") -> None:
         # Frames up to 1 MiB reach our parser, which answers oversized messages
         # with an error naming the limit; larger frames close the socket (1009).
         ws_max_size=16 * MAX_MESSAGE_BYTES,
+        # No permessage-deflate: a compressed frame inflates about 1000 times before
+        # any size check, so a student's 1 KiB frames cost the server 1 MiB each and
+        # stalled every lesson. Bounding inflation at 64 KiB was measured too: an
+        # attacker then sends 100-byte frames of 64 KiB with the same effect
+        # (docs/security.md). Signalling messages are small; bandwidth is cheap.
+        ws_per_message_deflate=False,
         # Our own keep-alive (ping messages) decides when a participant is gone.
         ws_ping_interval=20,
         ws_ping_timeout=20,
         lifespan="on",
         timeout_graceful_shutdown=10,
+        # uvicorn's h11 protocol with a request-head deadline and connection limits.
+        http=guarded_http_protocol(limits),
+        timeout_keep_alive=limits.keep_alive_timeout,
     )
     logger.info("LCO Classroom listening on http://%s:%d", settings.host, settings.port)
     _LessonServer(config, app.state.lco).run()

@@ -12,13 +12,27 @@ import sqlite3
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from .lesson import LessonSettings
 from .permissions import ChatPolicy
+from .private_files import open_database
+from .tokens import MAX_NAME_LENGTH, check_name
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
 Name = Annotated[str, Field(min_length=1, max_length=120)]
+# A person's or a room's name, which join links carry: the token's own rule.
+PersonName = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(check_name)
+]
 
 
 class _Model(BaseModel):
@@ -52,7 +66,7 @@ class EndpointIn(_Model):
     """A classroom endpoint: the room PC that joins for a whole class."""
 
     id: Identifier | None = None
-    name: Name
+    name: PersonName
     headcount: int = Field(ge=0, le=1000, description="students in front of this endpoint")
 
 
@@ -80,14 +94,22 @@ class LessonSettingsModel(_Model):
         )
 
 
+def _utc_if_naive(value: datetime.datetime) -> datetime.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+
+
+StoredDatetime = Annotated[datetime.datetime, AfterValidator(_utc_if_naive)]
+
+
 class LessonIn(_Model):
     id: Identifier | None = None
     community_id: Identifier
     title: Name
-    host_teacher: Name
+    host_teacher: PersonName
     host_school: Identifier
-    starts_at: datetime.datetime
-    ends_at: datetime.datetime
+    # With a time zone: naive and aware times cannot be compared or ordered.
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
     invited_schools: list[Identifier] = Field(default_factory=list, max_length=200)
     settings: LessonSettingsModel = Field(default_factory=lambda: LessonSettingsModel())
 
@@ -102,8 +124,8 @@ class LessonIn(_Model):
 
 class LessonPatch(_Model):
     title: Name | None = None
-    starts_at: datetime.datetime | None = None
-    ends_at: datetime.datetime | None = None
+    starts_at: AwareDatetime | None = None
+    ends_at: AwareDatetime | None = None
     invited_schools: list[Identifier] | None = Field(default=None, max_length=200)
     settings: LessonSettingsModel | None = None
 
@@ -111,6 +133,11 @@ class LessonPatch(_Model):
 class Lesson(LessonIn):
     id: Identifier
     state: Literal["scheduled", "ended"] = "scheduled"
+    # Stored lessons are read back as they were written: names from before names
+    # were limited like tokens, and times without a zone (taken as UTC).
+    host_teacher: Name
+    starts_at: StoredDatetime
+    ends_at: StoredDatetime
 
 
 class CatalogueError(Exception):
@@ -141,10 +168,7 @@ class Catalogue:
     """The SQLite-backed catalogue."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_database(path, check_same_thread=False)
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -245,9 +269,12 @@ class Catalogue:
         if lesson.state == "ended":
             raise CatalogueError(409, "the lesson has ended and cannot be changed")
         changed = lesson.model_copy(update=patch.model_dump(exclude_none=True))
-        merged = Lesson.model_validate(changed.model_dump())
-        if merged.ends_at <= merged.starts_at:
-            raise CatalogueError(422, "ends_at: must be after starts_at")
+        try:
+            merged = Lesson.model_validate(changed.model_dump())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise CatalogueError(422, f"field {where!r}: {first['msg']}") from None
         self._check_lesson_schools(
             merged.community_id, [merged.host_school, *merged.invited_schools]
         )

@@ -37,8 +37,17 @@ class ProtocolError(Exception):
         self.request_type = request_type
 
 
+# Server messages carry every field, null or not (see encode_server_message), so
+# their JSON schema lists fields with defaults as required too.
+_SERVER_MODEL_CONFIG = ConfigDict(
+    extra="forbid", frozen=True, json_schema_serialization_defaults_required=True
+)
+
+
 class _Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, json_schema_serialization_defaults_required=True
+    )
     v: Literal[1] = 1
 
 
@@ -325,7 +334,7 @@ _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 class TrackInfo(BaseModel):
     """A published track as others see it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _SERVER_MODEL_CONFIG
     id: str
     kind: Kind
     source: Source
@@ -334,7 +343,7 @@ class TrackInfo(BaseModel):
 class ParticipantInfo(BaseModel):
     """A participant as others see it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _SERVER_MODEL_CONFIG
     id: str
     name: str
     role: str
@@ -351,7 +360,7 @@ class ParticipantInfo(BaseModel):
 class IceServer(BaseModel):
     """An ICE server the client should use (STUN or TURN)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _SERVER_MODEL_CONFIG
     urls: list[str]
     username: str | None = None
     credential: str | None = None
@@ -416,7 +425,7 @@ class PublishAnswer(_Message):
 class SubscribedTrack(BaseModel):
     """Which remote track an m-line of the subscribe offer carries."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _SERVER_MODEL_CONFIG
     mid: str
     track_id: str
     participant_id: str
@@ -490,7 +499,7 @@ class LobbyUpdated(_Message):
 class LessonState(BaseModel):
     """Lesson-wide state every participant sees."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _SERVER_MODEL_CONFIG
     locked: bool
     spotlight: str | None
     breakout: bool
@@ -521,7 +530,7 @@ class Notice(_Message):
 
 
 class Hand(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _SERVER_MODEL_CONFIG
     participant_id: str
     name: str
     school: str
@@ -538,7 +547,7 @@ class HandsChanged(_Message):
 class ChatEntry(BaseModel):
     """One chat message as delivered and stored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _SERVER_MODEL_CONFIG
     id: int
     from_id: str
     name: str
@@ -620,6 +629,9 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
         raise ProtocolError("malformed_json", f"message is not valid JSON ({exc.msg})") from None
     except RecursionError:
         raise ProtocolError("malformed_json", "message is nested too deeply") from None
+    except ValueError:
+        # Python refuses to convert integers of more than 4300 digits.
+        raise ProtocolError("malformed_json", "message holds a number too long") from None
     if not isinstance(raw, dict):
         raise ProtocolError("malformed_message", "message must be a JSON object")
     version = raw.get("v")
@@ -642,8 +654,12 @@ def parse_client_message(data: str | bytes) -> ClientMessage:
 
 
 def encode_server_message(message: ServerMessage) -> str:
-    """Serialise a server message to the JSON text sent on the socket."""
-    return message.model_dump_json(exclude_none=True)
+    """Serialise a server message to the JSON text sent on the socket.
+
+    Every field is sent, null ones included: ``docs/protocol.md`` and
+    ``docs/protocol.schema.json`` promise each key, and a typed client relies on it.
+    """
+    return message.model_dump_json()
 
 
 def encode_client_message(message: BaseModel) -> str:

@@ -9,11 +9,11 @@ thread only; a write is a fraction of a millisecond on a local disk.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
 from . import protocol as p
+from .private_files import open_database
 from .records import (
     AttendanceEvent,
     AttendanceKind,
@@ -48,10 +48,7 @@ class SqliteRecordStore:
     """Records in ``path`` (created if absent)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_database(path)
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,68 @@ from media.client import LessonClient
 from signaling.permissions import Role
 from signaling.tokens import mint_token
 
+from .conformance import Conformance, install
+
 SECRET = "test-secret-" + "x" * 40
 ADMIN_KEY = "test-admin-key-" + "k" * 40
+
+
+# Every server message a test receives is validated against docs/protocol.schema.json.
+CONFORMANCE = Conformance.load()
+_undo_conformance: list[Any] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-long",
+        action="store_true",
+        help="tests/test_fuzz.py: 10,000 cases with a random seed instead of 1,000 fixed",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--fuzz-long"):
+        # 10,000 fuzz cases take minutes; every other test keeps the short timeout.
+        for item in items:
+            if item.nodeid.startswith("tests/test_fuzz.py"):
+                item.add_marker(pytest.mark.timeout(1800))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _undo_conformance.append(install(CONFORMANCE))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _undo_conformance:
+        _undo_conformance.pop()()
+
+
+@pytest.fixture(autouse=True)
+def _server_messages_conform() -> Iterator[None]:
+    """Fail the test during which the server sent a message the schema does not allow."""
+    before = len(CONFORMANCE.violations)
+    yield
+    found = CONFORMANCE.violations[before:]
+    assert not found, "\n".join(found)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A check that silently checked nothing would be worse than none: if sockets
+    # were opened to /ws, messages must have been validated.
+    if CONFORMANCE.sockets and not CONFORMANCE.validated:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(
+            f"\n{CONFORMANCE.sockets} signalling sockets were opened "
+            "but no server message was validated against docs/protocol.schema.json"
+        )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    kinds = ", ".join(f"{name} {count}" for name, count in sorted(CONFORMANCE.by_type.items()))
+    terminalreporter.write_line(
+        f"protocol conformance: {CONFORMANCE.validated} server messages on "
+        f"{CONFORMANCE.sockets} sockets matched docs/protocol.schema.json ({kinds})"
+    )
 
 
 @dataclass
@@ -73,8 +133,13 @@ def free_port() -> int:
         return port
 
 
-def start_server(tmp: Path, *extra: str) -> RunningServer:
-    """Start ``lco serve`` and wait until /healthz answers (or the process dies)."""
+def start_server(
+    tmp: Path, *extra: str, preexec_fn: Callable[[], None] | None = None
+) -> RunningServer:
+    """Start ``lco serve`` and wait until /healthz answers (or the process dies).
+
+    ``preexec_fn`` runs in the child before it starts (to lower a resource limit).
+    """
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     log = log_path.open("wb")
@@ -96,6 +161,7 @@ def start_server(tmp: Path, *extra: str) -> RunningServer:
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
+        preexec_fn=preexec_fn,
     )
     server = RunningServer(process, port, tmp / "data", log_path)
     # Poll the health endpoint: the event we wait for is "the server answers".

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import select
+import socket
+import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,15 +16,18 @@ import websockets
 from openapi_spec_validator import validate
 
 from signaling.permissions import Role
+from signaling.tokens import verify_token
 
-from .conftest import ADMIN_KEY, RunningServer, start_server, stop_server
+from .conftest import ADMIN_KEY, SECRET, RunningServer, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("api"))
+    running = start_server(tmp_path_factory.mktemp("api"), "--max-link-lifetime", "2d")
     yield running
     stop_server(running)
+    # Bad input gets a 4xx; nothing a client sends may end in a traceback.
+    assert "Traceback" not in running.log()
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +235,210 @@ async def test_links_join_with_their_role_school_and_headcount(
     assert row["name"] == "Room 4" and row["headcount"] == 24 and row["sessions"] == 1
     assert attendance["schools"]["west"]["classroom_headcount"] == 24
     assert ADMIN_KEY not in api_server.log()
+
+
+# -- hardening: bodies, inputs that used to answer 500, link lifetimes ---------------
+
+
+def raw_exchange(server: RunningServer, head: str, body: list[bytes]) -> tuple[int, bytes]:
+    """Send ``head`` and then ``body`` chunk by chunk (stopping if the server answers);
+    return the status and the whole response. Waits at most 10 s for the answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        sock.setblocking(False)
+        for chunk in body:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the server answered before taking the whole body
+            try:
+                sock.sendall(chunk)
+            except BlockingIOError:
+                break  # nobody reads what we send: wait for the answer instead
+            except OSError:
+                break
+        sock.setblocking(True)
+        response = b""
+        while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+            try:
+                data = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not data:
+                break
+            response += data
+    status = int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1") else 0
+    return status, response
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "framing"),
+    [
+        ("POST", "/api/communities", "length"),
+        ("POST", "/api/communities", "chunked"),
+        ("PATCH", "/api/lessons/maths-7", "chunked"),
+        ("POST", "/api/lessons/maths-7/links", "chunked"),
+        ("GET", "/api/lessons/maths-7", "length"),
+    ],
+)
+def test_a_huge_body_is_refused_without_reading_it_whole(
+    api_server: RunningServer, valley: dict[str, Any], method: str, path: str, framing: str
+) -> None:
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n"
+    head += "Content-Type: application/json\r\n"
+    piece = b" " * 65536
+    if framing == "length":
+        head += f"Content-Length: {300 * 1024 * 1024}\r\n\r\n"
+        body = [piece] * 8
+    else:
+        head += "Transfer-Encoding: chunked\r\n\r\n"
+        body = [b"10000\r\n" + piece + b"\r\n"] * 8  # 512 KiB, never finished
+    status, response = raw_exchange(api_server, head, body)
+    assert status == 413, response[:300]
+    assert b"256 KiB" in response
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"name": "\xff\xfe"}', "UTF-8"),
+        (b'{"name": "a", "name": "b"}', "duplicate key 'name'"),
+        (b'{"name": ' + b"9" * 5000 + b"}", "number too long"),
+    ],
+    ids=["nested", "not-utf-8", "duplicate-key", "huge-number"],
+)
+def test_bodies_that_used_to_crash_are_refused_with_400(
+    api_server: RunningServer, body: bytes, words: str
+) -> None:
+    response = api_server.api("POST", "/api/communities", content=body)
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error"]
+
+
+LESSON = {
+    "community_id": "valley",
+    "title": "Names",
+    "host_teacher": "Ms Rivera",
+    "host_school": "north",
+    "starts_at": "2026-12-01T09:00:00Z",
+    "ends_at": "2026-12-01T10:00:00Z",
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        ("/api/lessons", {**LESSON, "host_teacher": "T" * 81}, "'host_teacher'"),
+        ("/api/lessons", {**LESSON, "host_teacher": " \t "}, "'host_teacher'"),
+        ("/api/lessons", {**LESSON, "host_teacher": "\x1c"}, "'host_teacher'"),
+        ("/api/lessons", {**LESSON, "starts_at": "2026-12-01T09:00:00"}, "'starts_at'"),
+        ("/api/schools/west/endpoints", {"name": "R" * 81, "headcount": 3}, "'name'"),
+        ("/api/schools/west/endpoints", {"name": "  ", "headcount": 3}, "'name'"),
+        ("/api/lessons/maths-7/links", {"role": "student", "names": ["N" * 81]}, "'names.0'"),
+    ],
+    ids=[
+        "long-teacher",
+        "blank-teacher",
+        "separator-teacher",
+        "naive-time",
+        "long-endpoint",
+        "blank-endpoint",
+        "long-student",
+    ],
+)
+def test_names_a_token_cannot_carry_are_refused_where_they_enter(
+    api_server: RunningServer, valley: dict[str, Any], path: str, body: dict[str, Any], words: str
+) -> None:
+    response = api_server.api("POST", path, json=body)
+    assert response.status_code == 422, response.text
+    assert words in response.json()["error"]
+    assert "Traceback" not in api_server.log()
+
+
+def test_a_stored_name_a_token_cannot_carry_is_named_not_a_500(
+    api_server: RunningServer, valley: dict[str, Any]
+) -> None:
+    # A lesson stored before names were limited like tokens.
+    stored = {
+        **LESSON,
+        "id": "legacy",
+        "host_teacher": "T" * 100,
+        "invited_schools": [],
+        "settings": {},
+        "state": "scheduled",
+    }
+    with sqlite3.connect(api_server.data_dir / "catalogue.sqlite3") as db:
+        db.execute(
+            "INSERT INTO lessons (id, community_id, body) VALUES (?, ?, ?)",
+            ("legacy", "valley", json.dumps(stored)),
+        )
+    response = api_server.api("GET", "/api/lessons/legacy/links")
+    assert response.status_code == 422, response.text
+    assert "'host_teacher'" in response.json()["error"]
+
+
+def test_a_patch_that_ends_before_the_start_is_a_422(
+    api_server: RunningServer, valley: dict[str, Any]
+) -> None:
+    created = api_server.api("POST", "/api/lessons", json={**LESSON, "id": "patchy"})
+    assert created.status_code == 201, created.text
+    for change, words in (
+        ({"ends_at": "2026-12-01T08:00:00Z"}, "ends_at"),
+        ({"ends_at": "2026-12-01T10:00:00"}, "ends_at"),
+    ):
+        response = api_server.api("PATCH", "/api/lessons/patchy", json=change)
+        assert response.status_code == 422, response.text
+        assert words in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("lesson", "status", "filename"),
+    [
+        ("%E4%B8%AD%E6%96%87", 200, "filename*=UTF-8''%E4%B8%AD%E6%96%87.csv"),
+        ("caf%C3%A9", 200, "filename*=UTF-8''caf%C3%A9.csv"),
+        ("a%0D%0Ab", 422, None),
+        ("a%22b", 422, None),
+    ],
+    ids=["chinese", "latin-1", "crlf", "quote"],
+)
+def test_csv_attendance_for_any_lesson_id_is_never_a_500(
+    api_server: RunningServer, lesson: str, status: int, filename: str | None
+) -> None:
+    response = api_server.api("GET", f"/api/lessons/{lesson}/attendance", params={"format": "csv"})
+    assert response.status_code == status, response.text
+    if filename is None:
+        assert "'lesson_id'" in response.json()["error"]
+    else:
+        disposition = response.headers["content-disposition"]
+        assert disposition.startswith("attachment; filename=") and filename in disposition
+
+
+def exp_of(link: str) -> int:
+    grant = verify_token(SECRET.encode(), link.split("#token=", 1)[1])
+    return grant.expires_at
+
+
+def test_no_link_outlives_the_cap_or_the_teacher_token_that_minted_it(
+    api_server: RunningServer, valley: dict[str, Any]
+) -> None:
+    created = api_server.api("POST", "/api/lessons", json={**LESSON, "id": "forever"})
+    assert created.status_code == 201, created.text
+    teacher = api_server.token("Ms Rivera", Role.TEACHER, lesson="forever", ttl_seconds=3600)
+    teacher_expires = verify_token(SECRET.encode(), teacher).expires_at
+    moved = api_server.api(
+        "PATCH", "/api/lessons/forever", key=teacher, json={"ends_at": "2099-01-01T00:00:00Z"}
+    )
+    assert moved.status_code == 200, moved.text
+    minted = api_server.api("GET", "/api/lessons/forever/links", key=teacher).json()
+    minted += api_server.api(
+        "POST",
+        "/api/lessons/forever/links",
+        key=teacher,
+        json={"role": "teacher", "names": ["Co Teacher"], "ttl_minutes": 7 * 24 * 60},
+    ).json()
+    assert minted and all(exp_of(x["link"]) <= teacher_expires for x in minted)
+    assert all(x["expires_at"] == exp_of(x["link"]) for x in minted)
+    # The operator's links stop at the server's cap (2 days for this server).
+    before = int(time.time())
+    by_admin = api_server.api("GET", "/api/lessons/forever/links").json()
+    assert by_admin and all(exp_of(x["link"]) <= int(time.time()) + 2 * 86400 for x in by_admin)
+    assert all(exp_of(x["link"]) >= before + 2 * 86400 for x in by_admin)

@@ -116,6 +116,17 @@ async def test_bad_tokens_are_refused_with_a_reason(
     await expect_refusal(ws, words)
 
 
+async def test_a_token_repeating_a_key_is_refused(connect: Any) -> None:
+    from .test_tokens import HEADER, payload, signed
+
+    claims = payload('"role":"student"', '"role":"teacher"').replace("maths-7", "app-1")
+    ws = await connect()
+    await ws.send(
+        json.dumps({"v": 1, "type": "join", "token": signed(HEADER, claims, SECRET.encode())})
+    )
+    await expect_refusal(ws, "duplicate key 'role'")
+
+
 async def test_a_token_for_another_lesson_is_refused(connect: Any) -> None:
     ws = await connect()
     await ws.send(json.dumps({"v": 1, "type": "join", "token": token(), "lesson": "other"}))
@@ -191,6 +202,29 @@ async def test_a_frame_over_a_mebibyte_closes_only_that_socket(connect: Any) -> 
         while True:
             await ws.recv()
     assert ws.close_code == 1009
+    assert (await receive(other))["type"] == "participant_left"
+    await other.send('{"v":1,"type":"ping"}')
+    assert (await receive(other))["type"] == "pong"
+
+
+async def test_the_socket_does_not_agree_to_compression(
+    connect: Any, app_server: RunningServer
+) -> None:
+    # Compressed frames inflate about 1000 times before any size check (one student
+    # made /healthz take seconds): the server does not negotiate permessage-deflate.
+    ws = await connect()
+    assert ws.response is not None
+    assert "sec-websocket-extensions" not in ws.response.headers
+    await join(ws, token(lesson="deflate"))
+    other = await connect()
+    await join(other, token(lesson="deflate", name="O"))
+    # A compressed frame sent anyway (RSV1 set) is a protocol error: that socket closes.
+    writer = ws.transport
+    writer.write(b"\xc1\x85\x00\x00\x00\x00" + b"\xab\xa8\x00\x00\x00")
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            await ws.recv()
+    assert ws.close_code == 1002
     assert (await receive(other))["type"] == "participant_left"
     await other.send('{"v":1,"type":"ping"}')
     assert (await receive(other))["type"] == "pong"

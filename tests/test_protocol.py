@@ -79,4 +79,36 @@ def test_deep_nesting_is_refused_not_crashing() -> None:
 
 def test_server_messages_round_trip_as_json() -> None:
     text = p.encode_server_message(p.ErrorMessage(code="forbidden", message="no"))
-    assert json.loads(text) == {"v": 1, "type": "error", "code": "forbidden", "message": "no"}
+    assert json.loads(text) == {
+        "v": 1,
+        "type": "error",
+        "code": "forbidden",
+        "message": "no",
+        "request_type": None,
+    }
+
+
+def test_server_messages_carry_every_documented_key_even_when_null() -> None:
+    state = p.LessonState(
+        locked=False,
+        spotlight=None,
+        breakout=False,
+        groups={},
+        broadcast_audio_from=None,
+        chat_policy="everyone",
+    )
+    updated = json.loads(p.encode_server_message(p.LessonUpdated(state=state)))
+    assert updated["state"]["spotlight"] is None
+    assert updated["state"]["broadcast_audio_from"] is None
+    someone = p.ParticipantInfo(
+        id="a1", name="Ana", role="student", school="south", can_publish=False, tracks=[]
+    )
+    joined = json.loads(p.encode_server_message(p.ParticipantJoined(participant=someone)))
+    assert joined["participant"]["group"] is None
+
+
+def test_a_number_too_long_to_convert_is_malformed_json_not_a_crash() -> None:
+    # Found by tests/test_fuzz.py: Python refuses ints of more than 4300 digits
+    # with a plain ValueError, which escaped the parser and ended the connection.
+    error = parse_error('{"v":1,"type":"ping","n":' + "1" * 5000 + "}")
+    assert error.code == "malformed_json" and "number" in error.message

@@ -94,3 +94,55 @@ def test_bad_fields_cannot_be_minted(fields: dict[str, object], message: str) ->
     arguments: dict[str, object] = {"lesson": "l", "name": "n", "role": Role.STUDENT, **fields}
     with pytest.raises(ValueError, match=message):
         mint_token(SECRET, **arguments)  # type: ignore[arg-type]
+
+
+def signed(header: str, payload: str, secret: bytes = SECRET) -> str:
+    """A correctly signed token with exactly this header and payload text."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(text: bytes) -> bytes:
+        return base64.urlsafe_b64encode(text).rstrip(b"=")
+
+    signing_input = b64(header.encode()) + b"." + b64(payload.encode())
+    signature = hmac.new(secret, signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(signature)).decode()
+
+
+HEADER = '{"alg":"HS256","typ":"JWT"}'
+
+
+def payload(*pairs: str) -> str:
+    now = int(time.time())
+    base = [
+        '"iss":"lco-classroom"',
+        f'"iat":{now}',
+        f'"exp":{now + 600}',
+        '"jti":"abc"',
+        '"lesson":"maths-7"',
+        '"name":"Ana"',
+        '"school":"south"',
+    ]
+    return "{" + ",".join([*base, *pairs]) + "}"
+
+
+def test_a_hand_built_token_without_duplicates_verifies() -> None:
+    grant = verify_token(SECRET, signed(HEADER, payload('"role":"student"')))
+    assert grant.role is Role.STUDENT
+
+
+@pytest.mark.parametrize(
+    ("header", "claims", "key"),
+    [
+        (HEADER, payload('"role":"student"', '"role":"teacher"'), "role"),
+        (HEADER, payload('"role":"student"', '"lesson":"other"'), "lesson"),
+        ('{"alg":"HS256","typ":"JWT","alg":"none"}', payload('"role":"student"'), "alg"),
+    ],
+    ids=["role", "lesson", "header-alg"],
+)
+def test_duplicate_keys_in_a_token_are_refused_naming_the_key(
+    header: str, claims: str, key: str
+) -> None:
+    with pytest.raises(TokenError, match=f"duplicate key '{key}'"):
+        verify_token(SECRET, signed(header, claims))

@@ -18,13 +18,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Playwright, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Playwright, WebSocket, sync_playwright
 
 from signaling.permissions import Role
 from signaling.tokens import mint_token
+
+from ..conftest import CONFORMANCE
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -193,10 +197,25 @@ def browser(playwright: Playwright, host_address: str) -> Iterator[Browser]:
     browser = playwright.chromium.launch(
         executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
     )
+    new_context = browser.new_context
+
+    def checked_context(*args: Any, **kwargs: Any) -> BrowserContext:
+        # What the web client receives is held to docs/protocol.schema.json too.
+        context = new_context(*args, **kwargs)
+        context.on("page", lambda page: page.on("websocket", _check_signalling))
+        return context
+
+    browser.new_context = checked_context  # type: ignore[method-assign]
     try:
         yield browser
     finally:
         browser.close()
+
+
+def _check_signalling(socket: WebSocket) -> None:
+    if urlsplit(socket.url).path.endswith("/ws"):
+        CONFORMANCE.sockets += 1
+        socket.on("framereceived", CONFORMANCE.observe)
 
 
 @pytest.fixture(scope="session")
