@@ -56,8 +56,18 @@ def held(server: RunningServer, source: str) -> socket.socket:
     """A connection the server has accepted: one request answered, kept alive."""
     sock = connect(server, source)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    response = sock.recv(4096)
-    assert response.startswith(b"HTTP/1.1 200"), response
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(4096)
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), response
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:  # the body may come in a segment of its own
+        body += sock.recv(4096)
     return sock
 
 
