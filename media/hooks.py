@@ -43,6 +43,10 @@ The RTP fast path (``media/rtp_forward.py``) also uses:
     by payload type alone and is discarded as soon as two video receivers share a
     BUNDLE transport (a camera and a screen share); we also register each RTX SSRC
     (from the SDP's FID group), as browsers route them.
+16. ``RTCRtpTransceiver._set_mline_index``: aiortc keeps a stopped transceiver's
+    m-line index, so when a browser recycles that m-line for a new transceiver (JSEP
+    5.2.2) aiortc gives the old transceiver the new MID too; we forget the index of
+    a transceiver whose m-line was rejected.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.rtp import RtpPacket
 
 from .keyframes import is_keyframe
@@ -330,6 +335,13 @@ def nominated_pairs(sender: RTCRtpSender) -> dict[int, Any] | None:
     connection = getattr(transport.transport, "_connection", None)
     pairs = getattr(connection, "_nominated", None)
     return pairs if isinstance(pairs, dict) else None
+
+
+def forget_mline(transceiver: RTCRtpTransceiver) -> None:
+    """Detach a stopped transceiver from its m-line index (hook 16), so that a browser
+    recycling the m-line gets a new transceiver of its own, not this one renamed."""
+    unplaced: Any = transceiver  # aiortc's own annotation admits an int only
+    unplaced._set_mline_index(None)
 
 
 def pair_endpoint(pair: Any) -> tuple[Any, tuple[str, int]]:

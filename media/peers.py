@@ -38,6 +38,7 @@ class NegotiatedMedia:
     direction: str
     codec: RTCRtpCodecParameters | None
     ssrcs: list[int] = field(default_factory=list)
+    rejected: bool = False  # port 0: stopped, its m-line free to be recycled
 
 
 def configuration(ice_servers: list[RTCIceServer]) -> RTCConfiguration:
@@ -71,6 +72,7 @@ def negotiated_media(sdp: str) -> list[NegotiatedMedia]:
                 direction=media.direction or "sendrecv",
                 codec=codecs[0] if codecs and media.port != 0 else None,
                 ssrcs=[s.ssrc for s in media.ssrc],
+                rejected=media.port == 0,
             )
         )
     return result
@@ -124,6 +126,37 @@ def restrict_offer_codecs(sdp: str) -> tuple[str, int, int]:
     if not sections:
         raise ValueError("it has no audio or video section")
     return str(description), sections, sending
+
+
+def reject_like_offer(offer: str, answer: str) -> str:
+    """Reject in ``answer`` every m-section the offer rejected (JSEP 5.3.1: port 0, and
+    out of the BUNDLE group). aiortc answers a stopped section as if it were live, which
+    browsers refuse ("a BUNDLE group in answer contains a MID that was not in the
+    offered group"); a browser stops a transceiver so that it can recycle its m-line."""
+    rejected = {
+        index
+        for index, media in enumerate(SessionDescription.parse(offer).media)
+        if media.port == 0
+    }
+    if not rejected:
+        return answer
+    head, *sections = answer.split("\r\nm=")
+    mids: set[str] = set()
+    for index in rejected & set(range(len(sections))):
+        kind, _port, rest = sections[index].split(" ", 2)
+        sections[index] = f"{kind} 0 {rest}"
+        mids.update(
+            line[len("a=mid:") :]
+            for line in sections[index].split("\r\n")
+            if line.startswith("a=mid:")
+        )
+    lines = []
+    for line in head.split("\r\n"):
+        if line.startswith("a=group:BUNDLE"):
+            items = [item for item in line.split(" ")[1:] if item not in mids]
+            line = " ".join(["a=group:BUNDLE", *items])
+        lines.append(line)
+    return "\r\nm=".join(["\r\n".join(lines), *sections])
 
 
 def announce_public_ip(sdp: str, public_ip: str | None) -> str:

@@ -29,6 +29,7 @@ from .peers import (
     negotiated_media,
     new_peer_connection,
     parse_candidate,
+    reject_like_offer,
     restrict_offer_codecs,
 )
 from .rtp_forward import RtpForwarder
@@ -226,13 +227,19 @@ class Sfu:
                 await pc.setLocalDescription(await pc.createAnswer())
             except Exception as exc:  # aiortc raises many types on bad SDP
                 raise MediaError(f"the publish offer was refused: {exc}", offer.type) from None
-            answer = announce_public_ip(pc.localDescription.sdp, self._settings.public_ip)
+            answer = announce_public_ip(
+                reject_like_offer(sdp, pc.localDescription.sdp), self._settings.public_ip
+            )
             negotiated = {m.mid: m for m in negotiated_media(answer)}
             started: list[IncomingTrack] = []
             stopped: list[str] = []
             for transceiver in pc.getTransceivers():
                 mid = transceiver.mid
                 m = negotiated.get(mid or "")
+                if m is not None and m.rejected and not transceiver.stopped:
+                    # The client stopped it; its m-line may serve a new track next time.
+                    hooks.forget_mline(transceiver)
+                    await transceiver.stop()
                 receiving = (
                     m is not None
                     and m.codec is not None
@@ -319,6 +326,12 @@ class Sfu:
         if track.id in media.subscriptions:
             return
         async with media.lock:
+            if (
+                media.closed
+                or self._forwarders.get(track.id) is not forwarder
+                or track.id in media.subscriptions
+            ):
+                return  # the track stopped (or was subscribed) while we waited
             if media.subscribe_pc is None:
                 media.subscribe_pc = self._new_subscribe_pc(media)
             key = _reuse_key(forwarder.codec)

@@ -15,13 +15,13 @@ from typing import Any
 import aiortc
 import av
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription
 
 from media import hooks
-from media.peers import configuration
+from media.peers import configuration, reject_like_offer
 
 
 class PacketTrack(MediaStreamTrack):
@@ -318,3 +318,66 @@ async def test_retransmissions_find_their_receiver_when_two_videos_share_a_trans
 def rtx_payload_types(sdp: str) -> set[int]:
     description = SessionDescription.parse(sdp)
     return {c.payloadType for m in description.media for c in m.rtp.codecs if c.name == "rtx"}
+
+
+def rewrite_section(sdp: str, index: int, port: str, mid: str, direction: str) -> str:
+    """The same offer with one m-section's port, MID and direction changed, and the
+    BUNDLE group following (in the text, as a browser writes it)."""
+    head, *sections = sdp.split("\r\nm=")
+    old_mid = next(
+        line[len("a=mid:") :] for line in sections[index].split("\r\n") if line.startswith("a=mid:")
+    )
+    lines = sections[index].split("\r\n")
+    kind, _, rest = lines[0].split(" ", 2)
+    lines[0] = f"{kind} {port} {rest}"
+    lines = [
+        f"a=mid:{mid}"
+        if line.startswith("a=mid:")
+        else f"a={direction}"
+        if line in ("a=sendonly", "a=sendrecv", "a=inactive", "a=recvonly")
+        else line
+        for line in lines
+    ]
+    sections[index] = "\r\n".join(lines)
+    bundled = [] if port == "0" else [mid]
+    head = "\r\n".join(
+        " ".join(["a=group:BUNDLE", *(m for m in line.split()[1:] if m != old_mid), *bundled])
+        if line.startswith("a=group:BUNDLE")
+        else line
+        for line in head.split("\r\n")
+    )
+    return "\r\nm=".join([head, *sections])
+
+
+async def test_a_recycled_m_line_gets_a_transceiver_of_its_own() -> None:
+    """A browser stops a transceiver (its m-line rejected, port 0) and then recycles
+    the m-line for a new one (a new MID): aiortc renames the stopped transceiver to the
+    new MID as well, unless its m-line index is forgotten (hook 16)."""
+    offerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    answerer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        for _ in range(2):
+            offerer.addTransceiver("video", direction="sendonly")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        first = offerer.localDescription.sdp
+        await answerer.setRemoteDescription(RTCSessionDescription(first, "offer"))
+        await answerer.setLocalDescription(await answerer.createAnswer())
+
+        rejecting = rewrite_section(first, 1, "0", "1", "inactive")
+        await answerer.setRemoteDescription(RTCSessionDescription(rejecting, "offer"))
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        answer = reject_like_offer(rejecting, answerer.localDescription.sdp)
+        rejected = SessionDescription.parse(answer)
+        assert rejected.media[1].port == 0
+        assert rejected.group[0].items == ["0"]  # out of the BUNDLE group
+        (stopped,) = [t for t in answerer.getTransceivers() if t.mid == "1"]
+        hooks.forget_mline(stopped)
+        await stopped.stop()
+
+        recycled = rewrite_section(first, 1, "9", "2", "sendonly")
+        await answerer.setRemoteDescription(RTCSessionDescription(recycled, "offer"))
+        await answerer.setLocalDescription(await answerer.createAnswer())
+        assert sorted(t.mid or "" for t in answerer.getTransceivers()) == ["0", "1", "2"]
+    finally:
+        await offerer.close()
+        await answerer.close()

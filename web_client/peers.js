@@ -60,12 +60,17 @@ export class Publisher {
     if (transceiver) await transceiver.sender.replaceTrack(track);
   }
 
-  /** Stop sending `source`; the server sees the m-line inactive and unpublishes it. */
+  /**
+   * Stop sending `source`; the server sees the m-line rejected and unpublishes it.
+   * Stopping (rather than only removing the track) lets the browser recycle the
+   * m-line for the next track: a lesson shares its screen many times, and an offer
+   * that grew with every share would in the end be refused.
+   */
   unpublish(source, { negotiate = true } = {}) {
     const transceiver = this.sending.get(source);
     if (!transceiver) return Promise.resolve();
     this.sending.delete(source);
-    this.pc.removeTrack(transceiver.sender);
+    transceiver.stop();
     return negotiate ? this.negotiate() : Promise.resolve();
   }
 

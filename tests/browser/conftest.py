@@ -32,6 +32,15 @@ from ..conftest import CONFORMANCE
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+
+def keep_screenshot(path: Path) -> None:
+    """Copy a test's screenshot over the committed one in ``docs/screenshots`` when
+    ``LCO_UPDATE_SCREENSHOTS=1`` (the interface changed); an ordinary run leaves the
+    committed pictures as they are."""
+    if os.environ.get("LCO_UPDATE_SCREENSHOTS") == "1" and SCREENSHOTS.is_dir():
+        (SCREENSHOTS / path.name).write_bytes(path.read_bytes())
 CHROMIUM = os.environ.get("LCO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--no-sandbox",

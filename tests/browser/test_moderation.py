@@ -20,14 +20,13 @@ from playwright.sync_api import Browser, Dialog, expect
 
 from signaling.permissions import Role
 
-from .conftest import REPO, Server
+from .conftest import Server, keep_screenshot
 from .test_web_client import TIMEOUT_MS, Participant, wait_audio_arrives
 
 pytestmark = pytest.mark.browser
 
 LESSON = "chemistry-8a"
 ADA = "Ada <b>Lovelace</b>"
-SCREENSHOTS = REPO / "docs" / "screenshots"
 
 # True once the packets of a participant's microphone have stopped growing for `quiet_ms`.
 AUDIO_STALLED = """async ([pid, quietMs]) => {
@@ -250,8 +249,7 @@ def save_console_screenshot(teacher: Participant, artifacts: Path) -> None:
     """The whole console (hands, people, chat) at a small size, for the docs."""
     path = artifacts / "teacher-console.png"
     teacher.page.screenshot(path=str(path), full_page=True, scale="css")
-    if SCREENSHOTS.is_dir():
-        (SCREENSHOTS / path.name).write_bytes(path.read_bytes())
+    keep_screenshot(path)
 
 
 def test_raised_hands_queue_in_order_with_schools(room: Room, artifacts: Path) -> None:

@@ -7,7 +7,6 @@ publishing rights, reload, reconnect and leaving.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,13 +18,12 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from signaling.permissions import Role
 
-from .conftest import REPO, Server
+from .conftest import Server, keep_screenshot
 
 pytestmark = pytest.mark.browser
 
 LESSON = "physics-7b"
 TIMEOUT_MS = 30_000
-SCREENSHOTS = REPO / "docs" / "screenshots"
 
 # The <video> of a participant's source on the stage, as {width, time}.
 VIDEO_STATE = """([pid, source]) => {
@@ -162,8 +160,7 @@ def lesson(browser: Browser, server: Server) -> Iterator[Lesson]:
 def save_screenshot(participant: Participant, artifacts: Path, name: str) -> None:
     path = artifacts / f"{name}.png"
     participant.page.screenshot(path=str(path))
-    if SCREENSHOTS.is_dir():
-        shutil.copyfile(path, SCREENSHOTS / path.name)
+    keep_screenshot(path)
 
 
 # -- tests -----------------------------------------------------------------------
@@ -263,6 +260,44 @@ def test_teacher_grants_and_revokes_publishing(lesson: Lesson, artifacts: Path) 
     expect(
         lesson.classroom.page.locator(f"#stage video[data-participant-id='{student_id}']")
     ).to_have_count(0)
+
+
+MEDIA_SECTIONS = """(name) => {
+  const pc = window.lco.page[name]?.pc;
+  const sdp = pc?.localDescription?.sdp ?? "";
+  return sdp.split("\\n").filter((line) => line.startsWith("m=")).length;
+}"""
+
+
+def test_sharing_the_screen_again_and_again_keeps_every_offer_small(lesson: Lesson) -> None:
+    """A lesson turns screen sharing on and off many times: neither the teacher's
+    publish offer nor a viewer's subscribe connection may grow with each share
+    (once past the size limit, no change would reach anyone any more)."""
+    teacher = lesson.teacher.page
+    teacher_id = lesson.teacher.id
+    student = lesson.student
+    for _ in range(12):
+        teacher.get_by_role("button", name="Share screen").click()
+        expect(teacher.get_by_role("button", name="Stop sharing")).to_be_visible()
+        expect(
+            student.page.locator(f"#stage video[data-participant-id='{teacher_id}']")
+        ).to_have_count(2, timeout=TIMEOUT_MS)
+        teacher.get_by_role("button", name="Stop sharing").click()
+        expect(teacher.get_by_role("button", name="Share screen")).to_be_visible()
+        expect(
+            student.page.locator(f"#stage video[data-participant-id='{teacher_id}']")
+        ).to_have_count(1, timeout=TIMEOUT_MS)
+    teacher.get_by_role("button", name="Share screen").click()
+    wait_video_plays(student, teacher_id, "screen")
+    wait_video_plays(student, teacher_id, "camera")
+    # Camera, microphone, screen and its sound: each stopped section was recycled.
+    assert teacher.evaluate(MEDIA_SECTIONS, "publisher") == 4
+    # The teacher's four and the classroom's two, and at most two being freed.
+    assert student.page.evaluate(MEDIA_SECTIONS, "subscriber") <= 8
+    teacher.get_by_role("button", name="Stop sharing").click()
+    expect(
+        student.page.locator(f"#stage video[data-participant-id='{teacher_id}']")
+    ).to_have_count(1, timeout=TIMEOUT_MS)
 
 
 def test_screen_share_is_a_second_video(lesson: Lesson) -> None:
