@@ -91,11 +91,10 @@ class NestedNamespace:
                 return int(item["counter"]["packets"])
         raise KeyError(name)
 
-    def launcher(self, program: str, path: Path, env: dict[str, str] | None = None) -> Path:
+    def launcher(self, program: str, path: Path) -> Path:
         """A script at ``path`` that runs ``program`` (with its arguments) inside, for
         tools that start a program themselves (Playwright's ``executable_path``)."""
-        exports = "".join(f"export {key}='{value}'\n" for key, value in (env or {}).items())
-        path.write_text(f'#!/bin/sh\n{exports}exec nsenter --net={self.path} -- {program} "$@"\n')
+        path.write_text(f'#!/bin/sh\nexec nsenter --net={self.path} -- {program} "$@"\n')
         path.chmod(0o755)
         return path
 

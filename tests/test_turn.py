@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pwd
 import socket
 import ssl
@@ -19,12 +20,19 @@ from typing import Any
 
 import pytest
 from aioice import stun, turn
-from aiortc import RTCIceServer
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 
 from media.client import LessonClient
 from media.peers import IceSettings
 from media.testsource import PatternVideoTrack
 from server.cli import build_parser, settings_from_args
+from signaling import protocol as p
 from signaling.permissions import Role
 from signaling.turn import TurnRest, turn_credential
 
@@ -229,6 +237,9 @@ def turn_server(tmp_path: Path, coturn: Coturn) -> Iterator[RunningServer]:
         # Given to the SFU too before: it must now reach clients only.
         "--ice-server",
         f"{coturn.urls[0]}|{static.username}|{static.password}",
+        # The address coturn may relay to (it refuses loopback).
+        "--ice-host",
+        os.environ["LCO_TEST_HOST_ADDRESS"],
         env={"LCO_TURN_SECRET": coturn.secret.decode()},
     )
     try:
@@ -240,8 +251,30 @@ def turn_server(tmp_path: Path, coturn: Coturn) -> Iterator[RunningServer]:
 async def test_clients_get_credentials_renewed_in_time_and_the_sfu_never_relays(
     turn_server: RunningServer, coturn: Coturn, decoding_clients: None
 ) -> None:
+    # A lesson whose lobby holds students: renewals reach them there too.
+    for path, body in (
+        ("/api/communities", {"id": "valley", "name": "Valley"}),
+        ("/api/communities/valley/schools", {"id": "north", "name": "North"}),
+        (
+            "/api/lessons",
+            {
+                "id": "held",
+                "community_id": "valley",
+                "title": "Held",
+                "host_teacher": "Ms T",
+                "host_school": "north",
+                "starts_at": "2026-12-01T09:00:00Z",
+                "ends_at": "2026-12-01T10:00:00Z",
+                "settings": {"lobby": True},
+            },
+        ),
+    ):
+        assert turn_server.api("POST", path, json=body).status_code == 201
+    waiting = LessonClient(turn_server.ws, turn_server.token("Ana", Role.STUDENT, "held"))
     client = LessonClient(turn_server.ws, turn_server.token("Ms T", Role.TEACHER))
     try:
+        renewed_in_lobby = waiting.wait_for(lambda m: m["type"] == "ice_servers", timeout=15)
+        assert (await waiting.connect())["type"] == "lobby_wait"
         renewed = client.wait_for(lambda m: m["type"] == "ice_servers", timeout=15)
         welcome = await client.connect()
         static, rest = welcome["ice_servers"]
@@ -268,10 +301,62 @@ async def test_clients_get_credentials_renewed_in_time_and_the_sfu_never_relays(
         assert int(fresh["username"].split(":")[0]) > first_expiry
         assert fresh["credential"] != rest["credential"]
         assert client.ice_servers[1].username == fresh["username"]  # used from now on
+
+        in_lobby = (await renewed_in_lobby)["ice_servers"]
+        assert in_lobby[1]["username"].endswith(f":{waiting.participant_id}")
+        assert waiting.welcome is None  # renewed before it was even let in
     finally:
         await client.close()
+        await waiting.close()
     stop_server(turn_server)
     log = turn_server.log()
     assert coturn.secret.decode() not in log
     assert rest["credential"] not in log and fresh["credential"] not in log
     assert "is for clients only" in log
+
+
+async def test_a_relayed_client_counts_as_relayed_even_if_its_checks_came_first(
+    turn_server: RunningServer, coturn: Coturn, decoding_clients: None
+) -> None:
+    """A browser trickles its candidates; its checks through the relay may reach the SFU
+    before the candidate does. aioice then knows that end as peer-reflexive until the
+    candidate arrives: /metrics counts the connection as relayed from then on."""
+    client = LessonClient(turn_server.ws, turn_server.token("Ms T", Role.TEACHER))
+    credential = turn_credential(coturn.secret, "relay-only", time.time(), 600)
+    pc = RTCPeerConnection(
+        RTCConfiguration(
+            iceServers=[RTCIceServer(coturn.urls[0], credential.username, credential.password)],
+            iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+        )
+    )
+    connected = asyncio.Event()
+    pc.on("connectionstatechange", lambda: pc.connectionState == "connected" and connected.set())
+    try:
+        await client.connect()
+        pc.addTransceiver(PatternVideoTrack(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        lines = pc.localDescription.sdp.splitlines()
+        relay = [line for line in lines if line.startswith("a=candidate:") and "typ relay" in line]
+        assert relay
+        # The offer without its candidates (and without saying there are no more).
+        offer = [line for line in lines if line not in relay and line != "a=end-of-candidates"]
+        answered = client.wait_for(lambda m: m["type"] in ("publish_answer", "error"))
+        await client.send(
+            p.PublishOffer(
+                sdp="\r\n".join(offer) + "\r\n",
+                tracks=[p.PublishedTrackSpec(mid="0", source="camera")],
+            )
+        )
+        answer = await answered
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        await asyncio.wait_for(connected.wait(), 15)
+        assert turn_server.metrics()["sfu"]["relayed_peer_connections"] == 0  # type: ignore[index]
+
+        await client.send(p.IceCandidate(pc="publish", candidate=relay[0][2:], sdp_mid="0"))
+        pong = client.wait_for(lambda m: m["type"] == "pong")
+        await client.send(p.Ping())  # answered after the candidate was handled
+        await pong
+        assert turn_server.metrics()["sfu"]["relayed_peer_connections"] == 1  # type: ignore[index]
+    finally:
+        await pc.close()
+        await client.close()
