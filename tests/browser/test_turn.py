@@ -234,6 +234,16 @@ def relayed_peer_connections(server: TurnLessonServer) -> int:
     return count
 
 
+def print_first_frame(page: Page, how: str) -> None:
+    """Say how long the teacher's first frame took (pytest -s shows it)."""
+    metrics = page.evaluate("() => window.lco.metrics")
+    first, welcome = metrics["firstTeacherFrameMs"], metrics["welcomeMs"]
+    print(
+        f"\n{how}: first decoded teacher frame {first:.0f} ms after opening the link, "
+        f"{first - welcome:.0f} ms after welcome"
+    )
+
+
 def turn_credential_of(servers: list[dict[str, Any]]) -> dict[str, Any]:
     (server,) = [s for s in servers if s.get("username")]
     return server
@@ -282,12 +292,7 @@ def test_udp_blocked_the_student_relays_over_turn_tcp(
         assert school.counter("inet", "school", "udp_dropped") > 0
         # The SFU sees the student's connection come from the relay.
         assert relayed_peer_connections(server) >= relayed_before + 1
-        metrics = student.page.evaluate("() => window.lco.metrics")
-        print(
-            f"\nTURN/TCP: first decoded teacher frame {metrics['firstTeacherFrameMs']:.0f} ms "
-            f"after opening the link, "
-            f"{metrics['firstTeacherFrameMs'] - metrics['welcomeMs']:.0f} ms after welcome"
-        )
+        print_first_frame(student.page, "TURN/TCP")
         assert not student.errors
         leave(student, teacher)
 
@@ -313,12 +318,7 @@ def test_only_443_open_the_student_relays_over_turn_tls_and_renews_its_credentia
         assert pair["local"]["url"] == coturn.urls[2]
         assert school.counter("inet", "school", "tcp_dropped") > 0  # TURN/TCP on 3478 tried
         assert school.counter("inet", "school", "udp_dropped") > 0
-        metrics = page.evaluate("() => window.lco.metrics")
-        print(
-            f"\nTURN/TLS: first decoded teacher frame {metrics['firstTeacherFrameMs']:.0f} ms "
-            f"after opening the link, "
-            f"{metrics['firstTeacherFrameMs'] - metrics['welcomeMs']:.0f} ms after welcome"
-        )
+        print_first_frame(page, "TURN/TLS")
 
         # The renewal arrives before the first credential expires, and the open
         # connection holds it.
