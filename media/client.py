@@ -18,7 +18,7 @@ from typing import Any
 
 import av
 import websockets
-from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from signaling import protocol as p
@@ -48,6 +48,14 @@ class ReceivedTrack:
     height: int = 0
 
 
+def _ice_servers(entries: list[dict[str, Any]]) -> list[RTCIceServer]:
+    """The ``ice_servers`` of a welcome or renewal as aiortc's objects."""
+    return [
+        RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+        for s in map(p.IceServer.model_validate, entries)
+    ]
+
+
 class LessonClient:
     """One participant over one WebSocket and up to two peer connections."""
 
@@ -71,6 +79,8 @@ class LessonClient:
         self.bye: dict[str, Any] | None = None
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc: RTCPeerConnection | None = None
+        # From welcome, replaced by each ice_servers message (renewed TURN credentials).
+        self.ice_servers: list[RTCIceServer] = []
         self._ws: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
@@ -170,7 +180,7 @@ class LessonClient:
         ``video_codec`` ("VP8" or "H264") offers only that codec for video.
         """
         if self.publish_pc is None:
-            self.publish_pc = RTCPeerConnection(configuration([]))
+            self.publish_pc = RTCPeerConnection(configuration(self.ice_servers))
         pc = self.publish_pc
         added = []
         for track, source in tracks:
@@ -224,8 +234,13 @@ class LessonClient:
         if kind == "welcome":
             self.welcome = message
             self.participant_id = message["participant_id"]
+            self.ice_servers = _ice_servers(message["ice_servers"])
             for participant in message["participants"]:
                 self.participants[participant["id"]] = participant
+        elif kind == "ice_servers":
+            # aiortc reads its ICE servers only when a connection starts gathering (it
+            # has no setConfiguration): connections opened from now on use these.
+            self.ice_servers = _ice_servers(message["ice_servers"])
         elif kind == "error":
             self.errors.append(message)
         elif kind == "bye":
@@ -244,7 +259,7 @@ class LessonClient:
         track; the server reuses a freed m-line for a later track of its kind, and
         aiortc fires no ``track`` event for it, so tracks are taken by m-line here."""
         if self.subscribe_pc is None:
-            self.subscribe_pc = RTCPeerConnection(configuration([]))
+            self.subscribe_pc = RTCPeerConnection(configuration(self.ice_servers))
         offered = {
             info.mid: info
             for info in (p.SubscribedTrack.model_validate(entry) for entry in message["tracks"])

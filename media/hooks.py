@@ -32,7 +32,8 @@ The RTP fast path (``media/rtp_forward.py``) also uses:
     ``__octet_count``: what aiortc's RTCP task puts in sender reports.
 11. ``RTCDtlsTransport._tx_srtp``: the subscriber's outbound SRTP session.
 12. aioice ``Connection._nominated[1]`` and its pair's ``protocol.transport`` and
-    ``remote_addr``: the UDP socket and address to send on without a coroutine.
+    ``remote_addr``: the UDP socket and address to send on without a coroutine; its
+    ``local_candidate`` and ``remote_candidate`` types (a TURN relay on either side).
 13. pylibsrtp's cffi ``lib.srtp_protect``, ``ffi`` and ``Session._srtp``: protect a
     packet in a preallocated buffer (no per-packet ``ffi.new``, type checks, copy
     out), the same libsrtp call ``Session.protect`` makes.
@@ -347,6 +348,24 @@ def forget_mline(transceiver: RTCRtpTransceiver) -> None:
 def pair_endpoint(pair: Any) -> tuple[Any, tuple[str, int]]:
     """(asyncio datagram transport, remote address) of a nominated candidate pair."""
     return pair.protocol.transport, pair.remote_addr
+
+
+def is_relayed(pair: Any) -> bool:
+    """Whether our side of a candidate pair is a TURN allocation: its transport wraps
+    each datagram for the TURN server, and its socket is the one to the TURN server."""
+    return bool(pair.local_candidate.type == "relay")
+
+
+def remote_candidate_type(pc: Any) -> str | None:
+    """``host``, ``srflx``, ``prflx`` or ``relay``: the far end of the peer connection's
+    nominated pair (``relay``: the client comes through a TURN server), if connected."""
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        connection = getattr(getattr(dtls, "transport", None), "_connection", None)
+        pairs = getattr(connection, "_nominated", None)
+        if isinstance(pairs, dict) and 1 in pairs:
+            return str(pairs[1].remote_candidate.type)
+    return None
 
 
 # pylibsrtp's cffi binding (``from ._binding import ffi, lib`` in its __init__).

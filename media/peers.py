@@ -22,11 +22,24 @@ FORWARDED_CODECS = frozenset({"vp8", "h264", "opus", "rtx"})
 
 @dataclass(frozen=True, slots=True)
 class IceSettings:
-    """How this server's peer connections do ICE."""
+    """How this server's peer connections do ICE: STUN servers at most, never TURN.
+
+    The SFU answers from its own addresses (host candidates, ``--public-ip``): a relay
+    in front of it would add a hop for every participant, and the RTP fast path sends
+    on the nominated pair's socket, which for a relayed pair leads to the TURN server.
+    TURN is for clients behind firewalls; they relay to these addresses.
+    """
 
     ice_servers: tuple[RTCIceServer, ...] = ()
     # Announce this address too (1:1 NAT), as a server-reflexive candidate.
     public_ip: str | None = None
+
+    def __post_init__(self) -> None:
+        for server in self.ice_servers:
+            urls = server.urls if isinstance(server.urls, list) else [server.urls]
+            for url in urls:
+                if url.startswith(("turn:", "turns:")):
+                    raise ValueError(f"the SFU does not relay: {url} is for clients only")
 
 
 @dataclass(slots=True)

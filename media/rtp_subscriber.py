@@ -321,7 +321,10 @@ class RtpSubscriber:
             return False
         try:
             sock, addr = hooks.pair_endpoint(pair)
-            if DIRECT_SOCKET:
+            # A relayed pair's socket leads to the TURN server, unwrapped: only its
+            # transport sends through the allocation. The SFU's own connections never
+            # relay (media/peers.py), but a forwarder may be attached to any connection.
+            if DIRECT_SOCKET and not hooks.is_relayed(pair):
                 self._socket = hooks.pair_socket(pair)
                 self._sendto = self._socket.sendto
             else:

@@ -411,14 +411,20 @@ class Sfu:
         for forwarder in self._forwarders.values():
             for name, value in forwarder.counters().items():
                 totals[name] = totals.get(name, 0) + value
-        peer_connections = sum(
-            (m.publish_pc is not None) + (m.subscribe_pc is not None)
+        pcs = [
+            pc
             for m in self._participants.values()
-        )
+            for pc in (m.publish_pc, m.subscribe_pc)
+            if pc is not None
+        ]
         return {
             "forwarding": self._forwarding,
             "participants": len(self._participants),
-            "peer_connections": peer_connections,
+            "peer_connections": len(pcs),
+            # Connected through a TURN server (the client's side of the pair is a relay).
+            "relayed_peer_connections": sum(
+                hooks.remote_candidate_type(pc) == "relay" for pc in pcs
+            ),
             "forwarded_tracks": len(self._forwarders),
             "subscriptions": sum(f.subscriber_count for f in self._forwarders.values()),
             **totals,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from signaling.permissions import Role
 from signaling.tokens import mint_token
+from signaling.turn import TurnRest
 
 from . import manage
 from .arguments import add_link_lifetime_arg, duration
@@ -72,8 +73,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--ice-server",
         action="append",
         default=None,
-        help="STUN/TURN server for clients and the SFU: 'stun:host:port' or "
-        "'turn:host:port|user|password'; repeat for several (env LCO_ICE_SERVERS)",
+        help="'stun:host:port' (for clients and the SFU) or 'turn:host:port|user|password' "
+        "(for clients only: the SFU never relays); repeat for several (env LCO_ICE_SERVERS)",
+    )
+    serve.add_argument(
+        "--turn-secret",
+        default=None,
+        help="secret shared with coturn (its static-auth-secret): each client gets "
+        "short-lived TURN credentials (env LCO_TURN_SECRET, which keeps it out of ps)",
+    )
+    serve.add_argument(
+        "--turn-url",
+        action="append",
+        default=None,
+        help="TURN server for clients, e.g. 'turns:turn.example.org:443?transport=tcp'; "
+        "repeat for several (env LCO_TURN_URLS, comma separated)",
+    )
+    serve.add_argument(
+        "--turn-ttl",
+        type=duration,
+        default=os.environ.get("LCO_TURN_TTL", "1h"),
+        help="lifetime of TURN credentials, renewed at half of it (env LCO_TURN_TTL; default 1h)",
     )
     serve.add_argument(
         "--allowed-origin",
@@ -197,6 +217,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _turn_from_args(args: argparse.Namespace) -> TurnRest | None:
+    """TURN REST settings from flags or environment; exits with a clear message."""
+    secret = args.turn_secret or os.environ.get("LCO_TURN_SECRET")
+    urls = args.turn_url or _env_list("LCO_TURN_URLS")
+    if not secret and not urls:
+        return None
+    if not secret:
+        raise SystemExit("lco serve: --turn-url needs --turn-secret (or LCO_TURN_SECRET)")
+    if not urls:
+        raise SystemExit("lco serve: --turn-secret needs a --turn-url (or LCO_TURN_URLS)")
+    try:
+        return TurnRest(secret.encode(), tuple(urls), args.turn_ttl)
+    except ValueError as exc:  # the message names the URL or the lifetime, never the secret
+        raise SystemExit(f"lco serve: {exc}") from None
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Turn ``lco serve`` arguments (and environment) into settings."""
     ice_hosts = args.ice_host or _env_list("LCO_ICE_HOSTS") or None
@@ -211,6 +247,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ice_host_addresses=tuple(ice_hosts) if ice_hosts else None,
         public_ip=args.public_ip,
         ice_servers=tuple(parse_ice_server(s) for s in ice_specs),
+        turn=_turn_from_args(args),
         allowed_origins=tuple(origins),
         join_timeout=args.join_timeout,
         idle_timeout=args.idle_timeout,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from signaling.private_files import create_private_file, tighten
+from signaling.turn import TurnRest
 
 from .http_limits import ConnectionLimits
 from .links import DEFAULT_MAX_LINK_LIFETIME
@@ -23,11 +24,16 @@ SECRET_FILE_NAME = "secret.key"
 
 @dataclass(frozen=True, slots=True)
 class IceServerConfig:
-    """One STUN or TURN server handed to clients and used by the SFU."""
+    """One STUN server (for clients and the SFU) or TURN server (for clients only)."""
 
     url: str
     username: str | None = None
-    credential: str | None = None
+    credential: str | None = field(default=None, repr=False)
+
+    @property
+    def is_turn(self) -> bool:
+        """A relay: handed to clients only, since the SFU never relays its own media."""
+        return self.url.startswith(("turn:", "turns:"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,8 @@ class Settings:
     ice_host_addresses: tuple[str, ...] | None = None
     public_ip: str | None = None
     ice_servers: tuple[IceServerConfig, ...] = ()
+    # TURN servers sharing a secret with us: clients get short-lived credentials.
+    turn: TurnRest | None = None
     # Origins allowed to open the signalling socket; empty means same origin only.
     allowed_origins: tuple[str, ...] = ()
     public_url: str | None = None

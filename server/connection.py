@@ -191,6 +191,13 @@ class ParticipantConnection:
             state.add_connection(pid, self)
             self._subscription = state.bus.subscribe(participant_topic(pid))
             self._tasks.append(asyncio.create_task(self._pump(self._subscription), name="ws-pump"))
+            if state.turn is not None:
+                self._tasks.append(
+                    asyncio.create_task(
+                        self._renew_ice_servers(pid, state.turn.renewal_interval),
+                        name="ice-renewal",
+                    )
+                )
             state.sfu.open(pid, self._deliver_to_self)
         elif isinstance(effect, NegotiatePublish):
             await self._negotiate_publish(effect)
@@ -215,6 +222,19 @@ class ParticipantConnection:
             info, effects = lesson.add_track(effect.participant_id, incoming.kind, incoming.source)
             state.sfu.start_forwarding(effect.participant_id, info.id, incoming)
             await self._apply(list(effects))
+
+    async def _renew_ice_servers(self, participant_id: str, interval: float) -> None:
+        """Send fresh TURN credentials every ``interval`` (half their lifetime).
+
+        Whenever the welcome came (at join, or later from the lobby), the newest
+        credentials the client holds were issued at most ``interval`` ago, so they
+        stay valid for at least ``interval`` more. The message goes straight to the
+        writer, like the bus pump's: through the inbox it would count as a sign of
+        life and keep a silent socket open.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            self._send(p.IceServers(ice_servers=self._state.ice_servers_for(participant_id)))
 
     async def _deliver_to_self(self, message: p.ServerMessage) -> None:
         if isinstance(message, p.SubscribeOffer):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCIceServer
@@ -33,17 +34,24 @@ class ServerState:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        ice_servers = [
+        # Clients get every configured server; the SFU only STUN ones (see media/peers.py).
+        self._client_ice_servers = [
             p.IceServer(urls=[s.url], username=s.username, credential=s.credential)
             for s in settings.ice_servers
         ]
+        for server in settings.ice_servers:
+            if server.is_turn:
+                logger.info(
+                    "%s is for clients only: the SFU answers from its own addresses", server.url
+                )
+        self.turn = settings.turn
         self.records = SqliteRecordStore(settings.data_dir / "lco.sqlite3")
         closed = self.records.close_open_sessions()
         if closed:
             logger.warning("closed %d attendance sessions left open by a previous run", closed)
         self.catalogue = Catalogue(settings.data_dir / "catalogue.sqlite3")
         self.registry = InMemoryLessonRegistry(
-            ice_servers, self.records, settings_for=self.catalogue.settings_for
+            self.ice_servers_for, self.records, settings_for=self.catalogue.settings_for
         )
         self.bus = InMemoryEventBus()
         self.sfu = Sfu(
@@ -51,6 +59,7 @@ class ServerState:
                 ice_servers=tuple(
                     RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
                     for s in settings.ice_servers
+                    if not s.is_turn
                 ),
                 public_ip=settings.public_ip,
             ),
@@ -66,6 +75,14 @@ class ServerState:
         self.accepting = True
         self._no_connections = asyncio.Event()
         self._no_connections.set()
+
+    def ice_servers_for(self, participant_id: str) -> list[p.IceServer]:
+        """The STUN/TURN servers for one participant: the configured ones and, with
+        ``--turn-secret``, the TURN URLs with a credential issued now for it."""
+        servers = list(self._client_ice_servers)
+        if self.turn is not None:
+            servers.append(self.turn.ice_server(participant_id, time.time()))
+        return servers
 
     def add_connection(self, participant_id: str, connection: ParticipantConnection) -> None:
         """Register the socket that owns ``participant_id``."""

@@ -155,6 +155,15 @@ class Participant:
         )
 
 
+# The STUN/TURN servers for one participant's welcome: TURN credentials are issued
+# per participant (signaling/turn.py), so the lesson asks when it welcomes someone.
+IceServersFor = Callable[[str], list[p.IceServer]]
+
+
+def _no_ice_servers(participant_id: str) -> list[p.IceServer]:
+    return []
+
+
 class Forbidden(p.ProtocolError):
     """An action that the permission table (or the lesson's state) does not allow."""
 
@@ -177,7 +186,7 @@ class Lesson:
     def __init__(
         self,
         lesson_id: str,
-        ice_servers: list[p.IceServer] | None = None,
+        ice_servers: IceServersFor | None = None,
         settings: LessonSettings | None = None,
         history: LessonHistory | None = None,
         clock: Callable[[], float] = time.time,
@@ -191,7 +200,7 @@ class Lesson:
         self.spotlight: str | None = None
         self.breakout = False
         self.broadcast_audio_from: str | None = None
-        self._ice_servers = list(ice_servers or [])
+        self._ice_servers = ice_servers or _no_ice_servers
         self._clock = clock
         self._track_numbers = itertools.count(1)
         self._forwarded: set[tuple[str, str]] = set()  # (subscriber, track id)
@@ -694,7 +703,7 @@ class Lesson:
                     you=participant.info(),
                     permissions=participant.permissions(),
                     participants=[other.info() for other in others],
-                    ice_servers=self._ice_servers,
+                    ice_servers=self._ice_servers(participant.id),
                     state=self.state(),
                 ),
             ),

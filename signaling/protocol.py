@@ -379,6 +379,14 @@ class Welcome(_Message):
     state: LessonState
 
 
+class IceServers(_Message):
+    """Replaces the ``ice_servers`` of ``welcome``: fresh TURN credentials, sent before
+    the previous ones expire."""
+
+    type: Literal["ice_servers"] = "ice_servers"
+    ice_servers: list[IceServer]
+
+
 class ParticipantJoined(_Message):
     type: Literal["participant_joined"] = "participant_joined"
     participant: ParticipantInfo
@@ -573,6 +581,7 @@ class ChatHistory(_Message):
 
 ServerMessage = (
     Welcome
+    | IceServers
     | LobbyWait
     | LobbyUpdated
     | LessonUpdated

@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from . import protocol as p
-from .lesson import Lesson, LessonSettings
+from .lesson import IceServersFor, Lesson, LessonSettings
 from .records import InMemoryRecordStore, RecordStore
 
 
@@ -39,12 +38,12 @@ class InMemoryLessonRegistry:
 
     def __init__(
         self,
-        ice_servers: list[p.IceServer] | None = None,
+        ice_servers: IceServersFor | None = None,
         records: RecordStore | None = None,
         settings_for: Callable[[str], LessonSettings] | None = None,
     ) -> None:
         self._lessons: dict[str, Lesson] = {}
-        self._ice_servers = list(ice_servers or [])
+        self._ice_servers = ice_servers
         self._records: RecordStore = records or InMemoryRecordStore()
         self._settings_for = settings_for or (lambda lesson_id: LessonSettings())
 

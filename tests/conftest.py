@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,7 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 
 from .conformance import Conformance, install
+from .coturn import Coturn, coturn_available, make_test_ca, start_coturn, stop_coturn
 
 SECRET = "test-secret-" + "x" * 40
 ADMIN_KEY = "test-admin-key-" + "k" * 40
@@ -134,16 +138,20 @@ def free_port() -> int:
 
 
 def start_server(
-    tmp: Path, *extra: str, preexec_fn: Callable[[], None] | None = None
+    tmp: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> RunningServer:
     """Start ``lco serve`` and wait until /healthz answers (or the process dies).
 
-    ``preexec_fn`` runs in the child before it starts (to lower a resource limit).
+    ``env`` adds to the environment; ``preexec_fn`` runs in the child before it
+    starts (to lower a resource limit).
     """
     port = free_port()
     log_path = tmp / f"server-{port}.log"
     log = log_path.open("wb")
-    env = {**os.environ, "LCO_SECRET": SECRET, "LCO_ADMIN_KEY": ADMIN_KEY}
+    env = {**os.environ, "LCO_SECRET": SECRET, "LCO_ADMIN_KEY": ADMIN_KEY, **(env or {})}
     process = subprocess.Popen(
         [
             sys.executable,
@@ -232,3 +240,32 @@ async def clients(server: RunningServer) -> AsyncIterator[Any]:
     yield join
     for client in opened:
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def coturn() -> Iterator[Coturn]:
+    """coturn configured as docs/turn.md says, on the test namespace's second address,
+    relaying to the server's address; its TLS certificate is signed by a test CA."""
+    reason = coturn_available()
+    if reason:
+        pytest.skip(reason)
+    address = os.environ["LCO_TEST_PEER_ADDRESS"]
+    # Not under pytest's private temporary directory: coturn continues as its own user.
+    directory = Path(tempfile.mkdtemp(prefix="lco-coturn-"))
+    try:
+        directory.chmod(0o755)
+        ca = make_test_ca(directory, address)
+        running = start_coturn(
+            directory,
+            address=address,
+            sfu_address=os.environ["LCO_TEST_HOST_ADDRESS"],
+            # The shape docs/turn.md suggests: openssl rand -hex 32.
+            secret=secrets.token_hex(32).encode(),
+            ca=ca,
+        )
+        try:
+            yield running
+        finally:
+            stop_coturn(running)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import time
 import types
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +18,13 @@ from typing import Any
 
 import av
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCRtpSender,
+)
 from aiortc.codecs import get_encoder
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -37,7 +45,9 @@ from media.rtp_rewrite import (
 )
 from media.rtp_subscriber import IdleTrack, RtpSubscriber
 from media.testsource import PatternVideoTrack, ToneAudioTrack
+from signaling.turn import turn_credential
 
+from .coturn import Coturn
 from .test_hooks import vp8_packets
 
 # -- sans-I/O --------------------------------------------------------------------
@@ -182,8 +192,12 @@ class Lab:
             self.forwarders[media.kind] = forwarder
         await publisher.setRemoteDescription(sfu_in.localDescription)
 
-    async def subscribe(self, kinds: tuple[str, ...] = ("video", "audio")) -> Subscriber:
-        sfu_out, viewer = self.pc(), self.pc()
+    async def subscribe(
+        self, kinds: tuple[str, ...] = ("video", "audio"), sfu_out: RTCPeerConnection | None = None
+    ) -> Subscriber:
+        if sfu_out is not None:
+            self.pcs.append(sfu_out)
+        sfu_out, viewer = sfu_out or self.pc(), self.pc()
         attached = {kind: self.forwarders[kind].attach(sfu_out) for kind in kinds}
         await negotiate(sfu_out, viewer)
         return Subscriber(viewer, attached)
@@ -353,3 +367,26 @@ async def test_forwarding_through_the_asyncio_transport_also_works(
     assert all(isinstance(f, av.VideoFrame) for f in video)
     assert viewer.attached["video"]._socket is None
     assert lab.forwarders["video"].stats.errors == 0
+
+
+async def test_a_subscriber_behind_a_relayed_pair_receives_through_the_turn_server(
+    lab: Lab, coturn: Coturn
+) -> None:
+    """The SFU never relays (media/peers.py), but a forwarder may be attached to any
+    connection: on a relayed pair it must send through the allocation, not around it."""
+    sfu_address = os.environ["LCO_TEST_HOST_ADDRESS"]  # the one private peer coturn allows
+    hooks.set_host_addresses([sfu_address])
+    credential = turn_credential(coturn.secret, "sfu-out", time.time(), 600)
+    relayed_out = RTCPeerConnection(
+        RTCConfiguration(
+            iceServers=[RTCIceServer(coturn.urls[0], credential.username, credential.password)],
+            iceTransportPolicy=RTCIceTransportPolicy.RELAY,
+        )
+    )
+    await lab.publish([PatternVideoTrack()])
+    viewer = await lab.subscribe(("video",), sfu_out=relayed_out)
+    video = await frames(viewer.track("video"), 5)
+    assert all(isinstance(f, av.VideoFrame) for f in video)
+    pairs = hooks.nominated_pairs(viewer.attached["video"].sender)
+    assert pairs is not None and hooks.is_relayed(pairs[1])
+    assert viewer.attached["video"]._socket is None  # no duplicate of the TURN socket

@@ -105,7 +105,7 @@ class ClassroomPage {
     this.stopped = false;
     this.bye = null;
     this.everJoined = false;
-    this.metrics = { firstTeacherFrameMs: null, welcomeMs: null, firstFrames: {} };
+    this.metrics = { firstTeacherFrameMs: null, welcomeMs: null, firstFrames: {}, iceServerRenewals: [] };
     this.lessonState = { ...EMPTY_STATE };
     this.hands = []; // raised hands, first raised first
     this.waiting = []; // who waits in the lobby (moderators only)
@@ -246,6 +246,8 @@ class ClassroomPage {
     switch (message.type) {
       case "welcome":
         return this.welcomed(message);
+      case "ice_servers":
+        return this.iceServersRenewed(message.ice_servers);
       case "lobby_wait":
         return this.lobbyWait(message);
       case "lobby_updated":
@@ -317,6 +319,18 @@ class ClassroomPage {
     this.renderPanels();
     this.updateControls();
     if (this.may("publish")) this.startPublishing();
+  }
+
+  /**
+   * Fresh TURN credentials, sent before the welcome's expire. Connections opened later
+   * (the publish connection once the teacher allows it) use them; the open ones get
+   * them too (setConfiguration) and keep their relays, which coturn checked when they
+   * were allocated.
+   */
+  iceServersRenewed(servers) {
+    this.iceServers = servers;
+    this.metrics.iceServerRenewals.push(Date.now());
+    for (const peer of [this.publisher, this.subscriber]) peer?.setIceServers(servers);
   }
 
   /** Sent instead of welcome: this participant waits in the lobby until let in. */
@@ -987,6 +1001,12 @@ function main() {
     state: () => page.snapshot(),
     metrics: page.metrics,
     inboundStats: () => page.subscriber?.inbound() ?? Promise.resolve([]),
+    // The servers the page holds and those each open connection would gather with.
+    iceServers: () => ({
+      page: page.iceServers,
+      publish: page.publisher?.pc.getConfiguration().iceServers ?? null,
+      subscribe: page.subscriber?.pc.getConfiguration().iceServers ?? null,
+    }),
     debugDropConnection: () => page.socket?.drop(),
   };
   page.start().catch((error) => {

@@ -26,6 +26,16 @@ function trickle(pc, name, send) {
   });
 }
 
+/** Give an open connection new ICE servers (renewed TURN credentials), keeping the rest. */
+function setIceServers(pc, iceServers) {
+  if (pc.signalingState === "closed") return;
+  try {
+    pc.setConfiguration({ ...pc.getConfiguration(), iceServers });
+  } catch (error) {
+    console.warn("could not apply the renewed ICE servers", error);
+  }
+}
+
 function watchFailure(pc, onFailed) {
   pc.addEventListener("connectionstatechange", () => {
     if (pc.connectionState === "failed") onFailed();
@@ -76,6 +86,10 @@ export class Publisher {
 
   has(source) {
     return this.sending.has(source);
+  }
+
+  setIceServers(iceServers) {
+    setIceServers(this.pc, iceServers);
   }
 
   negotiate() {
@@ -159,6 +173,10 @@ export class Subscriber {
         this.send("subscribe_answer", { sdp: this.pc.localDescription.sdp });
       });
     return this.chain;
+  }
+
+  setIceServers(iceServers) {
+    setIceServers(this.pc, iceServers);
   }
 
   /** inbound-rtp statistics, each with the track it carries. */

@@ -135,16 +135,25 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 2
 
 
 def start_server(
-    port: int, secret: str, host_address: str, data_dir: str
+    port: int,
+    secret: str,
+    host_address: str,
+    data_dir: str,
+    *extra: str,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``lco serve`` on 127.0.0.1:``port`` and wait until it is healthy."""
+    """Start ``lco serve`` on ``host``:``port`` and wait until it is healthy; ``extra``
+    arguments, ``env`` variables, its output to ``log`` if given."""
     lco = Path(sys.executable).with_name("lco")
+    output = log.open("wb") if log is not None else None
     process = subprocess.Popen(
         [
             str(lco),
             "serve",
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(port),
             "--ice-host",
@@ -153,9 +162,14 @@ def start_server(
             data_dir,
             "--log-level",
             "warning",
+            *extra,
         ],
-        env={**os.environ, "LCO_SECRET": secret},
+        env={**os.environ, "LCO_SECRET": secret, **(env or {})},
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
     )
+    if output is not None:
+        output.close()  # the child has its own descriptor
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", process)
     except BaseException:
