@@ -41,6 +41,8 @@ def keep_screenshot(path: Path) -> None:
     committed pictures as they are."""
     if os.environ.get("LCO_UPDATE_SCREENSHOTS") == "1" and SCREENSHOTS.is_dir():
         (SCREENSHOTS / path.name).write_bytes(path.read_bytes())
+
+
 CHROMIUM = os.environ.get("LCO_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = [
     "--no-sandbox",

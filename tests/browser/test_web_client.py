@@ -295,9 +295,9 @@ def test_sharing_the_screen_again_and_again_keeps_every_offer_small(lesson: Less
     # The teacher's four and the classroom's two, and at most two being freed.
     assert student.page.evaluate(MEDIA_SECTIONS, "subscriber") <= 8
     teacher.get_by_role("button", name="Stop sharing").click()
-    expect(
-        student.page.locator(f"#stage video[data-participant-id='{teacher_id}']")
-    ).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(student.page.locator(f"#stage video[data-participant-id='{teacher_id}']")).to_have_count(
+        1, timeout=TIMEOUT_MS
+    )
 
 
 def test_screen_share_is_a_second_video(lesson: Lesson) -> None:
