@@ -205,7 +205,9 @@ def fake_pair(sock: socket.socket, remote: tuple[str, int]) -> Any:
     """What aioice's nominated pair offers the fast path: a transport and an address."""
     transport = types.SimpleNamespace(get_extra_info=lambda name: sock, sendto=sock.sendto)
     return types.SimpleNamespace(
-        protocol=types.SimpleNamespace(transport=transport), remote_addr=remote
+        protocol=types.SimpleNamespace(transport=transport),
+        remote_addr=remote,
+        local_candidate=types.SimpleNamespace(type="host"),
     )
 
 
