@@ -232,6 +232,12 @@ def set_host_addresses(addresses: Sequence[str] | None) -> None:
     aioice.ice.get_host_addresses = host_addresses
 
 
+def host_addresses() -> list[str]:
+    """The host addresses ICE announces now (aioice's choice, or ours: hook 6)."""
+    addresses: list[str] = aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True)
+    return addresses
+
+
 def release_audio_immediately(receiver: RTCRtpReceiver) -> None:
     """Forward each Opus packet on arrival instead of through aiortc's jitter buffer."""
     setattr(receiver, "_RTCRtpReceiver__jitter_buffer", _ImmediateAudioBuffer())  # noqa: B010

@@ -113,20 +113,58 @@ def preferences_for(kind: str, codec: RTCRtpCodecParameters) -> list[RTCRtpCodec
     return chosen[:1] + rtx
 
 
+def parse_description(sdp: str) -> SessionDescription:
+    """A client's SDP, parsed and checked so that aiortc can apply it whole: raises
+    ``ValueError`` naming the problem, and nothing else.
+
+    aiortc's parser also fails with AssertionError, StopIteration or AttributeError,
+    and a description it parses may still break ``setRemoteDescription`` half way
+    (a section without a DTLS fingerprint or a MID), leaving the peer connection
+    unable even to close.
+    """
+    if not sdp.lstrip().startswith("v=0"):
+        raise ValueError("it does not start with v=0")
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:
+        raise ValueError(f"it could not be parsed ({type(exc).__name__})") from None
+    if not description.media:
+        raise ValueError("it has no audio or video section")
+    mids: set[str] = set()
+    for index, media in enumerate(description.media):
+        if media.kind not in ("audio", "video"):
+            raise ValueError(f"section {index} is {media.kind!r}: only audio and video")
+        mid = media.rtp.muxId
+        if not mid or len(mid) > 32 or mid in mids:
+            raise ValueError(f"section {index} has no MID of its own")
+        mids.add(mid)
+        if media.port == 0:
+            continue  # rejected: nothing of it is used
+        if not media.rtp.codecs:
+            raise ValueError(f"section {index} has no codec")
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise ValueError(f"section {index} has no DTLS fingerprint")
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise ValueError(f"section {index} has no ICE username fragment or password")
+        if not media.rtcp_mux:
+            raise ValueError(f"section {index} does not multiplex RTCP")
+    for group in description.group:
+        if any(item not in mids for item in group.items):
+            raise ValueError(f"the {group.semantic} group names a MID no section has")
+    return description
+
+
 def restrict_offer_codecs(sdp: str) -> tuple[str, int, int]:
-    """Remove codecs the SFU does not forward from a client offer; return the offer,
-    its number of audio and video sections and how many of them send media.
+    """Check a client offer (:func:`parse_description`) and remove codecs the SFU does
+    not forward; return the offer, its number of media sections and how many of them
+    send media. Raises ``ValueError``.
 
     aiortc answers with the offer's codecs in the offer's order, so removing the
     others here makes the publisher send one of ours.
     """
-    if not sdp.lstrip().startswith("v=0"):
-        raise ValueError("it does not start with v=0")
-    description = SessionDescription.parse(sdp)
+    description = parse_description(sdp)
     sections = sending = 0
     for media in description.media:
-        if media.kind not in ("audio", "video"):
-            continue
         sections += 1
         if media.port != 0 and (media.direction or "sendrecv") in ("sendonly", "sendrecv"):
             sending += 1
@@ -134,10 +172,10 @@ def restrict_offer_codecs(sdp: str) -> tuple[str, int, int]:
         kept_types = {c.payloadType for c in kept}
         # An RTX codec is kept only if its primary codec is.
         kept = [c for c in kept if c.name.lower() != "rtx" or c.parameters.get("apt") in kept_types]
+        if media.port != 0 and not kept:
+            raise ValueError(f"section {media.rtp.muxId} has no codec the server forwards")
         media.rtp.codecs = kept
         media.fmt = [c.payloadType for c in kept]
-    if not sections:
-        raise ValueError("it has no audio or video section")
     return str(description), sections, sending
 
 
@@ -198,8 +236,8 @@ def parse_candidate(
     text = candidate[len("candidate:") :] if candidate.startswith("candidate:") else candidate
     try:
         parsed = candidate_from_sdp(text)
-    except (IndexError, ValueError) as exc:
-        raise ValueError(f"bad ICE candidate: {exc}") from None
+    except Exception:  # aiortc asserts, indexes and converts without checking first
+        raise ValueError(f"bad ICE candidate {text[:80]!r}") from None
     parsed.sdpMid = sdp_mid
     parsed.sdpMLineIndex = sdp_mline_index
     return parsed

@@ -22,6 +22,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from signaling import protocol as p
 
 from . import hooks
+from .candidate_policy import CandidateGate, CandidatePolicy
 from .forwarder import TrackForwarder
 from .peers import (
     IceSettings,
@@ -29,6 +30,7 @@ from .peers import (
     negotiated_media,
     new_peer_connection,
     parse_candidate,
+    parse_description,
     reject_like_offer,
     restrict_offer_codecs,
 )
@@ -121,7 +123,9 @@ class ParticipantMedia:
 
     participant_id: str
     send: SendMessage
+    client_address: str | None = None  # where its signalling comes from
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    gates: dict[str, CandidateGate] = field(default_factory=dict)  # per peer connection
     publish_pc: RTCPeerConnection | None = None
     subscribe_pc: RTCPeerConnection | None = None
     published: dict[str, str] = field(default_factory=dict)  # mid -> track id
@@ -150,8 +154,11 @@ class Sfu:
         forwarding: ForwardingMode = "rtp",
         on_negotiation_timeout: Callable[[str], None] | None = None,
         negotiation_timeout: float = NEGOTIATION_TIMEOUT,
+        candidate_policy: CandidatePolicy | None = None,
     ) -> None:
         self._settings = settings
+        self._candidates = candidate_policy or CandidatePolicy(hooks.host_addresses())
+        self._refused_by_departed = 0  # candidates refused on closed participants' gates
         self._on_track_ended = on_track_ended
         self._on_negotiation_timeout = on_negotiation_timeout
         self._negotiation_timeout = negotiation_timeout
@@ -162,9 +169,11 @@ class Sfu:
 
     # -- participants --------------------------------------------------------
 
-    def open(self, participant_id: str, send: SendMessage) -> None:
-        """Prepare media for a participant who joined."""
-        self._participants[participant_id] = ParticipantMedia(participant_id, send)
+    def open(
+        self, participant_id: str, send: SendMessage, client_address: str | None = None
+    ) -> None:
+        """Prepare media for a participant who joined (signalling from ``client_address``)."""
+        self._participants[participant_id] = ParticipantMedia(participant_id, send, client_address)
 
     async def close(self, participant_id: str) -> None:
         """Release everything a participant held: peer connections, forwarders, tasks."""
@@ -172,6 +181,7 @@ class Sfu:
         if media is None:
             return
         media.closed = True
+        self._refused_by_departed += sum(gate.refused for gate in media.gates.values())
         if media.answer_timer is not None:
             media.answer_timer.cancel()
         for track_id in list(media.published.values()):
@@ -188,7 +198,7 @@ class Sfu:
                 pass
         for pc in (media.publish_pc, media.subscribe_pc):
             if pc is not None:
-                await pc.close()
+                await close_quietly(pc)
         media.publish_pc = media.subscribe_pc = None
 
     async def close_all(self) -> None:
@@ -222,10 +232,15 @@ class Sfu:
             if media.publish_pc is None:
                 media.publish_pc = self._new_publish_pc(media)
             pc = media.publish_pc
+            sdp = self._gate(media, "publish").filter_sdp(sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
                 await pc.setLocalDescription(await pc.createAnswer())
             except Exception as exc:  # aiortc raises many types on bad SDP
+                if pc.remoteDescription is None or pc.signalingState != "stable":
+                    # Refused half applied: a connection never used starts afresh.
+                    media.publish_pc = None
+                    await close_quietly(pc)
                 raise MediaError(f"the publish offer was refused: {exc}", offer.type) from None
             answer = announce_public_ip(
                 reject_like_offer(sdp, pc.localDescription.sdp), self._settings.public_ip
@@ -372,6 +387,13 @@ class Sfu:
             if pc is None or not media.offer_in_flight:
                 raise MediaError("no subscribe offer is waiting for an answer", "subscribe_answer")
             try:
+                parse_description(sdp)
+            except ValueError as exc:
+                raise MediaError(
+                    f"the subscribe answer is not valid SDP ({exc})", "subscribe_answer"
+                ) from None
+            sdp = self._gate(media, "subscribe").filter_sdp(sdp)
+            try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             except Exception as exc:  # aiortc raises many types on bad SDP
                 raise MediaError(
@@ -397,6 +419,14 @@ class Sfu:
             raise MediaError(f"no {message.pc} connection is being negotiated", message.type)
         if not message.candidate:
             return  # end of candidates: aiortc needs no signal
+        refused = self._gate(media, message.pc).admit(message.candidate)
+        if refused == "malformed":
+            raise MediaError("the ICE candidate was refused: it is malformed", message.type)
+        if refused is not None:
+            # Browsers trickle candidates the server cannot use (a home network's
+            # private addresses): not an error, but never a connectivity check.
+            logger.debug("ICE candidate of %s not checked: %s", participant_id, refused)
+            return
         try:
             candidate = parse_candidate(message.candidate, message.sdp_mid, message.sdp_mline_index)
             await pc.addIceCandidate(candidate)
@@ -425,6 +455,9 @@ class Sfu:
             "relayed_peer_connections": sum(
                 hooks.remote_candidate_type(pc) == "relay" for pc in pcs
             ),
+            # Remote ICE candidates never checked (media/candidate_policy.py).
+            "ice_candidates_refused": self._refused_by_departed
+            + sum(gate.refused for m in self._participants.values() for gate in m.gates.values()),
             "forwarded_tracks": len(self._forwarders),
             "subscriptions": sum(f.subscriber_count for f in self._forwarders.values()),
             **totals,
@@ -432,6 +465,13 @@ class Sfu:
         }
 
     # -- internals -----------------------------------------------------------
+
+    def _gate(self, media: ParticipantMedia, pc_name: str) -> CandidateGate:
+        """The candidate gate of one of a participant's peer connections."""
+        gate = media.gates.get(pc_name)
+        if gate is None:
+            gate = media.gates[pc_name] = self._candidates.gate(media.client_address)
+        return gate
 
     def _media(self, participant_id: str) -> ParticipantMedia:
         media = self._participants.get(participant_id)
@@ -521,3 +561,13 @@ def _reuse_key(codec: RTCRtpCodecParameters | None) -> str:
         return ""
     profile = codec.parameters.get("profile-level-id", "")
     return f"{codec.mimeType.lower()};{profile}"
+
+
+async def close_quietly(pc: RTCPeerConnection) -> None:
+    """Close a peer connection whatever state bad input left it in: aiortc's ``close``
+    fails on a transceiver that a refused description created without a transport,
+    and cleanup must go on for everything else."""
+    try:
+        await pc.close()
+    except Exception:
+        logger.debug("closing a peer connection failed", exc_info=True)

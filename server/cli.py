@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -63,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="address to announce as an ICE host candidate; repeat for several "
         "(env LCO_ICE_HOSTS, comma separated; default: every non-loopback address)",
+    )
+    serve.add_argument(
+        "--ice-allow-network",
+        action="append",
+        default=None,
+        help="a private network (CIDR) whose ICE candidates are checked although it is "
+        "neither the client's nor the server's own; repeat for several "
+        "(env LCO_ICE_ALLOW_NETWORKS, comma separated)",
     )
     serve.add_argument(
         "--public-ip",
@@ -233,6 +242,14 @@ def _turn_from_args(args: argparse.Namespace) -> TurnRest | None:
         raise SystemExit(f"lco serve: {exc}") from None
 
 
+def _networks(values: list[str]) -> tuple[str, ...]:
+    """CIDR networks, checked; a bad one stops the start with a clear message."""
+    try:
+        return tuple(str(ipaddress.ip_network(value, strict=False)) for value in values)
+    except ValueError as exc:
+        raise SystemExit(f"--ice-allow-network: {exc}") from None
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Turn ``lco serve`` arguments (and environment) into settings."""
     ice_hosts = args.ice_host or _env_list("LCO_ICE_HOSTS") or None
@@ -245,6 +262,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         secret=resolve_secret(args.secret, args.data_dir),
         data_dir=args.data_dir,
         ice_host_addresses=tuple(ice_hosts) if ice_hosts else None,
+        ice_allowed_networks=_networks(
+            args.ice_allow_network or _env_list("LCO_ICE_ALLOW_NETWORKS") or []
+        ),
         public_ip=args.public_ip,
         ice_servers=tuple(parse_ice_server(s) for s in ice_specs),
         turn=_turn_from_args(args),

@@ -46,6 +46,9 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     # Host addresses announced in ICE candidates (None: every non-loopback address).
     ice_host_addresses: tuple[str, ...] | None = None
+    # Private networks whose ICE candidates are checked besides the client's own and
+    # the server's own (media/candidate_policy.py).
+    ice_allowed_networks: tuple[str, ...] = ()
     public_ip: str | None = None
     ice_servers: tuple[IceServerConfig, ...] = ()
     # TURN servers sharing a secret with us: clients get short-lived credentials.

@@ -198,7 +198,8 @@ class ParticipantConnection:
                         name="ice-renewal",
                     )
                 )
-            state.sfu.open(pid, self._deliver_to_self)
+            client = self._ws.client
+            state.sfu.open(pid, self._deliver_to_self, client.host if client else None)
         elif isinstance(effect, NegotiatePublish):
             await self._negotiate_publish(effect)
         elif isinstance(effect, AcceptSubscribeAnswer):

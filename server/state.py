@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCIceServer
 
+from media import hooks
+from media.candidate_policy import CandidatePolicy
 from media.peers import IceSettings
 from media.sfu import Sfu
 from signaling import protocol as p
@@ -67,6 +69,13 @@ class ServerState:
             forwarding=settings.forwarding,
             on_negotiation_timeout=self._negotiation_timed_out,
             negotiation_timeout=settings.negotiation_timeout,
+            candidate_policy=CandidatePolicy(
+                own_addresses=[
+                    *hooks.host_addresses(),
+                    *([settings.public_ip] if settings.public_ip else []),
+                ],
+                allowed_networks=settings.ice_allowed_networks,
+            ),
         )
         self.webhooks = Webhooks(
             WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)
@@ -158,5 +167,18 @@ class ServerState:
             "asyncio_tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
             "open_fds": open_fds,
+            "rss_bytes": resident_bytes(),
             "sfu": self.sfu.stats(),
         }
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (VmRSS), or -1 where /proc does not tell."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return -1
