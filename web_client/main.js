@@ -30,7 +30,7 @@ import {
 const $ = (id) => document.getElementById(id);
 const MAX_BACKOFF_MS = 10_000;
 // A bye with one of these reasons is followed by a reconnect, not a final page.
-const RECONNECTING_BYES = new Set(["timeout", "server_shutdown"]);
+const RECONNECTING_BYES = new Set(["timeout", "server_shutdown", "negotiation_failed"]);
 // Roles whose microphone and camera a moderator may mute, and who may present.
 const MUTABLE_ROLES = new Set(["student", "classroom", "expert", "delegate"]);
 const PRESENTABLE_ROLES = new Set(["student", "classroom", "expert", "delegate"]);
