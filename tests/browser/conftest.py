@@ -8,6 +8,7 @@ address, and pages are opened at ``http://127.0.0.1`` (a secure context).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -23,7 +24,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Playwright, WebSocket, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    WebSocket,
+    sync_playwright,
+)
 
 from signaling.permissions import Role
 from signaling.tokens import mint_token
@@ -235,6 +243,31 @@ def browser(playwright: Playwright, host_address: str) -> Iterator[Browser]:
         yield browser
     finally:
         browser.close()
+
+
+def wait_until(
+    page: Page, predicate: str, arg: Any = None, *, timeout_ms: float, polling_ms: int = 200
+) -> Any:
+    """Wait until the page's ``predicate(arg)`` (JavaScript, async or not) is truthy;
+    return its value.
+
+    Playwright's ``wait_for_function`` takes the Promise an async predicate returns for
+    a truthy result and returns at once, so a wait on ``getStats()`` would wait for
+    nothing; here the page awaits each result.
+    """
+    script = f"""async ([arg, timeoutMs, pollingMs]) => {{
+      const predicate = {predicate};
+      const deadline = performance.now() + timeoutMs;
+      for (;;) {{
+        const value = await predicate(arg);
+        if (value) return value;
+        if (performance.now() > deadline) {{
+          throw new Error(`no result in ${{timeoutMs}} ms from ${{{json.dumps(predicate[:300])}}}`);
+        }}
+        await new Promise((resolve) => setTimeout(resolve, pollingMs));
+      }}
+    }}"""
+    return page.evaluate(script, [arg, timeout_ms, polling_ms])
 
 
 def _check_signalling(socket: WebSocket) -> None:

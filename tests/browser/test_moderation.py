@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Dialog, expect
 
 from signaling.permissions import Role
 
-from .conftest import Server, keep_screenshot
+from .conftest import Server, keep_screenshot, wait_until
 from .test_web_client import TIMEOUT_MS, Participant, wait_audio_arrives
 
 pytestmark = pytest.mark.browser
@@ -223,7 +223,7 @@ def test_teacher_mutes_a_student_who_asks_to_unmute(room: Room) -> None:
         )
     expect(teacher.get_by_role("button", name=f"Allow microphone: {ADA}")).to_be_visible()
     # The server stopped forwarding: no more audio packets reach the teacher.
-    teacher.wait_for_function(AUDIO_STALLED, arg=[student_id, 1000], timeout=TIMEOUT_MS)
+    wait_until(teacher, AUDIO_STALLED, [student_id, 1000], timeout_ms=TIMEOUT_MS)
 
     # Ask to unmute; the teacher allows it from the request list.
     student.get_by_role("button", name="Ask to unmute microphone", exact=True).click()

@@ -39,7 +39,14 @@ from signaling.turn import turn_credential
 
 from ..coturn import Coturn, trust_ca_for_chromium
 from ..netns import NestedNamespace
-from .conftest import CHROMIUM, CHROMIUM_FLAGS, free_port, start_server, stop_server
+from .conftest import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    free_port,
+    start_server,
+    stop_server,
+    wait_until,
+)
 from .test_web_client import TIMEOUT_MS, Participant, wait_video_plays
 
 pytestmark = pytest.mark.browser
@@ -215,17 +222,14 @@ def join(browser: Browser, link: str, name: str, role: Role) -> Participant:
 
 def selected_pair(page: Page, which: str) -> dict[str, Any]:
     """The succeeded, selected candidate pair of ``which`` connection, once there is one."""
-    handle = page.wait_for_function(SELECTED_PAIR, arg=which, timeout=TIMEOUT_MS, polling=200)
-    pair: dict[str, Any] = handle.json_value()
+    pair: dict[str, Any] = wait_until(page, SELECTED_PAIR, which, timeout_ms=TIMEOUT_MS)
     return pair
 
 
 def wait_decoding(viewer: Page, publisher_id: str) -> None:
     """More frames of ``publisher_id``'s camera get decoded from now on."""
     before: int = viewer.evaluate(DECODED, publisher_id)
-    viewer.wait_for_function(
-        DECODED_ABOVE, arg=[publisher_id, before], timeout=TIMEOUT_MS, polling=200
-    )
+    wait_until(viewer, DECODED_ABOVE, [publisher_id, before], timeout_ms=TIMEOUT_MS)
 
 
 def relayed_peer_connections(server: TurnLessonServer) -> int:

@@ -18,7 +18,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from signaling.permissions import Role
 
-from .conftest import Server, keep_screenshot
+from .conftest import Server, keep_screenshot, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -109,22 +109,19 @@ def wait_video_plays(viewer: Participant, publisher_id: str, source: str = "came
     page.wait_for_function(
         VIDEO_ADVANCED, arg=[publisher_id, source, before["time"]], timeout=TIMEOUT_MS
     )
-    page.wait_for_function(
-        INBOUND_ABOVE,
-        arg=[publisher_id, source, "framesDecoded", decoded],
-        timeout=TIMEOUT_MS,
-        polling=200,
+    wait_until(
+        page, INBOUND_ABOVE, [publisher_id, source, "framesDecoded", decoded], timeout_ms=TIMEOUT_MS
     )
 
 
 def wait_audio_arrives(viewer: Participant, publisher_id: str) -> None:
     """Audio packets of ``publisher_id`` keep arriving at ``viewer``."""
     received = viewer.page.evaluate(INBOUND, [publisher_id, "microphone", "packetsReceived"])
-    viewer.page.wait_for_function(
+    wait_until(
+        viewer.page,
         INBOUND_ABOVE,
-        arg=[publisher_id, "microphone", "packetsReceived", max(received, 0)],
-        timeout=TIMEOUT_MS,
-        polling=200,
+        [publisher_id, "microphone", "packetsReceived", max(received, 0)],
+        timeout_ms=TIMEOUT_MS,
     )
 
 
