@@ -9,21 +9,31 @@ subscribe offers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import av
 import websockets
-from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import (
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from signaling import protocol as p
 
+from . import hooks
 from .peers import configuration
+from .rtp_subscriber import IdleTrack
+from .simulcast import LayerSpec, SimulcastCamera
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +56,11 @@ class ReceivedTrack:
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     width: int = 0
     height: int = 0
+    # When each of the latest frames arrived (monotonic), and each change of size.
+    arrivals: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=20_000)
+    )
+    sizes: list[tuple[float, int, int]] = field(default_factory=list)
 
 
 def _ice_servers(entries: list[dict[str, Any]]) -> list[RTCIceServer]:
@@ -90,6 +105,7 @@ class LessonClient:
         ] = []
         self._by_mid: dict[str, p.SubscribedTrack] = {}  # what each m-line carries now
         self._publish_tracks: list[tuple[MediaStreamTrack, p.Source]] = []
+        self.cameras: list[SimulcastCamera] = []  # cameras published as simulcast layers
         self.closed = asyncio.Event()
         self._tracks_changed = asyncio.Event()
 
@@ -124,6 +140,8 @@ class LessonClient:
 
     async def close(self) -> None:
         """Leave: close peer connections and the socket, stop every task."""
+        for camera in self.cameras:
+            await camera.stop()
         for pc in (self.publish_pc, self.subscribe_pc):
             if pc is not None:
                 await pc.close()
@@ -173,18 +191,30 @@ class LessonClient:
     # -- publishing ----------------------------------------------------------
 
     async def publish(
-        self, tracks: list[tuple[MediaStreamTrack, p.Source]], video_codec: str | None = None
+        self,
+        tracks: list[tuple[MediaStreamTrack, p.Source]],
+        video_codec: str | None = None,
+        simulcast: Sequence[LayerSpec] | None = None,
     ) -> dict[str, Any]:
         """Offer ``tracks`` on the publish connection; return the server's reply.
 
         ``video_codec`` ("VP8" or "H264") offers only that codec for video.
+        ``simulcast``: the camera goes as these layers (``media.simulcast``; VP8).
         """
         if self.publish_pc is None:
             self.publish_pc = RTCPeerConnection(configuration(self.ice_servers))
         pc = self.publish_pc
         added = []
+        camera: tuple[SimulcastCamera, RTCRtpTransceiver] | None = None
         for track, source in tracks:
-            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if simulcast and source == "camera" and camera is None:
+                layered = SimulcastCamera(track, simulcast)
+                transceiver = pc.addTransceiver(IdleTrack("video"), direction="sendonly")
+                camera = (layered, transceiver)
+                self.cameras.append(layered)
+                video_codec = video_codec or "VP8"
+            else:
+                transceiver = pc.addTransceiver(track, direction="sendonly")
             if video_codec is not None and track.kind == "video":
                 transceiver.setCodecPreferences(
                     [
@@ -201,12 +231,28 @@ class LessonClient:
             for t, source in added
             if t.mid is not None
         ]
+        sdp = pc.localDescription.sdp
+        if camera is not None:
+            sdp = camera[0].describe(sdp, camera[1].mid or "")
         reply = self.wait_for(lambda m: m["type"] in ("publish_answer", "error"))
-        await self.send(p.PublishOffer(sdp=pc.localDescription.sdp, tracks=specs))
+        await self.send(p.PublishOffer(sdp=sdp, tracks=specs))
         message = await reply
         if message["type"] == "publish_answer":
             await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "answer"))
+            if camera is not None:
+                camera[0].start(camera[1], message["sdp"])
         return message
+
+    async def receive_settings(
+        self, mode: p.ReceiveMode = "auto", sizes: dict[str, tuple[int, int]] | None = None
+    ) -> None:
+        """Tell the server what this viewer wants: a mode, and the size it shows each
+        track at ((0, 0): not at all)."""
+        views = [
+            p.TrackView(track_id=track_id, width=width, height=height)
+            for track_id, (width, height) in (sizes or {}).items()
+        ]
+        await self.send(p.ReceiveSettings(mode=mode, tracks=views))
 
     # -- receiving -----------------------------------------------------------
 
@@ -279,6 +325,8 @@ class LessonClient:
             if carried is None or carried.mid in self._by_mid or track is None:
                 continue
             info = self._by_mid[carried.mid] = carried
+            if info.kind == "video":
+                hooks.skip_to_keyframes(transceiver.receiver)
             received = ReceivedTrack(info.track_id, info.participant_id, info.kind, info.source)
             self.received[info.track_id] = received
             self._consumers[info.track_id] = asyncio.create_task(self._consume(track, received))
@@ -293,13 +341,19 @@ class LessonClient:
         try:
             while True:
                 frame = await track.recv()
+                now = time.monotonic()
                 received.frames += 1
+                received.arrivals.append(now)
                 received.progress.set()
                 if received.first_frame_at is None:
-                    received.first_frame_at = time.monotonic()
+                    received.first_frame_at = now
                     received.first_frame.set()
-                if isinstance(frame, av.VideoFrame):
+                if isinstance(frame, av.VideoFrame) and (frame.width, frame.height) != (
+                    received.width,
+                    received.height,
+                ):
                     received.width, received.height = frame.width, frame.height
+                    received.sizes.append((now, frame.width, frame.height))
         except MediaStreamError:
             pass
         finally:

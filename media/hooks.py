@@ -48,6 +48,40 @@ The RTP fast path (``media/rtp_forward.py``) also uses:
     m-line index, so when a browser recycles that m-line for a new transceiver (JSEP
     5.2.2) aiortc gives the old transceiver the new MID too; we forget the index of
     a transceiver whose m-line was rejected.
+
+Simulcast (a browser sends one camera as several layers, each its own SSRC, named
+by RID in an RTP header extension, none announced in the SDP) needs:
+
+17. ``RtpRouter.route_rtp``: aiortc routes an unknown SSRC by payload type alone,
+    so as soon as two video receivers share a transport every layer is discarded;
+    we route it by its MID header extension first (RFC 8843 9.2).
+18. ``aiortc.codecs.HEADER_EXTENSIONS``: aiortc negotiates only the extensions in
+    this table; we add the RID and repaired-RID extensions (RFC 8852) to video.
+19. ``RTCRtpReceiver.__nack_generator``: aiortc's NACK generator keeps one sequence
+    space per receiver, and with layers interleaved it NACKs packets that were never
+    lost; we give it one generator per SSRC.
+20. ``RTCRtpReceiver._handle_rtp_packet`` (per instance) and ``__rtx_ssrc``: a
+    layer's retransmissions come on an unannounced RTX SSRC named only by the
+    repaired-RID extension; we learn each RTX SSRC's media SSRC from it.
+
+21. ``RTCRtpSender._handle_rtcp_packet`` (per instance): a subscriber's receiver
+    reports tell how much of what we send it loses; the layer it gets follows that.
+
+Publishing simulcast from Python (``media/simulcast.py``: tests, benchmarks, ``lco
+publish``), which aiortc cannot:
+
+22. ``RTCDtlsTransport._send_rtp`` and ``_rtp_header_extensions_map``: send an RTP
+    packet of our own making (a layer's SSRC, its RID) on a negotiated transport.
+23. ``RTCDtlsTransport._rtp_router.register_sender``: RTCP about a layer's SSRC
+    (its PLI) reaches that layer.
+24. ``RTCRtpReceiver.__jitter_buffer`` of a Python *viewer* (``media/client.py``):
+    aiortc's video jitter buffer releases frames strictly in order and, past a packet
+    that never comes, stalls until 512 packets later (half a minute of a small
+    layer); like a browser, ours skips to a keyframe that starts after the hole.
+25. ``RTCRtpReceiver.__remote_bitrate_estimator`` and ``__rtcp_ssrc``: a publisher
+    sends what the SFU's REMB allows, and aiortc's estimate never allows more than
+    1.5 times what arrives, so a browser never turns on its top simulcast layer; as
+    Janus does, we send a configured cap instead (and skip aiortc's estimator).
 """
 
 from __future__ import annotations
@@ -59,16 +93,25 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import aioice.ice
+import aiortc.codecs
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import av
 import pylibsrtp
-from aiortc.jitterbuffer import JitterFrame
-from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+from aiortc.rtcrtpreceiver import NackGenerator, RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtcrtptransceiver import RTCRtpTransceiver
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    RtpPacket,
+    pack_remb_fci,
+)
 
 from .keyframes import is_keyframe
 
@@ -203,6 +246,7 @@ def install_forwarding_hooks() -> None:
     setattr(aiortc.rtcrtpreceiver, "get_decoder", _passthrough_get_decoder)  # noqa: B010
     setattr(aiortc.rtcrtpsender, "get_encoder", _counting_get_encoder)  # noqa: B010
     route_rtx_by_ssrc()
+    understand_simulcast()
 
 
 def install_counting_hooks() -> None:
@@ -210,6 +254,7 @@ def install_counting_hooks() -> None:
     setattr(aiortc.rtcrtpreceiver, "get_decoder", _counting_get_decoder)  # noqa: B010
     setattr(aiortc.rtcrtpsender, "get_encoder", _counting_get_encoder)  # noqa: B010
     route_rtx_by_ssrc()
+    understand_simulcast()
 
 
 def uninstall_hooks() -> None:
@@ -217,6 +262,119 @@ def uninstall_hooks() -> None:
     setattr(aiortc.rtcrtpreceiver, "get_decoder", _original_get_decoder)  # noqa: B010
     setattr(aiortc.rtcrtpsender, "get_encoder", _original_get_encoder)  # noqa: B010
     route_rtx_by_ssrc(False)
+    understand_simulcast(False)
+
+
+# --- simulcast (hooks 17 to 20) ------------------------------------------------
+
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+_RID_EXTENSIONS = (
+    RTCRtpHeaderExtensionParameters(id=10, uri=RID_URI),
+    RTCRtpHeaderExtensionParameters(id=11, uri=REPAIRED_RID_URI),
+)
+_original_route_rtp = RtpRouter.route_rtp
+
+
+def _route_rtp_by_mid(self: Any, packet: RtpPacket) -> Any:
+    if packet.ssrc not in self.ssrc_table:
+        receiver = self.mid_table.get(packet.extensions.mid)
+        if receiver is not None:
+            self.ssrc_table[packet.ssrc] = receiver
+            return receiver
+    return _original_route_rtp(self, packet)
+
+
+def understand_simulcast(enabled: bool = True) -> None:
+    """Route unannounced SSRCs by MID (hook 17) and negotiate the RID extensions
+    (hook 18); False restores aiortc's own behaviour."""
+    setattr(RtpRouter, "route_rtp", _route_rtp_by_mid if enabled else _original_route_rtp)  # noqa: B010
+    video: list[RTCRtpHeaderExtensionParameters] = aiortc.codecs.HEADER_EXTENSIONS["video"]
+    video[:] = [x for x in video if x.uri not in (RID_URI, REPAIRED_RID_URI)]
+    if enabled:
+        video.extend(_RID_EXTENSIONS)
+
+
+class _NackPerSsrc:
+    """aiortc's NACK generator, one per SSRC; ``missing`` is that of the SSRC of the
+    packet last added, which is what the receiver then NACKs."""
+
+    def __init__(self) -> None:
+        self._generators: dict[int, NackGenerator] = {}
+        self.missing: set[int] = set()
+
+    def add(self, packet: RtpPacket) -> bool:
+        generator = self._generators.get(packet.ssrc)
+        if generator is None:
+            if len(self._generators) >= 16:  # a publisher changing SSRC for ever
+                self._generators.clear()
+            generator = self._generators[packet.ssrc] = NackGenerator()
+        missed = generator.add(packet)
+        self.missing = generator.missing
+        return bool(missed)
+
+
+class _KeyframeJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer that drops what a hole left undecodable as soon
+    as a keyframe starts after it (hook 24)."""
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        data: bytes = getattr(packet, "_data", b"")
+        origin = self._origin
+        if origin is not None and data and (is_keyframe("VP8", data) or is_keyframe("H264", data)):
+            ahead = (packet.sequence_number - origin) & 0xFFFF
+            if 0 < ahead < 0x8000 and any(
+                self._packets[(origin + n) % self._capacity] is None
+                for n in range(min(ahead, self._capacity))
+            ):
+                self.remove(min(ahead, self._capacity))
+                self._origin = packet.sequence_number
+        return super().add(packet)
+
+
+def cap_publisher(receiver: RTCRtpReceiver) -> None:
+    """Stop the receiver's own bandwidth estimate (and its REMB) for a publisher whose
+    REMB we send ourselves (:func:`send_remb`, hook 25)."""
+    slot = "_RTCRtpReceiver__remote_bitrate_estimator"
+    if not hasattr(receiver, slot):
+        raise RuntimeError(f"aiortc no longer has {slot}: hook 25 needs updating")
+    setattr(receiver, slot, None)
+
+
+async def send_remb(receiver: RTCRtpReceiver, bitrate: int, ssrcs: list[int]) -> bool:
+    """Tell the publisher behind ``receiver`` it may send up to ``bitrate`` bits/s
+    (RTCP REMB for ``ssrcs``); False before the receiver has an RTCP SSRC."""
+    ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+    if ssrc is None or not ssrcs:
+        return False
+    fci = pack_remb_fci(bitrate, ssrcs)
+    await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=ssrc, media_ssrc=0, fci=fci))
+    return True
+
+
+def skip_to_keyframes(receiver: RTCRtpReceiver) -> None:
+    """Give a viewer's video receiver a jitter buffer that recovers at keyframes."""
+    setattr(receiver, _JITTER_BUFFER, _KeyframeJitterBuffer(capacity=512, is_video=True))
+
+
+def receive_layers(receiver: RTCRtpReceiver) -> None:
+    """Let one publisher's receiver take simulcast layers: NACKs per SSRC (hook 19),
+    RTX SSRCs learnt from the repaired-RID extension (hook 20)."""
+    setattr(receiver, "_RTCRtpReceiver__nack_generator", _NackPerSsrc())  # noqa: B010
+    rtx_ssrcs: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc")  # noqa: B009
+    by_rid: dict[str, int] = {}
+    handle = receiver._handle_rtp_packet
+
+    async def learning(packet: RtpPacket, arrival_time_ms: int) -> None:
+        extensions = packet.extensions
+        if extensions.rtp_stream_id is not None and len(by_rid) < 16:
+            by_rid[extensions.rtp_stream_id] = packet.ssrc
+        repaired = extensions.repaired_rtp_stream_id
+        if repaired is not None and packet.ssrc not in rtx_ssrcs and repaired in by_rid:
+            rtx_ssrcs[packet.ssrc] = by_rid[repaired]
+        await handle(packet, arrival_time_ms)
+
+    setattr(receiver, "_handle_rtp_packet", learning)  # noqa: B010
 
 
 def set_host_addresses(addresses: Sequence[str] | None) -> None:
@@ -230,6 +388,16 @@ def set_host_addresses(addresses: Sequence[str] | None) -> None:
         return [a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
     aioice.ice.get_host_addresses = host_addresses
+
+
+async def send_rtp(transport: RTCDtlsTransport, packet: RtpPacket) -> None:
+    """Protect and send an RTP packet we made on a connected DTLS transport (hook 22)."""
+    await transport._send_rtp(packet.serialize(transport._rtp_header_extensions_map))
+
+
+def route_rtcp_to(transport: RTCDtlsTransport, ssrc: int, handler: Any) -> None:
+    """Give RTCP packets about ``ssrc`` to ``handler._handle_rtcp_packet`` (hook 23)."""
+    transport._rtp_router.register_sender(handler, ssrc)
 
 
 def host_addresses() -> list[str]:
@@ -246,6 +414,12 @@ def release_audio_immediately(receiver: RTCRtpReceiver) -> None:
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
     """Call ``callback`` when the remote end of ``sender`` sends PLI or FIR."""
     setattr(sender, "_send_keyframe", callback)  # noqa: B010
+
+
+async def send_pli_to(receiver: RTCRtpReceiver, ssrc: int) -> bool:
+    """Ask the publisher behind ``receiver`` for a keyframe of the stream ``ssrc``."""
+    await receiver._send_rtcp_pli(ssrc)
+    return True
 
 
 async def send_pli(receiver: RTCRtpReceiver) -> bool:
@@ -299,15 +473,30 @@ def hook_sender(
     sender: RTCRtpSender,
     retransmit: Callable[[int], Awaitable[None]],
     keyframe: Callable[[], None],
+    report: Callable[[float], None] | None = None,
 ) -> None:
-    """Route a subscriber's NACKs and PLI/FIR to us."""
+    """Route a subscriber's NACKs and PLI/FIR to us, and (``report``) the fraction of
+    our packets it lost, from each receiver report block about the sender's SSRC
+    (hook 21: ``RTCRtpSender._handle_rtcp_packet`` per instance)."""
     setattr(sender, "_retransmit", retransmit)  # noqa: B010
     setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
+    if report is None:
+        return
+    handle = RTCRtpSender._handle_rtcp_packet.__get__(sender)
+
+    async def reporting(packet: Any) -> None:
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for block in packet.reports:
+                if block.ssrc == sender._ssrc:
+                    report(block.fraction_lost / 256)
+        await handle(packet)
+
+    setattr(sender, "_handle_rtcp_packet", reporting)  # noqa: B010
 
 
 def unhook_sender(sender: RTCRtpSender) -> None:
     """Remove our instance overrides: the class methods apply again."""
-    for name in ("_retransmit", "_send_keyframe"):
+    for name in ("_retransmit", "_send_keyframe", "_handle_rtcp_packet"):
         sender.__dict__.pop(name, None)
 
 

@@ -179,6 +179,46 @@ def restrict_offer_codecs(sdp: str) -> tuple[str, int, int]:
     return str(description), sections, sending
 
 
+def simulcast_rids(sdp: str) -> dict[str, list[str]]:
+    """The RIDs of each simulcast m-section a client offers to send (RFC 8853), by MID:
+    ``a=simulcast:send h;m;l`` with ``a=rid:h send`` ..., alternatives and paused
+    (``~``) streams flattened. aiortc reads neither attribute."""
+    found: dict[str, list[str]] = {}
+    for section in sdp.split("\r\nm=")[1:]:
+        lines = section.split("\r\n")
+        mid = next((x[len("a=mid:") :] for x in lines if x.startswith("a=mid:")), None)
+        declared = {x[len("a=rid:") :].split(" ")[0] for x in lines if x.startswith("a=rid:")}
+        for line in lines:
+            if mid is not None and line.startswith("a=simulcast:send "):
+                streams = line[len("a=simulcast:send ") :].split(" ")[0]
+                rids = [
+                    rid.lstrip("~")
+                    for alternative in streams.split(";")
+                    for rid in alternative.split(",")
+                ]
+                found[mid] = [rid for rid in rids if rid in declared][:4]
+    return {mid: rids for mid, rids in found.items() if rids}
+
+
+def accept_simulcast(answer: str, rids: dict[str, list[str]]) -> str:
+    """Say in ``answer`` that the server receives each offered simulcast stream: a
+    browser sends one layer only unless the answer has ``a=rid:X recv`` and
+    ``a=simulcast:recv`` (RFC 8853 5.3)."""
+    if not rids:
+        return answer
+    head, *sections = answer.split("\r\nm=")
+    for index, section in enumerate(sections):
+        lines = section.split("\r\n")
+        mid = next((x[len("a=mid:") :] for x in lines if x.startswith("a=mid:")), None)
+        if mid not in rids or lines[0].split(" ")[1] == "0":
+            continue
+        at = next(i for i, x in enumerate(lines) if x.startswith("a=mid:")) + 1
+        added = [f"a=rid:{rid} recv" for rid in rids[mid]]
+        added.append("a=simulcast:recv " + ";".join(rids[mid]))
+        sections[index] = "\r\n".join([*lines[:at], *added, *lines[at:]])
+    return "\r\nm=".join([head, *sections])
+
+
 def reject_like_offer(offer: str, answer: str) -> str:
     """Reject in ``answer`` every m-section the offer rejected (JSEP 5.3.1: port 0, and
     out of the BUNDLE group). aiortc answers a stopped section as if it were live, which

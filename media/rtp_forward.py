@@ -55,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver
@@ -63,9 +63,17 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from . import hooks
 from .counters import Counters
+from .downlink import AUDIO_ONLY, HIGH
 from .keyframe_requests import KeyframeRequester
 from .peers import preferences_for
-from .rtp_rewrite import keyframe_detector, write_varying
+from .rtp_layers import RATE_WINDOW, Layer, choose
+from .rtp_rewrite import (
+    NTP_EPOCH_OFFSET,
+    abs_send_time,
+    keyframe_detector,
+    vp8_keyframe_size,
+    write_varying,
+)
 from .rtp_subscriber import (
     HISTORY,
     MAX_PAYLOAD,
@@ -77,7 +85,6 @@ from .rtp_subscriber import (
 
 KEYFRAME_RETRY = 1.0  # ask again while a subscriber still waits for a keyframe
 SENDER_REPORT_SYNC = 0.5  # seconds between updates of what aiortc's SR says
-NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 to 1970 (RFC 5905)
 # RFC 3550 appendix A.1: a forward jump up to MAX_DROPOUT is loss; a packet up to
 # MAX_MISORDER behind the newest is late; anything else is a jump that only the next
 # packet can confirm (the publisher restarted its numbering).
@@ -85,6 +92,11 @@ MAX_DROPOUT = 3000
 MAX_MISORDER = HISTORY
 SEQ_MOD = 1 << 16
 RETIRED_SSRCS = 4  # earlier sources of a publisher whose late packets are ignored
+SWITCH_BUFFER = 256  # packets of a new layer kept while the old one ends its frame
+# What a video publisher is told it may send (REMB, RFC draft-alvestrand-rmcat-remb),
+# every REMB_INTERVAL s: a camera's three simulcast layers and some room.
+PUBLISH_BITRATE = 2_500_000
+REMB_INTERVAL = 1.0
 _FIRST_INDEX = 1 << 20  # where a source's extended indices start (room for late ones)
 
 _NO_FRAME: tuple[bool, None] = (False, None)
@@ -146,7 +158,8 @@ class _Tap:
 
 
 class RtpForwarder:
-    """Forwards one published track's RTP packets to any number of subscribers."""
+    """Forwards one published track's RTP packets to any number of subscribers: each
+    gets one layer of it (the only one, without simulcast)."""
 
     def __init__(
         self,
@@ -154,37 +167,33 @@ class RtpForwarder:
         receiver: RTCRtpReceiver,
         codec: RTCRtpCodecParameters,
         on_ended: Callable[[str], None] | None = None,
-        send_pli: Callable[[], Awaitable[bool]] | None = None,
+        send_pli: Callable[[int], Awaitable[bool]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        rids: Sequence[str] = (),
+        publish_bitrate: int = PUBLISH_BITRATE,
     ) -> None:
         self.track_id = track_id
         self.kind = "audio" if codec.mimeType.lower().startswith("audio/") else "video"
         self.codec = codec
         self.stats = RtpForwardingStats()
+        self.rids = tuple(rids)  # the simulcast layers offered, by RID (none: one stream)
+        self.publish_bitrate = publish_bitrate  # the REMB its publisher is sent (video)
+        self._remb_at = 0.0
         self._receiver = receiver
         self._on_ended = on_ended
+        self._send_pli = send_pli or (lambda ssrc: hooks.send_pli_to(receiver, ssrc))
         self._clock = clock
         self._wall = wall_clock
         self._detector: Any = keyframe_detector(codec.name)
+        self._sizes = codec.name.upper() == "VP8" and bool(self.rids)  # learn layer sizes
         self._subscribers: tuple[RtpSubscriber, ...] = ()
-        self._waiting = 0  # subscribers waiting for a keyframe start
-        self._in_ssrc: int | None = None
+        self._layers: dict[int, Layer] = {}  # by SSRC
+        self._current: Layer | None = None  # without simulcast: the one stream
         self._retired_ssrcs: tuple[int, ...] = ()  # sources the publisher moved away from
-        # The publisher's numbering: the extended index of its newest packet, that
-        # packet's RTP timestamp and arrival (wall clock), and a jump awaiting proof.
-        self._newest = 0
-        self._newest_ts = 0
-        self._newest_wall = 0.0
-        self._bad_seq: int | None = None
-        self._keyframes = KeyframeRequester(
-            send_pli or (lambda: hooks.send_pli(receiver)),
-            self.stats,
-            self._keyframe_request_failed,
-            clock,
-        )
         self._tasks: set[asyncio.Future[Any]] = set()
-        self._sr_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.rated_at = clock()  # when layer bitrates were last measured
         self._stopped = False
         self._started = False
         self._paused = False
@@ -198,13 +207,22 @@ class RtpForwarder:
         """This track's counters, for ``/metrics``."""
         return self.stats.as_dict()
 
+    def layers(self) -> list[Layer]:
+        """The layers the publisher sends now, smallest first."""
+        now = self._wall()
+        return sorted((x for x in self._layers.values() if x.active(now)), key=Layer.rank)
+
     def start(self) -> None:
-        """Tap the receiver and start the two housekeeping tasks (SR, end of track)."""
+        """Tap the receiver and start housekeeping (layers, sender reports, end of track)."""
         if self._started:
             return
         self._started = True
+        if self.rids:
+            hooks.receive_layers(self._receiver)
+        if self.kind == "video":
+            hooks.cap_publisher(self._receiver)
         hooks.install_tap(self._receiver, _Tap(self._safe_forward))
-        self._schedule_sender_reports()
+        self._housekeeping()
         track = self._receiver.track
         # A receiver reused for a new track (its m-line sent again) may carry the
         # previous track's end already: its end then comes from renegotiation or the
@@ -248,12 +266,14 @@ class RtpForwarder:
         if self._stopped:
             subscriber.close()
             return subscriber
-        hooks.hook_sender(transceiver.sender, subscriber.retransmit, subscriber.keyframe_requested)
-        if self._detector is not None:
-            # Video waits for a keyframe (audio starts at once); it is asked for when
-            # the subscriber's transport is connected (see _forward).
-            self._waiting += 1
+        hooks.hook_sender(
+            transceiver.sender,
+            subscriber.retransmit,
+            subscriber.keyframe_requested,
+            subscriber.receiver_report,
+        )
         self._subscribers = (*self._subscribers, subscriber)
+        self.retarget(subscriber)
         return subscriber
 
     def remove_subscriber(self, subscriber: RtpSubscriber) -> None:
@@ -261,10 +281,52 @@ class RtpForwarder:
         has used stays in ``subscriber.final_state`` for the next track on it."""
         if subscriber in self._subscribers:
             self._subscribers = tuple(s for s in self._subscribers if s is not subscriber)
-            if subscriber.waiting and self._detector is not None:
-                self._waiting -= 1
-            subscriber.final_state = subscriber.state(self._newest_ts, self._newest_wall)
+            subscriber.final_state = self._state_of(subscriber)
+            self._leave(subscriber)
         subscriber.close()
+
+    def prefer(self, subscriber: RtpSubscriber, max_width: int | None, video: bool) -> None:
+        """What a subscriber shows this track at: ``max_width`` (None: as large as
+        there is), or not at all (``video`` False: hidden, or audio only)."""
+        subscriber.max_width = max_width
+        subscriber.video_off = not video and self.kind == "video"
+        self.retarget(subscriber)
+
+    def retarget(self, subscriber: RtpSubscriber) -> None:
+        """Choose the layer for a subscriber again (its preference, its downlink or the
+        layers changed); a change happens at that layer's next keyframe."""
+        if subscriber not in self._subscribers:
+            return
+        downlink = subscriber.downlink
+        if subscriber.video_off or (
+            self.kind == "video" and downlink is not None and downlink.level == AUDIO_ONLY
+        ):
+            self._leave(subscriber)
+            return
+        if self.rids:
+            steps = HIGH - downlink.level if downlink is not None and self.kind == "video" else 0
+            target = choose(self.layers(), subscriber.max_width, steps)
+        else:
+            target = self._current
+        if target is None or target is subscriber.layer:
+            self._unjoin(subscriber)
+            subscriber.target = subscriber.layer
+            return
+        if target is not subscriber.target:
+            self._unjoin(subscriber)
+            subscriber.target = target
+            target.joiners = (*target.joiners, subscriber)
+        self._ask_keyframe(target)
+
+    def bitrate_of(self, subscriber: RtpSubscriber, steps_down: int) -> float:
+        """The bitrate a subscriber would receive with its downlink ``steps_down``
+        below the top (for probing): that of the layer it would get."""
+        if subscriber.video_off:
+            return 0.0
+        if not self.rids:
+            return self._current.bitrate if self._current is not None else 0.0
+        layer = choose(self.layers(), subscriber.max_width, max(0, steps_down))
+        return layer.bitrate if layer is not None else 0.0
 
     def set_paused(self, paused: bool) -> None:
         """Stop (or resume) forwarding to everyone at once: a moderator's mute.
@@ -275,19 +337,30 @@ class RtpForwarder:
         if paused == self._paused:
             return
         self._paused = paused
-        if paused:
-            # Remember where each subscriber's numbering stands now, before the
-            # publisher's packets move on without being sent.
-            self._restart_subscribers(ask_for_keyframe=False)
-        elif self._waiting:
-            self.request_keyframe()
+        for sub in self._subscribers:
+            if paused:
+                # Where each subscriber's numbering stands now, before the publisher's
+                # packets move on without being sent.
+                layer = sub.layer
+                self._leave(sub)
+                sub.target = None
+                if layer is not None:
+                    self._join(sub, layer, ask=False)
+            else:
+                self.retarget(sub)
 
     # -- keyframes -----------------------------------------------------------
 
     def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most once per interval (coalesced)."""
+        """Ask the publisher for a keyframe of every layer someone receives or waits
+        for, at most once per interval per layer (coalesced)."""
+        for layer in self._layers.values():
+            if layer.subscribers or layer.joiners:
+                self._ask_keyframe(layer)
+
+    def _ask_keyframe(self, layer: Layer) -> None:
         if self._detector is not None and not self._stopped:
-            self._keyframes.request()
+            layer.keyframes.request()
 
     def _keyframe_request_failed(self, error: BaseException) -> None:
         self.stats.errors += 1
@@ -303,17 +376,17 @@ class RtpForwarder:
     def _forward(self, packet: Any) -> None:
         stats = self.stats
         stats.packets_received += 1
+        layer = self._layers.get(packet.ssrc)
+        if layer is None:
+            layer = self._new_ssrc(packet)
+            if layer is None:
+                stats.packets_dropped += 1
+                return
         seq: int = packet.sequence_number
         ts: int = packet.timestamp
         payload: bytes = packet.payload
-        if packet.ssrc != self._in_ssrc:
-            if packet.ssrc in self._retired_ssrcs:
-                # A late packet (a repair) of the source the publisher left: sending
-                # it would restart everyone's stream for nothing.
-                stats.packets_dropped += 1
-                return
-            self._new_source(packet.ssrc, seq)
-        newest = self._newest
+        size = len(payload)
+        newest = layer.newest
         delta = (seq - newest) & 0xFFFF
         if delta < MAX_DROPOUT:
             index = newest + delta
@@ -321,54 +394,63 @@ class RtpForwarder:
         elif delta > SEQ_MOD - MAX_MISORDER:
             index = newest - (SEQ_MOD - delta)
             in_order = False
-        elif seq == self._bad_seq:
+        elif seq == layer.bad_seq:
             # Two packets in a row after a jump: the publisher restarted its numbering,
             # which counts as a new source.
-            self._restart_subscribers()
-            index = self._newest = _FIRST_INDEX + seq
+            self._restart(layer)
+            index = layer.newest = _FIRST_INDEX + seq
             in_order = True
         else:
-            self._bad_seq = (seq + 1) & 0xFFFF
+            layer.bad_seq = (seq + 1) & 0xFFFF
             stats.packets_dropped += 1
             return
+        now = self._wall()
+        layer.last_wall = now
         if in_order:
-            self._newest = index
-            self._newest_ts = ts
-            self._newest_wall = self._wall()
+            if ts != layer.newest_ts and layer.newest_wall:
+                step = (ts - layer.newest_ts) & 0xFFFFFFFF
+                if step < 0x8000_0000:
+                    layer.frame_step = step
+            layer.newest = index
+            layer.newest_ts = ts
+            layer.newest_wall = now
+            layer.boundary = bool(packet.marker)
+            layer.octets += size
+            if self._sizes and size > 10 and payload[0] & 0x17 == 0x10:
+                self._learn_size(layer, payload)
         if self._paused:
             stats.packets_muted += 1
             return
-        subscribers = self._subscribers
-        if not subscribers:
-            return
+        if layer.joiners and in_order:
+            self._start_joiners(layer, index, ts, payload, now)
+            self._capture(layer, index, seq, ts, packet.marker, payload)
+        if layer.subscribers:
+            self._send(layer.subscribers, index, seq, ts, packet.marker, payload, now)
+        if layer.leaving and packet.marker and in_order:
+            self._complete_switches(layer)
+
+    def _send(
+        self,
+        subscribers: tuple[RtpSubscriber, ...],
+        index: int,
+        seq: int,
+        ts: int,
+        marker_bit: int,
+        payload: bytes,
+        now: float,
+    ) -> None:
+        """Send one packet (extended ``index`` of its layer) to ``subscribers``."""
+        stats = self.stats
         size = len(payload)
         if size > MAX_PAYLOAD:
             stats.packets_dropped += len(subscribers)
             return
-        marker = 0x80 if packet.marker else 0
-        key: bool | None = None
+        marker = 0x80 if marker_bit else 0
+        send_time = abs_send_time(now)
         record: HistoryRecord | None = None
         protect = _SRTP_PROTECT
         forwarded = dropped = errors = 0
         for sub in subscribers:
-            if sub.writer is None:
-                if not sub.resolve(self.codec):
-                    dropped += 1
-                    continue
-                if sub.waiting and self._detector is not None:
-                    # Its transport is up only now: a keyframe sent earlier could not
-                    # reach it, so this is when to ask for the one it starts on.
-                    self.request_keyframe()
-            if sub.waiting:
-                if not in_order:
-                    dropped += 1
-                    continue
-                if key is None:
-                    key = self._detector is None or bool(self._detector(payload))
-                if not key:
-                    dropped += 1
-                    continue
-                self._begin(sub, index, ts)
             out = index + sub.ext_offset
             if out > sub.highest:
                 sub.highest = out
@@ -390,6 +472,8 @@ class RtpForwarder:
             write_varying(
                 buffer, 1, sub.payload_type | marker, out_seq, (ts + sub.ts_offset) & 0xFFFFFFFF
             )
+            if sub.send_time_at:
+                buffer[sub.send_time_at : sub.send_time_at + 3] = send_time
             buffer[sub.header_size : end] = payload
             length[0] = end
             try:
@@ -409,71 +493,243 @@ class RtpForwarder:
         stats.errors += errors
         stats.packets_forwarded += forwarded
         stats.packets_dropped += dropped
-        if (
-            self._waiting
-            and self._clock() - self._keyframes.last_request > KEYFRAME_RETRY
-            # Only subscribers that can receive it yet (transport up) need it now.
-            and any(s.waiting and s.writer is not None for s in subscribers)
-        ):
-            self.request_keyframe()
 
-    def _begin(self, sub: RtpSubscriber, index: int, ts: int) -> None:
-        sub.begin(index, ts, self._wall(), self.codec.clockRate)
-        if self._detector is not None:
-            self._waiting -= 1
-        self.stats.subscribers_started += 1
+    def _start_joiners(self, layer: Layer, index: int, ts: int, payload: bytes, now: float) -> None:
+        """Subscribers waiting to start on ``layer`` do so at a packet that can start
+        decoding (a keyframe start; any packet for audio). One coming from another
+        layer never gets half a frame: when that layer is in the middle of one, the new
+        layer's packets wait (:data:`SWITCH_BUFFER`) until its frame has ended."""
+        key: bool | None = None
+        started: list[RtpSubscriber] = []
+        retry = False
+        for sub in layer.joiners:
+            if sub.pending is not None:
+                continue  # capturing: _capture keeps its packets
+            if sub.writer is None:
+                if sub.resolve(self.codec):
+                    # Its transport is up only now: a keyframe sent earlier could not
+                    # reach it, so this is when to ask for the one it starts on.
+                    self._ask_keyframe(layer)
+                continue
+            if key is None:
+                key = self._detector is None or bool(self._detector(payload))
+            if not key:
+                retry = retry or now - sub.joined_at > KEYFRAME_RETRY
+                continue
+            old = sub.layer
+            if old is not None and not old.boundary:
+                sub.pending = []  # from this packet on, until ``old``'s frame ends
+                old.leaving = (*old.leaving, sub)
+                continue
+            self._switch(sub, layer, index, ts, now)
+            started.append(sub)
+        if started:
+            layer.joiners = tuple(s for s in layer.joiners if s not in started)
+            layer.subscribers = (*layer.subscribers, *started)
+            self.stats.subscribers_started += len(started)
+        if retry:
+            self._ask_keyframe(layer)
 
-    def _new_source(self, ssrc: int, seq: int) -> None:
-        """The publisher's SSRC changed (or this is the first packet). Subscribers that
-        had started continue their numbering after what they were sent; video waits
-        for a keyframe of the new source."""
-        if self._in_ssrc is not None:
-            self._restart_subscribers()
-            self._retired_ssrcs = (*self._retired_ssrcs[-(RETIRED_SSRCS - 1) :], self._in_ssrc)
-        self._in_ssrc = ssrc
+    def _switch(self, sub: RtpSubscriber, layer: Layer, index: int, ts: int, now: float) -> None:
+        """Begin ``sub``'s stream on ``layer`` at this packet, leaving its old layer."""
+        old = sub.layer
+        min_step = 1
+        if old is not None:
+            sub.resume = sub.state(old.newest_ts, old.newest_wall)
+            min_step = max(1, old.frame_step)
+            old.subscribers = tuple(s for s in old.subscribers if s is not sub)
+            old.leaving = tuple(s for s in old.leaving if s is not sub)
+        sub.begin(index, ts, now, self.codec.clockRate, min_step)
+        sub.layer = layer
+
+    def _capture(
+        self, layer: Layer, index: int, seq: int, ts: int, marker: int, payload: bytes
+    ) -> None:
+        """Keep a packet of ``layer`` for subscribers that switch to it once their old
+        layer's frame has ended; give up on a switch that waits too long."""
+        for sub in layer.joiners:
+            pending = sub.pending
+            if pending is None:
+                continue
+            if len(pending) >= SWITCH_BUFFER:
+                self._abandon_switch(sub)
+                continue
+            pending.append((index, seq, ts, marker, payload))
+
+    def _abandon_switch(self, sub: RtpSubscriber, ask: bool = True) -> None:
+        sub.pending = None
+        old = sub.layer
+        if old is not None:
+            old.leaving = tuple(s for s in old.leaving if s is not sub)
+        if ask and sub.target is not None:
+            self._ask_keyframe(sub.target)  # start again at its next keyframe
+
+    def _complete_switches(self, old: Layer) -> None:
+        """``old`` just ended a frame: subscribers leaving it start on their new layer
+        with the packets kept since its keyframe."""
+        now = self._wall()
+        for sub in old.leaving:
+            layer, pending = sub.target, sub.pending
+            sub.pending = None
+            if layer is None or not pending:
+                continue
+            first_index, _, first_ts, _, _ = pending[0]
+            self._switch(sub, layer, first_index, first_ts, now)
+            layer.joiners = tuple(s for s in layer.joiners if s is not sub)
+            layer.subscribers = (*layer.subscribers, sub)
+            self.stats.subscribers_started += 1
+            for index, seq, ts, marker, payload in pending:
+                self._send((sub,), index, seq, ts, marker, payload, now)
+        old.leaving = ()
+
+    def _learn_size(self, layer: Layer, payload: bytes) -> None:
+        size = vp8_keyframe_size(payload)
+        if size is not None and size != (layer.width, layer.height):
+            layer.width, layer.height = size
+            for sub in self._subscribers:
+                self.retarget(sub)
+
+    # -- layers and sources ------------------------------------------------------
+
+    def _new_ssrc(self, packet: Any) -> Layer | None:
+        """A packet of an SSRC not seen yet: a simulcast layer (named by its RID), or
+        the publisher's new source. None: it cannot be placed (yet)."""
+        ssrc: int = packet.ssrc
+        if ssrc in self._retired_ssrcs:
+            # A late packet (a repair) of a source the publisher left: sending it
+            # would restart everyone's stream for nothing.
+            return None
+        if self.rids:
+            rid = packet.extensions.rtp_stream_id
+            if rid is None or rid not in self.rids:
+                return None  # the RID comes with a layer's first packets
+            replaced = next((x for x in self._layers.values() if x.rid == rid), None)
+            layer = self._add_layer(ssrc, rid, packet.sequence_number)
+            if replaced is not None:
+                self._replace(replaced, layer)
+            return layer
+        layer = self._add_layer(ssrc, None, packet.sequence_number)
+        old, self._current = self._current, layer
+        if old is not None:
+            self._replace(old, layer)
+        else:
+            for sub in self._subscribers:
+                self.retarget(sub)
+        return layer
+
+    def _add_layer(self, ssrc: int, rid: str | None, seq: int) -> Layer:
+        layer = Layer(
+            ssrc,
+            rid,
+            KeyframeRequester(
+                lambda: self._send_pli(ssrc),
+                self.stats,
+                self._keyframe_request_failed,
+                self._clock,
+            ),
+        )
         # Extended indices of the new source start just before its first packet, which
         # thus counts as in order.
-        self._newest = _FIRST_INDEX + ((seq - 1) & 0xFFFF)
-        self._bad_seq = None
+        layer.newest = _FIRST_INDEX + ((seq - 1) & 0xFFFF)
+        layer.last_wall = self._wall()
+        self._layers[ssrc] = layer
+        return layer
 
-    def _restart_subscribers(self, ask_for_keyframe: bool = True) -> None:
-        """Started subscribers continue their numbering after what they were sent and
-        start again at the next packet that can start decoding (a keyframe for video)."""
+    def _replace(self, old: Layer, new: Layer) -> None:
+        """The publisher's source changed: every subscriber of ``old`` continues its
+        numbering after what it was sent and starts again at ``new``'s next keyframe."""
+        self._retired_ssrcs = (*self._retired_ssrcs[-(RETIRED_SSRCS - 1) :], old.ssrc)
+        self._layers.pop(old.ssrc, None)
         for sub in self._subscribers:
-            if not sub.started or sub.resume is not None:
-                continue
-            sub.resume = sub.state(self._newest_ts, self._newest_wall)
-            if not sub.waiting:
-                sub.waiting = True
-                if self._detector is not None:
-                    self._waiting += 1
-        if self._waiting and ask_for_keyframe:
-            self.request_keyframe()
+            if sub.layer is old or sub.target is old:
+                self._leave(sub)
+                self._join(sub, new)
+        self._watch(asyncio.ensure_future(old.keyframes.close()), self._settle)
 
-    # -- sender reports --------------------------------------------------------
+    def _restart(self, layer: Layer) -> None:
+        """A layer's numbering restarted: its subscribers continue as after a mute."""
+        for sub in layer.subscribers:
+            self._leave(sub)
+            self._join(sub, layer)
 
-    def _schedule_sender_reports(self) -> None:
+    def _join(self, sub: RtpSubscriber, layer: Layer, ask: bool = True) -> None:
+        sub.target = layer
+        sub.joined_at = self._wall()
+        if sub not in layer.joiners:
+            layer.joiners = (*layer.joiners, sub)
+        if ask:
+            self._ask_keyframe(layer)
+
+    def _unjoin(self, sub: RtpSubscriber) -> None:
+        if sub.pending is not None:
+            self._abandon_switch(sub, ask=False)
+        target = sub.target
+        if target is not None and sub in target.joiners:
+            target.joiners = tuple(s for s in target.joiners if s is not sub)
+
+    def _leave(self, sub: RtpSubscriber) -> None:
+        """Stop forwarding any layer to ``sub``; its stream waits to continue."""
+        self._unjoin(sub)
+        sub.target = None
+        layer = sub.layer
+        if layer is not None:
+            sub.resume = sub.state(layer.newest_ts, layer.newest_wall)
+            layer.subscribers = tuple(s for s in layer.subscribers if s is not sub)
+            sub.layer = None
+
+    def _state_of(self, sub: RtpSubscriber) -> StreamState | None:
+        layer = sub.layer
+        if layer is None:
+            return sub.state(0, 0.0)
+        return sub.state(layer.newest_ts, layer.newest_wall)
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        """Every :data:`SENDER_REPORT_SYNC` s: layer bitrates and activity, choices
+        that they change, and what each sender's reports say."""
         if self._stopped:
             return
-        self._sr_timer = asyncio.get_running_loop().call_later(
-            SENDER_REPORT_SYNC, self._schedule_sender_reports
-        )
+        self._timer = asyncio.get_running_loop().call_later(SENDER_REPORT_SYNC, self._housekeeping)
+        self.update_layers()
         self.refresh_sender_reports()
+        now = self._clock()
+        if self.kind == "video" and self._layers and now - self._remb_at >= REMB_INTERVAL:
+            self._remb_at = now
+            remb = hooks.send_remb(self._receiver, self.publish_bitrate, list(self._layers))
+            self._watch(asyncio.ensure_future(remb), self._settle)
+
+    def update_layers(self) -> None:
+        """Measure each layer's bitrate; move subscribers off layers no longer sent."""
+        now = self._clock()
+        elapsed = now - self.rated_at
+        if elapsed >= RATE_WINDOW / 2:
+            self.rated_at = now
+            for layer in self._layers.values():
+                layer.bitrate = 0.5 * layer.bitrate + 0.5 * layer.octets * 8 / elapsed
+                layer.octets = 0
+        if self.rids:
+            wall = self._wall()
+            for sub in self._subscribers:
+                current = sub.layer
+                if current is not None and not current.active(wall):
+                    self.retarget(sub)
 
     def refresh_sender_reports(self) -> None:
         """Make what each subscriber's sender reports (RFC 3550 6.4.1) true now: the
         packets and payload octets sent to it, and an (NTP, RTP) pair on its clock:
-        the newest packet's, or while it waits to continue, its last time carried
-        forward to now."""
+        its layer's newest packet's, or while it waits to continue, its last time
+        carried forward to now."""
         clock_rate = self.codec.clockRate
         for sub in self._subscribers:
             resume = sub.resume
-            if resume is not None:
+            layer = sub.layer
+            if layer is not None:
+                wall = layer.newest_wall
+                rtp_ts = layer.newest_ts + sub.ts_offset
+            elif resume is not None:
                 wall = self._wall()
                 rtp_ts = resume.last_timestamp + int((wall - resume.last_wall) * clock_rate)
-            elif sub.started:
-                wall = self._newest_wall
-                rtp_ts = self._newest_ts + sub.ts_offset
             else:
                 continue
             ntp = int((wall + NTP_EPOCH_OFFSET) * (1 << 32))
@@ -486,8 +742,6 @@ class RtpForwarder:
                     sub.octets & 0xFFFFFFFF,
                 )
 
-    # -- housekeeping ----------------------------------------------------------
-
     def _track_done(self, task: asyncio.Future[Any]) -> None:
         """The publisher's track delivered something: with the tap in place that is only
         its end (RTCP BYE or the receiver stopping), or a stray frame from before it."""
@@ -499,6 +753,13 @@ class RtpForwarder:
             return
         if self._on_ended is not None:
             self._on_ended(self.track_id)
+
+    def _settle(self, task: asyncio.Future[Any]) -> None:
+        """A housekeeping task ended; a failure (the connection went) is not news."""
+        self._tasks.discard(task)
+        if not task.cancelled():
+            # Retrieved so that asyncio does not log it: RTCP to a closing peer fails.
+            task.exception()
 
     def _watch(
         self, task: asyncio.Future[Any], done: Callable[[asyncio.Future[Any]], None]
@@ -517,13 +778,17 @@ class RtpForwarder:
             hooks.remove_tap(self._receiver, _DISCARD)
         subscribers, self._subscribers = self._subscribers, ()
         for sub in subscribers:
-            sub.final_state = sub.state(self._newest_ts, self._newest_wall)
+            sub.final_state = self._state_of(sub)
             sub.close()
-        self._waiting = 0
-        if self._sr_timer is not None:
-            self._sr_timer.cancel()
-        self._sr_timer = None
-        await self._keyframes.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        layers = list(self._layers.values())
+        self._layers.clear()
+        self._current = None
+        for layer in layers:
+            layer.subscribers = layer.joiners = ()
+            await layer.keyframes.close()
         tasks = list(self._tasks)
         self._tasks.clear()
         for task in tasks:

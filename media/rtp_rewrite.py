@@ -27,29 +27,47 @@ def vp8_keyframe_start(payload: bytes) -> bool:
     The payload descriptor must have S=1 and PID=0 (start of partition 0), and
     the VP8 payload header after it must be a key frame (P bit 0, start code).
     """
+    return _vp8_keyframe_header(payload) >= 0
+
+
+def vp8_keyframe_size(payload: bytes) -> tuple[int, int] | None:
+    """(width, height) of the picture a VP8 keyframe start carries (RFC 6386 9.1: 14
+    bits each after the start code), or None for any other payload."""
+    offset = _vp8_keyframe_header(payload)
+    if offset < 0 or len(payload) < offset + 10:
+        return None
+    width = int.from_bytes(payload[offset + 6 : offset + 8], "little") & 0x3FFF
+    height = int.from_bytes(payload[offset + 8 : offset + 10], "little") & 0x3FFF
+    return width, height
+
+
+def _vp8_keyframe_header(payload: bytes) -> int:
+    """Where the VP8 payload header of a keyframe start begins, or -1."""
     size = len(payload)
     if size < 1:
-        return False
+        return -1
     first = payload[0]
     if not first & 0x10 or first & 0x07:
-        return False
+        return -1
     offset = 1
     if first & 0x80:  # X: extension byte follows
         if size < 2:
-            return False
+            return -1
         ext = payload[1]
         offset = 2
         if ext & 0x80:  # I: picture id, 7 or 15 bits
             if size <= offset:
-                return False
+                return -1
             offset += 2 if payload[offset] & 0x80 else 1
         if ext & 0x40:  # L: TL0PICIDX
             offset += 1
         if ext & 0x30:  # T or K: TID/Y/KEYIDX
             offset += 1
     if size < offset + 6:
-        return False
-    return (payload[offset] & 1) == 0 and payload[offset + 3 : offset + 6] == b"\x9d\x01\x2a"
+        return -1
+    if (payload[offset] & 1) == 0 and payload[offset + 3 : offset + 6] == b"\x9d\x01\x2a":
+        return offset
+    return -1
 
 
 def h264_keyframe_start(payload: bytes) -> bool:
@@ -103,6 +121,27 @@ def one_byte_extension(elements: list[tuple[int, bytes]]) -> bytes:
         return b""
     body += b"\x00" * (-len(body) % 4)
     return struct.pack("!HH", _ONE_BYTE_PROFILE, len(body) // 4) + body
+
+
+NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 to 1970 (RFC 5905)
+
+
+def abs_send_time(wall: float) -> bytes:
+    """The abs-send-time header extension's value for a packet sent at ``wall`` (Unix
+    time): NTP seconds in 6.18 fixed point, 24 bits. Subscribers estimate their
+    downlink from it (and report REMB)."""
+    value = int((wall + NTP_EPOCH_OFFSET) * (1 << 18)) & 0xFFFFFF
+    return value.to_bytes(3, "big")
+
+
+def extension_value_offsets(elements: list[tuple[int, bytes]]) -> list[int]:
+    """Where each element's value starts in :func:`one_byte_extension`'s block."""
+    offsets = []
+    at = 4  # profile and length
+    for _, value in elements:
+        offsets.append(at + 1)
+        at += 1 + len(value)
+    return offsets
 
 
 _VARYING = struct.Struct("!BHI")

@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -25,17 +26,37 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription
 
 from . import hooks
-from .rtp_rewrite import HeaderWriter, one_byte_extension, rtx_packet
+from .rtp_rewrite import (
+    HeaderWriter,
+    abs_send_time,
+    extension_value_offsets,
+    one_byte_extension,
+    rtx_packet,
+)
 
 if TYPE_CHECKING:
     from .rtp_forward import RtpForwarder
+    from .rtp_layers import Layer
+
+
+class Downlink(Protocol):
+    """The participant-wide view of a subscriber's downlink (:mod:`media.downlink`)."""
+
+    @property
+    def level(self) -> int: ...
+
+    def report(self, fraction_lost: float) -> None:
+        """One receiver report block about one of its videos."""
+
 
 HISTORY = 512  # packets per video subscriber kept for retransmission (power of two)
+PROBE_BURST = 0.05  # seconds between two bursts of probe padding
 PACKET_BUFFER = 2048  # bytes per subscriber: header, payload and SRTP trailer
 MAX_PAYLOAD = PACKET_BUFFER - hooks.SRTP_MAX_TRAILER - 12 - 4 * 15  # with the largest header
 DIRECT_SOCKET = True  # sendto on a duplicate of the pair's socket, not the transport's
 
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 
 # What the history keeps per packet: (sequence number, timestamp, marker bit (0 or
 # 0x80), payload) in the publisher's numbering; a subscriber's offsets turn it into
@@ -107,29 +128,37 @@ class RtpSubscriber:
         "_srtp",
         "buffer",
         "cbuffer",
+        "downlink",
         "ext_offset",
         "final_state",
         "floor",
         "forwarder",
         "header_size",
         "highest",
+        "joined_at",
+        "layer",
         "length",
         "mask",
+        "max_width",
         "octets",
         "packets",
         "payload_type",
         "pc",
+        "pending",
+        "probe_timer",
         "resume",
         "ring",
         "rtx_seq",
         "rtx_writer",
+        "send_time_at",
         "sender",
         "srtp_ctx",
         "started",
+        "target",
         "track",
         "transceiver",
         "ts_offset",
-        "waiting",
+        "video_off",
         "writer",
     )
 
@@ -149,8 +178,20 @@ class RtpSubscriber:
         self.rtx_writer: HeaderWriter | None = None
         self.ring: list[HistoryRecord | None] | None = None
         self.mask = HISTORY - 1
-        self.waiting = True  # until the first packet that can start decoding
         self.started = False
+        # The layer forwarded to it now, the one it waits to start on (at a keyframe)
+        # and since when, what it shows the track at, and its participant's downlink.
+        self.layer: Layer | None = None
+        self.target: Layer | None = None
+        self.joined_at = 0.0
+        # Packets of ``target`` kept (extended index, sequence number, timestamp,
+        # marker, payload) while ``layer`` ends its frame, during a switch.
+        self.pending: list[tuple[int, int, int, int, bytes]] | None = None
+        self.max_width: int | None = None
+        self.video_off = False
+        self.downlink: Downlink | None = None
+        self.send_time_at = 0  # where abs-send-time's 3 bytes go in its header (0: none)
+        self.probe_timer: asyncio.TimerHandle | None = None
         self.ext_offset = 0
         self.ts_offset = 0
         self.floor = 0
@@ -194,14 +235,17 @@ class RtpSubscriber:
             negotiated = _negotiated(description.sdp, self.transceiver.mid, codec)
             if negotiated is None:
                 return False
-            payload_type, rtx_payload_type, nack, mid_id = negotiated
+            payload_type, rtx_payload_type, nack, mid_id, send_time_id = negotiated
             ssrc, rtx_ssrc = hooks.sender_ssrcs(self.sender)
             mid = self.transceiver.mid or ""
-            ext = (
-                one_byte_extension([(mid_id, mid.encode())])
-                if mid_id is not None and 0 < len(mid) <= 16
-                else b""
-            )
+            elements = []
+            if mid_id is not None and 0 < len(mid) <= 16:
+                elements.append((mid_id, mid.encode()))
+            if send_time_id is not None:
+                elements.append((send_time_id, b"\x00\x00\x00"))  # written per packet
+            ext = one_byte_extension(elements)
+            if send_time_id is not None:
+                self.send_time_at = 12 + extension_value_offsets(elements)[-1]
             rtx_writer = (
                 HeaderWriter(rtx_payload_type, rtx_ssrc, ext)
                 if rtx_payload_type is not None
@@ -242,14 +286,18 @@ class RtpSubscriber:
         self._pairs = pairs
         self.writer = writer  # last: the hot path takes a writer as "resolved"
 
-    def begin(self, index: int, timestamp: int, now: float, clock_rate: int) -> None:
+    def begin(
+        self, index: int, timestamp: int, now: float, clock_rate: int, min_step: int = 1
+    ) -> None:
         """Start this subscriber's stream at the packet with extended ``index``, or
         continue it (``resume``): the numbering goes on after everything used before,
-        and the RTP clock after where it stood, advanced by the time that passed."""
+        and the RTP clock after where it stood, advanced by the time that passed (at
+        least ``min_step``: one frame, when another layer takes over at once)."""
         resume = self.resume
         if resume is not None:
             next_index = resume.next_index
-            base_ts = resume.last_timestamp + max(1, int((now - resume.last_wall) * clock_rate))
+            elapsed = int((now - resume.last_wall) * clock_rate)
+            base_ts = resume.last_timestamp + max(min_step, elapsed)
             self.resume = None
         else:
             next_index = random.getrandbits(15)  # RFC 3550 5.1: a random start
@@ -275,7 +323,6 @@ class RtpSubscriber:
         self.ts_offset = ts_offset
         self.floor = next_index
         self.highest = next_index - 1
-        self.waiting = False
         self.started = True
 
     def state(self, newest_timestamp: int, newest_wall: float) -> StreamState | None:
@@ -377,10 +424,14 @@ class RtpSubscriber:
         stats = forwarder.stats
         try:
             record = ring[sequence_number & self.mask] if ring is not None else None
+            index = self._index_of(sequence_number)
             if (
                 record is None
                 or (record[0] + self.ext_offset) & 0xFFFF != sequence_number
-                or not 0 <= self.highest - self._index_of(sequence_number) < HISTORY
+                or not 0 <= self.highest - index < HISTORY
+                # Before this run (a layer switch, a mute, a new source) decoding starts
+                # again at a keyframe: resending the old run only loads the downlink.
+                or index < self.floor
             ):
                 stats.retransmissions_missed += 1
                 return
@@ -390,6 +441,9 @@ class RtpSubscriber:
             if self.rtx_writer is not None and self.writer is not None:
                 data = rtx_packet(self.rtx_writer, self.rtx_seq, data, self.writer.header_size)
                 self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+            if self.send_time_at:
+                at = self.send_time_at
+                data = data[:at] + abs_send_time(time.time()) + data[at + 3 :]
             if self.send_protected(data):
                 stats.retransmissions += 1
         except Exception:
@@ -399,6 +453,53 @@ class RtpSubscriber:
         """The output index nearest ``highest`` whose low 16 bits are ``sequence_number``."""
         delta = (sequence_number - self.highest) & 0xFFFF
         return self.highest + delta if delta < 0x8000 else self.highest - (0x10000 - delta)
+
+    def probe(self, bitrate: float, seconds: float) -> bool:
+        """Send padding at about ``bitrate`` for ``seconds``, to find out whether the
+        downlink carries that much more: copies of recently sent packets as RTX (the
+        subscriber drops them as duplicates, its network carried them all the same).
+        False when it cannot (no RTX negotiated, nothing sent yet)."""
+        if self.rtx_writer is None or self.ring is None or self.forwarder is None:
+            return False
+        if self.probe_timer is not None:
+            self.probe_timer.cancel()
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        share = bitrate / 8 * PROBE_BURST  # octets per burst
+
+        def burst() -> None:
+            self.probe_timer = None
+            if self.forwarder is None or loop.time() >= until:
+                return
+            self._pad(int(share))
+            self.probe_timer = loop.call_later(PROBE_BURST, burst)
+
+        burst()
+        return True
+
+    def _pad(self, octets: int) -> None:
+        ring, writer, rtx = self.ring, self.writer, self.rtx_writer
+        if ring is None or writer is None or rtx is None:
+            return
+        sent = 0
+        for back in range(HISTORY):
+            if sent >= octets:
+                return
+            index = self.highest - back
+            record = ring[index & self.mask]
+            if record is None or (record[0] + self.ext_offset) & 0xFFFF != index & 0xFFFF:
+                continue
+            data = self.packet_for(record)
+            if data is None:
+                return
+            data = rtx_packet(rtx, self.rtx_seq, data, writer.header_size)
+            self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+            if self.send_time_at:
+                at = self.send_time_at
+                data = data[:at] + abs_send_time(time.time()) + data[at + 3 :]
+            if not self.send_protected(data):
+                return
+            sent += len(data)
 
     def detach(self) -> None:
         """Stop forwarding to this subscriber and release what it holds; its transceiver
@@ -416,13 +517,23 @@ class RtpSubscriber:
     def keyframe_requested(self) -> None:
         """The subscriber sent PLI or FIR."""
         forwarder = self.forwarder
-        if forwarder is not None:
-            forwarder.request_keyframe()
+        layer = self.layer
+        if forwarder is not None and layer is not None:
+            layer.keyframes.request()
+
+    def receiver_report(self, fraction_lost: float) -> None:
+        """A receiver report block about this stream: what its downlink loses."""
+        downlink = self.downlink
+        if downlink is not None:
+            downlink.report(fraction_lost)
 
     def close(self) -> None:
         """Drop every reference this subscriber holds; its sender goes back to aiortc's.
         The idle track stays with the transceiver (it ends when the sender stops)."""
         self.forwarder = None
+        if self.probe_timer is not None:
+            self.probe_timer.cancel()
+            self.probe_timer = None
         hooks.unhook_sender(self.sender)
         self.ring = None
         self._unbind()
@@ -449,8 +560,9 @@ def _copying_sendto(sendto: Callable[[Any, Any], Any]) -> Callable[[Any, Any], A
 
 def _negotiated(
     sdp: str, mid: str | None, codec: RTCRtpCodecParameters
-) -> tuple[int, int | None, bool, int | None] | None:
-    """(payload type, RTX payload type, NACK, MID extension id) for ``mid`` in ``sdp``."""
+) -> tuple[int, int | None, bool, int | None, int | None] | None:
+    """(payload type, RTX payload type, NACK, MID and abs-send-time extension ids) for
+    ``mid`` in ``sdp``."""
     for media in SessionDescription.parse(sdp).media:
         if media.rtp.muxId != mid:
             continue
@@ -474,5 +586,8 @@ def _negotiated(
         )
         nack = any(fb.type == "nack" and not fb.parameter for fb in chosen.rtcpFeedback)
         mid_id = next((x.id for x in media.rtp.headerExtensions if x.uri == _MID_URI), None)
-        return chosen.payloadType, rtx, nack, mid_id
+        send_time_id = next(
+            (x.id for x in media.rtp.headerExtensions if x.uri == _SEND_TIME_URI), None
+        )
+        return chosen.payloadType, rtx, nack, mid_id, send_time_id
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -26,6 +27,7 @@ from .candidate_policy import CandidateGate, CandidatePolicy
 from .forwarder import TrackForwarder
 from .peers import (
     IceSettings,
+    accept_simulcast,
     announce_public_ip,
     negotiated_media,
     new_peer_connection,
@@ -33,8 +35,13 @@ from .peers import (
     parse_description,
     reject_like_offer,
     restrict_offer_codecs,
+    simulcast_rids,
 )
 from .rtp_forward import RtpForwarder
+from .rtp_subscriber import RtpSubscriber
+from .viewer import Mode, QualityNotice, Viewer
+
+VIEWER_TICK = 0.5  # seconds between two looks at each viewer's downlink
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +72,7 @@ class IncomingTrack:
     track: MediaStreamTrack
     receiver: RTCRtpReceiver
     codec: RTCRtpCodecParameters
+    rids: list[str] = field(default_factory=list)  # simulcast layers offered, by RID
 
 
 @dataclass(slots=True)
@@ -141,6 +149,7 @@ class ParticipantMedia:
     retiring: list[tuple[str, Attachment]] = field(default_factory=list)
     offered_inactive: list[tuple[str, Attachment]] = field(default_factory=list)
     free: dict[str, list[Attachment]] = field(default_factory=dict)
+    viewer: Viewer = field(default_factory=lambda: Viewer(time.monotonic))
     closed: bool = False
 
 
@@ -159,6 +168,8 @@ class Sfu:
         self._settings = settings
         self._candidates = candidate_policy or CandidatePolicy(hooks.host_addresses())
         self._refused_by_departed = 0  # candidates refused on closed participants' gates
+        self._viewer_timer: asyncio.TimerHandle | None = None
+        self._notices: set[asyncio.Future[None]] = set()
         self._on_track_ended = on_track_ended
         self._on_negotiation_timeout = on_negotiation_timeout
         self._negotiation_timeout = negotiation_timeout
@@ -174,6 +185,25 @@ class Sfu:
     ) -> None:
         """Prepare media for a participant who joined (signalling from ``client_address``)."""
         self._participants[participant_id] = ParticipantMedia(participant_id, send, client_address)
+        if self._viewer_timer is None:
+            self._viewer_timer = asyncio.get_running_loop().call_later(
+                VIEWER_TICK, self._look_at_viewers
+            )
+
+    def _look_at_viewers(self) -> None:
+        """Probe downlinks and tell each viewer when what it receives changed."""
+        self._viewer_timer = None
+        if not self._participants:
+            return
+        for media in list(self._participants.values()):
+            notice = media.viewer.tick()
+            if notice is not None and not media.closed:
+                task = asyncio.ensure_future(media.send(_quality_message(notice)))
+                self._notices.add(task)
+                task.add_done_callback(self._notices.discard)
+        self._viewer_timer = asyncio.get_running_loop().call_later(
+            VIEWER_TICK, self._look_at_viewers
+        )
 
     async def close(self, participant_id: str) -> None:
         """Release everything a participant held: peer connections, forwarders, tasks."""
@@ -205,6 +235,9 @@ class Sfu:
         """Close every participant's media (server shutdown)."""
         for participant_id in list(self._participants):
             await self.close(participant_id)
+        if self._viewer_timer is not None:
+            self._viewer_timer.cancel()
+            self._viewer_timer = None
 
     # -- publishing ----------------------------------------------------------
 
@@ -233,6 +266,9 @@ class Sfu:
                 media.publish_pc = self._new_publish_pc(media)
             pc = media.publish_pc
             sdp = self._gate(media, "publish").filter_sdp(sdp)
+            # Simulcast layers reach subscribers one by one on the RTP path only. (Read
+            # from the client's own text: aiortc's parser drops these attributes.)
+            rids = simulcast_rids(offer.sdp) if self._forwarding == "rtp" else {}
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
                 await pc.setLocalDescription(await pc.createAnswer())
@@ -243,7 +279,8 @@ class Sfu:
                     await close_quietly(pc)
                 raise MediaError(f"the publish offer was refused: {exc}", offer.type) from None
             answer = announce_public_ip(
-                reject_like_offer(sdp, pc.localDescription.sdp), self._settings.public_ip
+                accept_simulcast(reject_like_offer(sdp, pc.localDescription.sdp), rids),
+                self._settings.public_ip,
             )
             negotiated = {m.mid: m for m in negotiated_media(answer)}
             started: list[IncomingTrack] = []
@@ -278,6 +315,7 @@ class Sfu:
                             track=transceiver.receiver.track,
                             receiver=transceiver.receiver,
                             codec=m.codec,
+                            rids=rids.get(mid, []),
                         )
                     )
             return PublishResult(answer, started, stopped)
@@ -293,7 +331,9 @@ class Sfu:
 
         forwarder: Forwarder
         if self._forwarding == "rtp":
-            forwarder = RtpForwarder(track_id, receiver, incoming.codec, on_ended=ended)
+            forwarder = RtpForwarder(
+                track_id, receiver, incoming.codec, on_ended=ended, rids=incoming.rids
+            )
         else:
             if incoming.kind == "audio":
                 hooks.release_audio_immediately(receiver)
@@ -323,6 +363,11 @@ class Sfu:
             subscription = media.subscriptions.pop(track_id, None)
             if subscription is not None:
                 await self._remove_subscription(media, subscription)
+
+    def receive_settings(self, participant_id: str, mode: Mode, widths: dict[str, int]) -> None:
+        """What a viewer asks for: ``auto``, ``low_data`` or ``audio_only``, and the
+        width it renders each track at (0: hidden, not forwarded; RTP path only)."""
+        self._media(participant_id).viewer.configure(mode, widths)
 
     def set_paused(self, track_id: str, paused: bool) -> None:
         """Stop or resume forwarding a track to everyone (a moderator's mute)."""
@@ -356,6 +401,9 @@ class Sfu:
             if reuse is not None and attachment.transceiver is not reuse.transceiver:
                 free.append(reuse)  # declined
             attachment.transceiver.direction = "sendonly"
+            if track.kind == "video" and isinstance(forwarder, RtpForwarder):
+                assert isinstance(attachment, RtpSubscriber)
+                media.viewer.add(track.id, forwarder, attachment)
             media.subscriptions[track.id] = _Subscription(
                 reuse_key=key,
                 info=p.SubscribedTrack(
@@ -503,6 +551,7 @@ class Sfu:
         self, media: ParticipantMedia, subscription: _Subscription
     ) -> None:
         attachment = subscription.attachment
+        media.viewer.remove(subscription.info.track_id)
         attachment.detach()
         async with media.lock:
             # Inactive in the next offer (the browser fires removetrack), then free
@@ -561,6 +610,19 @@ def _reuse_key(codec: RTCRtpCodecParameters | None) -> str:
         return ""
     profile = codec.parameters.get("profile-level-id", "")
     return f"{codec.mimeType.lower()};{profile}"
+
+
+def _quality_message(notice: QualityNotice) -> p.ReceiveQuality:
+    return p.ReceiveQuality(
+        level=notice.level,  # type: ignore[arg-type]
+        limited_by=notice.limited_by,
+        videos=[
+            p.ReceivedVideo(
+                track_id=v.track_id, forwarded=v.forwarded, width=v.width, height=v.height
+            )
+            for v in notice.videos
+        ],
+    )
 
 
 async def close_quietly(pc: RTCPeerConnection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import math
+import os
 import time
 
 import av
@@ -16,15 +17,20 @@ AUDIO_PTIME = 0.020
 
 
 class PatternVideoTrack(MediaStreamTrack):
-    """Moving bars, so that an encoder produces real inter frames."""
+    """Moving bars, so that an encoder produces real inter frames; ``detail`` is the
+    part of each frame (0 to 1) covered by fresh noise, which no encoder can predict:
+    a camera's picture, as far as bitrate goes."""
 
     kind = "video"
 
-    def __init__(self, width: int = 320, height: int = 240, fps: int = 15) -> None:
+    def __init__(
+        self, width: int = 320, height: int = 240, fps: int = 15, detail: float = 0.0
+    ) -> None:
         super().__init__()
         self.width = width
         self.height = height
         self.fps = fps
+        self._noise_rows = int(height * detail)
         self._count = 0
         self._start: float | None = None
         self._row = bytes(range(256)) * (width // 256 + 3)
@@ -41,8 +47,8 @@ class PatternVideoTrack(MediaStreamTrack):
         shift = (self._count * 4) % 256
         luma = b"".join(
             self._row[shift + (y // 8) % 64 : shift + (y // 8) % 64 + self.width]
-            for y in range(self.height)
-        )
+            for y in range(self.height - self._noise_rows)
+        ) + os.urandom(self.width * self._noise_rows)
         frame.planes[0].update(luma)
         chroma = bytes([128]) * (frame.planes[1].buffer_size)
         frame.planes[1].update(chroma)

@@ -32,6 +32,7 @@ from signaling.lesson import (
 from signaling.session import (
     AcceptSubscribeAnswer,
     AddRemoteCandidate,
+    ApplyReceiveSettings,
     Close,
     Joined,
     NegotiatePublish,
@@ -206,6 +207,13 @@ class ParticipantConnection:
             await state.sfu.accept_subscribe_answer(effect.participant_id, effect.sdp)
         elif isinstance(effect, AddRemoteCandidate):
             await state.sfu.add_candidate(effect.participant_id, effect.candidate)
+        elif isinstance(effect, ApplyReceiveSettings):
+            settings = effect.settings
+            state.sfu.receive_settings(
+                effect.participant_id,
+                settings.mode,
+                {view.track_id: view.width for view in settings.tracks},
+            )
         else:
             await execute_lesson_effect(state, effect)
 

@@ -262,6 +262,28 @@ class EndBreakout(_Message):
     type: Literal["end_breakout"] = "end_breakout"
 
 
+class TrackView(BaseModel):
+    """How large a viewer shows one track (0 x 0: not at all)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    track_id: str = Field(min_length=1, max_length=64)
+    width: int = Field(ge=0, le=16384)
+    height: int = Field(ge=0, le=16384)
+
+
+ReceiveMode = Literal["auto", "low_data", "audio_only"]
+
+
+class ReceiveSettings(_Message):
+    """What the viewer wants of the videos it receives: a mode (``low_data``: the
+    smallest layer of each; ``audio_only``: no video) and the size it shows each
+    track at (unlisted tracks: as large as there is)."""
+
+    type: Literal["receive_settings"] = "receive_settings"
+    mode: ReceiveMode = "auto"
+    tracks: list[TrackView] = Field(default_factory=list, max_length=64)
+
+
 ClientMessage = Annotated[
     Join
     | PublishOffer
@@ -290,7 +312,8 @@ ClientMessage = Annotated[
     | VisitGroup
     | Broadcast
     | BroadcastAudio
-    | EndBreakout,
+    | EndBreakout
+    | ReceiveSettings,
     Field(discriminator="type"),
 ]
 CLIENT_MESSAGE_TYPES = frozenset(
@@ -323,6 +346,7 @@ CLIENT_MESSAGE_TYPES = frozenset(
         "broadcast",
         "broadcast_audio",
         "end_breakout",
+        "receive_settings",
     }
 )
 _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
@@ -567,6 +591,27 @@ class ChatEntry(BaseModel):
     sent_at: float
 
 
+class ReceivedVideo(BaseModel):
+    """One video as a viewer receives it now."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    track_id: str
+    forwarded: bool  # false: hidden, audio only, or waiting for a keyframe
+    width: int  # of the simulcast layer forwarded; 0 when not known
+    height: int
+
+
+class ReceiveQuality(_Message):
+    """To one viewer, when what it receives changed: the quality its downlink carries
+    (``high``, ``medium``, ``low``, ``audio_only``), whether its network or its own
+    settings limit it, and each video."""
+
+    type: Literal["receive_quality"] = "receive_quality"
+    level: Literal["high", "medium", "low", "audio_only"]
+    limited_by: Literal["network", "settings"] | None
+    videos: list[ReceivedVideo]
+
+
 class ChatMessage(_Message):
     type: Literal["chat_message"] = "chat_message"
     message: ChatEntry
@@ -590,6 +635,7 @@ ServerMessage = (
     | HandsChanged
     | ChatMessage
     | ChatHistory
+    | ReceiveQuality
     | ParticipantJoined
     | ParticipantLeft
     | ParticipantUpdated

@@ -52,6 +52,7 @@ MESSAGE_PERMISSIONS: dict[str, Permission] = {
     "broadcast": Permission.RUN_LESSON,
     "broadcast_audio": Permission.RUN_LESSON,
     "end_breakout": Permission.RUN_LESSON,
+    "receive_settings": Permission.SUBSCRIBE,
 }
 # What a participant waiting in the lobby may send.
 LOBBY_MESSAGES = frozenset({"ping", "leave", "ice_candidate"})
@@ -103,6 +104,14 @@ class AddRemoteCandidate:
 
 
 @dataclass(frozen=True, slots=True)
+class ApplyReceiveSettings:
+    """What a viewer wants of the videos it receives (media only: no lesson rule)."""
+
+    participant_id: str
+    settings: p.ReceiveSettings
+
+
+@dataclass(frozen=True, slots=True)
 class Joined:
     """The session joined; the server starts the participant's media and outbox."""
 
@@ -110,7 +119,14 @@ class Joined:
 
 
 SessionEffect = (
-    Effect | Reply | Close | NegotiatePublish | AcceptSubscribeAnswer | AddRemoteCandidate | Joined
+    Effect
+    | Reply
+    | Close
+    | NegotiatePublish
+    | AcceptSubscribeAnswer
+    | AddRemoteCandidate
+    | ApplyReceiveSettings
+    | Joined
 )
 
 
@@ -296,6 +312,8 @@ class SignalingSession:
                 return [AcceptSubscribeAnswer(pid, message.sdp)]
             case p.IceCandidate():
                 return [AddRemoteCandidate(pid, message)]
+            case p.ReceiveSettings():
+                return [ApplyReceiveSettings(pid, message)]
             case p.GrantPublish():
                 return lesson.grant_publish(pid, message.participant_id)
             case p.RevokePublish():

@@ -32,9 +32,17 @@ PROFILE = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM
 KEY_LENGTH = 16 + 12  # AES-128 key and GCM salt
 
 
-def keyframe_payload(tag: bytes) -> bytes:
-    """A VP8 payload that starts a key frame (RFC 7741: S=1, PID=0; key frame header)."""
-    return b"\x10" + b"\x00\x00\x00\x9d\x01\x2a" + tag
+def keyframe_payload(tag: bytes, size: tuple[int, int] = (320, 240)) -> bytes:
+    """A VP8 payload that starts a key frame (RFC 7741: S=1, PID=0; RFC 6386 9.1: the
+    frame tag, the start code, then width and height)."""
+    width, height = size
+    return (
+        b"\x10"
+        + b"\x00\x00\x00\x9d\x01\x2a"
+        + width.to_bytes(2, "little")
+        + height.to_bytes(2, "little")
+        + tag
+    )
 
 
 def delta_start_payload(tag: bytes) -> bytes:
@@ -52,9 +60,18 @@ class Publisher:
     frame every ``gop`` frames or when asked, a sequence that wraps."""
 
     def __init__(
-        self, ssrc: int, first_seq: int, first_ts: int, per_frame: int = 3, gop: int = 200
+        self,
+        ssrc: int,
+        first_seq: int,
+        first_ts: int,
+        per_frame: int = 3,
+        gop: int = 200,
+        rid: str | None = None,
+        size: tuple[int, int] = (320, 240),
     ) -> None:
         self.ssrc = ssrc
+        self.rid = rid
+        self.size = size
         self.seq = first_seq & 0xFFFF
         self.ts = first_ts & 0xFFFFFFFF
         self.per_frame = per_frame
@@ -71,7 +88,7 @@ class Publisher:
         for index in range(self.per_frame):
             tag = b"%d:%d:" % (self.ssrc, self.sent) + os.urandom(8)
             if index == 0:
-                payload = keyframe_payload(tag) if key else delta_start_payload(tag)
+                payload = keyframe_payload(tag, self.size) if key else delta_start_payload(tag)
             else:
                 payload = continuation_payload(tag)
             packet = RtpPacket(
@@ -82,6 +99,7 @@ class Publisher:
                 ssrc=self.ssrc,
                 payload=payload,
             )
+            packet.extensions.rtp_stream_id = self.rid
             packets.append(packet)
             self.seq = (self.seq + 1) & 0xFFFF
             self.sent += 1
@@ -112,6 +130,9 @@ class StreamRecord:
     order: list[int] = field(default_factory=list)  # extended indices in arrival order
     timestamps: list[int] = field(default_factory=list)
     first_payload: bytes | None = None
+    starts: dict[int, bool] = field(default_factory=dict)  # index -> starts a frame (S bit)
+    markers: dict[int, bool] = field(default_factory=dict)  # index -> ends a frame
+    tags: dict[int, bytes] = field(default_factory=dict)  # index -> the payload's tag
 
     def extend(self, seq: int) -> int:
         """RFC 3711 3.3.1: the index a receiver infers for ``seq``."""
@@ -192,6 +213,9 @@ class Viewer:
             ssrc = media_ssrc
         record.order.append(index)
         record.timestamps.append(timestamp)
+        record.starts[index] = bool(payload[:1]) and bool(payload[0] & 0x10)
+        record.markers[index] = bool(plain[1] & 0x80)
+        record.tags[index] = payload[1:]
         self.payload_octets[ssrc] = self.payload_octets.get(ssrc, 0) + len(payload)
         if record.first_payload is None:
             record.first_payload = payload
@@ -214,18 +238,26 @@ def fake_pair(sock: socket.socket, remote: tuple[str, int]) -> Any:
 class Bench:
     """A forwarder, its subscribers and their viewers."""
 
-    def __init__(self, codec: RTCRtpCodecParameters = VP8) -> None:
+    def __init__(self, codec: RTCRtpCodecParameters = VP8, rids: tuple[str, ...] = ()) -> None:
         self.clock = ManualClock()
         self.keyframe_requests = 0
+        self.keyframe_requested_ssrcs: list[int] = []
         self.codec = codec
 
-        async def send_pli() -> bool:
+        async def send_pli(ssrc: int) -> bool:
             self.keyframe_requests += 1
+            self.keyframe_requested_ssrcs.append(ssrc)
             return True
 
         receiver: Any = types.SimpleNamespace()
         self.forwarder = RtpForwarder(
-            "track-1", receiver, codec, send_pli=send_pli, clock=self.clock, wall_clock=self.clock
+            "track-1",
+            receiver,
+            codec,
+            send_pli=send_pli,
+            clock=self.clock,
+            wall_clock=self.clock,
+            rids=rids,
         )
         self.send_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.send_sock.bind(("127.0.0.1", 0))
@@ -279,6 +311,17 @@ class Bench:
         self.send_sock.close()
 
 
+def whole_frames(record: StreamRecord) -> bool:
+    """Whether every frame a viewer received is whole: each starts where the one before
+    it ended (a start packet right after a marker), none is cut short."""
+    previous_ended = True
+    for index in sorted(record.starts):
+        if record.starts[index] != previous_ended:
+            return False
+        previous_ended = record.markers[index]
+    return True
+
+
 def contiguous(indices: list[int]) -> bool:
     """Whether a set of extended indices has no hole between its ends."""
     seen = set(indices)
@@ -300,4 +343,5 @@ __all__ = [
     "contiguous",
     "frames_of",
     "vp8_keyframe_start",
+    "whole_frames",
 ]

@@ -381,3 +381,203 @@ async def test_a_recycled_m_line_gets_a_transceiver_of_its_own() -> None:
     finally:
         await offerer.close()
         await answerer.close()
+
+
+# -- simulcast (hooks 17 to 24) ---------------------------------------------------
+
+
+def video_packet(ssrc: int, seq: int, mid: str | None = None, rid: str | None = None) -> RtpPacket:
+    packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq * 3000, ssrc=ssrc)
+    packet.extensions.mid = mid
+    packet.extensions.rtp_stream_id = rid
+    return packet
+
+
+def test_an_unannounced_ssrc_is_routed_by_its_mid() -> None:
+    """Two video receivers share a payload type (a camera and a screen): aiortc alone
+    discards every unknown SSRC; by MID (hook 17) it reaches its receiver."""
+    from aiortc.rtcdtlstransport import RtpRouter
+
+    router = RtpRouter()
+    camera, screen = object(), object()
+    router.register_receiver(camera, ssrcs=[], payload_types=[96], mid="0")  # type: ignore[arg-type]
+    router.register_receiver(screen, ssrcs=[], payload_types=[96], mid="1")  # type: ignore[arg-type]
+    assert router.route_rtp(video_packet(0xAB, 1, mid="1")) is screen
+    assert router.route_rtp(video_packet(0xAB, 2)) is screen  # learnt: no MID needed now
+    assert router.route_rtp(video_packet(0xCD, 1)) is None  # no MID, ambiguous
+    hooks.understand_simulcast(False)
+    try:
+        assert RtpRouter().route_rtp(video_packet(0xEF, 1, mid="1")) is None
+    finally:
+        hooks.understand_simulcast()
+
+
+async def test_the_rid_extensions_are_negotiated() -> None:
+    """aiortc offers and answers only its own table of extensions (hook 18)."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver("video", direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        assert hooks.RID_URI in pc.localDescription.sdp
+        assert hooks.REPAIRED_RID_URI in pc.localDescription.sdp
+    finally:
+        await pc.close()
+
+
+def layered_receiver() -> RTCRtpReceiver:
+    transport: Any = type("Transport", (), {"state": "new"})()
+    receiver = RTCRtpReceiver("video", transport)
+    hooks.receive_layers(receiver)
+    return receiver
+
+
+def test_nacks_are_kept_per_ssrc() -> None:
+    """Interleaved layers are not losses (hook 19)."""
+    generator = layered_receiver()._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    for seq in range(100, 110):
+        for ssrc, base in ((1, 0), (2, 30_000), (3, 60_000)):
+            assert not generator.add(video_packet(ssrc, (base + seq) & 0xFFFF))
+    assert generator.add(video_packet(2, 30_112))  # 30_110 and 30_111 of layer 2: lost
+    assert generator.missing == {30_110, 30_111}
+
+
+async def test_a_layers_rtx_ssrc_is_learnt_from_its_repaired_rid() -> None:
+    """RTX of an unannounced layer names the layer by repaired-RID (hook 20)."""
+    receiver = layered_receiver()
+    receiver._enabled = False  # what aiortc does next with the packet does not matter here
+    await receiver._handle_rtp_packet(video_packet(0x111, 5, rid="h"), arrival_time_ms=0)
+    repair = video_packet(0x222, 1)
+    repair.extensions.repaired_rtp_stream_id = "h"
+    await receiver._handle_rtp_packet(repair, arrival_time_ms=0)
+    assert receiver._RTCRtpReceiver__rtx_ssrc == {0x222: 0x111}  # type: ignore[attr-defined]
+
+
+async def test_receiver_reports_reach_the_senders_report_hook() -> None:
+    """A subscriber's losses, as its receiver reports say them (hook 21)."""
+    sender_pc, receiver_pc = await connect(PacketTrack("video", vp8_packets()))
+    try:
+        (transceiver,) = sender_pc.getTransceivers()
+        reported: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+        async def retransmit(seq: int) -> None:
+            return None
+
+        def report(fraction: float) -> None:
+            if not reported.done():
+                reported.set_result(fraction)
+
+        hooks.hook_sender(transceiver.sender, retransmit, lambda: None, report)
+        assert await asyncio.wait_for(reported, 10) == 0.0  # loopback loses nothing
+        hooks.unhook_sender(transceiver.sender)
+        assert "_handle_rtcp_packet" not in transceiver.sender.__dict__
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+async def test_packets_of_our_own_making_are_sent_and_their_rtcp_comes_back() -> None:
+    """A Python publisher's simulcast layer: sent on the transport (hook 22), asked for
+    a keyframe by its own SSRC (hook 23)."""
+    sender_pc, receiver_pc = await connect(PacketTrack("video", vp8_packets()))
+    try:
+        (sending,) = sender_pc.getTransceivers()
+        (receiving,) = receiver_pc.getTransceivers()
+        arrived: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Tap:
+            capacity = 1
+
+            def add(self, packet: RtpPacket) -> tuple[bool, None]:
+                if packet.ssrc == 0x5107 and not arrived.done():
+                    arrived.set_result(packet.sequence_number)
+                return False, None
+
+        hooks.install_tap(receiving.receiver, Tap())
+        transport = sending.sender.transport
+        asked: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        class Layer:
+            async def _handle_rtcp_packet(self, packet: Any) -> None:
+                if not asked.done():
+                    asked.set_result(packet.media_ssrc)
+
+        hooks.route_rtcp_to(transport, 0x5107, Layer())
+        if transport.state != "connected":
+            up = asyncio.Event()
+            transport.on("statechange", lambda: transport.state == "connected" and up.set())
+            await asyncio.wait_for(up.wait(), 10)
+        packet = video_packet(0x5107, 42, mid=sending.mid)
+        answer = SessionDescription.parse(sender_pc.remoteDescription.sdp)
+        packet.payload_type = answer.media[0].rtp.codecs[0].payloadType
+        packet.payload = b"\x10\x00\x00\x00"
+        await hooks.send_rtp(transport, packet)
+        assert await asyncio.wait_for(arrived, 10) == 42
+        await hooks.send_pli_to(receiving.receiver, 0x5107)
+        assert await asyncio.wait_for(asked, 10) == 0x5107
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+def test_a_viewers_jitter_buffer_skips_a_hole_at_the_next_keyframe() -> None:
+    """aiortc's would wait 512 packets for the one lost (hook 24)."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    keyframe = b"\x00\x00\x00\x9d\x01\x2a\x40\x01\xf0\x00"  # VP8 key frame header
+    receiver = layered_receiver()
+    hooks.skip_to_keyframes(receiver)
+    buffer = receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+    plain = JitterBuffer(capacity=512, is_video=True)
+    for jitter in (buffer, plain):
+        for seq, data, ts in ((10, keyframe, 1), (11, b"\x01" * 8, 2), (13, b"\x01" * 8, 2)):
+            packet = video_packet(1, seq)
+            packet.timestamp, packet._data = ts, data  # type: ignore[attr-defined]
+            jitter.add(packet)
+        # 12 is lost for good; a keyframe starts at 14, then its frame ends.
+        released = []
+        for seq, data, ts in ((14, keyframe, 3), (15, b"\x01" * 8, 4)):
+            packet = video_packet(1, seq)
+            packet.timestamp, packet._data = ts, data  # type: ignore[attr-defined]
+            released.append(jitter.add(packet)[1])
+        if jitter is buffer:
+            assert released[1] is not None and released[1].timestamp == 3
+        else:
+            assert released == [None, None]  # aiortc's own: stuck behind the hole
+
+
+async def test_a_publisher_gets_our_remb_and_not_aiortcs() -> None:
+    """aiortc's own estimate is switched off, ours reaches the sender (hook 25)."""
+    sender_pc, receiver_pc = await connect(PacketTrack("video", vp8_packets()))
+    try:
+        (sending,) = sender_pc.getTransceivers()
+        (receiving,) = receiver_pc.getTransceivers()
+        hooks.cap_publisher(receiving.receiver)
+        assert receiving.receiver._RTCRtpReceiver__remote_bitrate_estimator is None  # type: ignore[attr-defined]
+        told: asyncio.Future[tuple[int, list[int]]] = asyncio.get_running_loop().create_future()
+        handle = sending.sender._handle_rtcp_packet
+
+        async def watching(packet: Any) -> None:
+            from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
+
+            if (
+                isinstance(packet, RtcpPsfbPacket)
+                and packet.fmt == RTCP_PSFB_APP
+                and not told.done()
+            ):
+                told.set_result(unpack_remb_fci(packet.fci))
+            await handle(packet)
+
+        sending.sender._handle_rtcp_packet = watching  # type: ignore[method-assign]
+        ssrc = sending.sender._ssrc
+        transport = receiving.receiver.transport
+        if transport.state != "connected":
+            up = asyncio.Event()
+            transport.on("statechange", lambda: transport.state == "connected" and up.set())
+            await asyncio.wait_for(up.wait(), 10)
+        assert await hooks.send_remb(receiving.receiver, 2_500_000, [ssrc])
+        bitrate, ssrcs = await asyncio.wait_for(told, 10)
+        assert ssrcs == [ssrc]
+        assert abs(bitrate - 2_500_000) / 2_500_000 < 0.01  # REMB's mantissa rounds
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +31,14 @@ from media.sfu import MediaError, Sfu
 from media.testsource import PatternVideoTrack, ToneAudioTrack
 from signaling import protocol as p
 
-from .rtp_lab import Bench, continuation_payload, delta_start_payload, keyframe_payload
+from .rtp_lab import (
+    Bench,
+    Publisher,
+    continuation_payload,
+    delta_start_payload,
+    keyframe_payload,
+    whole_frames,
+)
 
 pytestmark = pytest.mark.usefixtures("decoding_clients")
 
@@ -132,6 +140,85 @@ def test_no_packet_stream_breaks_forwarding_or_reuses_an_srtp_index(
             viewer.drain()
             assert viewer.undecryptable == 0
             assert viewer.reused == []
+    finally:
+        bench.close()
+
+
+SIMULCAST_EVENTS = st.one_of(
+    st.tuples(st.just("frames"), st.integers(1, 30), st.sampled_from(["all", "l", "h"])),
+    st.tuples(st.just("prefer"), st.integers(0, 3), st.sampled_from([0, 160, 640, 1280, None])),
+    st.tuples(st.just("interleave"), st.booleans(), st.just(None)),
+    st.tuples(st.just("pause"), st.booleans(), st.just(None)),
+    st.tuples(st.just("drop"), st.integers(1, 20), st.just(None)),
+)
+
+
+async def drive_layers(events: list[tuple[str, Any, Any]]) -> Bench:
+    bench = Bench(rids=("l", "h"))
+    rng = random.Random(len(events))
+    layers = {
+        rid: Publisher(
+            ssrc=0x20 + n,
+            first_seq=rng.getrandbits(16),
+            first_ts=rng.getrandbits(32),
+            per_frame=2 + 3 * n,
+            gop=40,
+            rid=rid,
+            size=size,
+        )
+        for n, (rid, size) in enumerate((("l", (320, 180)), ("h", (1280, 720))))
+    }
+    subscribers = [bench.subscribe(rtx=n % 2 == 0) for n in range(4)]
+    interleave = False
+    answered = 0
+    for event, first, second in events:
+        if event == "frames":
+            for _ in range(first):
+                asked = bench.keyframe_requested_ssrcs[answered:]
+                answered = len(bench.keyframe_requested_ssrcs)
+                frames = []
+                for rid, publisher in layers.items():
+                    publisher.keyframe_wanted |= publisher.ssrc in asked
+                    if second in ("all", rid):
+                        frames.append(publisher.frame())
+                if interleave:
+                    packets = [p for group in itertools.zip_longest(*frames) for p in group if p]
+                else:
+                    packets = [p for frame in frames for p in frame]
+                bench.forward(packets)
+                if bench.clock.now - bench.forwarder.rated_at >= 0.5:
+                    bench.forwarder.update_layers()
+                await asyncio.sleep(0)
+        elif event == "prefer":
+            bench.forwarder.prefer(subscribers[first], second or None, second != 0)
+        elif event == "interleave":
+            interleave = first
+        elif event == "pause":
+            bench.forwarder.set_paused(first)
+        elif event == "drop":  # the publisher's network loses some of the next packets
+            for publisher in layers.values():
+                publisher.seq = (publisher.seq + first) & 0xFFFF
+    await bench.forwarder.stop()
+    return bench
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events=st.lists(SIMULCAST_EVENTS, min_size=1, max_size=20))
+def test_layer_switches_never_cut_a_frame_or_reuse_an_srtp_index(
+    loop: asyncio.AbstractEventLoop, events: list[tuple[str, Any, Any]]
+) -> None:
+    bench = loop.run_until_complete(drive_layers(events))
+    try:
+        assert bench.forwarder.stats.errors == 0
+        for viewer in bench.viewers.values():
+            viewer.drain()
+            assert viewer.undecryptable == 0
+            assert viewer.reused == []
+            if not any(event == "drop" for event, _, _ in events):
+                # Without loss on the publisher's side, every frame arrives whole.
+                for ssrc, record in viewer.streams.items():
+                    if ssrc not in viewer.rtx:
+                        assert whole_frames(record)
     finally:
         bench.close()
 

@@ -14,6 +14,7 @@ import {
   renderUnmuteRequests,
   actionButton,
 } from "./lesson.js";
+import { Quality } from "./quality.js";
 import { readClaims, tokenFromLocation } from "./token.js";
 import {
   Sound,
@@ -115,6 +116,7 @@ class ClassroomPage {
     this.joinRefusal = null;
     this.chat = new ChatLog();
     this.tiles = new Tiles(this.role);
+    this.quality = null; // what this viewer receives of each video (quality.js)
     this.tiles.onFirstFrame = (who, source, trackId) => this.firstFrame(who, source, trackId);
     this.sound = new Sound();
   }
@@ -246,6 +248,8 @@ class ClassroomPage {
     switch (message.type) {
       case "welcome":
         return this.welcomed(message);
+      case "receive_quality":
+        return this.quality?.received(message);
       case "ice_servers":
         return this.iceServersRenewed(message.ice_servers);
       case "lobby_wait":
@@ -293,6 +297,8 @@ class ClassroomPage {
   }
 
   welcomed(message) {
+    this.quality ??= new Quality(this.send, () => this.subscriber?.inbound() ?? Promise.resolve([]));
+    this.quality.setMode($("quality-select").value);
     this.attempt = 0;
     this.everJoined = true;
     this.metrics.welcomeMs ??= performance.now();
@@ -813,6 +819,8 @@ class ClassroomPage {
     $("camera-button").addEventListener("click", () => this.toggle("video"));
     $("screen-button").addEventListener("click", () => (this.screenStream ? this.stopScreen() : this.startScreen()));
     $("leave-button").addEventListener("click", () => this.leave());
+    $("quality-select").addEventListener("change", (event) => this.quality?.setMode(event.target.value));
+    $("view-select").addEventListener("change", (event) => this.quality?.setView(event.target.value));
     $("lobby-leave").addEventListener("click", () => this.leave());
     $("hand-button").addEventListener("click", () =>
       this.send(this.me?.hand_raised ? "lower_hand" : "raise_hand"),

@@ -22,7 +22,10 @@ export function explainMediaError(error, what = "camera and microphone") {
  * Returns {stream, error} where error is a sentence or null.
  */
 export async function openCameraAndMicrophone({ cameraId, microphoneId } = {}) {
-  const video = cameraId ? { deviceId: { exact: cameraId } } : true;
+  // 720p where the camera has it: browsers send three simulcast layers only from
+  // 960x540 up (two from 640x360), so a 640x480 default would never send the top one.
+  const size = { width: { ideal: 1280 }, height: { ideal: 720 } };
+  const video = cameraId ? { deviceId: { exact: cameraId }, ...size } : size;
   const audio = microphoneId ? { deviceId: { exact: microphoneId } } : true;
   if (!navigator.mediaDevices?.getUserMedia) {
     return {

@@ -14,6 +14,14 @@ export function preferForwardableCodecs(transceiver, kind) {
   if (chosen.length) transceiver.setCodecPreferences(chosen);
 }
 
+// Small first (from 720p: 320x180, 640x360, 1280x720); the server orders layers by
+// the picture size it sees.
+const CAMERA_LAYERS = [
+  { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "h", maxBitrate: 1_700_000 },
+];
+
 function trickle(pc, name, send) {
   pc.addEventListener("icecandidate", (event) => {
     if (!event.candidate || !event.candidate.candidate) return; // end of candidates: not needed
@@ -59,7 +67,11 @@ export class Publisher {
    * negotiate() once after adding several.
    */
   add(track, source, stream) {
-    const transceiver = this.pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    const init = { direction: "sendonly", streams: [stream] };
+    // The camera goes as three layers (RFC 8853 simulcast): each viewer gets the one its
+    // tile and its network call for. A shared screen stays one sharp layer.
+    if (source === "camera" && track.kind === "video") init.sendEncodings = CAMERA_LAYERS;
+    const transceiver = this.pc.addTransceiver(track, init);
     preferForwardableCodecs(transceiver, track.kind);
     this.sending.set(source, transceiver);
   }
@@ -195,6 +207,7 @@ export class Subscriber {
         packetsReceived: s.packetsReceived ?? 0,
         bytesReceived: s.bytesReceived ?? 0,
         framesDecoded: s.framesDecoded ?? 0,
+        audioLevel: s.audioLevel ?? 0,
         frameWidth: s.frameWidth ?? 0,
         frameHeight: s.frameHeight ?? 0,
         codecId: s.codecId ?? null,

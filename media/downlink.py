@@ -1,0 +1,117 @@
+"""How much video one participant's downlink can carry, judged from its reports.
+
+Sans-I/O: receiver reports (the fraction of packets lost, RFC 3550 6.4.1) and the
+time go in; a *level* comes out, which caps the simulcast layer of every video the
+participant receives: :data:`HIGH` (no cap), one step down per level, :data:`LOW`
+(the lowest layer), :data:`AUDIO_ONLY` (no video at all).
+
+- **Down, within seconds.** When the smoothed loss passes :data:`LOSS_DOWN` the
+  level drops one step (two when it passes :data:`LOSS_FAR_DOWN`), at most once per
+  :data:`SETTLE` seconds so that each step can take effect before the next. Loss that
+  goes on at the lowest layer for that long turns video off.
+- **Up, slowly and safely.** After :data:`HOLD` seconds without loss at a level,
+  the server *probes*: it sends padding (no media) for :data:`PROBE_SECONDS` so that
+  the downlink carries what the next level would need. The first report after the
+  probe tells: no loss, one step up; loss, the probe has already stopped (media was
+  barely touched) and the next one waits half as long again (up to :data:`MAX_HOLD`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HIGH = 2
+LOW = 0
+AUDIO_ONLY = -1
+LOSS_DOWN = 0.08  # smoothed fraction lost above which the level drops
+LOSS_FAR_DOWN = 0.35  # ... by two steps at once
+LOSS_CLEAR = 0.02  # below this a level (or a probe) counts as clean
+SMOOTHING = 0.5  # weight of each new report in the smoothed loss
+SETTLE = 1.5  # seconds between two steps down
+HOLD = 5.0  # seconds clean at a level before probing the next
+MAX_HOLD = 10.0  # the wait between probes grows to at most this after failures
+PROBE_SECONDS = 1.5
+VERDICT_WAIT = 3.0  # a probe without a report this long after it counts as failed
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Send padding at ``bitrate`` (bits per second) for ``seconds``."""
+
+    bitrate: float
+    seconds: float
+
+
+class DownlinkQuality:
+    """The video level of one participant's downlink."""
+
+    def __init__(self, now: float, level: int = HIGH) -> None:
+        self.level = level
+        self.loss = 0.0
+        self._changed_at = now
+        self._clean_since: float | None = now
+        self._hold = HOLD
+        self._probe_until: float | None = None
+
+    @property
+    def probing(self) -> bool:
+        """Whether padding is being sent now."""
+        return self._probe_until is not None
+
+    def report(self, fraction_lost: float, now: float) -> bool:
+        """One receiver report block of one of its videos; True if the level changed."""
+        self.loss = (1 - SMOOTHING) * self.loss + SMOOTHING * max(0.0, min(1.0, fraction_lost))
+        if self._probe_until is not None:
+            if fraction_lost > LOSS_CLEAR:
+                return self._probe_failed(now)  # the probe, not the media, congested it
+            if now >= self._probe_until:  # the first report after it: clean
+                return self._probe_passed(now)
+            return False
+        if self.loss > LOSS_CLEAR:
+            self._clean_since = None
+        elif self._clean_since is None:
+            self._clean_since = now
+        if self.loss <= LOSS_DOWN or now - self._changed_at < SETTLE:
+            return False
+        if self.level == AUDIO_ONLY:
+            return False
+        steps = 2 if self.loss > LOSS_FAR_DOWN else 1
+        self.level = max(AUDIO_ONLY, self.level - steps)
+        self._changed_at = now
+        self._clean_since = None
+        self.loss = 0.0  # judge the new level on its own reports
+        return True
+
+    def tick(self, now: float, rate: float, next_rate: float) -> Probe | None:
+        """Called a few times a second with the bitrate the participant receives now
+        and the one the next level up would need: a probe to send, or None."""
+        if self._probe_until is not None:
+            if now > self._probe_until + VERDICT_WAIT:
+                self._probe_failed(now)  # no report came: do not believe it carried
+            return None
+        if (
+            self.level >= HIGH
+            or self._clean_since is None
+            or now - self._clean_since < self._hold
+            or now - self._changed_at < self._hold
+            or next_rate <= rate
+        ):
+            return None
+        self._probe_until = now + PROBE_SECONDS
+        return Probe(bitrate=next_rate - rate, seconds=PROBE_SECONDS)
+
+    def _probe_passed(self, now: float) -> bool:
+        self._probe_until = None
+        self.level += 1
+        self._changed_at = now
+        self._clean_since = now
+        self._hold = HOLD
+        return True
+
+    def _probe_failed(self, now: float) -> bool:
+        self._probe_until = None
+        self._hold = min(MAX_HOLD, self._hold * 1.5)
+        self._clean_since = None
+        self._changed_at = now
+        self.loss = 0.0
+        return False

@@ -1,0 +1,147 @@
+"""What one participant receives of each video, and at which quality.
+
+Three things decide the layer of each video a viewer gets (RTP path only; the
+frame path forwards what the publisher sends):
+
+- what it shows: the size it renders each track at (a thumbnail gets a small
+  layer, the stage a large one), or that it does not show it (no layer at all);
+- what it asks for: ``auto``, ``low_data`` (the smallest layer of everything) or
+  ``audio_only`` (no video);
+- what its downlink carries (:class:`media.downlink.DownlinkQuality`, from the
+  receiver reports of its videos; probed with padding before going up).
+
+Every few tenths of a second :meth:`Viewer.tick` probes when it is time, and returns
+a notice for the participant when what it receives changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from .downlink import AUDIO_ONLY, HIGH, LOW, DownlinkQuality
+from .rtp_forward import RtpForwarder
+from .rtp_subscriber import RtpSubscriber
+
+Mode = Literal["auto", "low_data", "audio_only"]
+LEVEL_NAMES = {HIGH: "high", HIGH - 1: "medium", LOW: "low", AUDIO_ONLY: "audio_only"}
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedVideo:
+    """One video as the viewer gets it now: the size of the layer forwarded (0 when
+    not known), or nothing forwarded."""
+
+    track_id: str
+    forwarded: bool
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class QualityNotice:
+    """What the viewer receives, when it changed: its level, what limits it, and
+    each video."""
+
+    level: str
+    limited_by: Literal["network", "settings"] | None
+    videos: tuple[ReceivedVideo, ...]
+
+
+class Viewer:
+    """One participant's side of every video it receives (the downlink protocol of
+    :class:`media.rtp_subscriber.RtpSubscriber`)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.quality = DownlinkQuality(clock())
+        self.mode: Mode = "auto"
+        self._widths: dict[str, int] = {}  # track id -> rendered width (0: hidden)
+        self._videos: dict[str, tuple[RtpForwarder, RtpSubscriber]] = {}
+        self._last: QualityNotice | None = None
+
+    @property
+    def level(self) -> int:
+        """The level every video is capped at: the downlink's, or the viewer's choice."""
+        if self.mode == "audio_only":
+            return AUDIO_ONLY
+        if self.mode == "low_data":
+            return min(LOW, self.quality.level)
+        return self.quality.level
+
+    def report(self, fraction_lost: float) -> None:
+        """A receiver report block about one of its videos."""
+        if self.quality.report(fraction_lost, self._clock()):
+            self._retarget()
+
+    def add(self, track_id: str, forwarder: RtpForwarder, subscriber: RtpSubscriber) -> None:
+        """A video it now receives."""
+        subscriber.downlink = self
+        self._videos[track_id] = (forwarder, subscriber)
+        self._apply(track_id)
+
+    def remove(self, track_id: str) -> None:
+        """A video it no longer receives."""
+        self._videos.pop(track_id, None)
+
+    def configure(self, mode: Mode, widths: dict[str, int]) -> None:
+        """What the viewer asks for: a mode, and the width it renders each track at
+        (0: hidden; tracks it does not name: as large as there is)."""
+        self.mode = mode
+        self._widths = dict(widths)
+        for track_id in self._videos:
+            self._apply(track_id)
+
+    def tick(self) -> QualityNotice | None:
+        """Probe the downlink when it is time; a notice when what it receives changed."""
+        now = self._clock()
+        if self.mode == "auto" and self._videos:
+            level = self.quality.level
+            rate = next_rate = 0.0
+            for forwarder, subscriber in self._videos.values():
+                if level == AUDIO_ONLY:  # the next level up is the smallest layers
+                    next_rate += forwarder.bitrate_of(subscriber, HIGH)
+                else:
+                    rate += forwarder.bitrate_of(subscriber, HIGH - level)
+                    next_rate += forwarder.bitrate_of(subscriber, HIGH - level - 1)
+            probe = self.quality.tick(now, rate, next_rate)
+            if probe is not None:
+                for _, subscriber in self._videos.values():
+                    if subscriber.layer is not None and subscriber.probe(
+                        probe.bitrate, probe.seconds
+                    ):
+                        break
+            if self.quality.level != level:
+                self._retarget()
+        notice = self._notice()
+        if notice == self._last:
+            return None
+        self._last = notice
+        return notice
+
+    def _apply(self, track_id: str) -> None:
+        forwarder, subscriber = self._videos[track_id]
+        width = self._widths.get(track_id)
+        forwarder.prefer(subscriber, width or None, width != 0)
+
+    def _retarget(self) -> None:
+        for forwarder, subscriber in self._videos.values():
+            forwarder.retarget(subscriber)
+
+    def _notice(self) -> QualityNotice:
+        videos = tuple(
+            ReceivedVideo(
+                track_id,
+                subscriber.layer is not None,
+                subscriber.layer.width if subscriber.layer is not None else 0,
+                subscriber.layer.height if subscriber.layer is not None else 0,
+            )
+            for track_id, (_, subscriber) in sorted(self._videos.items())
+        )
+        limited_by: Literal["network", "settings"] | None = None
+        if self.mode != "auto":
+            limited_by = "settings"
+        elif self.quality.level < HIGH:
+            limited_by = "network"
+        return QualityNotice(LEVEL_NAMES[self.level], limited_by, videos)

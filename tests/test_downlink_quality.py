@@ -1,0 +1,90 @@
+"""The downlink level of one viewer, from its receiver reports (media/downlink.py)."""
+
+from __future__ import annotations
+
+from media.downlink import (
+    AUDIO_ONLY,
+    HIGH,
+    HOLD,
+    LOW,
+    MAX_HOLD,
+    PROBE_SECONDS,
+    SETTLE,
+    VERDICT_WAIT,
+    DownlinkQuality,
+    Probe,
+)
+
+
+def reports(quality: DownlinkQuality, loss: float, start: float, seconds: float) -> float:
+    """One report a second; returns the time after the last."""
+    now = start
+    while now < start + seconds:
+        quality.report(loss, now)
+        now += 1.0
+    return now
+
+
+def test_heavy_loss_steps_down_two_levels_at_once_then_waits_to_settle() -> None:
+    quality = DownlinkQuality(now=0.0)
+    assert quality.report(0.9, SETTLE + 0.1)  # smoothed, still far past LOSS_FAR_DOWN
+    assert quality.level == HIGH - 2 == LOW
+    assert not quality.report(0.9, SETTLE + 0.5)  # settling: no second step yet
+    assert quality.report(0.9, 2 * SETTLE + 0.2)
+    assert quality.level == AUDIO_ONLY
+    assert not quality.report(0.9, 10.0)  # nothing below audio only
+
+
+def test_moderate_loss_steps_down_one_level_and_light_loss_none() -> None:
+    quality = DownlinkQuality(now=0.0)
+    reports(quality, 0.03, SETTLE, 5)
+    assert quality.level == HIGH
+    now = reports(quality, 0.2, 10.0, 2)
+    assert quality.level == HIGH - 1
+    assert now < 13.0
+
+
+def probe_until_verdict(quality: DownlinkQuality, now: float, loss: float) -> tuple[Probe, float]:
+    probe = quality.tick(now, rate=150e3, next_rate=500e3)
+    assert probe is not None and probe.bitrate == 350e3 and probe.seconds == PROBE_SECONDS
+    assert quality.probing and quality.tick(now + 0.5, 150e3, 500e3) is None
+    quality.report(loss, now + PROBE_SECONDS + 0.1)
+    return probe, now + PROBE_SECONDS + 0.1
+
+
+def test_a_clean_level_is_probed_and_a_clean_probe_steps_up() -> None:
+    quality = DownlinkQuality(now=0.0, level=LOW)
+    assert quality.tick(1.0, 150e3, 500e3) is None  # not clean for long enough yet
+    now = reports(quality, 0.0, 1.0, HOLD + 1)
+    _, now = probe_until_verdict(quality, now, loss=0.0)
+    assert quality.level == LOW + 1 and not quality.probing
+    # The next level up waits for its own hold.
+    assert quality.tick(now + 1.0, 500e3, 1200e3) is None
+
+
+def test_a_probe_that_loses_fails_and_the_next_one_waits_longer() -> None:
+    quality = DownlinkQuality(now=0.0, level=LOW)
+    now = reports(quality, 0.0, 1.0, HOLD + 1)
+    _, now = probe_until_verdict(quality, now, loss=0.3)
+    assert quality.level == LOW and not quality.probing
+    now = reports(quality, 0.0, now, HOLD + 0.5)
+    assert quality.tick(now, 150e3, 500e3) is None  # the wait grew by half
+    now = reports(quality, 0.0, now, HOLD)
+    assert quality.tick(now, 150e3, 500e3) is not None
+    assert HOLD * 1.5 <= MAX_HOLD
+
+
+def test_a_probe_without_any_report_counts_as_failed() -> None:
+    quality = DownlinkQuality(now=0.0, level=LOW)
+    now = reports(quality, 0.0, 1.0, HOLD + 1)
+    assert quality.tick(now, 150e3, 500e3) is not None
+    assert quality.tick(now + PROBE_SECONDS + VERDICT_WAIT + 0.1, 150e3, 500e3) is None
+    assert not quality.probing and quality.level == LOW
+
+
+def test_nothing_to_gain_is_not_probed() -> None:
+    quality = DownlinkQuality(now=0.0, level=LOW)
+    now = reports(quality, 0.0, 1.0, HOLD + 1)
+    assert quality.tick(now, 150e3, 150e3) is None  # one layer only: no level above
+    top = DownlinkQuality(now=0.0)
+    assert top.tick(100.0, 1e6, 2e6) is None  # already high

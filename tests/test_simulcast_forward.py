@@ -1,0 +1,193 @@
+"""Simulcast on the RTP fast path: one layer per subscriber, switched at keyframes.
+
+Three layers of one synthetic VP8 camera (``tests/rtp_lab.py``, real libsrtp and UDP):
+each subscriber gets the layer its view and its downlink call for; a switch happens
+only at a keyframe of the new layer and where the old layer's frame ended, with the
+numbering and the clock going on; no index is ever used twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from media.downlink import AUDIO_ONLY, HIGH, LOW
+from media.rtp_layers import Layer, choose
+
+from .rtp_lab import Bench, Publisher, Viewer, contiguous, whole_frames
+
+SIZES = {"l": (320, 180), "m": (640, 360), "h": (1280, 720)}
+RIDS = ("l", "m", "h")
+
+
+class Camera:
+    """A browser camera sending three layers of each frame (small first, as paced)."""
+
+    def __init__(self, bench: Bench, gop: int = 60, interleave: bool = False) -> None:
+        self.bench = bench
+        self.interleave = interleave  # packets of the layers alternate, as a pacer may
+        self.layers = {
+            rid: Publisher(
+                ssrc=0x10 + n,
+                first_seq=65_000 - 1000 * n,
+                first_ts=4_000_000_000 + n,
+                per_frame=1 + 2 * n,
+                gop=gop,
+                rid=rid,
+                size=SIZES[rid],
+            )
+            for n, rid in enumerate(RIDS)
+        }
+        self.answered = 0
+
+    async def run(self, frames: int) -> None:
+        for _ in range(frames):
+            requested = self.bench.keyframe_requested_ssrcs[self.answered :]
+            self.answered = len(self.bench.keyframe_requested_ssrcs)
+            frames = []
+            for publisher in self.layers.values():
+                if publisher.ssrc in requested:
+                    publisher.keyframe_wanted = True
+                frames.append(publisher.frame())
+            if self.interleave:  # l1 m1 h1 m2 h2 m3 h3 ...: every layer is mid-frame
+                packets = [p for group in itertools.zip_longest(*frames) for p in group if p]
+            else:
+                packets = [p for frame in frames for p in frame]
+            self.bench.forward(packets)
+            await asyncio.sleep(0)  # keyframe requests run as tasks
+            if self.bench.clock.now - self.bench.forwarder.rated_at >= 0.5:
+                self.bench.forwarder.update_layers()
+
+
+class FixedDownlink:
+    """A downlink whose level the test sets."""
+
+    def __init__(self, level: int = HIGH) -> None:
+        self.level = level
+        self.reports: list[float] = []
+
+    def report(self, fraction_lost: float) -> None:
+        self.reports.append(fraction_lost)
+
+
+def layer_of(viewer: Viewer, ssrc: int) -> tuple[int, int] | None:
+    """The size of the last keyframe a viewer received on ``ssrc``."""
+    record = viewer.streams[ssrc]
+    keyframes = [
+        index
+        for index in record.tags
+        if record.starts[index] and record.tags[index][3:6] == b"\x9d\x01\x2a"
+    ]
+    if not keyframes:
+        return None
+    tag = record.tags[max(keyframes)]
+    return int.from_bytes(tag[6:8], "little"), int.from_bytes(tag[8:10], "little")
+
+
+def check_stream(viewer: Viewer, ssrc: int) -> None:
+    record = viewer.streams[ssrc]
+    assert viewer.undecryptable == 0 and viewer.reused == []
+    assert contiguous(record.order)
+    assert whole_frames(record)
+    timestamps = [ts for _, ts in sorted(zip(record.order, record.timestamps, strict=True))]
+    assert all((b - a) % (1 << 32) < (1 << 31) for a, b in itertools.pairwise(timestamps))
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+async def test_each_subscriber_gets_the_layer_its_view_calls_for_and_switches_cleanly(
+    interleave: bool,
+) -> None:
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench, interleave=interleave)
+        stage, thumbnail = bench.subscribe(rtx=True), bench.subscribe(rtx=True)
+        forwarder = bench.forwarder
+        forwarder.prefer(thumbnail, 160, True)
+        await camera.run(90)
+        assert stage.layer is not None and stage.layer.rid == "h"
+        assert thumbnail.layer is not None and thumbnail.layer.rid == "l"
+        assert layer_of(bench.viewers[stage], 0x5EED0000) == SIZES["h"]
+        assert layer_of(bench.viewers[thumbnail], 0x5EED0001) == SIZES["l"]
+
+        # The thumbnail is shown large now; the stage becomes a thumbnail.
+        forwarder.prefer(thumbnail, 1280, True)
+        forwarder.prefer(stage, 320, True)
+        await camera.run(90)
+        assert thumbnail.layer is not None and thumbnail.layer.rid == "h"
+        assert stage.layer is not None and stage.layer.rid == "l"
+        assert layer_of(bench.viewers[thumbnail], 0x5EED0001) == SIZES["h"]
+        # A middle size gets the middle layer.
+        forwarder.prefer(stage, 600, True)
+        await camera.run(90)
+        assert stage.layer is not None and stage.layer.rid == "m"
+        for sub, ssrc in ((stage, 0x5EED0000), (thumbnail, 0x5EED0001)):
+            check_stream(bench.viewers[sub], ssrc)
+        assert forwarder.stats.errors == 0
+    finally:
+        bench.close()
+
+
+async def test_the_downlink_caps_the_layer_and_audio_only_stops_video() -> None:
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench)
+        subscriber = bench.subscribe(rtx=False)
+        downlink = FixedDownlink()
+        subscriber.downlink = downlink
+        forwarder = bench.forwarder
+        await camera.run(60)
+        assert subscriber.layer is not None and subscriber.layer.rid == "h"
+        for level, rid in ((HIGH - 1, "m"), (LOW, "l"), (HIGH, "h")):
+            downlink.level = level
+            forwarder.retarget(subscriber)
+            await camera.run(90)
+            assert subscriber.layer is not None and subscriber.layer.rid == rid, level
+        viewer = bench.viewers[subscriber]
+        downlink.level = AUDIO_ONLY
+        forwarder.retarget(subscriber)
+        received = len(viewer.streams[0x5EED0000].order)
+        await camera.run(60)
+        assert subscriber.layer is None
+        assert len(viewer.streams[0x5EED0000].order) == received  # nothing more forwarded
+        # Back from audio only: the numbering goes on where it stopped.
+        downlink.level = HIGH
+        forwarder.retarget(subscriber)
+        await camera.run(90)
+        assert len(viewer.streams[0x5EED0000].order) > received
+        check_stream(viewer, 0x5EED0000)
+    finally:
+        bench.close()
+
+
+async def test_a_layer_the_publisher_stops_sending_is_left_for_one_it_sends() -> None:
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench)
+        subscriber = bench.subscribe(rtx=True)
+        await camera.run(60)
+        assert subscriber.layer is not None and subscriber.layer.rid == "h"
+        del camera.layers["h"]  # the browser dropped its top layer (CPU, bandwidth)
+        await camera.run(150)  # five seconds at 30 fps
+        assert subscriber.layer is not None and subscriber.layer.rid == "m"
+        check_stream(bench.viewers[subscriber], 0x5EED0000)
+    finally:
+        bench.close()
+
+
+def test_choosing_a_layer() -> None:
+    def layer(width: int, bitrate: float) -> Layer:
+        return Layer(ssrc=width, rid=str(width), keyframes=None, width=width, bitrate=bitrate)  # type: ignore[arg-type]
+
+    small, middle, large = layer(320, 150e3), layer(640, 500e3), layer(1280, 1500e3)
+    layers = [large, small, middle]
+    assert choose(layers, None) is large
+    assert choose(layers, 160) is small
+    assert choose(layers, 300) is small  # 320 is at least 80 % of 300
+    assert choose(layers, 420) is middle
+    assert choose(layers, 4000) is large  # nothing is that large: the largest
+    assert choose(layers, None, steps_down=1) is middle
+    assert choose(layers, None, steps_down=5) is small
+    assert choose(layers, 160, steps_down=1) is small
+    assert choose([], None) is None
