@@ -48,6 +48,9 @@ The RTP fast path (``media/rtp_forward.py``) also uses:
     m-line index, so when a browser recycles that m-line for a new transceiver (JSEP
     5.2.2) aiortc gives the old transceiver the new MID too; we forget the index of
     a transceiver whose m-line was rejected.
+17. ``RTCRtpReceiver.__remote_streams`` (read only): what aiortc counted per incoming
+    SSRC for its receiver reports (packets received and lost), for the operator's
+    live view; RTX SSRCs are left out (``__rtx_ssrc``, as in hook 5).
 """
 
 from __future__ import annotations
@@ -257,6 +260,18 @@ async def send_pli(receiver: RTCRtpReceiver) -> bool:
     newest = max(sources, key=lambda s: s.timestamp)
     await receiver._send_rtcp_pli(newest.source)
     return True
+
+
+def received_streams(receiver: RTCRtpReceiver) -> list[tuple[int, int, int]]:
+    """``(ssrc, packets received, packets lost)`` per media SSRC ``receiver`` has heard
+    (RFC 3550 counts, as in its receiver reports; RTX streams left out). Read only."""
+    streams: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__remote_streams")  # noqa: B009
+    rtx_ssrcs: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc")  # noqa: B009
+    return [
+        (ssrc, int(stream.packets_received), max(0, int(stream.packets_lost)))
+        for ssrc, stream in list(streams.items())
+        if ssrc not in rtx_ssrcs
+    ]
 
 
 # --- the RTP fast path -------------------------------------------------------
