@@ -401,7 +401,7 @@ async def run_one(
         if not is_janus:  # Janus: the publishers are connected; it has no /metrics
             async with asyncio.timeout(15):
                 while True:
-                    metrics = await _http_json(base + "/metrics")
+                    metrics = await _http_json(base + "/metrics.json")
                     sfu = metrics.get("sfu", {}) if metrics else {}
                     if sfu.get("frames_received", 0) > 0 or sfu.get("packets_received", 0) > 0:
                         break
@@ -450,13 +450,13 @@ async def run_one(
         machine_start = procstat.machine_ticks()
         load_start = [procstat.sample(c.process.pid) for c in children]
         t_start = time.time()
-        metrics_start = None if is_janus else await _http_json(base + "/metrics")
+        metrics_start = None if is_janus else await _http_json(base + "/metrics.json")
         await asyncio.sleep(max(0.0, end - time.time()))
         cpu_end = procstat.sample(server.process.pid)
         machine_end = procstat.machine_ticks()
         load_end = [procstat.sample(c.process.pid) for c in children]
         t_end = time.time()
-        metrics_end = None if is_janus else await _http_json(base + "/metrics")
+        metrics_end = None if is_janus else await _http_json(base + "/metrics.json")
         results = await asyncio.gather(
             *(c.next_event("result", 30 + options.ready_timeout) for c in children)
         )

@@ -41,6 +41,8 @@ from signaling.session import (
     SignalingSession,
 )
 
+from .logs import bind_participant
+
 if TYPE_CHECKING:
     from .state import ServerState
 
@@ -93,6 +95,7 @@ class ParticipantConnection:
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._close_code = CLOSE_NORMAL
+        self._opened = time.monotonic()  # for the join latency metric
 
     @property
     def participant_id(self) -> str | None:
@@ -188,6 +191,8 @@ class ParticipantConnection:
             self._outbox.put_nowait(None)
         elif isinstance(effect, Joined):
             pid = effect.participant.id
+            bind_participant(pid)  # every later log line of this socket names it
+            state.prometheus.join_latency.observe(time.monotonic() - self._opened)
             state.add_connection(pid, self)
             self._subscription = state.bus.subscribe(participant_topic(pid))
             self._tasks.append(asyncio.create_task(self._pump(self._subscription), name="ws-pump"))

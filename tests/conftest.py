@@ -121,7 +121,7 @@ class RunningServer:
         return httpx.request(method, f"{self.http}{path}", headers=headers, timeout=10, **kw)
 
     def metrics(self) -> dict[str, object]:
-        response = httpx.get(f"{self.http}/metrics", timeout=5)
+        response = httpx.get(f"{self.http}/metrics.json", timeout=5)
         response.raise_for_status()
         result: dict[str, object] = response.json()
         return result
