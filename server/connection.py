@@ -191,7 +191,9 @@ class ParticipantConnection:
             self._outbox.put_nowait(None)
         elif isinstance(effect, Joined):
             pid = effect.participant.id
-            bind_participant(pid)  # every later log line of this socket names it
+            # Every later log line of this socket names it.
+            lesson_id = self._session.lesson.id if self._session.lesson else "?"
+            bind_participant(pid, lesson_id, effect.participant.role.value)
             state.prometheus.join_latency.observe(time.monotonic() - self._opened)
             state.add_connection(pid, self)
             self._subscription = state.bus.subscribe(participant_topic(pid))

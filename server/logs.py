@@ -37,10 +37,14 @@ REDACTED = "[redacted]"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(participant_id)s]: %(message)s"
 
 
-def bind_participant(participant_id: str) -> None:
+logger = logging.getLogger(__name__)
+
+
+def bind_participant(participant_id: str, lesson_id: str, role: str) -> None:
     """Mark the lines the current task (and tasks it starts from now on) logs as this
-    participant's."""
+    participant's, starting with this join."""
     PARTICIPANT_ID.set(participant_id)
+    logger.info("joined lesson %s as %s", lesson_id, role)
 
 
 class ContextIds(logging.Filter):
