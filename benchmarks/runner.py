@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -169,6 +170,9 @@ class RunOptions:
     source_dir: Path = Path(REPO_ROOT)
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lco-bench-")))
     progress: TextIO = sys.stderr
+    # Called with (runs done, runs in all, what runs now): lco bench draws a progress
+    # bar with an ETA from it.
+    on_progress: Callable[[int, int, str], None] | None = None
 
 
 def _free_port() -> int:
@@ -648,8 +652,12 @@ async def run_workload(workload: Workload, options: RunOptions) -> list[dict[str
     load_audio(options.cache_dir)
     runs = []
     stopped: dict[str, str] = {}
+    steps, done = len(workload.sizes) * len(options.systems), 0
     for size in workload.sizes:
         for system in options.systems:
+            if options.on_progress:
+                options.on_progress(done, steps, f"{workload.name}: {system} x{size}")
+            done += 1
             if system in stopped:
                 continue
             print(
@@ -686,6 +694,8 @@ async def run_workload(workload: Workload, options: RunOptions) -> list[dict[str
                     stopped[system] = reason
                     run["ramp_stop"] = reason
                     print(f"    {system}: ramp stops ({reason})", file=options.progress)
+    if options.on_progress:
+        options.on_progress(steps, steps, f"{workload.name}: done")
     return runs
 
 

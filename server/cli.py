@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -364,17 +365,24 @@ def _publish(args: argparse.Namespace) -> int:
     from .publish import run_publish
 
     logging.basicConfig(level="WARNING", format="%(message)s")
+    from .progress import TimedProgress
+
     token = args.token.split("#token=", 1)[-1]
     started = time.monotonic()
-    result = asyncio.run(
-        run_publish(
-            args.url,
-            token,
-            source=args.source,
-            duration=args.duration,
-            ice_hosts=args.ice_host,
-        )
+    # With --duration, a bar shows the time left (on a terminal).
+    progress: contextlib.AbstractContextManager[object] = (
+        TimedProgress("publishing", args.duration) if args.duration else contextlib.nullcontext()
     )
+    with progress:
+        result = asyncio.run(
+            run_publish(
+                args.url,
+                token,
+                source=args.source,
+                duration=args.duration,
+                ice_hosts=args.ice_host,
+            )
+        )
     if args.report:
         result["seconds"] = round(time.monotonic() - started, 2)
         print(json.dumps(result, indent=2))
