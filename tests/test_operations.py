@@ -194,3 +194,23 @@ def test_the_log_check_finds_secrets_and_tokens() -> None:
         f"server.log: a token appears in the log ({token[:24]}...)",
     ]
     assert scan("all quiet", {ADMIN_KEY: "the admin key"}, "x") == []
+
+
+def test_the_grafana_dashboard_uses_only_metrics_the_server_exports(server: RunningServer) -> None:
+    dashboard = json.loads(
+        (Path(__file__).parents[1] / "docs" / "grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(exprs) >= 15
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    used = {
+        re.sub(r"_(bucket|count|sum)$", "", m) for e in exprs for m in re.findall(r"lco_\w+", e)
+    }
+    text = httpx.get(f"{server.http}/metrics", timeout=5).text
+    exported = {family.name for family in text_string_to_metric_families(text)}
+    # The parser names counters without their _total suffix.
+    exported |= {f"{name}_total" for name in exported}
+    assert used <= exported, used - exported
+    assert "lco_info" in used  # the node picker
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
