@@ -155,6 +155,7 @@ def test_the_classroom_joins_live_and_the_lesson_ends(
     operator: Page, browser: Browser, server: Server, artifacts: Path
 ) -> None:
     page = operator
+    teacher_link = page.locator("#link-list > li[data-role='teacher'] input").input_value()
     room = page.locator("#link-list > li", has_text="Room 4")
     with page.context.expect_page() as opened:
         room.get_by_role("link", name="Open link: Room 4").click()
@@ -173,6 +174,24 @@ def test_the_classroom_joins_live_and_the_lesson_ends(
     expect(row).to_contain_text("camera")
     expect(row).to_contain_text("microphone")
     expect(lesson).to_contain_text("no teacher is in the lesson")
+    # The teacher joins from the teacher link: the warning goes, both publish.
+    teaching = browser.new_context(viewport={"width": 1280, "height": 720})
+    teacher = teaching.new_page()
+    teacher.goto(teacher_link)
+    join = teacher.get_by_role("button", name="Join")
+    expect(join).to_be_enabled(timeout=TIMEOUT_MS)
+    join.click()
+    teacher.wait_for_function("() => window.lco.state().connected", timeout=TIMEOUT_MS)
+    expect(lesson.locator("tr[data-role='teacher']", has_text="Ms Rivera")).to_be_visible(
+        timeout=TIMEOUT_MS
+    )
+    expect(lesson).not_to_contain_text("no teacher is in the lesson", timeout=TIMEOUT_MS)
+    # Bitrate figures come with the second look (the view asks every two seconds).
+    page.wait_for_function(
+        """() => [...document.querySelectorAll("section.live-lesson tr[data-role] td:nth-child(5)")]
+                   .some((td) => Number(td.textContent) > 0)""",
+        timeout=TIMEOUT_MS,
+    )
     # The chart fills as the view refreshes.
     page.wait_for_function(
         "() => Number(document.querySelector('section.live-lesson figure')?.dataset.points) >= 3",
@@ -188,6 +207,7 @@ def test_the_classroom_joins_live_and_the_lesson_ends(
     )
     expect(page.locator("#live-empty")).to_be_visible(timeout=TIMEOUT_MS)
     pc.close()
+    teaching.close()
 
     page.get_by_role("button", name="Schools and lessons").click()
     row = page.locator("#lesson-table tr", has_text="Fractions together")
@@ -196,10 +216,12 @@ def test_the_classroom_joins_live_and_the_lesson_ends(
         row.get_by_role("button", name="Attendance (CSV): Fractions together").click()
     text = Path(download.value.path()).read_text()
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert [(r["name"], r["role"], r["school"]) for r in rows] == [
-        ("Room 4", "classroom", "west-primary")
-    ]
-    assert rows[0]["headcount"] == "24" and float(rows[0]["seconds_present"]) > 0
+    assert {(r["name"], r["role"], r["school"]) for r in rows} == {
+        ("Room 4", "classroom", "west-primary"),
+        ("Ms Rivera", "teacher", "north-high"),
+    }
+    (room_row,) = [r for r in rows if r["name"] == "Room 4"]
+    assert room_row["headcount"] == "24" and float(room_row["seconds_present"]) > 0
     row.get_by_role("button", name="Links: Fractions together").click()
     with page.expect_download() as download:
         page.get_by_role("button", name="Download attendance (JSON)").click()
@@ -222,7 +244,7 @@ def test_a_teacher_link_opens_my_lesson(browser: Browser, server: Server) -> Non
     # The invited schools' links (not the teacher's own), student links, attendance.
     expect(page.locator("#link-list > li[data-role='classroom']")).to_have_count(2)
     expect(page.locator("#link-list > li[data-role='teacher']")).to_have_count(0)
-    expect(page.locator("#attendance-table tbody tr")).to_have_count(1)
+    expect(page.locator("#attendance-table tbody tr")).to_have_count(2)
     assert context.cookies() == []  # the teacher's link is the credential; no session
     context.close()
 

@@ -35,6 +35,7 @@ const ui = {
 };
 
 function showView(name) {
+  status(null); // a note about the previous view does not belong to the next
   for (const id of ["sign-in", "setup", "links", "live"]) $(id).hidden = id !== name;
   for (const tab of document.querySelectorAll("#console-nav [data-view]")) {
     tab.setAttribute("aria-pressed", String(tab.dataset.view === name));
