@@ -186,10 +186,14 @@ def test_the_classroom_joins_live_and_the_lesson_ends(
         timeout=TIMEOUT_MS
     )
     expect(lesson).not_to_contain_text("no teacher is in the lesson", timeout=TIMEOUT_MS)
-    # Bitrate figures come with the second look (the view asks every two seconds).
+    # Bitrate figures come with the second look at each participant (the view asks
+    # every two seconds): both publish, so both send the server something.
     page.wait_for_function(
-        """() => [...document.querySelectorAll("section.live-lesson tr[data-role] td:nth-child(5)")]
-                   .some((td) => Number(td.textContent) > 0)""",
+        """() => {
+          const cells = [...document.querySelectorAll(
+            "section.live-lesson tr[data-role] td:nth-child(5)")];
+          return cells.length === 2 && cells.every((td) => Number(td.textContent) > 0);
+        }""",
         timeout=TIMEOUT_MS,
     )
     # The chart fills as the view refreshes.
