@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from server.progress import StepProgress
+
 from . import procstat, report
 from .encoded import VIDEO_VARIANTS, default_cache_dir, load_audio, load_video
 from .runner import RAMP_CPU_LIMIT, SYSTEMS, RunOptions, run_workload, workloads
@@ -115,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, bar: StepProgress | None = None) -> int:
     chosen = workloads(args.quick)
     names = args.workload or ["core"]
     options = RunOptions(
@@ -124,6 +126,9 @@ def _run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         settle=0.5 if args.quick else 1.0,
     )
+    if bar is not None:  # a progress bar with an ETA; the lines go above it
+        options.on_progress = bar.update
+        options.progress = bar.lines or options.progress
     if args.source_dir:
         options.source_dir = args.source_dir.resolve()
     if args.logs_dir:
@@ -204,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in (None, "run"):
         if args.command is None:
             args = build_parser().parse_args(["run"])
-        return _run(args)
+        with StepProgress("lco bench") as bar:
+            return _run(args, bar)
     if args.command == "show":
         document = json.loads(args.path.read_text())
         for name, entry in document["workloads"].items():

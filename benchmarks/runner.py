@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -169,6 +170,9 @@ class RunOptions:
     source_dir: Path = Path(REPO_ROOT)
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="lco-bench-")))
     progress: TextIO = sys.stderr
+    # Called with (runs done, runs in all, what runs now): lco bench draws a progress
+    # bar with an ETA from it.
+    on_progress: Callable[[int, int, str], None] | None = None
 
 
 def _free_port() -> int:
@@ -401,7 +405,7 @@ async def run_one(
         if not is_janus:  # Janus: the publishers are connected; it has no /metrics
             async with asyncio.timeout(15):
                 while True:
-                    metrics = await _http_json(base + "/metrics")
+                    metrics = await _http_json(base + "/metrics.json")
                     sfu = metrics.get("sfu", {}) if metrics else {}
                     if sfu.get("frames_received", 0) > 0 or sfu.get("packets_received", 0) > 0:
                         break
@@ -450,13 +454,13 @@ async def run_one(
         machine_start = procstat.machine_ticks()
         load_start = [procstat.sample(c.process.pid) for c in children]
         t_start = time.time()
-        metrics_start = None if is_janus else await _http_json(base + "/metrics")
+        metrics_start = None if is_janus else await _http_json(base + "/metrics.json")
         await asyncio.sleep(max(0.0, end - time.time()))
         cpu_end = procstat.sample(server.process.pid)
         machine_end = procstat.machine_ticks()
         load_end = [procstat.sample(c.process.pid) for c in children]
         t_end = time.time()
-        metrics_end = None if is_janus else await _http_json(base + "/metrics")
+        metrics_end = None if is_janus else await _http_json(base + "/metrics.json")
         results = await asyncio.gather(
             *(c.next_event("result", 30 + options.ready_timeout) for c in children)
         )
@@ -648,8 +652,12 @@ async def run_workload(workload: Workload, options: RunOptions) -> list[dict[str
     load_audio(options.cache_dir)
     runs = []
     stopped: dict[str, str] = {}
+    steps, done = len(workload.sizes) * len(options.systems), 0
     for size in workload.sizes:
         for system in options.systems:
+            if options.on_progress:
+                options.on_progress(done, steps, f"{workload.name}: {system} x{size}")
+            done += 1
             if system in stopped:
                 continue
             print(
@@ -686,6 +694,8 @@ async def run_workload(workload: Workload, options: RunOptions) -> list[dict[str
                     stopped[system] = reason
                     run["ramp_stop"] = reason
                     print(f"    {system}: ramp stops ({reason})", file=options.progress)
+    if options.on_progress:
+        options.on_progress(steps, steps, f"{workload.name}: done")
     return runs
 
 

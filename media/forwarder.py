@@ -35,6 +35,7 @@ class ForwardingStats(Counters):
     """Counters of one forwarder (and, summed, of the SFU)."""
 
     __slots__ = (
+        "bytes_forwarded",
         "frames_dropped",
         "frames_forwarded",
         "frames_muted",
@@ -42,6 +43,7 @@ class ForwardingStats(Counters):
         "keyframe_requests_relayed",
         "keyframe_requests_suppressed",
     )
+    bytes_forwarded: int  # encoded frame bytes, summed over subscribers
     frames_dropped: int
     frames_forwarded: int
     frames_muted: int
@@ -94,6 +96,7 @@ class SubscriberTrack(MediaStreamTrack):
                 return True
             return False
         stats.frames_forwarded += 1
+        stats.bytes_forwarded += packet.size
         return False
 
     def drop_queued(self) -> None:

@@ -82,6 +82,12 @@ publish``), which aiortc cannot:
     sends what the SFU's REMB allows, and aiortc's estimate never allows more than
     1.5 times what arrives, so a browser never turns on its top simulcast layer; as
     Janus does, we send a configured cap instead (and skip aiortc's estimator).
+
+The operator's live view reads:
+
+26. ``RTCRtpReceiver.__remote_streams`` (read only): what aiortc counted per incoming
+    SSRC for its receiver reports (packets received and lost), for the operator's
+    live view; RTX SSRCs are left out (``__rtx_ssrc``, as in hook 5).
 """
 
 from __future__ import annotations
@@ -431,6 +437,18 @@ async def send_pli(receiver: RTCRtpReceiver) -> bool:
     newest = max(sources, key=lambda s: s.timestamp)
     await receiver._send_rtcp_pli(newest.source)
     return True
+
+
+def received_streams(receiver: RTCRtpReceiver) -> list[tuple[int, int, int]]:
+    """``(ssrc, packets received, packets lost)`` per media SSRC ``receiver`` has heard
+    (RFC 3550 counts, as in its receiver reports; RTX streams left out). Read only."""
+    streams: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__remote_streams")  # noqa: B009
+    rtx_ssrcs: dict[int, int] = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc")  # noqa: B009
+    return [
+        (ssrc, int(stream.packets_received), max(0, int(stream.packets_lost)))
+        for ssrc, stream in list(streams.items())
+        if ssrc not in rtx_ssrcs
+    ]
 
 
 # --- the RTP fast path -------------------------------------------------------

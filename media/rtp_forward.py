@@ -108,6 +108,7 @@ class RtpForwardingStats(Counters):
     """Counters of one forwarded track (summed by the SFU for ``/metrics``)."""
 
     __slots__ = (
+        "bytes_forwarded",
         "errors",
         "keyframe_requests_relayed",
         "keyframe_requests_suppressed",
@@ -119,6 +120,7 @@ class RtpForwardingStats(Counters):
         "retransmissions_missed",
         "subscribers_started",
     )
+    bytes_forwarded: int  # payload bytes, summed over subscribers
     errors: int
     keyframe_requests_relayed: int
     keyframe_requests_suppressed: int
@@ -492,6 +494,7 @@ class RtpForwarder:
             forwarded += 1
         stats.errors += errors
         stats.packets_forwarded += forwarded
+        stats.bytes_forwarded += forwarded * size
         stats.packets_dropped += dropped
 
     def _start_joiners(self, layer: Layer, index: int, ts: int, payload: bytes, now: float) -> None:

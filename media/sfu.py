@@ -97,6 +97,7 @@ class Forwarder(Protocol):
     """Forwards one published track to its subscribers (RTP packets or frames)."""
 
     track_id: str
+    kind: str
 
     @property
     def codec(self) -> RTCRtpCodecParameters | None: ...
@@ -116,6 +117,30 @@ class Forwarder(Protocol):
         ...
 
     def counters(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedTrackStats:
+    """One track a participant publishes, as the server receives it (RFC 3550 counts)."""
+
+    track_id: str
+    kind: str
+    packets_received: int
+    packets_lost: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantMediaStats:
+    """A participant's media as the server sees it now: cumulative counts to sample."""
+
+    # Everything its publish connection received (media and RTCP, as on the wire).
+    bytes_received: int
+    # Payload bytes and packets forwarded to it (what its sender reports say).
+    bytes_sent: int
+    packets_sent: int
+    # What it reports losing of the media it receives (its receiver reports).
+    reported_lost: int
+    tracks: tuple[ReceivedTrackStats, ...]
 
 
 @dataclass(slots=True)
@@ -177,6 +202,8 @@ class Sfu:
         self._participants: dict[str, ParticipantMedia] = {}
         self._forwarders: dict[str, Forwarder] = {}
         self._publishers: dict[str, str] = {}  # track id -> participant id
+        # Counters of forwarders that stopped, by kind: totals never go back.
+        self._retired: dict[str, dict[str, int]] = {}
 
     # -- participants --------------------------------------------------------
 
@@ -359,6 +386,9 @@ class Sfu:
                     del published[mid]
         if forwarder is not None:
             await forwarder.stop()
+            retired = self._retired.setdefault(forwarder.kind, {})
+            for name, value in forwarder.counters().items():
+                retired[name] = retired.get(name, 0) + value
         for media in list(self._participants.values()):
             subscription = media.subscriptions.pop(track_id, None)
             if subscription is not None:
@@ -511,6 +541,83 @@ class Sfu:
             **totals,
             **hooks.COUNTERS.snapshot(),
         }
+
+    def counters_by_kind(self) -> dict[str, dict[str, int]]:
+        """Forwarding counters summed per kind ("audio", "video") over every track
+        forwarded since start: they only grow (Prometheus counters)."""
+        totals = {kind: dict(counters) for kind, counters in self._retired.items()}
+        for forwarder in self._forwarders.values():
+            kind = totals.setdefault(forwarder.kind, {})
+            for name, value in forwarder.counters().items():
+                kind[name] = kind.get(name, 0) + value
+        return totals
+
+    def publisher_loss(self) -> dict[str, tuple[int, int]]:
+        """``(packets received, packets lost)`` per kind over the tracks published now,
+        as the server receives them (RFC 3550 counts, before retransmission)."""
+        totals: dict[str, tuple[int, int]] = {}
+        for media in self._participants.values():
+            for kind, (received, lost) in self._received(media):
+                before = totals.get(kind, (0, 0))
+                totals[kind] = (before[0] + received, before[1] + lost)
+        return totals
+
+    def _received(self, media: ParticipantMedia) -> list[tuple[str, tuple[int, int]]]:
+        pc = media.publish_pc
+        if pc is None or media.closed:
+            return []
+        found = []
+        for transceiver in pc.getTransceivers():
+            if (transceiver.mid or "") in media.published:
+                streams = hooks.received_streams(transceiver.receiver)
+                found.append(
+                    (
+                        str(transceiver.kind),
+                        (sum(s[1] for s in streams), sum(s[2] for s in streams)),
+                    )
+                )
+        return found
+
+    async def participant_stats(self, participant_id: str) -> ParticipantMediaStats | None:
+        """What one participant sends and receives, read from aiortc (changes nothing);
+        None if it has no media here."""
+        media = self._participants.get(participant_id)
+        if media is None or media.closed:
+            return None
+        bytes_received = bytes_sent = packets_sent = reported_lost = 0
+        tracks: list[ReceivedTrackStats] = []
+        publish, subscribe = media.publish_pc, media.subscribe_pc
+        try:
+            if publish is not None:
+                for stats in (await publish.getStats()).values():
+                    if stats.type == "transport":
+                        bytes_received += stats.bytesReceived
+                for transceiver in publish.getTransceivers():
+                    track_id = media.published.get(transceiver.mid or "")
+                    if track_id is None:
+                        continue
+                    streams = hooks.received_streams(transceiver.receiver)
+                    tracks.append(
+                        ReceivedTrackStats(
+                            track_id=track_id,
+                            kind=transceiver.kind,
+                            packets_received=sum(s[1] for s in streams),
+                            packets_lost=sum(s[2] for s in streams),
+                        )
+                    )
+            if subscribe is not None:
+                for stats in (await subscribe.getStats()).values():
+                    if stats.type == "outbound-rtp":
+                        bytes_sent += stats.bytesSent
+                        packets_sent += stats.packetsSent
+                    elif stats.type == "remote-inbound-rtp":
+                        reported_lost += max(0, stats.packetsLost)
+        except Exception:  # a connection closing under us: no figures this time
+            logger.debug("media stats of %s unavailable", participant_id, exc_info=True)
+            return None
+        return ParticipantMediaStats(
+            bytes_received, bytes_sent, packets_sent, reported_lost, tuple(tracks)
+        )
 
     # -- internals -----------------------------------------------------------
 

@@ -43,6 +43,8 @@ from signaling.tokens import TokenError, check_identifier, verify_token
 
 from .connection import execute_lesson_effect
 from .links import JoinLink, LinkError, LinkMaker
+from .live import LiveLesson
+from .qr import qr_svg_data_uri
 from .state import ServerState
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -137,7 +139,9 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-async def _body(request: Request, model: type[BaseModel]) -> Any:
+async def read_model(request: Request, model: type[BaseModel]) -> Any:
+    """The body as ``model``: read within the size limit, strict JSON, validated.
+    Raises :class:`ApiError` (400, 413, 422) naming what is wrong."""
     raw = await _read_body(request)
     try:
         text = raw.decode("utf-8")
@@ -177,6 +181,16 @@ def _json(value: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(value, status_code=status)
 
 
+def _with_qr(request: Request, links: list[JoinLink]) -> list[JoinLink]:
+    """With ``?qr=svg``, each link gets its QR code (for phones and printed sheets)."""
+    wanted = request.query_params.get("qr")
+    if wanted is None:
+        return links
+    if wanted != "svg":
+        raise ApiError(422, "query 'qr' must be svg")
+    return [link.model_copy(update={"qr_svg": qr_svg_data_uri(link.link)}) for link in links]
+
+
 class Api:
     """Route handlers over the server state."""
 
@@ -188,6 +202,15 @@ class Api:
 
     def _principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
+        if not header:
+            # The web console's cookie session: the admin key's scope, and a CSRF check
+            # for anything that changes state (server/sessions.py).
+            session = self.state.console_sessions.find(request)
+            if session is not None:
+                problem = self.state.console_sessions.refusal(request, session)
+                if problem is not None:
+                    raise ApiError(403, problem)
+                return Principal(admin=True)
         scheme, _, credential = header.partition(" ")
         if scheme.lower() != "bearer" or not credential:
             raise ApiError(401, "credentials required: Authorization: Bearer <admin key or token>")
@@ -225,7 +248,7 @@ class Api:
 
     async def create_community(self, request: Request) -> Response:
         self._admin(request)
-        return _json(self.catalogue.add_community(await _body(request, CommunityIn)), 201)
+        return _json(self.catalogue.add_community(await read_model(request, CommunityIn)), 201)
 
     async def show_community(self, request: Request) -> Response:
         self._admin(request)
@@ -246,7 +269,7 @@ class Api:
     async def create_school(self, request: Request) -> Response:
         self._admin(request)
         school = self.catalogue.add_school(
-            request.path_params["community_id"], await _body(request, SchoolIn)
+            request.path_params["community_id"], await read_model(request, SchoolIn)
         )
         return _json(school, 201)
 
@@ -258,7 +281,7 @@ class Api:
     async def create_endpoint(self, request: Request) -> Response:
         self._admin(request)
         endpoint = self.catalogue.add_endpoint(
-            request.path_params["school_id"], await _body(request, EndpointIn)
+            request.path_params["school_id"], await read_model(request, EndpointIn)
         )
         return _json(endpoint, 201)
 
@@ -270,7 +293,7 @@ class Api:
 
     async def create_lesson(self, request: Request) -> Response:
         self._admin(request)
-        return _json(self.catalogue.add_lesson(await _body(request, LessonIn)), 201)
+        return _json(self.catalogue.add_lesson(await read_model(request, LessonIn)), 201)
 
     async def show_lesson(self, request: Request) -> Response:
         lesson_id = request.path_params["lesson_id"]
@@ -292,7 +315,7 @@ class Api:
     async def update_lesson(self, request: Request) -> Response:
         lesson_id = request.path_params["lesson_id"]
         self._lesson_access(request, lesson_id)
-        patch = await _body(request, LessonPatch)
+        patch = await read_model(request, LessonPatch)
         return _json(self.catalogue.update_lesson(lesson_id, patch))
 
     async def end_lesson(self, request: Request) -> Response:
@@ -324,15 +347,16 @@ class Api:
         lesson_id = request.path_params["lesson_id"]
         principal = self._lesson_access(request, lesson_id)
         try:
-            return _json(self._links(request, principal).standard(lesson_id))
+            links = self._links(request, principal).standard(lesson_id)
         except LinkError as exc:
             raise ApiError(422, str(exc)) from None
+        return _json(_with_qr(request, links))
 
     async def create_links(self, request: Request) -> Response:
         """Links for named people of one role (students, co-teachers, delegates...)."""
         lesson_id = request.path_params["lesson_id"]
         principal = self._lesson_access(request, lesson_id)
-        body: LinkRequest = await _body(request, LinkRequest)
+        body: LinkRequest = await read_model(request, LinkRequest)
         ttl = body.ttl_minutes * 60 if body.ttl_minutes else None
         try:
             links = self._links(request, principal).named(
@@ -340,7 +364,23 @@ class Api:
             )
         except LinkError as exc:
             raise ApiError(422, str(exc)) from None
-        return _json(links, 201)
+        return _json(_with_qr(request, links), 201)
+
+    # -- live view ---------------------------------------------------------------
+
+    async def live_lessons(self, request: Request) -> Response:
+        """Every running lesson: participants per school, publishing, bitrate, loss."""
+        self._admin(request)
+        return _json(await self.state.live.lessons())
+
+    async def live_lesson(self, request: Request) -> Response:
+        """One running lesson's live view; 404 while nobody is in it."""
+        lesson_id = request.path_params["lesson_id"]
+        self._lesson_access(request, lesson_id)
+        live = self.state.registry.find(lesson_id)
+        if live is None:
+            raise ApiError(404, f"nobody is in lesson {lesson_id!r} now")
+        return _json(await self.state.live.lesson(live))
 
     # -- attendance --------------------------------------------------------------
 
@@ -483,6 +523,22 @@ class Api:
                 response=JoinLink,
                 many=True,
                 status=201,
+                auth=lesson_scope,
+            ),
+            Operation(
+                "/api/live",
+                "GET",
+                self.live_lessons,
+                "Running lessons: participants per school, who publishes, bitrate, loss, warnings",
+                response=LiveLesson,
+                many=True,
+            ),
+            Operation(
+                "/api/lessons/{lesson_id}/live",
+                "GET",
+                self.live_lesson,
+                "A running lesson's live view (404 while nobody is in it)",
+                response=LiveLesson,
                 auth=lesson_scope,
             ),
             Operation(

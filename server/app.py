@@ -1,10 +1,11 @@
-"""The Starlette application: health, metrics, the signalling socket and the web client."""
+"""The Starlette application: health, readiness, metrics, the API, the signalling socket,
+the web client, the landing page and the console."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,7 +21,10 @@ from starlette.websockets import WebSocket
 from .api import Api
 from .config import Settings
 from .connection import ParticipantConnection
+from .console import ConsoleRoutes
 from .headers import SecurityHeaders
+from .logs import RequestIds
+from .metrics import CONTENT_TYPE
 from .openapi import openapi_document
 from .state import ServerState
 
@@ -48,7 +52,18 @@ def create_app(settings: Settings) -> Starlette:
             return JSONResponse({"status": "shutting down"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    async def readyz(request: Request) -> Response:
+        # Liveness is /healthz; ready means joins would work now: not shutting down,
+        # both databases answer, the event loop keeps time.
+        problems = state.readiness()
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
     async def metrics(request: Request) -> Response:
+        return Response(state.prometheus.exposition(), media_type=CONTENT_TYPE)
+
+    async def metrics_json(request: Request) -> Response:
         return JSONResponse(state.metrics())
 
     api = Api(state)
@@ -57,8 +72,11 @@ def create_app(settings: Settings) -> Starlette:
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
-    async def join_page(request: Request) -> Response:
-        return FileResponse(WEB_CLIENT_DIR / "index.html", headers={"Cache-Control": "no-store"})
+    def page(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def serve(request: Request) -> Response:
+            return FileResponse(WEB_CLIENT_DIR / name, headers={"Cache-Control": "no-store"})
+
+        return serve
 
     async def signaling(websocket: WebSocket) -> None:
         if not origin_allowed(websocket, settings.allowed_origins):
@@ -76,6 +94,7 @@ def create_app(settings: Settings) -> Starlette:
         background = [
             asyncio.create_task(state.keep_heartbeat(), name="heartbeat"),
             asyncio.create_task(state.webhooks.run(), name="webhooks"),
+            asyncio.create_task(state.prometheus.watch_event_loop(), name="event-loop-lag"),
         ]
         try:
             yield
@@ -89,16 +108,22 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/metrics", metrics),
+            Route("/metrics.json", metrics_json),
             Route("/openapi.json", openapi),
             *api.routes(),
-            Route("/", join_page),
-            Route("/join", join_page),
+            Route("/", page("landing.html")),
+            Route("/join", page("index.html")),
+            Route("/console", page("console/index.html")),
+            *ConsoleRoutes(
+                state.console_sessions, (settings.public_url or "").startswith("https://")
+            ).routes(),
             WebSocketRoute("/ws", signaling),
             Mount("/static", StaticFiles(directory=WEB_CLIENT_DIR), name="static"),
         ],
         lifespan=lifespan,
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[Middleware(RequestIds), Middleware(SecurityHeaders)],
     )
     app.state.lco = state
     return app

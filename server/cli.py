@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from .config import (
     secure_data_dir,
 )
 from .http_limits import ConnectionLimits
+from .logs import configure_logging
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -187,6 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_link_lifetime_arg(serve)
     serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=os.environ.get("LCO_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line with request and participant ids "
+        "(env LCO_LOG_FORMAT; default text)",
+    )
+    serve.add_argument(
+        "--node-name",
+        default=os.environ.get("LCO_NODE_NAME") or socket.gethostname(),
+        help="the 'node' label of every metric (env LCO_NODE_NAME; default: the host name)",
+    )
+    serve.add_argument(
+        "--no-demo",
+        action="store_true",
+        default=os.environ.get("LCO_NO_DEMO", "") not in ("", "0"),
+        help="print no demo lesson links at start (env LCO_NO_DEMO=1)",
+    )
 
     token = commands.add_parser("token", help="mint a signed join link")
     token.add_argument("--lesson", required=True)
@@ -286,20 +307,33 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         webhook_secret=resolve_webhook_secret(args.webhook_secret, args.data_dir)
         if webhooks
         else b"",
+        node_name=args.node_name,
     )
+
+
+def _secrets_of(settings: Settings) -> list[str]:
+    """Every secret the server holds: what its logs must never show."""
+    hidden = [settings.secret.decode(), settings.admin_key, settings.webhook_secret.decode()]
+    if settings.turn is not None:
+        hidden.append(settings.turn.secret.decode())
+    hidden += [s.credential for s in settings.ice_servers if s.credential]
+    return hidden
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .demo import demo_banner
     from .serve import run_server
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # aioice logs every ICE check at INFO: keep operators' logs readable.
-    logging.getLogger("aioice").setLevel(logging.WARNING)
+    # Until the settings (and so the secrets) are known, nothing secret exists to hide.
+    configure_logging(args.log_level, args.log_format)
     secure_data_dir(args.data_dir)
     settings = settings_from_args(args)
-    run_server(settings, log_level=args.log_level)
+    configure_logging(args.log_level, args.log_format, hide=_secrets_of(settings))
+    banner = None
+    if not args.no_demo:
+        given = args.admin_key or os.environ.get("LCO_ADMIN_KEY")
+        banner = demo_banner(settings, None if given else args.data_dir / "admin.key")
+    run_server(settings, log_level=args.log_level, banner=banner)
     return 0
 
 
@@ -331,17 +365,24 @@ def _publish(args: argparse.Namespace) -> int:
     from .publish import run_publish
 
     logging.basicConfig(level="WARNING", format="%(message)s")
+    from .progress import TimedProgress
+
     token = args.token.split("#token=", 1)[-1]
     started = time.monotonic()
-    result = asyncio.run(
-        run_publish(
-            args.url,
-            token,
-            source=args.source,
-            duration=args.duration,
-            ice_hosts=args.ice_host,
-        )
+    # With --duration, a bar shows the time left (on a terminal).
+    progress: contextlib.AbstractContextManager[object] = (
+        TimedProgress("publishing", args.duration) if args.duration else contextlib.nullcontext()
     )
+    with progress:
+        result = asyncio.run(
+            run_publish(
+                args.url,
+                token,
+                source=args.source,
+                duration=args.duration,
+                ice_hosts=args.ice_host,
+            )
+        )
     if args.report:
         result["seconds"] = round(time.monotonic() - started, 2)
         print(json.dumps(result, indent=2))

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import secrets
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -71,6 +72,8 @@ class Settings:
     max_link_lifetime: int = DEFAULT_MAX_LINK_LIFETIME
     # Request-head and keep-alive timeouts, connections in all and per address.
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # The ``node`` label of every metric: tells servers apart behind one Prometheus.
+    node_name: str = field(default_factory=socket.gethostname)
 
 
 def parse_duration(text: str) -> int:

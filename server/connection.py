@@ -42,6 +42,8 @@ from signaling.session import (
     SignalingSession,
 )
 
+from .logs import bind_participant
+
 if TYPE_CHECKING:
     from .state import ServerState
 
@@ -94,6 +96,7 @@ class ParticipantConnection:
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._close_code = CLOSE_NORMAL
+        self._opened = time.monotonic()  # for the join latency metric
 
     @property
     def participant_id(self) -> str | None:
@@ -189,6 +192,10 @@ class ParticipantConnection:
             self._outbox.put_nowait(None)
         elif isinstance(effect, Joined):
             pid = effect.participant.id
+            # Every later log line of this socket names it.
+            lesson_id = self._session.lesson.id if self._session.lesson else "?"
+            bind_participant(pid, lesson_id, effect.participant.role.value)
+            state.prometheus.join_latency.observe(time.monotonic() - self._opened)
             state.add_connection(pid, self)
             self._subscription = state.bus.subscribe(participant_topic(pid))
             self._tasks.append(asyncio.create_task(self._pump(self._subscription), name="ws-pump"))

@@ -36,6 +36,8 @@ class JoinLink(BaseModel):
     expires_at: int
     endpoint: str | None = None
     headcount: int | None = None
+    # With ?qr=svg: the link's QR code as an SVG data: URL.
+    qr_svg: str | None = None
 
 
 class LinkMaker:

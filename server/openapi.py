@@ -57,6 +57,16 @@ def openapi_document(api: Api, version: str) -> dict[str, Any]:
                     "schema": {"type": "string"},
                 }
             )
+        if op.path.endswith("/links"):
+            parameters.append(
+                {
+                    "name": "qr",
+                    "in": "query",
+                    "required": False,
+                    "description": "svg: each link also gets its QR code (qr_svg, a data: URL)",
+                    "schema": {"type": "string", "enum": ["svg"]},
+                }
+            )
         if op.response is not None:
             schema: dict[str, Any] = ref(op.response)
             if op.many:
@@ -74,7 +84,8 @@ def openapi_document(api: Api, version: str) -> dict[str, Any]:
             "summary": op.summary,
             "description": f"Authorisation: {op.auth}.",
             "operationId": f"{op.method.lower()}_{slug}",
-            "security": [{"bearer": []}],
+            # The console's cookie session is the admin key's stand-in.
+            "security": [{"bearer": []}, {"console_session": []}],
             "responses": {
                 str(op.status): {"description": "success", "content": content},
                 "401": error("no credentials, or credentials refused"),
@@ -106,11 +117,21 @@ def openapi_document(api: Api, version: str) -> dict[str, Any]:
             "version": version,
             "description": "Lessons across schools: communities, schools, classroom endpoints, "
             "lessons, join links and attendance. Send `Authorization: Bearer <admin key>` or, "
-            "for one lesson's routes, a teacher's join token for that lesson.",
+            "for one lesson's routes, a teacher's join token for that lesson; the web console "
+            "uses a cookie session instead of the admin key.",
         },
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "console_session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "lco_session",
+                    "description": "The web console's session (POST /console/session with "
+                    "the admin key); requests that change state also send X-CSRF-Token.",
+                },
+            },
         },
     }

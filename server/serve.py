@@ -22,9 +22,19 @@ logger = logging.getLogger(__name__)
 class _LessonServer(uvicorn.Server):
     """Uvicorn, but on SIGINT/SIGTERM participants get ``bye`` before sockets close."""
 
-    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+    def __init__(
+        self, config: uvicorn.Config, state: ServerState, banner: str | None = None
+    ) -> None:
         super().__init__(config)
         self._state = state
+        self._banner = banner
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self._banner and not self.should_exit:
+            # Listening now: the links work. Standard output, for the person who started
+            # the server; the logs (standard error) never see them.
+            print(self._banner, flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._state.shutdown()
@@ -45,8 +55,8 @@ def raise_open_file_limit(wanted: int = 65536) -> int:
     return soft
 
 
-def run_server(settings: Settings, log_level: str = "info") -> None:
-    """Serve until SIGINT or SIGTERM."""
+def run_server(settings: Settings, log_level: str = "info", banner: str | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; print ``banner`` once listening."""
     limits = settings.connection_limits
     open_files = raise_open_file_limit()
     logger.info("open file limit: %d", open_files)
@@ -62,6 +72,9 @@ def run_server(settings: Settings, log_level: str = "info") -> None:
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
+        # Logging is configured by server/logs.py: uvicorn's lines go through the same
+        # handler (text or JSON, request ids, secrets hidden).
+        log_config=None,
         # Frames up to 1 MiB reach our parser, which answers oversized messages
         # with an error naming the limit; larger frames close the socket (1009).
         ws_max_size=16 * MAX_MESSAGE_BYTES,
@@ -81,4 +94,4 @@ def run_server(settings: Settings, log_level: str = "info") -> None:
         timeout_keep_alive=limits.keep_alive_timeout,
     )
     logger.info("LCO Classroom listening on http://%s:%d", settings.host, settings.port)
-    _LessonServer(config, app.state.lco).run()
+    _LessonServer(config, app.state.lco, banner).run()

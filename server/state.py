@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,12 +22,18 @@ from signaling.registry import InMemoryLessonRegistry
 from signaling.sqlite_records import SqliteRecordStore
 
 from .config import Settings
+from .live import LiveView
+from .metrics import ServerMetrics, open_fds, resident_bytes
+from .sessions import ConsoleSessions
 from .webhooks import Webhooks, WebhookSettings
 
 if TYPE_CHECKING:
     from .connection import ParticipantConnection
 
 logger = logging.getLogger(__name__)
+
+# An event loop this late cannot keep media negotiation and signalling timely.
+READY_MAX_LAG = 1.0
 
 
 class ServerState:
@@ -81,6 +86,10 @@ class ServerState:
             WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)
         )
         self.connections: dict[str, ParticipantConnection] = {}
+        # The web console's signed-in browsers (server/sessions.py).
+        self.console_sessions = ConsoleSessions(settings.admin_key)
+        self.live = LiveView(self)
+        self.prometheus = ServerMetrics(self, settings.node_name)
         self.accepting = True
         self._no_connections = asyncio.Event()
         self._no_connections.set()
@@ -143,6 +152,21 @@ class ServerState:
             logger.warning("%d connections did not close in time", len(self.connections))
         logger.info("all participants told; peer connections closed")
 
+    def readiness(self) -> dict[str, str]:
+        """What stops this server from taking joins now, by check (empty: ready)."""
+        problems: dict[str, str] = {}
+        if not self.accepting:
+            problems["accepting"] = "shutting down"
+        for name, probe in (("records", self.records.ping), ("catalogue", self.catalogue.ping)):
+            try:
+                probe()
+            except Exception as exc:  # any failure of the database means not ready
+                problems[name] = f"{type(exc).__name__}: {exc}"
+        lag = self.prometheus.last_lag
+        if lag > READY_MAX_LAG:
+            problems["event_loop"] = f"{lag:.2f} s late (limit {READY_MAX_LAG} s)"
+        return problems
+
     def close(self) -> None:
         """Release the record store (after :meth:`shutdown`)."""
         self.records.close()
@@ -150,10 +174,6 @@ class ServerState:
 
     def metrics(self) -> dict[str, Any]:
         """Operator counters (no secrets, no names)."""
-        try:
-            open_fds = len(os.listdir("/proc/self/fd"))
-        except OSError:
-            open_fds = -1
         return {
             "accepting": self.accepting,
             "lessons": len(self.registry.lessons()),
@@ -166,19 +186,7 @@ class ServerState:
             },
             "asyncio_tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
-            "open_fds": open_fds,
+            "open_fds": open_fds(),
             "rss_bytes": resident_bytes(),
             "sfu": self.sfu.stats(),
         }
-
-
-def resident_bytes() -> int:
-    """This process's resident memory (VmRSS), or -1 where /proc does not tell."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return -1

@@ -82,6 +82,11 @@ class LessonSettingsModel(_Model):
     wait_for_teacher: bool = Field(default=False, description="nobody is admitted before a teacher")
     students_publish: bool = Field(default=False, description="students may publish from the start")
     chat_policy: ChatPolicy = ChatPolicy.EVERYONE
+    recording_allowed: bool = Field(
+        default=False,
+        description="the organiser agrees that the lesson may be recorded; stored and "
+        "shown only: the server records nothing yet",
+    )
 
     def to_settings(self, invited: list[str]) -> LessonSettings:
         """The lesson state machine's settings."""
@@ -174,6 +179,10 @@ class Catalogue:
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+    def ping(self) -> None:
+        """Raise if the database cannot answer (for readiness checks)."""
+        self._db.execute("SELECT 1").fetchone()
 
     # -- communities and schools -------------------------------------------
 

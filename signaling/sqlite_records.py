@@ -55,6 +55,10 @@ class SqliteRecordStore:
         """Close the database."""
         self._db.close()
 
+    def ping(self) -> None:
+        """Raise if the database cannot answer (for readiness checks)."""
+        self._db.execute("SELECT 1").fetchone()
+
     def append(self, record: Record) -> None:
         """Commit one record (autocommit: each statement is its own transaction)."""
         if isinstance(record, AttendanceEvent):

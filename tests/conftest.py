@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -24,6 +25,7 @@ from signaling.tokens import mint_token
 
 from .conformance import Conformance, install
 from .coturn import Coturn, coturn_available, make_test_ca, start_coturn, stop_coturn
+from .logcheck import LogCheck
 
 SECRET = "test-secret-" + "x" * 40
 ADMIN_KEY = "test-admin-key-" + "k" * 40
@@ -32,6 +34,10 @@ ADMIN_KEY = "test-admin-key-" + "k" * 40
 # Every server message a test receives is validated against docs/protocol.schema.json.
 CONFORMANCE = Conformance.load()
 _undo_conformance: list[Any] = []
+# No log of the run shows a secret, the admin key or a token (tests/logcheck.py).
+LOG_CHECK = LogCheck()
+LOG_CHECK.hide(SECRET, "the signing secret")
+LOG_CHECK.hide(ADMIN_KEY, "the admin key")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,6 +58,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_configure(config: pytest.Config) -> None:
     _undo_conformance.append(install(CONFORMANCE))
+    # What this process logs itself (in-process apps, clients) is checked too.
+    own = Path(tempfile.mkdtemp(prefix="lco-test-log-")) / "pytest-process.log"
+    handler = logging.FileHandler(own)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    LOG_CHECK.watch(own)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -69,6 +81,10 @@ def _server_messages_conform() -> Iterator[None]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    findings = LOG_CHECK.finish()
+    if findings:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print("\nsecrets or tokens in the logs of this run:\n" + "\n".join(findings))
     # A check that silently checked nothing would be worse than none: if sockets
     # were opened to /ws, messages must have been validated.
     if CONFORMANCE.sockets and not CONFORMANCE.validated:
@@ -81,6 +97,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     kinds = ", ".join(f"{name} {count}" for name, count in sorted(CONFORMANCE.by_type.items()))
+    terminalreporter.write_line(
+        f"logs: {LOG_CHECK.read_count} logs read, no secret, admin key or token in them"
+        if not LOG_CHECK.findings
+        else f"logs: {len(LOG_CHECK.findings)} findings of secrets or tokens (see above)"
+    )
     terminalreporter.write_line(
         f"protocol conformance: {CONFORMANCE.validated} server messages on "
         f"{CONFORMANCE.sockets} sockets matched docs/protocol.schema.json ({kinds})"
@@ -121,7 +142,7 @@ class RunningServer:
         return httpx.request(method, f"{self.http}{path}", headers=headers, timeout=10, **kw)
 
     def metrics(self) -> dict[str, object]:
-        response = httpx.get(f"{self.http}/metrics", timeout=5)
+        response = httpx.get(f"{self.http}/metrics.json", timeout=5)
         response.raise_for_status()
         result: dict[str, object] = response.json()
         return result
@@ -149,8 +170,10 @@ def start_server(
     starts (to lower a resource limit).
     """
     port = free_port()
+    # Standard error holds the logs; standard output what a user is shown (demo links).
     log_path = tmp / f"server-{port}.log"
     log = log_path.open("wb")
+    out = (tmp / f"server-{port}.out").open("wb")
     env = {**os.environ, "LCO_SECRET": SECRET, "LCO_ADMIN_KEY": ADMIN_KEY, **(env or {})}
     process = subprocess.Popen(
         [
@@ -166,11 +189,14 @@ def start_server(
             "127.0.0.1",
             *extra,
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        stdout=out,
+        stderr=log,
         env=env,
         preexec_fn=preexec_fn,
     )
+    log.close()
+    out.close()
+    LOG_CHECK.watch(log_path, process)
     server = RunningServer(process, port, tmp / "data", log_path)
     # Poll the health endpoint: the event we wait for is "the server answers".
     with httpx.Client(timeout=1.0) as client:
@@ -198,6 +224,7 @@ def stop_server(server: RunningServer) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+    LOG_CHECK.stopped(server.process)
 
 
 @pytest.fixture(scope="module")

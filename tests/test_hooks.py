@@ -166,6 +166,23 @@ async def test_a_pli_reaches_the_senders_keyframe_hook() -> None:
         await receiver_pc.close()
 
 
+async def test_the_receivers_stream_statistics_are_readable() -> None:
+    """Hook 26: what the live view reads of a publisher's incoming streams."""
+    sender_pc, receiver_pc = await connect(PacketTrack("video", vp8_packets()))
+    try:
+        receiver = receiver_of(receiver_pc)
+        for _ in range(3):
+            await asyncio.wait_for(receiver.track.recv(), 10)
+        streams = hooks.received_streams(receiver)
+        (transceiver,) = sender_pc.getTransceivers()
+        ssrc, _ = hooks.sender_ssrcs(transceiver.sender)
+        assert [s[0] for s in streams] == [ssrc]  # the media SSRC
+        assert streams[0][1] >= 3 and streams[0][2] == 0
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
 # --- the RTP fast path's hooks --------------------------------------------------
 
 

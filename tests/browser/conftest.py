@@ -36,7 +36,7 @@ from playwright.sync_api import (
 from signaling.permissions import Role
 from signaling.tokens import mint_token
 
-from ..conftest import CONFORMANCE
+from ..conftest import CONFORMANCE, LOG_CHECK
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -155,9 +155,14 @@ def start_server(
     log: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``lco serve`` on ``host``:``port`` and wait until it is healthy; ``extra``
-    arguments, ``env`` variables, its output to ``log`` if given."""
+    arguments, ``env`` variables, its logs to ``log`` (standard error; standard output
+    next to it, ``.out``) or to a file of the run's. The log is checked for secrets."""
     lco = Path(sys.executable).with_name("lco")
-    output = log.open("wb") if log is not None else None
+    if log is None:
+        log = Path(tempfile.mkdtemp(prefix="lco-browser-log-")) / f"server-{port}.log"
+    output = log.open("wb")
+    shown = log.with_suffix(".out").open("wb")
+    LOG_CHECK.hide(secret, "a browser test server's signing secret")
     process = subprocess.Popen(
         [
             str(lco),
@@ -175,29 +180,33 @@ def start_server(
             *extra,
         ],
         env={**os.environ, "LCO_SECRET": secret, **(env or {})},
-        stdout=output,
-        stderr=subprocess.STDOUT if output is not None else None,
+        stdout=shown,
+        stderr=output,
     )
-    if output is not None:
-        output.close()  # the child has its own descriptor
+    output.close()  # the child has its own descriptors
+    shown.close()
+    LOG_CHECK.watch(log, process)
     try:
         _wait_healthy(f"http://127.0.0.1:{port}", process)
     except BaseException:
         stop_server(process)
         raise
+    admin_key = Path(data_dir) / "admin.key"
+    if admin_key.exists():
+        LOG_CHECK.hide(admin_key.read_text().strip(), "a browser test server's admin key")
     return process
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:
-    """Stop the server gracefully (it says bye to everyone), or kill it."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    """Stop the server gracefully (it says bye to everyone), or kill it; check its log."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    LOG_CHECK.stopped(process)
 
 
 @pytest.fixture(scope="module")

@@ -233,7 +233,7 @@ def wait_decoding(viewer: Page, publisher_id: str) -> None:
 
 
 def relayed_peer_connections(server: TurnLessonServer) -> int:
-    metrics = httpx.get(f"{server.url}/metrics", timeout=5).json()
+    metrics = httpx.get(f"{server.url}/metrics.json", timeout=5).json()
     count: int = metrics["sfu"]["relayed_peer_connections"]
     return count
 
