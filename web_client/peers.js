@@ -14,12 +14,13 @@ export function preferForwardableCodecs(transceiver, kind) {
   if (chosen.length) transceiver.setCodecPreferences(chosen);
 }
 
-// Small first (from 720p: 320x180, 640x360, 1280x720); the server orders layers by
-// the picture size it sees.
+// From a 720p camera: 1280x720, 640x360, 320x180; the server orders layers by the
+// picture size it sees. The full size comes first: a server that does not take
+// simulcast (the frame path) gets only the first encoding.
 const CAMERA_LAYERS = [
-  { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
-  { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
   { rid: "h", maxBitrate: 1_700_000 },
+  { rid: "m", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "l", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
 ];
 
 function trickle(pc, name, send) {

@@ -61,9 +61,9 @@ def test_a_viewer_chooses_low_data_or_audio_only_and_the_tile_says_so(
     teacher, student = pages
     teacher_id = teacher.id
     offer = teacher.page.evaluate("() => window.lco.page.publisher.pc.localDescription.sdp")
-    assert "a=simulcast:send l;m;h" in offer
+    assert "a=simulcast:send h;m;l" in offer
     answer = teacher.page.evaluate("() => window.lco.page.publisher.pc.remoteDescription.sdp")
-    assert "a=simulcast:recv l;m;h" in answer
+    assert "a=simulcast:recv h;m;l" in answer
     large = width_becomes(student, teacher_id, "w >= 640")
     tile = student.page.locator(f"#main-view figure[data-participant-id='{teacher_id}']")
     # The top layer: 1280 wide from the 720p camera, less if the browser adapted it.
