@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
@@ -683,10 +684,17 @@ class Sfu:
     async def _send_subscribe_offer(self, media: ParticipantMedia) -> None:
         async with media.lock:
             pc = media.subscribe_pc
-            if pc is None or media.closed or media.offer_in_flight:
+            # aiortc closes a connection by itself once the viewer closed its side
+            # (DTLS close_notify), before the viewer's socket is seen to close.
+            if pc is None or media.closed or media.offer_in_flight or _is_closed(pc):
                 return
             media.renegotiate = False
-            await pc.setLocalDescription(await pc.createOffer())
+            try:
+                await pc.setLocalDescription(await pc.createOffer())
+            except InvalidStateError:
+                if _is_closed(pc):  # it closed while the offer was being made
+                    return
+                raise
             sdp = announce_public_ip(pc.localDescription.sdp, self._settings.public_ip)
             tracks = []
             for subscription in media.subscriptions.values():
@@ -730,6 +738,10 @@ def _quality_message(notice: QualityNotice) -> p.ReceiveQuality:
             for v in notice.videos
         ],
     )
+
+
+def _is_closed(pc: RTCPeerConnection) -> bool:
+    return pc.connectionState == "closed"
 
 
 async def close_quietly(pc: RTCPeerConnection) -> None:
