@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from aiortc import (
@@ -179,10 +180,15 @@ def restrict_offer_codecs(sdp: str) -> tuple[str, int, int]:
     return str(description), sections, sending
 
 
+# An RTP stream id as browsers make them (RFC 8851 allows more; nothing needs it).
+_RID = re.compile(r"[A-Za-z0-9_-]{1,16}")
+
+
 def simulcast_rids(sdp: str) -> dict[str, list[str]]:
     """The RIDs of each simulcast m-section a client offers to send (RFC 8853), by MID:
     ``a=simulcast:send h;m;l`` with ``a=rid:h send`` ..., alternatives and paused
-    (``~``) streams flattened. aiortc reads neither attribute."""
+    (``~``) streams flattened; at most 4, each of up to 16 letters, digits, ``-`` or
+    ``_``. aiortc reads neither attribute."""
     found: dict[str, list[str]] = {}
     for section in sdp.split("\r\nm=")[1:]:
         lines = section.split("\r\n")
@@ -196,7 +202,7 @@ def simulcast_rids(sdp: str) -> dict[str, list[str]]:
                     for alternative in streams.split(";")
                     for rid in alternative.split(",")
                 ]
-                found[mid] = [rid for rid in rids if rid in declared][:4]
+                found[mid] = [rid for rid in rids if rid in declared and _RID.fullmatch(rid)][:4]
     return {mid: rids for mid, rids in found.items() if rids}
 
 

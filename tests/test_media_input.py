@@ -16,7 +16,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from media.candidate_policy import MAX_CANDIDATES
 from media.client import LessonClient
-from media.peers import configuration
+from media.peers import accept_simulcast, configuration, simulcast_rids
 from media.testsource import PatternVideoTrack
 from signaling import protocol as p
 from signaling.permissions import Role
@@ -195,3 +195,30 @@ async def test_a_subscribe_answer_aiortc_cannot_parse_gets_bad_sdp(server: Runni
     assert (await error)["code"] == "bad_sdp"
     for client in (teacher, room):
         await client.close()
+
+
+def test_offered_simulcast_streams_are_read_and_bounded() -> None:
+    """Only declared RIDs of browser shape are taken, at most four per m-line, and
+    the answer names exactly those."""
+
+    def section(mid: str, rids: list[str], simulcast: str) -> str:
+        lines = ["m=video 9 UDP/TLS/RTP/SAVPF 96", f"a=mid:{mid}"]
+        lines += [f"a=rid:{rid} send" for rid in rids]
+        return "\r\n".join([*lines, f"a=simulcast:send {simulcast}"])
+
+    offer = "\r\n".join(
+        [
+            "v=0",
+            section("0", ["h", "m", "l"], "h;~m;l"),
+            section("1", ["a", "b"], "a,b;c"),  # c is not declared
+            section("2", ["x!", "ok"], "x!;ok"),  # "x!" is not a RID
+            section("3", list("abcdef"), "a;b;c;d;e;f"),
+            section("4", ["with=sign"], "with=sign"),
+            "",
+        ]
+    )
+    rids = simulcast_rids(offer)
+    assert rids == {"0": ["h", "m", "l"], "1": ["a", "b"], "2": ["ok"], "3": list("abcd")}
+    answer = accept_simulcast("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n", rids)
+    assert "a=rid:h recv\r\na=rid:m recv\r\na=rid:l recv" in answer
+    assert "a=simulcast:recv h;m;l" in answer
