@@ -7,8 +7,9 @@ participant receives: :data:`HIGH` (no cap), one step down per level, :data:`LOW
 
 - **Down, within seconds.** When the smoothed loss passes :data:`LOSS_DOWN` the
   level drops one step (two when it passes :data:`LOSS_FAR_DOWN`), at most once per
-  :data:`SETTLE` seconds so that each step can take effect before the next. Loss that
-  goes on at the lowest layer for that long turns video off.
+  :data:`SETTLE` seconds so that each step can take effect before the next; never
+  past the lowest layer at once. Loss that goes on at the lowest layer for
+  :data:`VIDEO_OFF_AFTER` seconds turns video off.
 - **Up, slowly and safely.** After :data:`HOLD` seconds without loss at a level,
   the server *probes*: it sends padding (no media) for :data:`PROBE_SECONDS` so that
   the downlink carries what the next level would need. The first report after the
@@ -28,6 +29,9 @@ LOSS_FAR_DOWN = 0.35  # ... by two steps at once
 LOSS_CLEAR = 0.02  # below this a level (or a probe) counts as clean
 SMOOTHING = 0.5  # weight of each new report in the smoothed loss
 SETTLE = 1.5  # seconds between two steps down
+# Seconds of loss at the lowest layers before video goes off: the first reports there
+# still count what was lost before the switch (which waits for a keyframe).
+VIDEO_OFF_AFTER = 4.0
 HOLD = 5.0  # seconds clean at a level before probing the next
 MAX_HOLD = 10.0  # the wait between probes grows to at most this after failures
 PROBE_SECONDS = 1.5
@@ -73,10 +77,13 @@ class DownlinkQuality:
             self._clean_since = now
         if self.loss <= LOSS_DOWN or now - self._changed_at < SETTLE:
             return False
-        if self.level == AUDIO_ONLY:
+        if self.level == AUDIO_ONLY or (
+            self.level == LOW and now - self._changed_at < VIDEO_OFF_AFTER
+        ):
             return False
         steps = 2 if self.loss > LOSS_FAR_DOWN else 1
-        self.level = max(AUDIO_ONLY, self.level - steps)
+        # Video goes off only once the smallest layers have had their chance.
+        self.level = max(LOW if self.level > LOW else AUDIO_ONLY, self.level - steps)
         self._changed_at = now
         self._clean_since = None
         self.loss = 0.0  # judge the new level on its own reports
@@ -94,8 +101,10 @@ class DownlinkQuality:
             or self._clean_since is None
             or now - self._clean_since < self._hold
             or now - self._changed_at < self._hold
-            or next_rate <= rate
         ):
+            return None
+        if next_rate <= rate:  # the next level sends nothing more: nothing to find out
+            self._probe_passed(now)
             return None
         self._probe_until = now + PROBE_SECONDS
         return Probe(bitrate=next_rate - rate, seconds=PROBE_SECONDS)

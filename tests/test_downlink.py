@@ -135,13 +135,13 @@ async def test_a_viewer_on_a_slow_link_steps_down_and_climbs_back(
         loop = asyncio.get_running_loop()
         shaped_at = loop.time()
         shaper.limit(local_port(slow), 300)
-        down = await reaches(slow_video, SMALL, 15)
+        down = await reaches(slow_video, SMALL, 20)
         stall = longest_gap(slow_video, shaped_at)
         await LessonClient.wait_frames(slow_video, 30)  # it goes on at the small size
         assert (fast_video.width, fast_video.height) == LARGE  # the other viewer kept it
 
         shaper.lift()
-        up = await reaches(slow_video, LARGE, 40)
+        up = await reaches(slow_video, LARGE, 60)
         print(
             f"\n300 kbit/s: down to {SMALL[0]}x{SMALL[1]} in {down:.1f} s "
             f"(longest gap between frames {stall:.2f} s); back up in {up:.1f} s; "

@@ -11,6 +11,7 @@ from media.downlink import (
     PROBE_SECONDS,
     SETTLE,
     VERDICT_WAIT,
+    VIDEO_OFF_AFTER,
     DownlinkQuality,
     Probe,
 )
@@ -30,9 +31,19 @@ def test_heavy_loss_steps_down_two_levels_at_once_then_waits_to_settle() -> None
     assert quality.report(0.9, SETTLE + 0.1)  # smoothed, still far past LOSS_FAR_DOWN
     assert quality.level == HIGH - 2 == LOW
     assert not quality.report(0.9, SETTLE + 0.5)  # settling: no second step yet
-    assert quality.report(0.9, 2 * SETTLE + 0.2)
+    # The smallest layers get longer before video goes off.
+    assert not quality.report(0.9, 2 * SETTLE + 0.2)
+    assert quality.report(0.9, SETTLE + VIDEO_OFF_AFTER + 0.2)
     assert quality.level == AUDIO_ONLY
     assert not quality.report(0.9, 10.0)  # nothing below audio only
+
+
+def test_heavy_loss_one_level_up_stops_at_the_smallest_layers_first() -> None:
+    """From medium, two steps would turn video off: the smallest layers get their
+    chance first (a 300 kbit/s link carries them)."""
+    quality = DownlinkQuality(now=0.0, level=HIGH - 1)
+    assert quality.report(0.9, SETTLE + 0.1)
+    assert quality.level == LOW
 
 
 def test_moderate_loss_steps_down_one_level_and_light_loss_none() -> None:
@@ -82,9 +93,16 @@ def test_a_probe_without_any_report_counts_as_failed() -> None:
     assert not quality.probing and quality.level == LOW
 
 
-def test_nothing_to_gain_is_not_probed() -> None:
+def test_a_level_that_costs_nothing_more_is_taken_without_a_probe() -> None:
+    """Thumbnails only, or one layer only: the next level sends the same, so there is
+    nothing to probe, and the level must not stay low (the viewer may enlarge a tile)."""
     quality = DownlinkQuality(now=0.0, level=LOW)
     now = reports(quality, 0.0, 1.0, HOLD + 1)
-    assert quality.tick(now, 150e3, 150e3) is None  # one layer only: no level above
+    assert quality.tick(now, 150e3, 150e3) is None
+    assert quality.level == LOW + 1 and not quality.probing
+    assert quality.tick(now + 1.0, 150e3, 150e3) is None  # each step waits HOLD again
+    assert quality.level == LOW + 1
+    assert quality.tick(now + HOLD + 0.1, 150e3, 150e3) is None
+    assert quality.level == HIGH
     top = DownlinkQuality(now=0.0)
     assert top.tick(100.0, 1e6, 2e6) is None  # already high
