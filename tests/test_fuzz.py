@@ -145,7 +145,7 @@ FIELDS = sorted(
     {
         "token", "lesson", "sdp", "tracks", "mid", "source", "pc", "candidate", "sdp_mid",
         "sdp_mline_index", "participant_id", "locked", "kind", "presenter", "text", "to",
-        "groups", "count", "group", "on", "v", "type",
+        "groups", "count", "group", "on", "mode", "v", "type",
     }
 )  # fmt: skip
 scalars = (
@@ -215,6 +215,21 @@ def templates(ids: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "broadcast": st.fixed_dictionaries({"text": st.text(min_size=1, max_size=40)}),
         "broadcast_audio": st.fixed_dictionaries({"on": st.booleans()}),
         "end_breakout": st.just({}),
+        "receive_settings": st.fixed_dictionaries(
+            {
+                "mode": st.sampled_from(["auto", "low_data", "audio_only"]),
+                "tracks": st.lists(
+                    st.fixed_dictionaries(
+                        {
+                            "track_id": who.map(lambda pid: f"{pid}-1") | st.text(max_size=8),
+                            "width": st.integers(-1, 20000),
+                            "height": st.integers(-1, 20000),
+                        }
+                    ),
+                    max_size=3,
+                ),
+            }
+        ),
     }
     assert set(options) == CLIENT_MESSAGE_TYPES  # a new message type gets fuzzed too
     return st.sampled_from(sorted(options)).flatmap(
