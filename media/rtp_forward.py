@@ -13,11 +13,17 @@ What each subscriber gets (:mod:`media.rtp_subscriber`)
     negotiates, announces its SSRCs, answers RTCP and sends SR/SDES/BYE but never
     sends RTP. Per packet and subscriber we write a new 12-byte header (subscriber's
     payload type and SSRC, sequence number and timestamp shifted by per-subscriber
-    offsets, so a gap stays a gap and the subscriber NACKs it), add a constant
-    extension block holding only the subscriber's MID (other extensions are
-    dropped: transport-wide sequence numbers and abs-send-time describe the
-    publisher's hop), protect it with the subscriber's SRTP session and ``sendto``
-    it on the nominated ICE pair's socket.
+    offsets, so a gap stays a gap and the subscriber NACKs it), add an extension
+    block holding the subscriber's MID and abs-send-time written as we send (the
+    publisher's extensions describe its own hop and are dropped), protect it with
+    the subscriber's SRTP session and ``sendto`` it on the nominated ICE pair's
+    socket.
+
+Simulcast layers
+    Each SSRC of the track is a :class:`~media.rtp_layers.Layer` with its own
+    extended numbering; each subscriber gets one layer (:meth:`RtpForwarder.prefer`,
+    its downlink's level) and changes layer at the new layer's keyframe, once the
+    old layer's frame has ended, its numbering and RTP time going on unbroken.
 
 Sequence numbers over a whole lesson
     Each publisher sequence number is extended to an unbounded index as RFC 3550
