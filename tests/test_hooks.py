@@ -20,7 +20,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription
 
-from media import hooks
+from media import hooks, ice_restart
 from media.peers import configuration, reject_like_offer
 
 
@@ -381,3 +381,90 @@ async def test_a_recycled_m_line_gets_a_transceiver_of_its_own() -> None:
     finally:
         await offerer.close()
         await answerer.close()
+
+
+# --- ICE restart (hooks 17 to 20) ----------------------------------------------
+
+
+def silence(connection: Any) -> None:
+    """The network under one aioice connection goes quiet: what its sockets receive is
+    dropped, as on a path that broke (nothing is closed, nobody is told)."""
+    for protocol in connection._protocols:
+        protocol.datagram_received = lambda data, addr: None
+
+
+async def restart_ice(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    """One ICE restart offer and answer, as the SFU and the Python client make them."""
+    assert await ice_restart.prepare_offer(offerer)
+    await offerer.setLocalDescription(await offerer.createOffer())
+    offer = offerer.localDescription.sdp
+    assert ice_restart.remote_restarts(answerer, offer)
+    assert await ice_restart.prepare_answer(answerer, offer)
+    await answerer.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    answer = answerer.localDescription.sdp
+    await offerer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    answered = ice_restart.complete(answerer, offer)
+    offered = ice_restart.complete(offerer, answer)
+    assert answered is not None and offered is not None
+    assert await asyncio.wait_for(asyncio.gather(answered, offered), 10) == [True, True]
+
+
+async def test_an_ice_restart_brings_media_back_on_the_same_connections() -> None:
+    """The path breaks silently; a restart gives both peer connections new ICE
+    credentials and candidates, under the same DTLS session (hooks 17 to 19)."""
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    try:
+        (transceiver,) = sender_pc.getTransceivers()
+        sender = transceiver.sender
+        dtls, srtp = sender.transport, hooks.tx_srtp(sender)
+        transports = [hooks.ice_transport(pc) for pc in (sender_pc, receiver_pc)]
+        old = [t._connection for t in transports if t is not None]
+        old_pair = (hooks.nominated_pairs(sender) or {})[1]
+        for connection in old:
+            silence(connection)
+        track = receiver_of(receiver_pc).track
+
+        await restart_ice(sender_pc, receiver_pc)
+        # Frames now come over the new connections only (the old ones are closed).
+        for _ in range(20):
+            await asyncio.wait_for(track.recv(), 5)
+        assert all(not connection._protocols for connection in old)
+        new_pair = (hooks.nominated_pairs(sender) or {})[1]
+        assert new_pair is not old_pair
+        assert new_pair.local_addr != old_pair.local_addr
+        assert sender.transport is dtls and hooks.tx_srtp(sender) is srtp
+        # aiortc's monitor followed the new connection: closing the old one failed nothing.
+        assert sender_pc.connectionState == receiver_pc.connectionState == "connected"
+        assert all(t is not None and t.state == "completed" for t in transports)
+        # A second restart works the same way.
+        await restart_ice(receiver_pc, sender_pc)
+        for _ in range(5):
+            await asyncio.wait_for(track.recv(), 5)
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+async def test_closing_during_a_restart_closes_both_ice_connections() -> None:
+    """A restart offered and never answered holds two aioice connections: closing the
+    peer connection closes both (hook 20)."""
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    transport = hooks.ice_transport(sender_pc)
+    assert transport is not None
+    old = transport._connection
+    assert await ice_restart.prepare_offer(sender_pc)
+    swap = hooks.IceConnectionSwap.pending(transport)
+    assert swap is not None and swap.old is old and transport._connection is swap.new
+    await sender_pc.close()
+    await receiver_pc.close()
+    assert not old._protocols and not swap.new._protocols
+    assert old._closed and swap.new._closed
+
+
+async def test_a_failed_connection_is_not_restarted() -> None:
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    await receiver_pc.close()
+    await sender_pc.close()
+    assert not ice_restart.restartable(sender_pc)
+    assert not await ice_restart.prepare_offer(sender_pc)
