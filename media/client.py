@@ -32,7 +32,7 @@ from .peers import configuration
 logger = logging.getLogger(__name__)
 
 # Until a welcome says otherwise: a server silent this long is gone.
-KEEPALIVE_TIMEOUT = 5.0
+KEEPALIVE_TIMEOUT = 4.0
 # Waits before each attempt to take the seat back after a drop (then every 5 s).
 RECONNECT_DELAYS = (0.0, 0.5, 1.0, 2.0, 4.0)
 # Socket close codes after which there is nothing to take back: the server ended the
@@ -112,6 +112,7 @@ class LessonClient:
         # Sockets opened after the first, and how many of them took the seat back.
         self.reconnects = 0
         self.resumes = 0
+        self.silences = 0  # sockets dropped because the server went silent
         self.resumed = asyncio.Event()
         self._ws: Any = None
         self._last_heard = time.monotonic()
@@ -120,7 +121,7 @@ class LessonClient:
         self._watchdog: asyncio.Task[None] | None = None
         self._reconnecting: asyncio.Task[None] | None = None
         self._closing = False
-        self._offer_id: int | None = None
+        self._opening: asyncio.Future[dict[str, Any]] | None = None
         self._publish_specs: list[p.PublishedTrackSpec] = []
         self._consumers: dict[str, asyncio.Task[None]] = {}  # track id -> its reader
         self._waiters: list[
@@ -153,9 +154,15 @@ class LessonClient:
         self._reader = asyncio.create_task(self._read(self._ws))
         if self.ping_interval is not None:
             self._keepalive = asyncio.create_task(self._keep_alive())
-        waiting = self.wait_for(lambda m: m["type"] in ("welcome", "lobby_wait", "bye"))
-        await self.send(p.Join(token=self.token, resume=resume))
-        message = await waiting
+        opening: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._opening = opening
+        self._waiters.append((lambda m: m["type"] in ("welcome", "lobby_wait", "bye"), opening))
+        try:
+            await self.send(p.Join(token=self.token, resume=resume))
+            message: dict[str, Any] = await asyncio.wait_for(opening, 15)
+        finally:
+            self._opening = None
+            self._waiters = [(pr, f) for pr, f in self._waiters if f is not opening]
         if message["type"] == "bye":
             raise JoinRefused(message.get("message", "join refused"))
         if message["type"] == "lobby_wait":
@@ -240,14 +247,15 @@ class LessonClient:
     async def _watch(self) -> None:
         """A server silent for the keep-alive timeout is gone, even if the socket looks
         open (a network that went silent): drop it; the reader then reconnects."""
-        while True:
-            await asyncio.sleep(0.25)
-            if (
-                not self.closed.is_set()
-                and time.monotonic() - self._last_heard > self.keepalive_timeout
-            ):
-                logger.info("the server went silent; reconnecting")
-                await self.drop()
+        while not self.closed.is_set():
+            silent_for = time.monotonic() - self._last_heard
+            if silent_for < self.keepalive_timeout:
+                await asyncio.sleep(max(0.05, self.keepalive_timeout - silent_for))
+                continue
+            logger.info("the server went silent; reconnecting")
+            self.silences += 1
+            self._last_heard = time.monotonic()  # one drop per silence
+            await self.drop()
 
     # -- taking the seat back --------------------------------------------------
 
@@ -255,11 +263,9 @@ class LessonClient:
         """The socket ``ws`` ended: take the seat back, or say why the session is over."""
         if ws is not self._ws:
             return  # an older socket, already replaced
-        for _, future in self._waiters:
-            if not future.done():
-                future.set_exception(ConnectionError("connection closed"))
         code = ws.close_code
         if self._closing:
+            self._fail_waiters()
             self.closed.set()
             return
         if self.bye is not None:
@@ -275,9 +281,22 @@ class LessonClient:
             if final and self.failure is None:
                 self.failure = "the connection to the server was lost"
         if final:
+            self._fail_waiters()
             self.closed.set()
-        elif self._reconnecting is None or self._reconnecting.done():
+            return
+        if self._opening is not None:
+            # The socket of a join in progress: that join fails (the reconnect loop
+            # tries again); other expectations wait for the next socket.
+            if not self._opening.done():
+                self._opening.set_exception(ConnectionError("connection closed"))
+            return
+        if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.create_task(self._take_seat_back())
+
+    def _fail_waiters(self) -> None:
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(ConnectionError("connection closed"))
 
     async def _take_seat_back(self) -> None:
         delays = [*RECONNECT_DELAYS, *([5.0] * 12)]
@@ -523,6 +542,19 @@ class LessonClient:
             received.ended.set()
 
     # -- queries ---------------------------------------------------------------
+
+    async def packets_received(self, track_id: str) -> int:
+        """RTP packets the subscribe connection received for ``track_id`` so far."""
+        if self.subscribe_pc is None:
+            return 0
+        total = 0
+        for transceiver in self.subscribe_pc.getTransceivers():
+            carried = self._by_mid.get(transceiver.mid or "")
+            if carried is None or carried.track_id != track_id:
+                continue
+            report = await transceiver.receiver.getStats()
+            total += sum(s.packetsReceived for s in report.values() if s.type == "inbound-rtp")
+        return total
 
     def track_from(self, participant_id: str, kind: str) -> ReceivedTrack | None:
         """The latest received track of ``kind`` published by ``participant_id``."""

@@ -147,9 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--idle-timeout",
         type=float,
-        default=float(os.environ.get("LCO_IDLE_TIMEOUT", "5")),
+        default=float(os.environ.get("LCO_IDLE_TIMEOUT", "4")),
         help="seconds of silence (no pong, no message) after which a socket is taken "
-        "as gone and closed; clients drop a server silent as long (default 5)",
+        "as gone and closed; clients drop a server silent as long (default 4)",
     )
     serve.add_argument(
         "--seat-grace",

@@ -63,7 +63,7 @@ class Settings:
     # The server pings every ``ping_interval`` seconds and closes a socket silent for
     # ``idle_timeout`` (the client does the same with the server's pings).
     ping_interval: float = 2.0
-    idle_timeout: float = 5.0
+    idle_timeout: float = 4.0
     # Seconds a participant's seat (id, decisions about it, media) is held for its
     # link after its socket went.
     seat_grace: float = 60.0

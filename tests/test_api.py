@@ -450,9 +450,11 @@ async def test_a_removed_teachers_link_opens_no_door(
     from media.client import LessonClient
     from signaling import protocol as p
 
-    host = api_server.token("Ms Rivera", Role.TEACHER, lesson="maths-7")
-    rogue = api_server.token("Mr Rogue", Role.TEACHER, lesson="maths-7")
-    assert api_server.api("GET", "/api/lessons/maths-7", key=rogue).status_code == 200
+    created = api_server.api("POST", "/api/lessons", json={**LESSON, "id": "banned-7"})
+    assert created.status_code == 201, created.text
+    host = api_server.token("Ms Rivera", Role.TEACHER, lesson="banned-7")
+    rogue = api_server.token("Mr Rogue", Role.TEACHER, lesson="banned-7")
+    assert api_server.api("GET", "/api/lessons/banned-7", key=rogue).status_code == 200
     teacher = LessonClient(api_server.ws, host)
     removed = LessonClient(api_server.ws, rogue)
     await teacher.connect()
@@ -461,16 +463,16 @@ async def test_a_removed_teachers_link_opens_no_door(
     await teacher.send(p.Remove(participant_id=removed.participant_id or ""))
     assert (await left)["reason"] == "removed"
     for method, path in (
-        ("GET", "/api/lessons/maths-7"),
-        ("GET", "/api/lessons/maths-7/links"),
-        ("GET", "/api/lessons/maths-7/attendance"),
-        ("POST", "/api/lessons/maths-7/end"),
+        ("GET", "/api/lessons/banned-7"),
+        ("GET", "/api/lessons/banned-7/links"),
+        ("GET", "/api/lessons/banned-7/attendance"),
+        ("POST", "/api/lessons/banned-7/end"),
     ):
         refused = api_server.api(method, path, key=rogue)
         assert refused.status_code == 403, (path, refused.text)
         assert "removed" in refused.json()["error"]
     minting = api_server.api(
-        "POST", "/api/lessons/maths-7/links", key=rogue, json={"role": "student", "names": ["X"]}
+        "POST", "/api/lessons/banned-7/links", key=rogue, json={"role": "student", "names": ["X"]}
     )
     assert minting.status_code == 403
     again = LessonClient(api_server.ws, rogue)
