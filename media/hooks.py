@@ -67,8 +67,13 @@ until the new one has a nominated pair (make before break). It uses:
     rebind ``_recv`` to a feed that both connections' datagrams reach (aioice
     ``Connection._queue``, replaced by an inlet on each), so the DTLS task, already
     waiting in the old connection's queue, never notices the swap; and ``_send`` to
-    the new connection once it has a nominated pair. Only the connection carrying
-    the transport can end the feed (its close then ends the DTLS transport, as before).
+    the new connection's first valid pair (aioice ``Connection._check_list``, a pair
+    in state ``SUCCEEDED``) as soon as there is one, then to the new connection once
+    it has a nominated pair. A controlled agent waits for the other side to nominate,
+    and Chrome, restarting, took 4 s to do so while a stale candidate was still being
+    checked; it sends its media on the valid pair meanwhile, and so do we (our RTCP:
+    keyframe requests, receiver reports). Only the connection carrying the transport
+    can end the feed (its close then ends the DTLS transport, as before).
 19. aioice ``Connection._event_waiter``: aiortc's ``RTCIceTransport._monitor`` waits
     for the old connection's events and would mark the transport failed when the old
     connection closes; we wake it with a plain ``ConnectionEvent`` so that it waits
@@ -522,6 +527,8 @@ class IceConnectionSwap:
         self.old = old
         self.new = new
         self.task: asyncio.Task[bool] | None = None
+        # Set once the new connection can carry what we send (a valid pair).
+        self.usable = asyncio.Event()
 
     @classmethod
     def pending(cls, transport: RTCIceTransport) -> IceConnectionSwap | None:
@@ -576,9 +583,19 @@ class IceConnectionSwap:
 
     async def _connect(self, timeout: float) -> bool:
         transport = self.transport
+        connecting = asyncio.ensure_future(self.new.connect())
+        # Its failure is ours to report, not a "never retrieved" warning.
+        connecting.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            await asyncio.wait_for(self.new.connect(), timeout)
+            async with asyncio.timeout(timeout):
+                while not connecting.done():
+                    if not self.usable.is_set() and self._valid_pair() is not None:
+                        transport._send = self._send_on_valid_pair
+                        self.usable.set()
+                    await asyncio.wait({connecting}, timeout=0.02)  # aioice's check pace
+                await connecting
         except (ConnectionError, TimeoutError):
+            connecting.cancel()
             # The restart failed: the transport fails as it would have without one.
             if getattr(transport, _PENDING, None) is self:
                 delattr(transport, _PENDING)
@@ -586,10 +603,28 @@ class IceConnectionSwap:
             await self.new.close()
             return False
         transport._send = self.new.send
+        self.usable.set()
         if getattr(transport, _PENDING, None) is self:
             delattr(transport, _PENDING)
         await self.old.close()
         return True
+
+    def _valid_pair(self) -> Any:
+        """The new connection's nominated pair, else its best pair whose check
+        succeeded (the check list is sorted by priority), else None."""
+        nominated = self.new._nominated.get(1)
+        if nominated is not None:
+            return nominated
+        for pair in self.new._check_list:
+            if pair.component == 1 and pair.state == aioice.ice.CandidatePair.State.SUCCEEDED:
+                return pair
+        return None
+
+    async def _send_on_valid_pair(self, data: bytes) -> None:
+        pair = self._valid_pair()
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        await pair.protocol.send_data(data, pair.remote_addr)
 
 
 def _close_with_transport(transport: RTCIceTransport) -> None:

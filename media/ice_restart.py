@@ -10,8 +10,6 @@ side calls :func:`prepare_offer` before ``createOffer``, the answer side
 
 from __future__ import annotations
 
-import asyncio
-
 from aiortc import RTCPeerConnection
 
 from .hooks import IceConnectionSwap, ice_transport
@@ -58,14 +56,16 @@ async def prepare_answer(pc: RTCPeerConnection, offer_sdp: str) -> bool:
     return await prepare_offer(pc)
 
 
-def complete(pc: RTCPeerConnection, remote_sdp: str) -> asyncio.Task[bool] | None:
+def complete(pc: RTCPeerConnection, remote_sdp: str) -> IceConnectionSwap | None:
     """After both descriptions are applied: connect the restarted transport with the
-    remote side's new credentials. The task says whether ICE connected again; None if
-    no restart was waiting for ``remote_sdp``."""
+    remote side's new credentials. The swap's ``task`` says whether ICE connected
+    again, its ``usable`` event when the new path carries what we send; None if no
+    restart was waiting for ``remote_sdp``."""
     transport = ice_transport(pc)
     swap = IceConnectionSwap.pending(transport) if transport is not None else None
     parameters = ice_parameters(remote_sdp)
     if swap is None or swap.task is not None or parameters is None:
         return None
     username, password, lite = parameters
-    return swap.complete(username, password, lite)
+    swap.complete(username, password, lite)
+    return swap

@@ -101,6 +101,10 @@ class Forwarder(Protocol):
 
     def set_paused(self, paused: bool) -> None: ...
 
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (coalesced; nothing for audio)."""
+        ...
+
     def attach(self, pc: RTCPeerConnection, reuse: Any = None) -> Attachment:
         """Subscribe ``pc``, on a new transceiver or on a detached one (``reuse``, which
         a forwarder may decline by returning a new transceiver)."""
@@ -311,7 +315,11 @@ class Sfu:
             except Exception as exc:  # aiortc raises many types on bad SDP
                 raise MediaError(f"the publish offer was refused: {exc}", offer.type) from None
             if restarting:
-                ice_restart.complete(pc, sdp)
+                swap = ice_restart.complete(pc, sdp)
+                if swap is not None:
+                    # Packets were lost while the path was down: once the new one
+                    # carries media, everyone needs a keyframe of this publisher.
+                    self._keyframes_after(swap, lambda: list(media.published.values()))
             answer = announce_public_ip(
                 reject_like_offer(sdp, pc.localDescription.sdp), self._settings.public_ip
             )
@@ -470,8 +478,11 @@ class Sfu:
                 raise MediaError(
                     f"the subscribe answer was refused: {exc}", "subscribe_answer"
                 ) from None
-            # An offer that restarted ICE: connect with the answer's new credentials.
-            ice_restart.complete(pc, sdp)
+            # An offer that restarted ICE: connect with the answer's new credentials;
+            # then this subscriber needs a keyframe of everything it receives.
+            swap = ice_restart.complete(pc, sdp)
+            if swap is not None:
+                self._keyframes_after(swap, lambda: list(media.subscriptions))
             media.offer_in_flight = False
             if media.answer_timer is not None:
                 media.answer_timer.cancel()
@@ -545,6 +556,27 @@ class Sfu:
                     self._on_track_ended(media.participant_id, track_id)
 
         return pc
+
+    def _keyframes_after(
+        self, swap: hooks.IceConnectionSwap, track_ids: Callable[[], list[str]]
+    ) -> None:
+        """When the new path of an ICE restart carries media, ask the publishers of
+        ``track_ids`` (taken then) for keyframes: what was lost meanwhile cannot be
+        decoded without one."""
+
+        async def when_usable() -> None:
+            await swap.usable.wait()
+            for track_id in track_ids():
+                forwarder = self._forwarders.get(track_id)
+                if forwarder is not None:
+                    forwarder.request_keyframe()
+
+        waiting = asyncio.ensure_future(when_usable())
+        self._closing.add(waiting)
+        waiting.add_done_callback(self._closing.discard)
+        if swap.task is not None:
+            # A restart that fails never becomes usable: stop waiting for it.
+            swap.task.add_done_callback(lambda _: waiting.cancel())
 
     def _drop_publish_pc(self, media: ParticipantMedia) -> list[str]:
         """Forget the publish connection (closed in the background); its client

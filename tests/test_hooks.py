@@ -407,7 +407,9 @@ async def restart_ice(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -
     answered = ice_restart.complete(answerer, offer)
     offered = ice_restart.complete(offerer, answer)
     assert answered is not None and offered is not None
-    assert await asyncio.wait_for(asyncio.gather(answered, offered), 10) == [True, True]
+    assert answered.task is not None and offered.task is not None
+    assert await asyncio.wait_for(asyncio.gather(answered.task, offered.task), 10) == [True, True]
+    assert answered.usable.is_set() and offered.usable.is_set()
 
 
 async def test_an_ice_restart_brings_media_back_on_the_same_connections() -> None:

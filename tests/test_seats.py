@@ -221,10 +221,14 @@ async def test_a_client_notices_a_silent_server_and_takes_its_seat_back(
         silent_at = time.monotonic()
         await asyncio.wait_for(room.resumed.wait(), 20)
         noticed = time.monotonic() - silent_at
+        assert (room.silences, room.resumes, room.participant_id) == (1, 1, seat)
     print(f"\nclient noticed a silent server and took its seat back after {noticed:.2f} s")
-    assert room.silences == 1 and room.participant_id == seat
     assert noticed <= 5.0 + 1.0  # the timeout (4 s), a reconnect, a loaded machine
-    assert teacher.participants[seat or ""]["connected"]
+    # The server may have noticed the silence first (the same timeout): then the
+    # teacher saw the seat held, and sees it taken back.
+    async with asyncio.timeout(10):
+        while not teacher.participants[seat or ""]["connected"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
 
 
 # --- what moderators decided survives the reload --------------------------------------
