@@ -263,18 +263,19 @@ class LessonClient:
         """The socket ``ws`` ended: take the seat back, or say why the session is over."""
         if ws is not self._ws:
             return  # an older socket, already replaced
-        code = ws.close_code
         if self._closing:
             self._fail_waiters()
             self.closed.set()
             return
+        sent, received = ws.protocol.close_sent, ws.protocol.close_rcvd
         if self.bye is not None:
             final = self.bye.get("reason") in FINAL_BYES or not self.reconnect
-        elif code == 1009:
+        elif sent is not None and sent.code == 1009:
+            # We refused a message over our frame limit: reconnecting would not help.
             self.failure = "the server sent a message larger than this client accepts (1 MiB)"
             final = True
-        elif code in FINAL_CLOSE_CODES and ws.close_rcvd is not None:
-            self.failure = f"the server closed the connection ({code}: {ws.close_reason})"
+        elif received is not None and received.code in FINAL_CLOSE_CODES:
+            self.failure = f"the server closed the connection ({received.code}: {received.reason})"
             final = True
         else:
             final = not self.reconnect

@@ -51,7 +51,7 @@ class SeatKeeper:
             previous.cancel()
         delay = max(0.0, effect.until - self._clock())
         self._timers[key] = asyncio.get_running_loop().call_later(
-            delay, self._due, effect.lesson, effect.participant_id
+            delay, self._due, effect.lesson, effect.participant_id, effect.until
         )
 
     def held(self) -> int:
@@ -83,14 +83,16 @@ class SeatKeeper:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
 
-    def _due(self, lesson_id: str, participant_id: str) -> None:
+    def _due(self, lesson_id: str, participant_id: str, until: float) -> None:
         self._timers.pop((lesson_id, participant_id), None)
 
         def release() -> list[Effect]:
             lesson = self._registry.find(lesson_id)
             if lesson is None:
                 return []
-            effects = lesson.release(participant_id, self._clock())
+            # asyncio runs a timer up to its clock's resolution early, and the lesson's
+            # clock is another one: it is at least ``until`` now, as far as we know.
+            effects = lesson.release(participant_id, max(self._clock(), until))
             self._registry.discard_if_empty(lesson_id)
             return effects
 

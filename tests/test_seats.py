@@ -462,3 +462,39 @@ async def test_a_socket_that_never_reads_is_cut_off(chatty_server: RunningServer
             await asyncio.sleep(0.05)
     greedy.transport.abort()
     await teacher.close()
+
+
+# --- the keeper of held seats --------------------------------------------------------------
+
+
+async def test_a_held_seat_is_released_even_if_its_timer_fires_early() -> None:
+    """asyncio may run a timer a little early, and the lesson's clock is not the loop's:
+    the keeper releases the seat all the same, at its deadline."""
+    from server.seats import SeatKeeper
+    from signaling.lesson import Effect, EndMedia, HoldSeat
+    from signaling.registry import InMemoryLessonRegistry
+    from signaling.tokens import Grant
+
+    registry = InMemoryLessonRegistry(seat_grace=0.05)
+    lesson = registry.lesson("l1")
+    ana, _ = lesson.join(Grant("l1", "Ana", Role.STUDENT, "north", "ana-link", 2**40))
+    carried_out: list[Effect] = []
+    released = asyncio.Event()
+
+    async def execute(effects: list[Effect]) -> None:
+        carried_out.extend(effects)
+        released.set()
+
+    readings = iter([100.0, 100.04])  # when held; when the timer fires (0.01 s "early")
+    keeper = SeatKeeper(registry, execute, clock=lambda: next(readings))
+    (hold,) = [
+        e
+        for e in lesson.disconnect(ana.id, ana.epoch, "disconnected", 100.0)
+        if isinstance(e, HoldSeat)
+    ]
+    assert hold.until == 100.05
+    keeper.hold(hold)
+    await asyncio.wait_for(released.wait(), 5)
+    assert ana.id not in lesson.participants
+    assert EndMedia(ana.id) in carried_out
+    await keeper.close()
