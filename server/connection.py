@@ -242,11 +242,9 @@ class ParticipantConnection:
             effects = self._session.receive_text(item.data, self._last_heard)
             await self._apply(effects)
             if self._session.state is SessionState.CLOSED:
-                return (
-                    "left"
-                    if any(isinstance(e, Close) and e.reason == "left" for e in effects)
-                    else "closed"
-                )
+                # Leaving and flooding free the seat at once; other closes hold it.
+                reasons = [e.reason for e in effects if isinstance(e, Close)]
+                return next((r for r in reasons if r in ("left", "flood")), "closed")
 
     async def _apply(self, effects: list[SessionEffect]) -> None:
         for effect in effects:

@@ -140,8 +140,10 @@ Effect = (
 # Seconds a seat is held for its link after the socket went (``lco serve --seat-grace``).
 DEFAULT_SEAT_GRACE = 60.0
 # Why a socket went, when its seat is freed at once instead of held: the participant
-# left on purpose, was sent away, or misbehaved.
-RELEASED_AT_ONCE = frozenset({"left", "removed", "denied", "lesson_ended", "flood"})
+# left on purpose, was sent away, misbehaved, or the server is stopping.
+RELEASED_AT_ONCE = frozenset(
+    {"left", "removed", "denied", "lesson_ended", "flood", "server_shutdown"}
+)
 
 
 # --- state -------------------------------------------------------------------

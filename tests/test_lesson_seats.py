@@ -214,7 +214,9 @@ def test_a_seat_dropped_again_is_held_anew_and_the_first_deadline_frees_nothing(
     assert room.release(ana.id, clock.now + GRACE) != []
 
 
-@pytest.mark.parametrize("reason", ["left", "removed", "denied", "lesson_ended", "flood"])
+@pytest.mark.parametrize(
+    "reason", ["left", "removed", "denied", "lesson_ended", "flood", "server_shutdown"]
+)
 def test_leaving_on_purpose_or_being_sent_away_frees_the_seat_at_once(reason: str) -> None:
     clock = Clock()
     room = new_lesson(clock)
