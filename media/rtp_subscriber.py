@@ -321,7 +321,10 @@ class RtpSubscriber:
         to look for the transport's current one."""
         pair = self._pairs.get(1)
         if pair is None:
-            current = hooks.nominated_pairs(self.sender)
+            try:
+                current = hooks.nominated_pairs(self.sender)
+            except Exception:
+                current = None
             if current is not None and current is not self._pairs:
                 self._pairs = current
                 pair = current.get(1)

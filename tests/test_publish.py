@@ -152,7 +152,7 @@ async def test_lco_publish_takes_its_seat_back_after_a_network_drop(
         url = f"http://{address}:{server.port}"
         publisher = subprocess.Popen(  # noqa: ASYNC220 (a program that runs alongside)
             trip.command(
-                *lco_publish(url, token, "--source", "test-pattern", "--duration", "25"),
+                *lco_publish(url, token, "--source", "test-pattern", "--duration", "15"),
                 "--report",
             ),
             stdout=subprocess.PIPE,
