@@ -570,7 +570,7 @@ class IceConnectionSwap:
         return swap
 
     def complete(
-        self, username: str, password: str, lite: bool = False, timeout: float = 20.0
+        self, username: str, password: str, lite: bool = False, timeout: float = 10.0
     ) -> asyncio.Task[bool]:
         """Connect with the remote side's new credentials; on success send on the new
         connection and close the old. The task's result says whether it connected."""

@@ -470,3 +470,23 @@ async def test_a_failed_connection_is_not_restarted() -> None:
     await sender_pc.close()
     assert not ice_restart.restartable(sender_pc)
     assert not await ice_restart.prepare_offer(sender_pc)
+
+
+async def test_one_ice_restart_at_a_time() -> None:
+    """A restart still connecting is not overtaken: asking again changes nothing, so a
+    client asking without end costs at most two ICE connections."""
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    try:
+        transport = hooks.ice_transport(sender_pc)
+        assert transport is not None
+        assert await ice_restart.prepare_offer(sender_pc)
+        swap = hooks.IceConnectionSwap.pending(transport)
+        assert swap is not None
+        # Credentials the other side never uses: this restart stays connecting.
+        task = swap.complete("nobody", "x" * 22)
+        assert not await ice_restart.prepare_offer(sender_pc)
+        assert hooks.IceConnectionSwap.pending(transport) is swap
+        assert transport._connection is swap.new and not task.done()
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
