@@ -88,6 +88,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import logging
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -108,6 +109,8 @@ from aiortc.rtcrtptransceiver import RTCRtpTransceiver
 from aiortc.rtp import RtpPacket
 
 from .keyframes import is_keyframe
+
+logger = logging.getLogger(__name__)
 
 PINNED_AIORTC = "1.16.0"
 PINNED_AIOICE = "0.13.0"
@@ -594,8 +597,9 @@ class IceConnectionSwap:
                         self.usable.set()
                     await asyncio.wait({connecting}, timeout=0.02)  # aioice's check pace
                 await connecting
-        except (ConnectionError, TimeoutError):
+        except (ConnectionError, TimeoutError) as exc:
             connecting.cancel()
+            logger.info("ICE restart failed (%s): the transport fails", type(exc).__name__)
             # The restart failed: the transport fails as it would have without one.
             if getattr(transport, _PENDING, None) is self:
                 delattr(transport, _PENDING)
@@ -604,6 +608,7 @@ class IceConnectionSwap:
             return False
         transport._send = self.new.send
         self.usable.set()
+        logger.info("ICE restart connected")
         if getattr(transport, _PENDING, None) is self:
             delattr(transport, _PENDING)
         await self.old.close()

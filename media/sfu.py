@@ -566,6 +566,7 @@ class Sfu:
 
         async def when_usable() -> None:
             await swap.usable.wait()
+            logger.info("ICE restart: the new path carries media")
             for track_id in track_ids():
                 forwarder = self._forwarders.get(track_id)
                 if forwarder is not None:

@@ -114,6 +114,7 @@ class ClassroomPage {
     this.bye = null;
     this.everJoined = false;
     this.metrics = { firstTeacherFrameMs: null, welcomeMs: null, firstFrames: {}, iceServerRenewals: [] };
+    this.connectionLog = []; // [ms, what] of the last connection events, for support
     this.lessonState = { ...EMPTY_STATE };
     this.hands = []; // raised hands, first raised first
     this.waiting = []; // who waits in the lobby (moderators only)
@@ -204,7 +205,10 @@ class ClassroomPage {
     const socket = new SignalingSocket(`${scheme}://${location.host}/ws`, {
       // With peer connections still open, we ask to keep them: the server held our
       // seat and its media, and media may even have gone on meanwhile.
-      onOpen: () => socket.send("join", { token: this.token, resume: this.holdsMedia() }),
+      onOpen: () => {
+        this.log("socket open");
+        socket.send("join", { token: this.token, resume: this.holdsMedia() });
+      },
       onMessage: (message) => this.socket === socket && this.handle(message),
       onClose: (info) => this.socket === socket && this.closed(info),
     });
@@ -213,11 +217,18 @@ class ClassroomPage {
 
   send = (type, fields) => this.socket?.send(type, fields) ?? false;
 
+  /** Note a connection event (the last 200 are kept: window.lco.connectionLog()). */
+  log(what) {
+    this.connectionLog.push([Math.round(performance.now()), what]);
+    if (this.connectionLog.length > 200) this.connectionLog.shift();
+  }
+
   holdsMedia() {
     return Boolean(this.publisher || this.subscriber);
   }
 
   closed({ clean }) {
+    this.log(`socket closed${clean ? " (by us)" : ""}`);
     if (this.stopped || clean || (this.bye && !RECONNECTING_BYES.has(this.bye.reason))) {
       this.teardown();
       return;
@@ -250,11 +261,18 @@ class ClassroomPage {
    * back on a new socket now, and restart ICE on both connections once in.
    */
   networkChanged() {
+    this.log("network back or changed");
     this.iceRestartWanted = true;
     if (this.stopped || !this.socket) return;
     this.attempt = 0;
     clearTimeout(this.retryTimer);
-    this.socket.drop();
+    if (this.socket.done) {
+      // Between two tries (the last one failed while the network was away): now.
+      this.reconnects += 1;
+      this.connect();
+    } else {
+      this.socket.drop();
+    }
   }
 
   /** Close both peer connections and forget everything remote (a fresh join follows). */
@@ -280,6 +298,7 @@ class ClassroomPage {
    * brought nothing back, replace the connection.
    */
   mediaTrouble(which) {
+    this.log(`media stopped on ${which}`);
     const now = performance.now();
     if (now - this.lastIceRestart[which] < ICE_RESTART_INTERVAL_MS) return;
     if (this.failedRestarts[which] >= ICE_RESTARTS_BEFORE_NEW_CONNECTION) {
@@ -294,6 +313,7 @@ class ClassroomPage {
 
   /** Restart ICE on one connection, or on both (after taking the seat back). */
   restartIce(which = null) {
+    this.log(`ICE restart ${which ?? "both"}`);
     const now = performance.now();
     if ((which ?? "publish") === "publish" && this.publisher?.sendingAnything) {
       this.lastIceRestart.publish = now;
@@ -367,6 +387,7 @@ class ClassroomPage {
       case "track_unpublished":
         return this.trackUnpublished(message.participant_id, message.track_id);
       case "publish_answer":
+        this.log("publish answer");
         return this.publisher?.answered(message.sdp);
       case "subscribe_offer":
         return this.subscribeOffered(message);
@@ -385,6 +406,7 @@ class ClassroomPage {
     this.metrics.welcomeMs ??= performance.now();
     this.socket?.setKeepalive(message.keepalive);
     const resumed = Boolean(message.resumed);
+    this.log(resumed ? "seat taken back" : "welcome");
     if (!resumed && this.holdsMedia()) {
       // Our seat was released meanwhile (or the server restarted): a new participant,
       // whose media starts over.
@@ -526,6 +548,7 @@ class ClassroomPage {
   }
 
   refused(message) {
+    this.log(`error ${message.code} (${message.request_type})`);
     if (message.code === "stale_answer") return; // an answer overtaken by a newer offer
     if (message.code === "connection_gone" && message.request_type === "publish_offer") {
       this.publisher?.refused(message.message);
@@ -787,6 +810,7 @@ class ClassroomPage {
   // -- receiving ----------------------------------------------------------------
 
   subscribeOffered(message) {
+    this.log(`subscribe offer ${message.offer_id}${message.new_connection ? " (new connection)" : ""}`);
     if (message.new_connection && this.subscriber) {
       // The server moved what we receive to a new connection: so do we.
       for (const info of this.subscriber.carried) this.removeRemote(info.track_id);
@@ -801,6 +825,7 @@ class ClassroomPage {
         () => this.subscriber === subscriber && this.mediaTrouble("subscribe"),
       );
       subscriber.pc.addEventListener("iceconnectionstatechange", () => {
+        this.log(`subscribe ICE ${subscriber.pc.iceConnectionState}`);
         if (subscriber.pc.iceConnectionState === "connected") this.mediaFlowing("subscribe");
       });
       this.subscriber = subscriber;
@@ -854,6 +879,7 @@ class ClassroomPage {
     if (!this.publisher) {
       const publisher = new Publisher(this.iceServers, this.send, () => this.publisher === publisher && this.mediaTrouble("publish"));
       publisher.pc.addEventListener("iceconnectionstatechange", () => {
+        this.log(`publish ICE ${publisher.pc.iceConnectionState}`);
         if (publisher.pc.iceConnectionState === "connected") this.mediaFlowing("publish");
       });
       this.publisher = publisher;
@@ -1161,6 +1187,7 @@ function main() {
     }),
     debugDropConnection: () => page.socket?.drop(),
     debugNetworkChanged: () => page.networkChanged(),
+    connectionLog: () => [...page.connectionLog],
   };
   page.start().catch((error) => {
     console.error(error);

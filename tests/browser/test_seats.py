@@ -67,6 +67,7 @@ class SeatServer:
     url: str  # for pages in the test namespace
     home_url: str  # for pages in a home namespace (the server's veth address)
     secret: bytes
+    log: Path
 
     def link(self, name: str, role: Role, *, home: bool = False) -> str:
         token = mint_token(self.secret, lesson=LESSON, name=name, role=role, school="north")
@@ -82,11 +83,14 @@ def seat_server(host_address: str) -> Iterator[SeatServer]:
     port = free_port()
     secret = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory(prefix="lco-seats-") as data_dir:
+        log = Path(data_dir) / "server.log"
         # Pages in the home namespace reach it on the veth address.
-        process = start_server(port, secret, host_address, data_dir, host="0.0.0.0")
+        process = start_server(
+            port, secret, host_address, data_dir, "--log-level", "info", host="0.0.0.0", log=log
+        )
         try:
             yield SeatServer(
-                f"http://127.0.0.1:{port}", f"http://{host_address}:{port}", secret.encode()
+                f"http://127.0.0.1:{port}", f"http://{host_address}:{port}", secret.encode(), log
             )
         finally:
             stop_server(process)
@@ -227,10 +231,14 @@ def test_a_student_whose_network_drops_is_back_with_media_in_the_same_seat(
             # A new lease gives another address each time.
             restore_network(home, f"{home.subnet}.{3 + attempt}")
             restored = time.monotonic()
-            wait_decoding(student.page, console.id, seen_by_student)
-            to_student.append(time.monotonic() - restored)
-            wait_decoding(console.page, seat, seen_by_teacher)
-            to_teacher.append(time.monotonic() - restored)
+            try:
+                wait_decoding(student.page, console.id, seen_by_student)
+                to_student.append(time.monotonic() - restored)
+                wait_decoding(console.page, seat, seen_by_teacher)
+                to_teacher.append(time.monotonic() - restored)
+            finally:
+                if time.monotonic() - restored > 3:  # slow, or a hang: what happened
+                    explain(attempt, student.page, seat_server)
             assert student.id == seat
         state = student.state()
         assert state["resumes"] >= tries and state["participantId"] == seat
@@ -240,6 +248,13 @@ def test_a_student_whose_network_drops_is_back_with_media_in_the_same_seat(
         assert not student.errors
     report(f"network drop of {CUT_SECONDS:.0f} s, {tries} tries: media to the student", to_student)
     report("... and the student's camera at the teacher", to_teacher)
+
+
+def explain(attempt: int, page: Page, server: SeatServer) -> None:
+    """Print the student page's connection events and the server's ICE log lines."""
+    events = page.evaluate("window.lco.connectionLog()")
+    lines = [x for x in server.log.read_text().splitlines() if "ICE" in x or "ERROR" in x]
+    print(f"\ntry {attempt} was slow: page {events[-25:]}\nserver {lines[-8:]}")
 
 
 def report(what: str, seconds: list[float]) -> None:
