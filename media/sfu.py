@@ -154,6 +154,9 @@ class ParticipantMedia:
     offer_id: int = 0
     new_connection: bool = False
     restart_ice: bool = False
+    # An offer went unanswered for the negotiation timeout: the next socket gets a new
+    # subscribe connection rather than the same offer again.
+    subscribe_stuck: bool = False
 
 
 class Sfu:
@@ -191,6 +194,12 @@ class Sfu:
         if media is None or media.closed:
             return False
         media.send = send
+        if media.subscribe_stuck:
+            media.subscribe_stuck = False
+            task = asyncio.ensure_future(self._new_subscribe_connection(media))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            return True
         if media.offer_in_flight:
             # Sent to a socket that went: the new one may never have seen it.
             media.offer_in_flight = False
@@ -708,7 +717,9 @@ class Sfu:
     def _answer_timed_out(self, media: ParticipantMedia) -> None:
         media.answer_timer = None
         if media.offer_in_flight and not media.closed and self._on_negotiation_timeout:
-            # Nothing can be offered to it any more: its connection must start again.
+            # Nothing can be offered to it any more: its socket is closed, and the
+            # next one gets a new subscribe connection.
+            media.subscribe_stuck = True
             self._on_negotiation_timeout(media.participant_id)
 
 
