@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus, Subscription, participant_topic
-from signaling.lesson import (
+from signaling.effects import (
     Announce,
     Deliver,
     Effect,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from signaling.lesson import Effect, HoldSeat
+from signaling.effects import Effect, HoldSeat
 
 if TYPE_CHECKING:
     from signaling.registry import LessonRegistry

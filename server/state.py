@@ -16,7 +16,7 @@ from media.sfu import Sfu
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus, participant_topic
 from signaling.catalogue import Catalogue
-from signaling.lesson import Effect
+from signaling.effects import Effect
 from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
 from signaling.sqlite_records import SqliteRecordStore

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import protocol as p
-from .lesson import Effect, Forbidden, Lesson, Participant
+from .effects import Effect
+from .lesson import Forbidden, Lesson, Participant
 from .permissions import Permission
 from .registry import LessonRegistry
 from .tokens import TokenError, verify_token
