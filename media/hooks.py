@@ -80,7 +80,10 @@ until the new one has a nominated pair (make before break). It uses:
     for the new connection's instead. ``Connection._transport_policy``: the new
     connection gathers as the old one did.
 20. ``RTCIceTransport.stop`` per instance: also closes an old connection still
-    waiting for its swap, so that closing the peer connection leaks no socket.
+    waiting for its swap, so that closing the peer connection leaks no socket. A
+    restart still connecting when the other side restarts again (it has moved on to
+    newer credentials) is overtaken: its new connection is closed and the next one
+    swaps in for the same old one, so a transport holds two ICE connections at most.
 """
 
 from __future__ import annotations
@@ -541,11 +544,17 @@ class IceConnectionSwap:
 
     @classmethod
     async def start(cls, transport: RTCIceTransport) -> IceConnectionSwap:
-        """Gather a new connection (same role, servers and policy) for ``transport``."""
+        """Gather a new connection (same role, servers and policy) for ``transport``.
+
+        A restart still connecting is overtaken: the other side moved on to newer
+        credentials, with which it can never connect. Its new connection is closed and
+        the next one is swapped in for the same old one: a transport holds two ICE
+        connections at most."""
         pending = cls.pending(transport)
         if pending is not None and pending.task is None:
             return pending  # its credentials were not answered yet: offer them again
-        old = transport._connection
+        current = transport._connection
+        old = pending.old if pending is not None else current
         new = aioice.Connection(
             ice_controlling=old.ice_controlling,
             stun_server=old.stun_server,
@@ -557,6 +566,8 @@ class IceConnectionSwap:
             transport_policy=old._transport_policy,
         )
         await new.gather_candidates()
+        if pending is not None:
+            await pending._abandon()
         feed = _feed_of(transport)
         setattr(new, "_queue", _Inlet(feed, new))  # noqa: B010
         # From now on, the new connection's end ends the transport; the old one's not.
@@ -564,13 +575,25 @@ class IceConnectionSwap:
         transport._connection = new
         transport.iceGatherer._connection = new
         transport.iceGatherer._remote_candidates_end = False
-        waiter, old._event_waiter = old._event_waiter, None
+        # aiortc's monitor waits for events of the connection it was given last.
+        waiter, current._event_waiter = current._event_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(aioice.ice.ConnectionEvent())
+        if pending is not None:
+            await pending.new.close()
         swap = cls(transport, old, new)
         setattr(transport, _PENDING, swap)
         _close_with_transport(transport)
         return swap
+
+    async def _abandon(self) -> None:
+        """Stop connecting (overtaken by a newer restart); the old connection sends
+        again. The caller closes the new one once it no longer carries the transport."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.transport._send = self.old.send
 
     def complete(
         self, username: str, password: str, lite: bool = False, timeout: float = 10.0
@@ -597,6 +620,9 @@ class IceConnectionSwap:
                         self.usable.set()
                     await asyncio.wait({connecting}, timeout=0.02)  # aioice's check pace
                 await connecting
+        except asyncio.CancelledError:
+            connecting.cancel()  # overtaken by a newer restart, or the transport stops
+            raise
         except (ConnectionError, TimeoutError) as exc:
             connecting.cancel()
             logger.info("ICE restart failed (%s): the transport fails", type(exc).__name__)

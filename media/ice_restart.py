@@ -34,11 +34,8 @@ async def prepare_offer(pc: RTCPeerConnection) -> bool:
     transport = ice_transport(pc)
     if transport is None or not restartable(pc):
         return False
-    pending = IceConnectionSwap.pending(transport)
-    if pending is not None and pending.task is not None and not pending.task.done():
-        # One restart at a time: the one under way goes on (and ends within its
-        # timeout). A client asking again and again costs at most two ICE connections.
-        return False
+    # A restart still connecting is overtaken by this one (IceConnectionSwap.start):
+    # a client asking again and again costs at most two ICE connections.
     await IceConnectionSwap.start(transport)
     return True
 

@@ -472,21 +472,30 @@ async def test_a_failed_connection_is_not_restarted() -> None:
     assert not await ice_restart.prepare_offer(sender_pc)
 
 
-async def test_one_ice_restart_at_a_time() -> None:
-    """A restart still connecting is not overtaken: asking again changes nothing, so a
-    client asking without end costs at most two ICE connections."""
+async def test_a_newer_restart_overtakes_one_still_connecting() -> None:
+    """The other side restarted again before the first restart connected: that one can
+    never connect (its credentials were dropped). It is overtaken: its connection is
+    closed, the newest swaps in for the same old one (two ICE connections at most),
+    and the newest restart brings media back (hooks 19 and 20)."""
     sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
     try:
         transport = hooks.ice_transport(sender_pc)
         assert transport is not None
+        old = transport._connection
         assert await ice_restart.prepare_offer(sender_pc)
-        swap = hooks.IceConnectionSwap.pending(transport)
-        assert swap is not None
+        first = hooks.IceConnectionSwap.pending(transport)
+        assert first is not None
         # Credentials the other side never uses: this restart stays connecting.
-        task = swap.complete("nobody", "x" * 22)
-        assert not await ice_restart.prepare_offer(sender_pc)
-        assert hooks.IceConnectionSwap.pending(transport) is swap
-        assert transport._connection is swap.new and not task.done()
+        stuck = first.complete("nobody", "x" * 22)
+        for connection in (old,):
+            silence(connection)
+        await restart_ice(sender_pc, receiver_pc)
+        assert stuck.cancelled() and first.new._closed and not first.new._protocols
+        assert transport._connection is not first.new and old._closed
+        track = receiver_of(receiver_pc).track
+        for _ in range(10):
+            await asyncio.wait_for(track.recv(), 5)
+        assert sender_pc.connectionState == receiver_pc.connectionState == "connected"
     finally:
         await sender_pc.close()
         await receiver_pc.close()
