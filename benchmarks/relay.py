@@ -114,6 +114,9 @@ class RelayForwarder:
         """How many subscribers receive this track now."""
         return len(self._subscribers)
 
+    def request_keyframe(self) -> None:
+        """Nothing to ask: each subscriber's own encoder makes its keyframes."""
+
     def start(self) -> None:
         """Begin reading (and so decoding) the publisher's track."""
         self._task = asyncio.create_task(self._run(), name=f"relay-{self.track_id}")

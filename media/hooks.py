@@ -88,16 +88,56 @@ The operator's live view reads:
 26. ``RTCRtpReceiver.__remote_streams`` (read only): what aiortc counted per incoming
     SSRC for its receiver reports (packets received and lost), for the operator's
     live view; RTX SSRCs are left out (``__rtx_ssrc``, as in hook 5).
+
+ICE restart (RFC 8445 section 9; aiortc 1.16 has none: ``RTCIceTransport.start``
+ignores new remote parameters once started and ``createOffer`` has no
+``iceRestart``). :class:`IceConnectionSwap` gathers a new aioice ``Connection`` with
+fresh credentials, lets the offer or answer carry them, connects it and swaps it in
+under the running DTLS transport, whose session and SRTP keys survive (RFC 8445
+section 9: a restart changes ICE only). Media keeps flowing on the old connection
+until the new one has a nominated pair (make before break). It uses:
+
+27. ``RTCIceTransport._connection`` and ``RTCIceGatherer._connection``: the aioice
+    connection aiortc adds remote candidates to, reads local parameters and
+    candidates from (the SDP), and that the RTP fast path's pairs (hook 12) and
+    ``remote_candidate_type`` come from; ``RTCIceGatherer._remote_candidates_end``,
+    which otherwise keeps the new connection from hearing of trickled candidates.
+28. ``RTCIceTransport._recv`` and ``._send``: the DTLS transport reads and writes
+    through these, bound once to the first connection's ``recv`` and ``send``. We
+    rebind ``_recv`` to a feed that both connections' datagrams reach (aioice
+    ``Connection._queue``, replaced by an inlet on each), so the DTLS task, already
+    waiting in the old connection's queue, never notices the swap; and ``_send`` to
+    the new connection's first valid pair (aioice ``Connection._check_list``, a pair
+    in state ``SUCCEEDED``) as soon as there is one, then to the new connection once
+    it has a nominated pair. A controlled agent waits for the other side to nominate,
+    and Chrome, restarting, took 4 s to do so while a stale candidate was still being
+    checked; it sends its media on the valid pair meanwhile, and so do we (our RTCP:
+    keyframe requests, receiver reports). Only the connection carrying the transport
+    can end the feed (its close then ends the DTLS transport, as before).
+29. aioice ``Connection._event_waiter``: aiortc's ``RTCIceTransport._monitor`` waits
+    for the old connection's events and would mark the transport failed when the old
+    connection closes; we wake it with a plain ``ConnectionEvent`` so that it waits
+    for the new connection's instead. ``Connection._transport_policy``: the new
+    connection gathers as the old one did.
+30. ``RTCIceTransport.stop`` per instance: also closes an old connection still
+    waiting for its swap, so that closing the peer connection leaks no socket. A
+    restart still connecting when the other side restarts again (it has moved on to
+    newer credentials) is overtaken: its new connection is closed and the next one
+    swaps in for the same old one, so a transport holds two ICE connections at most.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fractions
+import logging
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+import aioice
 import aioice.ice
 import aiortc.codecs
 import aiortc.rtcrtpreceiver
@@ -106,6 +146,7 @@ import av
 import pylibsrtp
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcdtlstransport import RTCDtlsTransport, RtpRouter
+from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
 from aiortc.rtcrtpreceiver import NackGenerator, RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -120,6 +161,8 @@ from aiortc.rtp import (
 )
 
 from .keyframes import is_keyframe
+
+logger = logging.getLogger(__name__)
 
 PINNED_AIORTC = "1.16.0"
 PINNED_AIOICE = "0.13.0"
@@ -628,3 +671,221 @@ def pair_socket(pair: Any) -> socket.socket:
     dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
     dup.setblocking(False)
     return dup
+
+
+# --- ICE restart (hooks 27 to 30) ---------------------------------------------
+
+
+class _Feed:
+    """What the DTLS transport reads (hook 28): the datagrams of every connection of
+    one ICE transport, old and new, in arrival order; ends only with ``current``."""
+
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+        self.queue = queue
+        self.current: Any = None
+
+    async def recv(self) -> bytes:
+        item = await self.queue.get()
+        if item is None:
+            raise ConnectionError("Connection lost while receiving data")
+        data: bytes = item[0]
+        return data
+
+
+class _Inlet:
+    """Stands in for one aioice connection's ``_queue``: its datagrams go to the feed;
+    its end does too, but only while it carries the transport."""
+
+    def __init__(self, feed: _Feed, connection: Any) -> None:
+        self._feed = feed
+        self._connection = connection
+
+    def put_nowait(self, item: Any) -> None:
+        if item is None and self._feed.current is not self._connection:
+            return
+        self._feed.queue.put_nowait(item)
+
+    async def get(self) -> Any:  # nobody reads a connection's queue once it is fed
+        return await self._feed.queue.get()
+
+
+_FEED = "_lco_ice_feed"
+_PENDING = "_lco_ice_swap"
+
+
+def ice_transport(pc: Any) -> RTCIceTransport | None:
+    """The ICE transport of a max-bundle peer connection (every transceiver's)."""
+    for transceiver in pc.getTransceivers():
+        return transceiver.receiver.transport.transport  # type: ignore[no-any-return]
+    return None
+
+
+def _feed_of(transport: RTCIceTransport) -> _Feed:
+    feed: _Feed | None = getattr(transport, _FEED, None)
+    if feed is None:
+        connection = transport._connection
+        # The DTLS task already waits in this queue: make it the feed's.
+        feed = _Feed(connection._queue)
+        feed.current = connection
+        setattr(connection, "_queue", _Inlet(feed, connection))  # noqa: B010
+        transport._recv = feed.recv
+        setattr(transport, _FEED, feed)
+    return feed
+
+
+class IceConnectionSwap:
+    """One ICE restart of one ``RTCIceTransport`` (hooks 27 to 30).
+
+    :meth:`start` gathers a new connection and puts it where aiortc reads local ICE
+    parameters and candidates and adds remote candidates, so the next offer or
+    answer carries its credentials; :meth:`complete`, given the remote side's new
+    credentials, connects it and swaps it in for sending; the old one is closed."""
+
+    def __init__(self, transport: RTCIceTransport, old: Any, new: Any) -> None:
+        self.transport = transport
+        self.old = old
+        self.new = new
+        self.task: asyncio.Task[bool] | None = None
+        # Set once the new connection can carry what we send (a valid pair).
+        self.usable = asyncio.Event()
+
+    @classmethod
+    def pending(cls, transport: RTCIceTransport) -> IceConnectionSwap | None:
+        """The restart started on ``transport`` and not yet completed, if any."""
+        swap: IceConnectionSwap | None = getattr(transport, _PENDING, None)
+        return swap
+
+    @classmethod
+    async def start(cls, transport: RTCIceTransport) -> IceConnectionSwap:
+        """Gather a new connection (same role, servers and policy) for ``transport``.
+
+        A restart still connecting is overtaken: the other side moved on to newer
+        credentials, with which it can never connect. Its new connection is closed and
+        the next one is swapped in for the same old one: a transport holds two ICE
+        connections at most."""
+        pending = cls.pending(transport)
+        if pending is not None and pending.task is None:
+            return pending  # its credentials were not answered yet: offer them again
+        current = transport._connection
+        old = pending.old if pending is not None else current
+        new = aioice.Connection(
+            ice_controlling=old.ice_controlling,
+            stun_server=old.stun_server,
+            turn_server=old.turn_server,
+            turn_username=old.turn_username,
+            turn_password=old.turn_password,
+            turn_ssl=old.turn_ssl,
+            turn_transport=old.turn_transport,
+            transport_policy=old._transport_policy,
+        )
+        await new.gather_candidates()
+        if pending is not None:
+            await pending._abandon()
+        feed = _feed_of(transport)
+        setattr(new, "_queue", _Inlet(feed, new))  # noqa: B010
+        # From now on, the new connection's end ends the transport; the old one's not.
+        feed.current = new
+        transport._connection = new
+        transport.iceGatherer._connection = new
+        transport.iceGatherer._remote_candidates_end = False
+        # aiortc's monitor waits for events of the connection it was given last.
+        waiter, current._event_waiter = current._event_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(aioice.ice.ConnectionEvent())
+        if pending is not None:
+            await pending.new.close()
+        swap = cls(transport, old, new)
+        setattr(transport, _PENDING, swap)
+        _close_with_transport(transport)
+        return swap
+
+    async def _abandon(self) -> None:
+        """Stop connecting (overtaken by a newer restart); the old connection sends
+        again. The caller closes the new one once it no longer carries the transport."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.transport._send = self.old.send
+
+    def complete(
+        self, username: str, password: str, lite: bool = False, timeout: float = 10.0
+    ) -> asyncio.Task[bool]:
+        """Connect with the remote side's new credentials; on success send on the new
+        connection and close the old. The task's result says whether it connected."""
+        if self.task is None:
+            self.new.remote_username = username
+            self.new.remote_password = password
+            self.new.remote_is_lite = lite
+            self.task = asyncio.ensure_future(self._connect(timeout))
+        return self.task
+
+    async def _connect(self, timeout: float) -> bool:
+        transport = self.transport
+        connecting = asyncio.ensure_future(self.new.connect())
+        # Its failure is ours to report, not a "never retrieved" warning.
+        connecting.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            async with asyncio.timeout(timeout):
+                while not connecting.done():
+                    if not self.usable.is_set() and self._valid_pair() is not None:
+                        transport._send = self._send_on_valid_pair
+                        self.usable.set()
+                    await asyncio.wait({connecting}, timeout=0.02)  # aioice's check pace
+                await connecting
+        except asyncio.CancelledError:
+            connecting.cancel()  # overtaken by a newer restart, or the transport stops
+            raise
+        except (ConnectionError, TimeoutError) as exc:
+            connecting.cancel()
+            logger.info("ICE restart failed (%s): the transport fails", type(exc).__name__)
+            # The restart failed: the transport fails as it would have without one.
+            if getattr(transport, _PENDING, None) is self:
+                delattr(transport, _PENDING)
+            await self.old.close()
+            await self.new.close()
+            return False
+        transport._send = self.new.send
+        self.usable.set()
+        logger.info("ICE restart connected")
+        if getattr(transport, _PENDING, None) is self:
+            delattr(transport, _PENDING)
+        await self.old.close()
+        return True
+
+    def _valid_pair(self) -> Any:
+        """The new connection's nominated pair, else its best pair whose check
+        succeeded (the check list is sorted by priority), else None."""
+        nominated = self.new._nominated.get(1)
+        if nominated is not None:
+            return nominated
+        for pair in self.new._check_list:
+            if pair.component == 1 and pair.state == aioice.ice.CandidatePair.State.SUCCEEDED:
+                return pair
+        return None
+
+    async def _send_on_valid_pair(self, data: bytes) -> None:
+        pair = self._valid_pair()
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        await pair.protocol.send_data(data, pair.remote_addr)
+
+
+def _close_with_transport(transport: RTCIceTransport) -> None:
+    """Make ``transport.stop()`` also close connections still waiting for a swap (20)."""
+    if "stop" in transport.__dict__:
+        return
+    original = transport.stop
+
+    async def stop() -> None:
+        swap = IceConnectionSwap.pending(transport)
+        await original()
+        if swap is not None:
+            if swap.task is not None and not swap.task.done():
+                swap.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await swap.task
+            await swap.old.close()
+            await swap.new.close()
+
+    transport.stop = stop  # type: ignore[method-assign]

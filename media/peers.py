@@ -287,3 +287,27 @@ def parse_candidate(
     parsed.sdpMid = sdp_mid
     parsed.sdpMLineIndex = sdp_mline_index
     return parsed
+
+
+def ice_parameters(sdp: str) -> tuple[str, str, bool] | None:
+    """(username fragment, password, ice-lite) of the first media section of ``sdp``
+    (every section shares them under max-bundle); None if absent or unparsable."""
+    try:
+        media = SessionDescription.parse(sdp).media
+    except (ValueError, IndexError, KeyError):
+        return None
+    if not media:
+        return None
+    ice = media[0].ice
+    if ice is None or not ice.usernameFragment or not ice.password:
+        return None
+    return ice.usernameFragment, ice.password, bool(ice.iceLite)
+
+
+def dtls_fingerprint(sdp: str) -> str | None:
+    """The first DTLS certificate fingerprint of ``sdp``: it names the peer connection
+    that made it (each has its own certificate), across renegotiations and restarts."""
+    for line in sdp.splitlines():
+        if line.startswith("a=fingerprint:"):
+            return line[len("a=fingerprint:") :].strip().lower()
+    return None

@@ -361,8 +361,20 @@ class RtpSubscriber:
 
     def bind(self) -> bool:
         """Follow the nominated ICE pair: the socket and address to send on. False (and
-        nothing to send on) once the pair is gone. Never raises."""
+        nothing to send on) once the pair is gone. Never raises.
+
+        After an ICE restart the transport sends on a new aioice connection, whose
+        nominated pairs are another dict: a pair gone from the dict we hold sends us
+        to look for the transport's current one."""
         pair = self._pairs.get(1)
+        if pair is None:
+            try:
+                current = hooks.nominated_pairs(self.sender)
+            except Exception:
+                current = None
+            if current is not None and current is not self._pairs:
+                self._pairs = current
+                pair = current.get(1)
         self._unbind()
         if pair is None:
             return False

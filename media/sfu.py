@@ -23,13 +23,14 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from signaling import protocol as p
 
-from . import hooks
+from . import hooks, ice_restart
 from .candidate_policy import CandidateGate, CandidatePolicy
 from .forwarder import TrackForwarder
 from .peers import (
     IceSettings,
     accept_simulcast,
     announce_public_ip,
+    dtls_fingerprint,
     negotiated_media,
     new_peer_connection,
     parse_candidate,
@@ -112,6 +113,10 @@ class Forwarder(Protocol):
 
     def set_paused(self, paused: bool) -> None: ...
 
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (coalesced; nothing for audio)."""
+        ...
+
     def attach(self, pc: RTCPeerConnection, reuse: Any = None) -> Attachment:
         """Subscribe ``pc``, on a new transceiver or on a detached one (``reuse``, which
         a forwarder may decline by returning a new transceiver)."""
@@ -153,10 +158,12 @@ class _Subscription:
 
 @dataclass(slots=True)
 class ParticipantMedia:
-    """The media side of one participant. All SDP work on it runs under ``lock``."""
+    """The media side of one participant (of its seat: it outlives a socket). All SDP
+    work on it runs under ``lock``. ``send`` is None while no socket holds the seat:
+    offers wait for the next one."""
 
     participant_id: str
-    send: SendMessage
+    send: SendMessage | None
     client_address: str | None = None  # where its signalling comes from
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     gates: dict[str, CandidateGate] = field(default_factory=dict)  # per peer connection
@@ -177,6 +184,18 @@ class ParticipantMedia:
     free: dict[str, list[Attachment]] = field(default_factory=dict)
     viewer: Viewer = field(default_factory=lambda: Viewer(time.monotonic))
     closed: bool = False
+    # The client's publish connection the server's one serves (its DTLS fingerprint),
+    # and client connections whose server side is gone: their offers are refused.
+    publish_fingerprint: str | None = None
+    dropped_fingerprints: set[str] = field(default_factory=set)
+    # Each subscribe offer's number (answers to older ones are stale), whether the
+    # next one is on a new connection, and whether it restarts ICE.
+    offer_id: int = 0
+    new_connection: bool = False
+    restart_ice: bool = False
+    # An offer went unanswered for the negotiation timeout: the next socket gets a new
+    # subscribe connection rather than the same offer again.
+    subscribe_stuck: bool = False
 
 
 class Sfu:
@@ -205,6 +224,7 @@ class Sfu:
         self._publishers: dict[str, str] = {}  # track id -> participant id
         # Counters of forwarders that stopped, by kind: totals never go back.
         self._retired: dict[str, dict[str, int]] = {}
+        self._closing: set[asyncio.Future[None]] = set()  # peer connections being closed
 
     # -- participants --------------------------------------------------------
 
@@ -225,13 +245,76 @@ class Sfu:
             return
         for media in list(self._participants.values()):
             notice = media.viewer.tick()
-            if notice is not None and not media.closed:
+            if notice is not None and not media.closed and media.send is not None:
                 task = asyncio.ensure_future(media.send(_quality_message(notice)))
                 self._notices.add(task)
                 task.add_done_callback(self._notices.discard)
         self._viewer_timer = asyncio.get_running_loop().call_later(
             VIEWER_TICK, self._look_at_viewers
         )
+
+    def attach(
+        self, participant_id: str, send: SendMessage, client_address: str | None = None
+    ) -> bool:
+        """A socket took the participant's seat: its media's messages go there now. An
+        offer that no socket answered (or none received) is made again. False if the
+        participant has no media here."""
+        media = self._participants.get(participant_id)
+        if media is None or media.closed:
+            return False
+        media.send = send
+        if client_address != media.client_address:
+            # Another network (Wi-Fi to mobile data): candidates are judged against it.
+            media.client_address = client_address
+            media.gates.clear()
+        if media.subscribe_stuck:
+            media.subscribe_stuck = False
+            task = asyncio.ensure_future(self._new_subscribe_connection(media))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            return True
+        if media.offer_in_flight:
+            # Sent to a socket that went: the new one may never have seen it.
+            media.offer_in_flight = False
+            media.renegotiate = True
+        if media.renegotiate:
+            self._schedule_offer(media)
+        return True
+
+    def detach(self, participant_id: str) -> None:
+        """The participant's socket went: hold its offers until :meth:`attach`."""
+        media = self._participants.get(participant_id)
+        if media is None:
+            return
+        media.send = None
+        if media.answer_timer is not None:
+            media.answer_timer.cancel()
+            media.answer_timer = None
+
+    async def reset(self, participant_id: str) -> None:
+        """Start the participant's media over (a new page took its seat): close its
+        publish connection (its tracks were stopped already) and move its
+        subscriptions to a new subscribe connection, offered as such."""
+        media = self._participants.get(participant_id)
+        if media is None or media.closed:
+            return
+        async with media.lock:
+            self._drop_publish_pc(media)
+        await self._new_subscribe_connection(media)
+
+    async def restart_ice(self, participant_id: str) -> None:
+        """Restart ICE on the subscribe connection (the client asked): the next offer
+        carries new credentials. A connection that cannot be restarted (it failed, or
+        never connected) is replaced by a new one."""
+        media = self._media(participant_id)
+        pc = media.subscribe_pc
+        if pc is None:
+            return
+        if not ice_restart.restartable(pc):
+            await self._new_subscribe_connection(media)
+            return
+        media.restart_ice = True
+        self._schedule_offer(media)
 
     async def close(self, participant_id: str) -> None:
         """Release everything a participant held: peer connections, forwarders, tasks."""
@@ -266,6 +349,7 @@ class Sfu:
         if self._viewer_timer is not None:
             self._viewer_timer.cancel()
             self._viewer_timer = None
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     # -- publishing ----------------------------------------------------------
 
@@ -282,6 +366,21 @@ class Sfu:
                 raise MediaError(
                     f"the publish offer is not valid SDP ({exc})", offer.type
                 ) from None
+            fingerprint = dtls_fingerprint(sdp)
+            stopped: list[str] = []
+            pc = media.publish_pc
+            if pc is not None and pc.connectionState in ("failed", "closed"):
+                stopped += self._drop_publish_pc(media)
+            if fingerprint is not None and fingerprint in media.dropped_fingerprints:
+                raise MediaError(
+                    "the server no longer has this publish connection (it failed or was "
+                    "replaced); offer again on a new one",
+                    offer.type,
+                    code="connection_gone",
+                )
+            if media.publish_pc is not None and media.publish_fingerprint != fingerprint:
+                # A new connection of the client: the old one's tracks end with it.
+                stopped += self._drop_publish_pc(media)
             if sections > p.MAX_PUBLISH_MLINES or sending > p.MAX_PUBLISHED_TRACKS:
                 raise MediaError(
                     f"the publish offer has {sending} sending of {sections} media sections; "
@@ -292,12 +391,15 @@ class Sfu:
                 )
             if media.publish_pc is None:
                 media.publish_pc = self._new_publish_pc(media)
+                media.publish_fingerprint = fingerprint
             pc = media.publish_pc
             sdp = self._gate(media, "publish").filter_sdp(sdp)
             # Simulcast layers reach subscribers one by one on the RTP path only. (Read
             # from the client's own text: aiortc's parser drops these attributes.)
             rids = simulcast_rids(offer.sdp) if self._forwarding == "rtp" else {}
             try:
+                # An offer with new ICE credentials restarts ICE on this connection.
+                restarting = await ice_restart.prepare_answer(pc, sdp)
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
                 await pc.setLocalDescription(await pc.createAnswer())
             except Exception as exc:  # aiortc raises many types on bad SDP
@@ -306,13 +408,18 @@ class Sfu:
                     media.publish_pc = None
                     await close_quietly(pc)
                 raise MediaError(f"the publish offer was refused: {exc}", offer.type) from None
+            if restarting:
+                swap = ice_restart.complete(pc, sdp)
+                if swap is not None:
+                    # Packets were lost while the path was down: once the new one
+                    # carries media, everyone needs a keyframe of this publisher.
+                    self._keyframes_after(swap, lambda: list(media.published.values()))
             answer = announce_public_ip(
                 accept_simulcast(reject_like_offer(sdp, pc.localDescription.sdp), rids),
                 self._settings.public_ip,
             )
             negotiated = {m.mid: m for m in negotiated_media(answer)}
             started: list[IncomingTrack] = []
-            stopped: list[str] = []
             for transceiver in pc.getTransceivers():
                 mid = transceiver.mid
                 m = negotiated.get(mid or "")
@@ -458,11 +565,20 @@ class Sfu:
             return
         await self._remove_subscription(media, subscription)
 
-    async def accept_subscribe_answer(self, participant_id: str, sdp: str) -> None:
-        """Apply the client's answer to our subscribe offer. Raises :class:`MediaError`."""
+    async def accept_subscribe_answer(
+        self, participant_id: str, sdp: str, offer_id: int | None = None
+    ) -> None:
+        """Apply the client's answer to our subscribe offer. Raises :class:`MediaError`
+        (code ``stale_answer`` for an answer to an earlier offer, which is ignored)."""
         media = self._media(participant_id)
         async with media.lock:
             pc = media.subscribe_pc
+            if offer_id is not None and offer_id != media.offer_id:
+                raise MediaError(
+                    f"this answers offer {offer_id}; offer {media.offer_id} is the latest",
+                    "subscribe_answer",
+                    code="stale_answer",
+                )
             if pc is None or not media.offer_in_flight:
                 raise MediaError("no subscribe offer is waiting for an answer", "subscribe_answer")
             try:
@@ -478,6 +594,11 @@ class Sfu:
                 raise MediaError(
                     f"the subscribe answer was refused: {exc}", "subscribe_answer"
                 ) from None
+            # An offer that restarted ICE: connect with the answer's new credentials;
+            # then this subscriber needs a keyframe of everything it receives.
+            swap = ice_restart.complete(pc, sdp)
+            if swap is not None:
+                self._keyframes_after(swap, lambda: list(media.subscriptions))
             media.offer_in_flight = False
             if media.answer_timer is not None:
                 media.answer_timer.cancel()
@@ -641,14 +762,91 @@ class Sfu:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed") and not media.closed:
-                # Its tracks end for everyone; the client reconnects with a new offer.
+                # Its tracks end for everyone; the client offers on a new connection.
                 for track_id in list(media.published.values()):
                     self._on_track_ended(media.participant_id, track_id)
 
         return pc
 
+    def _keyframes_after(
+        self, swap: hooks.IceConnectionSwap, track_ids: Callable[[], list[str]]
+    ) -> None:
+        """When the new path of an ICE restart carries media, ask the publishers of
+        ``track_ids`` (taken then) for keyframes: what was lost meanwhile cannot be
+        decoded without one."""
+
+        async def when_usable() -> None:
+            await swap.usable.wait()
+            logger.info("ICE restart: the new path carries media")
+            for track_id in track_ids():
+                forwarder = self._forwarders.get(track_id)
+                if forwarder is not None:
+                    forwarder.request_keyframe()
+
+        waiting = asyncio.ensure_future(when_usable())
+        self._closing.add(waiting)
+        waiting.add_done_callback(self._closing.discard)
+        if swap.task is not None:
+            # A restart that fails never becomes usable: stop waiting for it.
+            swap.task.add_done_callback(lambda _: waiting.cancel())
+
+    def _drop_publish_pc(self, media: ParticipantMedia) -> list[str]:
+        """Forget the publish connection (closed in the background); its client
+        connection's offers are refused from now on. Returns the tracks it carried."""
+        pc, media.publish_pc = media.publish_pc, None
+        if media.publish_fingerprint is not None:
+            media.dropped_fingerprints.add(media.publish_fingerprint)
+        media.publish_fingerprint = None
+        stopped = list(media.published.values())
+        media.published.clear()
+        if pc is not None:
+            task = asyncio.ensure_future(pc.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return stopped
+
     def _new_subscribe_pc(self, media: ParticipantMedia) -> RTCPeerConnection:
-        return new_peer_connection(self._settings)
+        pc = new_peer_connection(self._settings)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "failed" and not media.closed and media.subscribe_pc is pc:
+                # Nothing more reaches the client on it: offer a new one.
+                await self._new_subscribe_connection(media)
+
+        return pc
+
+    async def _new_subscribe_connection(self, media: ParticipantMedia) -> None:
+        """Move every subscription to a new subscribe connection and offer it as new."""
+        async with media.lock:
+            if media.closed:
+                return
+            old = media.subscribe_pc
+            for subscription in media.subscriptions.values():
+                subscription.attachment.detach()
+            media.retiring.clear()
+            media.offered_inactive.clear()
+            media.free.clear()
+            media.offer_in_flight = False
+            media.restart_ice = False
+            if media.answer_timer is not None:
+                media.answer_timer.cancel()
+                media.answer_timer = None
+            media.subscribe_pc = None
+            if old is not None:
+                await old.close()
+            if media.subscriptions:
+                pc = media.subscribe_pc = self._new_subscribe_pc(media)
+                for track_id, subscription in list(media.subscriptions.items()):
+                    forwarder = self._forwarders.get(track_id)
+                    if forwarder is None:
+                        del media.subscriptions[track_id]
+                        continue
+                    attachment = forwarder.attach(pc)
+                    attachment.transceiver.direction = "sendonly"
+                    subscription.attachment = attachment
+                media.new_connection = True
+        self._schedule_offer(media)
 
     def _forwarder_ended(self, participant_id: str, track_id: str) -> None:
         # The publisher's track ended by itself (RTCP BYE, peer connection gone).
@@ -672,6 +870,9 @@ class Sfu:
     def _schedule_offer(self, media: ParticipantMedia) -> None:
         if media.closed:
             return
+        if media.send is None:
+            media.renegotiate = True  # offered once a socket takes the seat
+            return
         if media.offer_in_flight or (
             media.negotiation_task is not None and not media.negotiation_task.done()
         ):
@@ -684,11 +885,18 @@ class Sfu:
     async def _send_subscribe_offer(self, media: ParticipantMedia) -> None:
         async with media.lock:
             pc = media.subscribe_pc
+            send = media.send
             # aiortc closes a connection by itself once the viewer closed its side
             # (DTLS close_notify), before the viewer's socket is seen to close.
             if pc is None or media.closed or media.offer_in_flight or _is_closed(pc):
                 return
+            if send is None:
+                media.renegotiate = True
+                return
             media.renegotiate = False
+            if media.restart_ice:
+                media.restart_ice = False
+                await ice_restart.prepare_offer(pc)
             try:
                 await pc.setLocalDescription(await pc.createOffer())
             except InvalidStateError:
@@ -706,15 +914,22 @@ class Sfu:
             media.offered_inactive += media.retiring
             media.retiring.clear()
             media.offer_in_flight = True
+            media.offer_id += 1
+            offer = p.SubscribeOffer(
+                sdp=sdp, tracks=tracks, offer_id=media.offer_id, new_connection=media.new_connection
+            )
+            media.new_connection = False
             media.answer_timer = asyncio.get_running_loop().call_later(
                 self._negotiation_timeout, self._answer_timed_out, media
             )
-        await media.send(p.SubscribeOffer(sdp=sdp, tracks=tracks))
+        await send(offer)
 
     def _answer_timed_out(self, media: ParticipantMedia) -> None:
         media.answer_timer = None
         if media.offer_in_flight and not media.closed and self._on_negotiation_timeout:
-            # Nothing can be offered to it any more: its connection must start again.
+            # Nothing can be offered to it any more: its socket is closed, and the
+            # next one gets a new subscribe connection.
+            media.subscribe_stuck = True
             self._on_negotiation_timeout(media.participant_id)
 
 

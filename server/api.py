@@ -222,6 +222,10 @@ class Api:
             raise ApiError(401, f"credentials refused: {exc.reason}") from None
         if grant.role is not Role.TEACHER:
             raise ApiError(403, "only teachers and the operator may use the API")
+        # A link removed from its lesson opens no door: not the socket, not the API,
+        # and so mints no links either.
+        if self.state.records.is_banned(grant.lesson, grant.token_id):
+            raise ApiError(403, "this link was removed from the lesson")
         return Principal(admin=False, lesson=grant.lesson, expires_at=grant.expires_at)
 
     def _admin(self, request: Request) -> None:

@@ -151,10 +151,24 @@ def build_parser() -> argparse.ArgumentParser:
         "reassembled frames with aiortc's senders (the stock path, for comparison)",
     )
     serve.add_argument(
+        "--ping-interval",
+        type=float,
+        default=float(os.environ.get("LCO_PING_INTERVAL", "2")),
+        help="seconds between the server's keep-alive pings on each socket (default 2)",
+    )
+    serve.add_argument(
         "--idle-timeout",
         type=float,
-        default=float(os.environ.get("LCO_IDLE_TIMEOUT", "45")),
-        help="seconds of silence after which a socket is closed (default 45)",
+        default=float(os.environ.get("LCO_IDLE_TIMEOUT", "4")),
+        help="seconds of silence (no pong, no message) after which a socket is taken "
+        "as gone and closed; clients drop a server silent as long (default 4)",
+    )
+    serve.add_argument(
+        "--seat-grace",
+        type=duration,
+        default=os.environ.get("LCO_SEAT_GRACE", "60"),
+        help="how long a participant's seat (its id, what moderators decided, its media) "
+        "is held for its link after its socket went, e.g. 60 or 2m (default 60 s)",
     )
     serve.add_argument(
         "--negotiation-timeout",
@@ -273,6 +287,8 @@ def _networks(values: list[str]) -> tuple[str, ...]:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Turn ``lco serve`` arguments (and environment) into settings."""
+    if not 0 < args.ping_interval < args.idle_timeout:
+        raise SystemExit("lco serve: --ping-interval must be above 0 and below --idle-timeout")
     ice_hosts = args.ice_host or _env_list("LCO_ICE_HOSTS") or None
     ice_specs = args.ice_server or _env_list("LCO_ICE_SERVERS")
     origins = args.allowed_origin or _env_list("LCO_ALLOWED_ORIGINS")
@@ -291,7 +307,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         turn=_turn_from_args(args),
         allowed_origins=tuple(origins),
         join_timeout=args.join_timeout,
+        ping_interval=args.ping_interval,
         idle_timeout=args.idle_timeout,
+        seat_grace=float(args.seat_grace),
         negotiation_timeout=args.negotiation_timeout,
         max_link_lifetime=args.max_link_lifetime,
         connection_limits=ConnectionLimits(
@@ -386,7 +404,10 @@ def _publish(args: argparse.Namespace) -> int:
     if args.report:
         result["seconds"] = round(time.monotonic() - started, 2)
         print(json.dumps(result, indent=2))
-    return 0 if not result.get("error") else 1
+    if result.get("error"):
+        print(f"lco publish: {result['error']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,7 +64,13 @@ class Settings:
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: bytes = b""
     join_timeout: float = 10.0
-    idle_timeout: float = 45.0
+    # The server pings every ``ping_interval`` seconds and closes a socket silent for
+    # ``idle_timeout`` (the client does the same with the server's pings).
+    ping_interval: float = 2.0
+    idle_timeout: float = 4.0
+    # Seconds a participant's seat (id, decisions about it, media) is held for its
+    # link after its socket went.
+    seat_grace: float = 60.0
     # Seconds a subscribe offer waits for the client's answer before the client's
     # connection is closed (it reconnects and starts its media again).
     negotiation_timeout: float = 15.0

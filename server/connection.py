@@ -2,8 +2,10 @@
 
 The owner task reads frames and posted events from one inbox, feeds them to the
 sans-I/O :class:`SignalingSession` and carries out the effects. One writer task
-sends everything; a pump task moves the participant's bus messages to it.
-Cleanup runs in ``finally`` whatever ends the connection.
+sends everything; a pump task moves the participant's bus messages to it; a
+keep-alive task pings the client. Cleanup runs in ``finally`` whatever ends the
+connection: the participant's seat is then held for a reconnect (or freed), and its
+media stays with the seat, not with the socket.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus, Subscription, participant_topic
-from signaling.lesson import (
+from signaling.effects import (
     Announce,
     Deliver,
     Effect,
+    EndMedia,
+    HoldSeat,
     PauseTrack,
     Record,
+    ResetMedia,
     StopTrack,
     Subscribe,
     Unsubscribe,
@@ -37,6 +42,7 @@ from signaling.session import (
     Joined,
     NegotiatePublish,
     Reply,
+    RestartIce,
     SessionEffect,
     SessionState,
     SignalingSession,
@@ -54,6 +60,12 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+
+# What may wait to be written to one socket. A client that does not read (a frozen
+# tab, or an attacker asking for chat pages and never reading them) is cut off
+# when its unread messages pass either bound, so each socket costs at most this.
+MAX_OUTBOX_MESSAGES = 1024
+MAX_OUTBOX_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +93,50 @@ class _OfferSent:
     pass
 
 
-_InboxItem = _Frame | _Disconnected | _TrackEnded | _NegotiationFailed | _OfferSent
+@dataclass(frozen=True, slots=True)
+class _Replaced:
+    pass
+
+
+_InboxItem = _Frame | _Disconnected | _TrackEnded | _NegotiationFailed | _OfferSent | _Replaced
+
+
+class Outbox:
+    """What waits to be written to the socket, bounded in messages and bytes.
+
+    ``None`` asks the writer to close the socket. Past a bound, :meth:`put` returns
+    False and keeps nothing more: the owner then drops the connection."""
+
+    def __init__(
+        self, max_messages: int = MAX_OUTBOX_MESSAGES, max_bytes: int = MAX_OUTBOX_BYTES
+    ) -> None:
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
+        self.bytes = 0
+        self.overflowed = False
+
+    def put(self, text: str) -> bool:
+        """Queue one message; False (and nothing queued) once a bound is passed."""
+        if self.overflowed:
+            return False
+        size = len(text)
+        if self._queue.qsize() >= self._max_messages or self.bytes + size > self._max_bytes:
+            self.overflowed = True
+            return False
+        self.bytes += size
+        self._queue.put_nowait(text)
+        return True
+
+    def close(self) -> None:
+        """Ask the writer to close the socket after what is queued."""
+        self._queue.put_nowait(None)
+
+    async def get(self) -> str | None:
+        text = await self._queue.get()
+        if text is not None:
+            self.bytes -= len(text)
+        return text
 
 
 class ParticipantConnection:
@@ -92,11 +147,12 @@ class ParticipantConnection:
         self._ws = websocket
         self._session = SignalingSession(secret=state.settings.secret, registry=state.registry)
         self._inbox: asyncio.Queue[_InboxItem] = asyncio.Queue(256)
-        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._outbox = Outbox()
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._close_code = CLOSE_NORMAL
         self._opened = time.monotonic()  # for the join latency metric
+        self._last_heard = time.monotonic()
 
     @property
     def participant_id(self) -> str | None:
@@ -112,6 +168,15 @@ class ParticipantConnection:
         """Called from the SFU when a subscribe offer went unanswered for too long."""
         with contextlib.suppress(asyncio.QueueFull):
             self._inbox.put_nowait(_NegotiationFailed())
+
+    def post_replaced(self) -> None:
+        """Another socket took this participant's seat: from now on the participant's
+        messages are the other socket's (the subscription ends at once), and this one
+        says bye and closes."""
+        if self._subscription is not None:
+            self._subscription.close()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbox.put_nowait(_Replaced())
 
     async def run(self) -> None:
         """Serve the socket until it closes; always releases everything."""
@@ -129,11 +194,19 @@ class ParticipantConnection:
 
     async def _own(self) -> str:
         settings = self._state.settings
+        started = time.monotonic()
         while True:
             joined = self._session.state is SessionState.JOINED
-            timeout = settings.idle_timeout if joined else settings.join_timeout
+            # Only the client's own messages count as signs of life.
+            deadline = (
+                self._last_heard + settings.idle_timeout
+                if joined
+                else started + settings.join_timeout
+            )
             try:
-                item = await asyncio.wait_for(self._inbox.get(), timeout)
+                item = await asyncio.wait_for(
+                    self._inbox.get(), max(0.0, deadline - time.monotonic())
+                )
             except TimeoutError:
                 if not joined:
                     await self._apply(self._session.join_timed_out(settings.join_timeout))
@@ -142,6 +215,13 @@ class ParticipantConnection:
                 return "timed out"
             if isinstance(item, _Disconnected):
                 return item.reason
+            if isinstance(item, _Replaced):
+                # The bye goes to this socket only: the participant's topic is the new
+                # socket's now.
+                self._send(p.Bye(reason="replaced", message="you joined from elsewhere"))
+                self._close_code = CLOSE_POLICY
+                self._outbox.close()
+                return "replaced"
             if isinstance(item, _OfferSent):
                 self._session.answer_expected()
                 continue
@@ -162,14 +242,13 @@ class ParticipantConnection:
                         list(lesson.remove_track(self.participant_id, item.track_id, "ended"))
                     )
                 continue
-            effects = self._session.receive_text(item.data, time.monotonic())
+            self._last_heard = time.monotonic()
+            effects = self._session.receive_text(item.data, self._last_heard)
             await self._apply(effects)
             if self._session.state is SessionState.CLOSED:
-                return (
-                    "left"
-                    if any(isinstance(e, Close) and e.reason == "left" for e in effects)
-                    else "closed"
-                )
+                # Leaving and flooding free the seat at once; other closes hold it.
+                reasons = [e.reason for e in effects if isinstance(e, Close)]
+                return next((r for r in reasons if r in ("left", "flood")), "closed")
 
     async def _apply(self, effects: list[SessionEffect]) -> None:
         for effect in effects:
@@ -189,16 +268,18 @@ class ParticipantConnection:
         elif isinstance(effect, Close):
             self._send(p.Bye(reason=effect.reason, message=effect.message))
             self._close_code = CLOSE_NORMAL if effect.reason == "left" else CLOSE_POLICY
-            self._outbox.put_nowait(None)
+            self._outbox.close()
         elif isinstance(effect, Joined):
             pid = effect.participant.id
             # Every later log line of this socket names it.
             lesson_id = self._session.lesson.id if self._session.lesson else "?"
             bind_participant(pid, lesson_id, effect.participant.role.value)
             state.prometheus.join_latency.observe(time.monotonic() - self._opened)
-            state.add_connection(pid, self)
+            # The participant's topic carries its messages to this socket from now on.
             self._subscription = state.bus.subscribe(participant_topic(pid))
+            state.add_connection(pid, self)
             self._tasks.append(asyncio.create_task(self._pump(self._subscription), name="ws-pump"))
+            self._tasks.append(asyncio.create_task(self._keep_alive(), name="ws-ping"))
             if state.turn is not None:
                 self._tasks.append(
                     asyncio.create_task(
@@ -207,11 +288,16 @@ class ParticipantConnection:
                     )
                 )
             client = self._ws.client
-            state.sfu.open(pid, self._deliver_to_self, client.host if client else None)
+            address = client.host if client else None
+            # The seat's media outlives its sockets: a resumed seat gets it back.
+            if not effect.resumed or not state.sfu.attach(pid, self._deliver_to_self, address):
+                state.sfu.open(pid, self._deliver_to_self, address)
         elif isinstance(effect, NegotiatePublish):
             await self._negotiate_publish(effect)
         elif isinstance(effect, AcceptSubscribeAnswer):
-            await state.sfu.accept_subscribe_answer(effect.participant_id, effect.sdp)
+            await state.sfu.accept_subscribe_answer(
+                effect.participant_id, effect.sdp, effect.offer_id
+            )
         elif isinstance(effect, AddRemoteCandidate):
             await state.sfu.add_candidate(effect.participant_id, effect.candidate)
         elif isinstance(effect, ApplyReceiveSettings):
@@ -221,6 +307,8 @@ class ParticipantConnection:
                 settings.mode,
                 {view.track_id: view.width for view in settings.tracks},
             )
+        elif isinstance(effect, RestartIce):
+            await state.sfu.restart_ice(effect.participant_id)
         else:
             await execute_lesson_effect(state, effect)
 
@@ -252,6 +340,15 @@ class ParticipantConnection:
             await asyncio.sleep(interval)
             self._send(p.IceServers(ice_servers=self._state.ice_servers_for(participant_id)))
 
+    async def _keep_alive(self) -> None:
+        """Ping the client every ``--ping-interval``; its pong is a sign of life, and
+        ours to it: a client that hears nothing for the keep-alive timeout reconnects."""
+        ping = p.encode_server_message(p.ServerPing())
+        interval = self._state.settings.ping_interval
+        while True:
+            await asyncio.sleep(interval)
+            self._put(ping)
+
     async def _deliver_to_self(self, message: p.ServerMessage) -> None:
         if isinstance(message, p.SubscribeOffer):
             # Ahead of the answer in the inbox, whatever the client's pace.
@@ -260,7 +357,13 @@ class ParticipantConnection:
         self._send(message)
 
     def _send(self, message: p.ServerMessage) -> None:
-        self._outbox.put_nowait(p.encode_server_message(message))
+        self._put(p.encode_server_message(message))
+
+    def _put(self, text: str) -> None:
+        if not self._outbox.put(text) and self._outbox.overflowed:
+            # It does not read what we send: drop it rather than hold its backlog.
+            with contextlib.suppress(asyncio.QueueFull):
+                self._inbox.put_nowait(_Disconnected("too slow"))
 
     # -- socket tasks --------------------------------------------------------
 
@@ -307,32 +410,37 @@ class ParticipantConnection:
         while True:
             text = await subscription.get()
             if text == InMemoryEventBus.OVERFLOW:
-                self._outbox.put_nowait(None)
-                return
-            self._outbox.put_nowait(text)
-            if '"bye"' in text and p.parse_server_message(text)["type"] == "bye":
-                # Kicked or replaced: the bye is the last message this socket gets.
-                self._close_code = CLOSE_POLICY
-                self._outbox.put_nowait(None)
                 with contextlib.suppress(asyncio.QueueFull):
-                    self._inbox.put_nowait(_Disconnected("replaced"))
+                    self._inbox.put_nowait(_Disconnected("too slow"))
                 return
+            self._put(text)
+            if '"bye"' in text:
+                message = p.parse_server_message(text)
+                if message["type"] == "bye":
+                    # Sent away (removed, denied, the lesson ended, the server stops):
+                    # the bye is the last message this socket gets.
+                    self._close_code = CLOSE_POLICY
+                    self._outbox.close()
+                    with contextlib.suppress(asyncio.QueueFull):
+                        self._inbox.put_nowait(_Disconnected(str(message["reason"])))
+                    return
 
     async def _cleanup(self, reason: str) -> None:
         state = self._state
         pid = self.participant_id
-        effects = self._session.disconnected(reason)
-        if pid is not None:
-            await state.sfu.close(pid)
-        for effect in effects:
-            if isinstance(
-                effect, (Deliver, Subscribe, Unsubscribe, StopTrack, PauseTrack, Record, Announce)
-            ):
-                await execute_lesson_effect(state, effect)
         if self._subscription is not None:
             self._subscription.close()
+        holds_seat = self._session.holds_seat
+        if pid is not None and holds_seat:
+            # No socket to send its media's messages to until the seat is taken again.
+            state.sfu.detach(pid)
+        effects = self._session.disconnected(reason, time.time())
+        for effect in effects:
+            if not isinstance(effect, (Reply, Close, Joined)):
+                with contextlib.suppress(p.ProtocolError):
+                    await self._apply_one(effect)
         # Let the writer flush a final bye, then stop every task of this socket.
-        self._outbox.put_nowait(None)
+        self._outbox.close()
         writer = self._tasks[1]
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(writer), 2.0)
@@ -340,9 +448,9 @@ class ParticipantConnection:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self._ws.close(self._close_code)
+            await asyncio.wait_for(self._ws.close(self._close_code), 2.0)
         if pid is not None:
-            state.remove_connection(pid)
+            state.remove_connection(pid, self)
 
 
 async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
@@ -364,3 +472,9 @@ async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
         state.sfu.set_paused(effect.track_id, effect.paused)
     elif isinstance(effect, Announce):
         state.webhooks.notify(effect.event, effect.data)
+    elif isinstance(effect, HoldSeat):
+        state.seats.hold(effect)
+    elif isinstance(effect, ResetMedia):
+        await state.sfu.reset(effect.participant_id)
+    elif isinstance(effect, EndMedia):
+        await state.sfu.close(effect.participant_id)

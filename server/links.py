@@ -2,7 +2,8 @@
 
 No link lives longer than the server's cap (``--max-link-lifetime``, 7 days by
 default) whatever the lesson's schedule says, nor longer than the token of the
-teacher who asked for it.
+teacher who asked for it, nor past an hour after the lesson's scheduled end (an
+hour from now for a lesson whose end has passed), whatever lifetime was asked for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 
 DEFAULT_MAX_LINK_LIFETIME = 7 * 24 * 3600
+# How long after a lesson's scheduled end its links still work (a lesson that runs
+# over, a student who rejoins late).
+LINK_MARGIN_AFTER_END = 3600
 
 
 class LinkError(ValueError):
@@ -64,12 +68,17 @@ class LinkMaker:
     def default_ttl(self, lesson_id: str) -> int:
         """Valid until an hour after the scheduled end, and at least an hour from now."""
         lesson = self._catalogue.lesson(lesson_id)
-        return max(3600, int(lesson.ends_at.timestamp() - time.time()) + 3600)
+        return max(
+            LINK_MARGIN_AFTER_END,
+            int(lesson.ends_at.timestamp() - time.time()) + LINK_MARGIN_AFTER_END,
+        )
 
-    def _lifetime(self, wanted: int, now: int) -> int:
+    def _lifetime(self, lesson_id: str, wanted: int, now: int) -> int:
         lifetime = min(wanted, self._max_lifetime)
         if self._not_after is not None:
             lifetime = min(lifetime, self._not_after - now)
+        ends = int(self._catalogue.lesson(lesson_id).ends_at.timestamp())
+        lifetime = min(lifetime, max(ends, now) + LINK_MARGIN_AFTER_END - now)
         if lifetime < 1:
             raise LinkError("authorization", "the token asking for links expires now")
         return lifetime
@@ -88,7 +97,7 @@ class LinkMaker:
         """One link, valid for ``ttl`` seconds within the caps; ``field`` names ``name``
         in a :class:`LinkError` if a token cannot carry it."""
         now = int(time.time())
-        lifetime = self._lifetime(ttl, now)
+        lifetime = self._lifetime(lesson_id, ttl, now)
         try:
             token = mint_token(
                 self._secret,

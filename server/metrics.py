@@ -128,6 +128,11 @@ class _StateCollector(Collector):
         )
 
         sfu = state.sfu.stats()
+        yield gauge(
+            "lco_seats_held",
+            "Seats held for a reconnect (their socket went, the grace period runs)",
+            state.seats.held(),
+        )
         yield gauge("lco_peer_connections", "WebRTC peer connections", sfu["peer_connections"])
         yield gauge(
             "lco_relayed_peer_connections",

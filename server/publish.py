@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import websockets
 from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamTrack
 
@@ -51,11 +52,14 @@ async def run_publish(
     hooks.install_counting_hooks()
     if ice_hosts:
         hooks.set_host_addresses(ice_hosts)
-    client = LessonClient(websocket_url(url), token)
+    # A dropped connection takes the seat back (same id, same media); what ends the
+    # session for good is reported, and makes ``lco publish`` exit non-zero.
+    client = LessonClient(websocket_url(url), token, reconnect=True)
     try:
         welcome = await client.connect()
-    except ConnectionError as exc:
-        return {"error": str(exc)}
+    except (OSError, websockets.WebSocketException) as exc:
+        await client.close()
+        return {"error": str(exc) or type(exc).__name__, "errors": client.errors}
     result: dict[str, Any] = {"participant_id": welcome["participant_id"]}
     try:
         tracks = _tracks(source)
@@ -66,6 +70,16 @@ async def run_publish(
                 return result
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(client.closed.wait(), duration)
+        if client.failure is not None:
+            result["error"] = client.failure
+        elif client.bye is not None and client.bye.get("reason") != "left":
+            result["error"] = f"the server ended the session: {client.bye.get('message')}"
+        refused = [e for e in client.errors if e.get("request_type") is not None]
+        if refused and "error" not in result:
+            first = refused[0]
+            result["error"] = f"the server refused {first['request_type']}: {first['message']}"
+    except ConnectionError as exc:
+        result["error"] = client.failure or str(exc)
     finally:
         result["received"] = [
             {
@@ -79,5 +93,7 @@ async def run_publish(
             for r in client.received.values()
         ]
         result["errors"] = client.errors
+        result["reconnects"] = client.reconnects
+        result["resumes"] = client.resumes
         await client.close()
     return result

@@ -17,6 +17,7 @@ from media.sfu import Sfu
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus, participant_topic
 from signaling.catalogue import Catalogue
+from signaling.effects import Effect
 from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
 from signaling.sqlite_records import SqliteRecordStore
@@ -24,6 +25,7 @@ from signaling.sqlite_records import SqliteRecordStore
 from .config import Settings
 from .live import LiveView
 from .metrics import ServerMetrics, open_fds, resident_bytes
+from .seats import SeatKeeper
 from .sessions import ConsoleSessions
 from .webhooks import Webhooks, WebhookSettings
 
@@ -58,7 +60,11 @@ class ServerState:
             logger.warning("closed %d attendance sessions left open by a previous run", closed)
         self.catalogue = Catalogue(settings.data_dir / "catalogue.sqlite3")
         self.registry = InMemoryLessonRegistry(
-            self.ice_servers_for, self.records, settings_for=self.catalogue.settings_for
+            self.ice_servers_for,
+            self.records,
+            settings_for=self.catalogue.settings_for,
+            seat_grace=settings.seat_grace,
+            keepalive=p.Keepalive(interval=settings.ping_interval, timeout=settings.idle_timeout),
         )
         self.bus = InMemoryEventBus()
         self.sfu = Sfu(
@@ -90,6 +96,7 @@ class ServerState:
         self.console_sessions = ConsoleSessions(settings.admin_key)
         self.live = LiveView(self)
         self.prometheus = ServerMetrics(self, settings.node_name)
+        self.seats = SeatKeeper(self.registry, self.execute)
         self.accepting = True
         self._no_connections = asyncio.Event()
         self._no_connections.set()
@@ -103,15 +110,27 @@ class ServerState:
         return servers
 
     def add_connection(self, participant_id: str, connection: ParticipantConnection) -> None:
-        """Register the socket that owns ``participant_id``."""
+        """Register the socket that owns ``participant_id`` now; a socket that held the
+        participant's seat before is told it was replaced."""
+        previous = self.connections.get(participant_id)
         self.connections[participant_id] = connection
         self._no_connections.clear()
+        if previous is not None and previous is not connection:
+            previous.post_replaced()
 
-    def remove_connection(self, participant_id: str) -> None:
-        """Forget a closed socket."""
-        self.connections.pop(participant_id, None)
+    def remove_connection(self, participant_id: str, connection: ParticipantConnection) -> None:
+        """Forget a closed socket (unless another one owns the participant by now)."""
+        if self.connections.get(participant_id) is connection:
+            del self.connections[participant_id]
         if not self.connections:
             self._no_connections.set()
+
+    async def execute(self, effects: list[Effect]) -> None:
+        """Carry out lesson effects in order (for changes made outside any socket)."""
+        from .connection import execute_lesson_effect
+
+        for effect in effects:
+            await execute_lesson_effect(self, effect)
 
     def record(self, record: Record) -> None:
         """Write a lesson record durably (attendance, chat, removals, lesson end)."""
@@ -127,6 +146,16 @@ class ServerState:
         connection = self.connections.get(participant_id)
         if connection is not None:
             connection.post_track_ended(track_id)
+            return
+        # A held seat (no socket owns it now): its lesson hears of it all the same.
+        lesson_id = self.seats.lesson_of(participant_id)
+        if lesson_id is not None:
+            lesson = self.registry.find(lesson_id)
+            if lesson is not None:
+                live = lesson
+                self.seats.apply(
+                    lesson_id, lambda: live.remove_track(participant_id, track_id, "ended")
+                )
 
     def _negotiation_timed_out(self, participant_id: str) -> None:
         connection = self.connections.get(participant_id)
@@ -143,6 +172,7 @@ class ServerState:
         )
         for participant_id in list(self.connections):
             await self.bus.publish(participant_topic(participant_id), bye)
+        await self.seats.close()
         await self.sfu.close_all()
         # Each connection leaves once its writer has sent the bye; wait for that,
         # bounded, before uvicorn closes the sockets.
@@ -178,6 +208,7 @@ class ServerState:
             "accepting": self.accepting,
             "lessons": len(self.registry.lessons()),
             "connections": len(self.connections),
+            "held_seats": self.seats.held(),
             "bus_topics": self.bus.topic_count(),
             "webhooks": {
                 "delivered": self.webhooks.delivered,

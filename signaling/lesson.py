@@ -16,6 +16,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from . import protocol as p
+from .effects import (
+    Announce,
+    Deliver,
+    Effect,
+    EndMedia,
+    HoldSeat,
+    PauseTrack,
+    Record,
+    ResetMedia,
+    StopTrack,
+    Subscribe,
+    Unsubscribe,
+)
 from .permissions import (
     CHAT_POLICY_ROLES,
     TEACHING_ROLES,
@@ -34,70 +47,18 @@ from .records import (
     ChatRecord,
     LessonEndedRecord,
     LessonHistory,
+    ModerationRecord,
+    PublishDecision,
 )
-from .records import Record as RecordData
 from .tokens import Grant
 
-# --- effects -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """Send ``message`` to one participant (a ``bye`` also closes its socket)."""
-
-    to: str
-    message: p.ServerMessage
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribe:
-    """Start forwarding ``track`` of ``publisher`` to ``subscriber``."""
-
-    subscriber: str
-    publisher: str
-    track: p.TrackInfo
-
-
-@dataclass(frozen=True, slots=True)
-class Unsubscribe:
-    """Stop forwarding one track to one subscriber (the track goes on for others)."""
-
-    subscriber: str
-    track_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class StopTrack:
-    """Stop forwarding a published track at the server; it ends for every subscriber."""
-
-    publisher: str
-    track_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class PauseTrack:
-    """Stop (or resume) forwarding a track to everyone, at once (moderator mute)."""
-
-    track_id: str
-    paused: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """Write ``data`` durably before carrying out the effects that follow."""
-
-    data: RecordData
-
-
-@dataclass(frozen=True, slots=True)
-class Announce:
-    """Something outside the lesson may want to hear of (webhooks); never blocks it."""
-
-    event: str
-    data: dict[str, object]
-
-
-Effect = Deliver | Subscribe | Unsubscribe | StopTrack | PauseTrack | Record | Announce
+# Seconds a seat is held for its link after the socket went (``lco serve --seat-grace``).
+DEFAULT_SEAT_GRACE = 60.0
+# Why a socket went, when its seat is freed at once instead of held: the participant
+# left on purpose, was sent away, misbehaved, or the server is stopping.
+RELEASED_AT_ONCE = frozenset(
+    {"left", "removed", "denied", "lesson_ended", "flood", "server_shutdown"}
+)
 
 
 # --- state -------------------------------------------------------------------
@@ -130,6 +91,13 @@ class Participant:
     presenter: bool = False
     hand_raised_at: float | None = None
     group: str | None = None
+    # The seat: which socket holds it (bumped each time a socket takes it), and while
+    # no socket does, since when, until when it is held and why its socket went.
+    epoch: int = 0
+    connected: bool = True
+    disconnected_at: float | None = None
+    held_until: float | None = None
+    hold_reason: str = ""
 
     def may(self, permission: Permission) -> bool:
         """Whether this participant holds ``permission`` right now."""
@@ -152,6 +120,7 @@ class Participant:
             presenter=self.presenter,
             hand_raised=self.hand_raised_at is not None,
             group=self.group,
+            connected=self.connected,
         )
 
 
@@ -180,8 +149,24 @@ class _Waiting:
     needs_admission: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A socket joined: the participant whose seat it holds now, what follows, and
+    whether it took over a seat its link already held (same id, same state)."""
+
+    participant: Participant
+    effects: list[Effect]
+    resumed: bool
+
+
 class Lesson:
-    """All live state of one lesson on this node."""
+    """All live state of one lesson on this node.
+
+    A participant's seat belongs to its join link (``Grant.token_id``), not to a
+    socket: when the socket goes, the seat is held for ``seat_grace`` seconds and a
+    socket of the same link takes it back (same id, same state); a second socket of
+    a link takes the seat from the first.
+    """
 
     def __init__(
         self,
@@ -190,6 +175,8 @@ class Lesson:
         settings: LessonSettings | None = None,
         history: LessonHistory | None = None,
         clock: Callable[[], float] = time.time,
+        seat_grace: float = DEFAULT_SEAT_GRACE,
+        keepalive: p.Keepalive | None = None,
     ) -> None:
         self.id = lesson_id
         self.settings = settings or LessonSettings()
@@ -200,6 +187,8 @@ class Lesson:
         self.spotlight: str | None = None
         self.breakout = False
         self.broadcast_audio_from: str | None = None
+        self.seat_grace = seat_grace
+        self._keepalive = keepalive
         self._ice_servers = ice_servers or _no_ice_servers
         self._clock = clock
         self._track_numbers = itertools.count(1)
@@ -208,19 +197,37 @@ class Lesson:
         history = history or LessonHistory()
         self._chat: list[ChatRecord] = list(history.chat)
         self._banned: set[str] = set(history.banned)
+        # Per link: what moderators decided (mute, publish grant or revocation).
+        self._moderation: dict[str, ModerationRecord] = dict(history.moderation)
+        # Links a moderator let in from the lobby: they do not wait again.
+        self._admitted: set[str] = set()
         self.ended = history.ended
         self._chat_ids = itertools.count(max((c.entry.id for c in self._chat), default=0) + 1)
 
     # -- membership ------------------------------------------------------
 
-    def join(self, grant: Grant) -> tuple[Participant, list[Effect]]:
-        """Let the holder of ``grant`` in, or into the lobby; the token is already verified."""
+    def join(self, grant: Grant, resume_media: bool = False) -> tuple[Participant, list[Effect]]:
+        """:meth:`enter`, for callers that need not know whether a seat was resumed."""
+        entry = self.enter(grant, resume_media)
+        return entry.participant, entry.effects
+
+    def enter(self, grant: Grant, resume_media: bool = False) -> Entry:
+        """Let the holder of ``grant`` in (or into the lobby), into the seat its link
+        holds if it holds one; the token is already verified.
+
+        ``resume_media``: the client kept the peer connections of its previous socket;
+        otherwise a resumed seat's media starts over (:class:`ResetMedia`)."""
         if grant.lesson != self.id:
             raise Forbidden("this join link is for another lesson", "join", "bad_token")
         if self.ended:
             raise Forbidden("this lesson has ended", "join", "lesson_ended")
         if grant.token_id in self._banned:
             raise Forbidden("you were removed from this lesson", "join", "removed")
+        seat = self._seat_of(grant.token_id)
+        if seat is not None:
+            if seat.id in self.waiting:
+                return Entry(seat, self._retake_lobby_seat(seat), resumed=True)
+            return Entry(seat, self._retake_seat(seat, resume_media), resumed=True)
         participant = Participant(
             id=secrets.token_hex(6),
             name=grant.name,
@@ -234,30 +241,81 @@ class Lesson:
         teaching = participant.role in TEACHING_ROLES
         if self.locked and not teaching:
             raise Forbidden("the lesson is locked; nobody new can join", "join", "locked")
-        if self.settings.students_publish and can_be_granted(participant.role, Permission.PUBLISH):
-            participant.granted.add(Permission.PUBLISH)
-        needs_admission = self._needs_admission(participant)
+        self._apply_link_moderation(participant)
+        needs_admission = (
+            self._needs_admission(participant) and participant.token_id not in self._admitted
+        )
         if needs_admission or (self.settings.wait_for_teacher and not self._teacher_present()):
             if not teaching:
-                return participant, self._to_lobby(participant, needs_admission)
+                return Entry(participant, self._to_lobby(participant, needs_admission), False)
         effects = self._enter(participant)
         if teaching:
             effects += self._admit_those_waiting_for_a_teacher()
-        return participant, effects
+        return Entry(participant, effects, resumed=False)
 
-    def leave(self, participant_id: str, reason: str) -> list[Effect]:
-        """Remove a participant (left, disconnected, removed); its tracks end."""
+    def disconnect(self, participant_id: str, epoch: int, reason: str, now: float) -> list[Effect]:
+        """The socket that took the seat at ``epoch`` went, for ``reason``.
+
+        The seat is held until ``now + seat_grace`` (others see it disconnected, its
+        tracks and everything decided about it stay), unless the participant left on
+        purpose or was sent away (:data:`RELEASED_AT_ONCE`), the lesson ended, or it
+        was waiting in the lobby: then it leaves at once. A socket that no longer holds
+        the seat (another one took it) changes nothing."""
+        waiting = self.waiting.get(participant_id)
+        if waiting is not None:
+            if waiting.participant.epoch != epoch:
+                return []
+            return self.leave(participant_id, reason)
+        participant = self.participants.get(participant_id)
+        if participant is None or participant.epoch != epoch or not participant.connected:
+            return []
+        if reason in RELEASED_AT_ONCE or self.ended or self.seat_grace <= 0:
+            return self.leave(participant_id, reason)
+        participant.connected = False
+        participant.disconnected_at = now
+        participant.held_until = now + self.seat_grace
+        participant.hold_reason = reason
+        gone = p.ParticipantDisconnected(
+            participant_id=participant_id, reason=reason, seat_held_until=participant.held_until
+        )
+        return [
+            self._attendance(participant, AttendanceKind.DISCONNECTED, reason=reason, at=now),
+            *[Deliver(other, gone) for other in self.participants if other != participant_id],
+            HoldSeat(self.id, participant_id, participant.held_until),
+        ]
+
+    def release(self, participant_id: str, now: float) -> list[Effect]:
+        """Free a held seat whose time is up: the participant leaves, in attendance at
+        the time its socket went. A seat taken again (or held anew, later) stays."""
+        participant = self.participants.get(participant_id)
+        if (
+            participant is None
+            or participant.connected
+            or participant.held_until is None
+            or now < participant.held_until
+        ):
+            return []
+        return self.leave(participant_id, participant.hold_reason, at=participant.disconnected_at)
+
+    def held_seats(self) -> list[Participant]:
+        """Participants whose seat is held for a reconnect."""
+        return [x for x in self.participants.values() if not x.connected]
+
+    def leave(self, participant_id: str, reason: str, at: float | None = None) -> list[Effect]:
+        """Remove a participant (left, disconnected, removed, released); its tracks end.
+        ``at``: when, for attendance (now if not given)."""
         waiting = self.waiting.pop(participant_id, None)
         if waiting is not None:
             return [
-                self._attendance(waiting.participant, AttendanceKind.LEFT, reason=reason),
-                *self._lobby_changed(),
+                self._attendance(waiting.participant, AttendanceKind.LEFT, reason=reason, at=at),
+                *self._lobby_changed(removed=[participant_id]),
+                EndMedia(participant_id),
             ]
         participant = self.participants.pop(participant_id, None)
         if participant is None:
             return []
         effects: list[Effect] = [
-            self._attendance(participant, AttendanceKind.LEFT, reason=reason),
+            self._attendance(participant, AttendanceKind.LEFT, reason=reason, at=at),
             Announce("participant.left", {**self._about(participant), "reason": reason}),
         ]
         effects += [StopTrack(participant_id, track_id) for track_id in participant.tracks]
@@ -276,16 +334,94 @@ class Lesson:
             if self.broadcast_audio_from == participant_id:
                 self.broadcast_audio_from = None
             effects += self._lesson_changed()
+        effects.append(EndMedia(participant_id))
         return effects
 
     @property
     def is_empty(self) -> bool:
-        """Nobody is in the lesson or waiting for it."""
+        """Nobody is in the lesson or waiting for it (held seats count as in)."""
         return not self.participants and not self.waiting
 
     def is_waiting(self, participant_id: str) -> bool:
         """Whether the participant is in the lobby."""
         return participant_id in self.waiting
+
+    def epoch_of(self, participant_id: str) -> int | None:
+        """Which socket holds the participant's seat now (see :meth:`disconnect`)."""
+        waiting = self.waiting.get(participant_id)
+        if waiting is not None:
+            return waiting.participant.epoch
+        participant = self.participants.get(participant_id)
+        return None if participant is None else participant.epoch
+
+    def _seat_of(self, token_id: str) -> Participant | None:
+        for participant in self.participants.values():
+            if participant.token_id == token_id:
+                return participant
+        for waiting in self.waiting.values():
+            if waiting.participant.token_id == token_id:
+                return waiting.participant
+        return None
+
+    def _retake_seat(self, participant: Participant, resume_media: bool) -> list[Effect]:
+        """A socket of the seat's link takes it: held (a reconnect) or from another
+        socket (a second tab, or a reconnect the server had not noticed yet)."""
+        held = not participant.connected
+        participant.epoch += 1
+        participant.connected = True
+        participant.disconnected_at = participant.held_until = None
+        participant.hold_reason = ""
+        effects: list[Effect] = []
+        if held:
+            back = p.ParticipantReconnected(participant_id=participant.id)
+            effects += [
+                self._attendance(participant, AttendanceKind.RECONNECTED),
+                *[Deliver(other, back) for other in self.participants if other != participant.id],
+            ]
+        if not resume_media:
+            # A new page: what the old one published ends, and what it received is
+            # offered again on a new subscribe connection.
+            for track_id in list(participant.tracks):
+                effects += self.remove_track(participant.id, track_id, "reconnected")
+            effects.append(ResetMedia(participant.id))
+        effects += self._welcome(participant, resumed=True)
+        return effects
+
+    def _retake_lobby_seat(self, participant: Participant) -> list[Effect]:
+        """Another socket of a waiting link: it takes the one lobby seat (moderators
+        see no change)."""
+        participant.epoch += 1
+        waiting = self.waiting[participant.id]
+        return [Deliver(participant.id, self._lobby_wait(participant, waiting.needs_admission))]
+
+    def _apply_link_moderation(self, participant: Participant) -> None:
+        """What moderators decided about this link holds for its new seat too."""
+        decided = self._moderation.get(participant.token_id)
+        revoked = decided is not None and decided.publish == "revoked"
+        granted = decided is not None and decided.publish == "granted"
+        if (granted or (self.settings.students_publish and not revoked)) and can_be_granted(
+            participant.role, Permission.PUBLISH
+        ):
+            participant.granted.add(Permission.PUBLISH)
+        if decided is not None:
+            participant.muted = {k for k in ("audio", "video") if k in decided.muted}
+
+    def _decided(
+        self, participant: Participant, publish: PublishDecision | None = None
+    ) -> list[Effect]:
+        """Record what moderators decided about the participant's link (its mutes and,
+        if given, a publish grant or revocation), if that changed."""
+        before = self._moderation.get(participant.token_id)
+        record = ModerationRecord(
+            self.id,
+            participant.token_id,
+            tuple(sorted(participant.muted)),
+            publish or (before.publish if before is not None else None),
+        )
+        if record == before:
+            return []
+        self._moderation[participant.token_id] = record
+        return [Record(record)]
 
     # -- the lobby -------------------------------------------------------
 
@@ -298,10 +434,11 @@ class Lesson:
         self._require_on(actor, Permission.ADMIT, waiting.participant, "admit")
         del self.waiting[target_id]
         participant = waiting.participant
+        self._admitted.add(participant.token_id)
         return [
             self._attendance(participant, AttendanceKind.ADMITTED, by=actor.name),
             *self._enter(participant),
-            *self._lobby_changed(),
+            *self._lobby_changed(removed=[target_id]),
         ]
 
     def deny(self, actor_id: str, target_id: str) -> list[Effect]:
@@ -318,7 +455,8 @@ class Lesson:
                 target_id,
                 p.Bye(reason="denied", message="the teacher did not let you into this lesson"),
             ),
-            *self._lobby_changed(),
+            *self._lobby_changed(removed=[target_id]),
+            EndMedia(target_id),
         ]
 
     def lock(self, actor_id: str, locked: bool) -> list[Effect]:
@@ -373,7 +511,7 @@ class Lesson:
                 "grant_publish",
             )
         target.granted.add(Permission.PUBLISH)
-        return self._rights_changed(target)
+        return self._decided(target, "granted") + self._rights_changed(target)
 
     def revoke_publish(self, actor_id: str, target_id: str) -> list[Effect]:
         """Take back a publish grant; the target's tracks stop at the server at once."""
@@ -385,7 +523,8 @@ class Lesson:
                     f"a {target.role.value} publishes by role; there is no grant to revoke",
                     "revoke_publish",
                 )
-            return []
+            # Nothing to take back now, but it holds for the link's next seat too.
+            return self._decided(target, "revoked")
         return self._withdraw_publishing(target)
 
     # -- moderation ------------------------------------------------------
@@ -429,7 +568,12 @@ class Lesson:
             return []
         target.muted.discard(kind)
         effects: list[Effect] = [
-            PauseTrack(track.id, False) for track in target.tracks.values() if track.kind == kind
+            *self._decided(target),
+            *[
+                PauseTrack(track.id, False)
+                for track in target.tracks.values()
+                if track.kind == kind
+            ],
         ]
         notice = p.Notice(
             code=f"unmute_allowed_{kind}",
@@ -466,6 +610,7 @@ class Lesson:
         if presenter:
             if not target.may(Permission.PUBLISH):
                 target.granted.add(Permission.PUBLISH)
+                return self._decided(target, "granted") + self._rights_changed(target)
             return self._rights_changed(target)
         if Permission.PUBLISH in target.granted:
             return self._withdraw_publishing(target)
@@ -491,11 +636,15 @@ class Lesson:
         self.ended = True
         bye = p.Bye(reason="lesson_ended", message=message)
         everyone = [*self.participants, *self.waiting]
-        return [
+        effects: list[Effect] = [
             Record(LessonEndedRecord(self.id, self._clock())),
             Announce("lesson.ended", {"lesson": self.id, "message": message}),
             *[Deliver(pid, bye) for pid in everyone],
         ]
+        # Held seats have no socket to close: they are freed now, as of their drop.
+        for held in self.held_seats():
+            effects += self.leave(held.id, "lesson_ended", at=held.disconnected_at)
+        return effects
 
     # -- hands -------------------------------------------------------------
 
@@ -532,7 +681,7 @@ class Lesson:
         effects = self._hands_changed()
         if not target.may(Permission.PUBLISH) and can_be_granted(target.role, Permission.PUBLISH):
             target.granted.add(Permission.PUBLISH)
-            return effects + self._rights_changed(target)
+            return effects + self._decided(target, "granted") + self._rights_changed(target)
         return effects + self._updated(target)
 
     def hands(self) -> list[p.Hand]:
@@ -569,15 +718,33 @@ class Lesson:
         self._require(actor_id, Permission.RUN_LESSON, "broadcast")
         return self._post(self._get(actor_id), text, "all_groups", set(self.participants))
 
-    def chat_history_for(self, participant: Participant) -> list[p.ChatEntry]:
-        """Earlier messages this participant may read."""
-        return [
+    def chat_history_for(
+        self,
+        participant: Participant,
+        before: int | None = None,
+        limit: int = p.CHAT_HISTORY_ON_JOIN,
+    ) -> tuple[list[p.ChatEntry], bool]:
+        """The newest ``limit`` messages this participant may read that were sent
+        before message ``before`` (all if None), oldest first, and whether they are
+        all that is left."""
+        readable = [
             record.entry
             for record in self._chat
-            if record.entry.to != "teachers"
-            or _teaches(participant)
-            or record.from_identity == participant.token_id
+            if (before is None or record.entry.id < before)
+            and (
+                record.entry.to != "teachers"
+                or _teaches(participant)
+                or record.from_identity == participant.token_id
+            )
         ]
+        page = readable[-limit:] if limit > 0 else []
+        return page, len(page) == len(readable)
+
+    def fetch_chat(self, participant_id: str, before: int | None, limit: int) -> list[Effect]:
+        """An older page of chat for one participant."""
+        participant = self._get(participant_id)
+        messages, complete = self.chat_history_for(participant, before, limit)
+        return [Deliver(participant_id, p.ChatHistory(messages=messages, complete=complete))]
 
     # -- breakout groups -------------------------------------------------
 
@@ -656,8 +823,7 @@ class Lesson:
     def _teacher_present(self) -> bool:
         return any(x.role in TEACHING_ROLES for x in self.participants.values())
 
-    def _to_lobby(self, participant: Participant, needs_admission: bool) -> list[Effect]:
-        self.waiting[participant.id] = _Waiting(participant, needs_admission)
+    def _lobby_wait(self, participant: Participant, needs_admission: bool) -> p.LobbyWait:
         reason: Literal["lobby", "waiting_for_teacher"] = (
             "lobby" if needs_admission else "waiting_for_teacher"
         )
@@ -666,23 +832,31 @@ class Lesson:
             if needs_admission
             else "please wait: the teacher has not joined yet"
         )
+        return p.LobbyWait(
+            participant_id=participant.id,
+            reason=reason,
+            message=message,
+            keepalive=self._keepalive,
+        )
+
+    def _to_lobby(self, participant: Participant, needs_admission: bool) -> list[Effect]:
+        self.waiting[participant.id] = _Waiting(participant, needs_admission)
         return [
             self._attendance(participant, AttendanceKind.WAITING),
-            Deliver(
-                participant.id,
-                p.LobbyWait(participant_id=participant.id, reason=reason, message=message),
-            ),
-            *self._lobby_changed(),
+            Deliver(participant.id, self._lobby_wait(participant, needs_admission)),
+            *self._lobby_changed(added=[participant]),
         ]
 
     def _admit_those_waiting_for_a_teacher(self) -> list[Effect]:
         effects: list[Effect] = []
+        admitted: list[str] = []
         for pid, waiting in list(self.waiting.items()):
             if not waiting.needs_admission:
                 del self.waiting[pid]
+                admitted.append(pid)
                 effects += self._enter(waiting.participant)
-        if effects:
-            effects += self._lobby_changed()
+        if admitted:
+            effects += self._lobby_changed(removed=admitted)
         return effects
 
     def _enter(self, participant: Participant) -> list[Effect]:
@@ -695,29 +869,40 @@ class Lesson:
         effects += [
             self._attendance(participant, AttendanceKind.JOINED),
             Announce("participant.joined", self._about(participant)),
-            Deliver(
-                participant.id,
-                p.Welcome(
-                    participant_id=participant.id,
-                    lesson=self.id,
-                    you=participant.info(),
-                    permissions=participant.permissions(),
-                    participants=[other.info() for other in others],
-                    ice_servers=self._ice_servers(participant.id),
-                    state=self.state(),
-                ),
-            ),
+            *self._welcome(participant, resumed=False),
         ]
-        history = self.chat_history_for(participant)
-        if history:
-            effects.append(Deliver(participant.id, p.ChatHistory(messages=history)))
-        if self.hands():
-            effects.append(Deliver(participant.id, p.HandsChanged(queue=self.hands())))
-        if self.waiting and participant.may(Permission.ADMIT):
-            effects.append(Deliver(participant.id, self._lobby_message()))
         joined = p.ParticipantJoined(participant=participant.info())
         effects += [Deliver(other.id, joined) for other in others]
         return effects + self._reconcile()
+
+    def _welcome(self, participant: Participant, resumed: bool) -> list[Effect]:
+        """What a participant's socket gets when it takes its seat: the welcome, the
+        newest chat, the hands, and (for those who admit) the lobby."""
+        pid = participant.id
+        effects: list[Effect] = [
+            Deliver(
+                pid,
+                p.Welcome(
+                    participant_id=pid,
+                    lesson=self.id,
+                    you=participant.info(),
+                    permissions=participant.permissions(),
+                    participants=[x.info() for x in self.participants.values() if x.id != pid],
+                    ice_servers=self._ice_servers(pid),
+                    state=self.state(),
+                    resumed=resumed,
+                    keepalive=self._keepalive,
+                ),
+            )
+        ]
+        history, complete = self.chat_history_for(participant)
+        if history or resumed:
+            effects.append(Deliver(pid, p.ChatHistory(messages=history, complete=complete)))
+        if self.hands() or resumed:
+            effects.append(Deliver(pid, p.HandsChanged(queue=self.hands())))
+        if (self.waiting or resumed) and participant.may(Permission.ADMIT):
+            effects.append(Deliver(pid, self._lobby_message()))
+        return effects
 
     def _visible(self, subscriber: Participant, publisher: Participant, track: p.TrackInfo) -> bool:
         if subscriber.id == publisher.id or not subscriber.may(Permission.SUBSCRIBE):
@@ -748,7 +933,8 @@ class Lesson:
             return []
         target.muted.add(kind)
         effects: list[Effect] = [
-            PauseTrack(track.id, True) for track in target.tracks.values() if track.kind == kind
+            *self._decided(target),
+            *[PauseTrack(track.id, True) for track in target.tracks.values() if track.kind == kind],
         ]
         notice = p.Notice(code=f"muted_{kind}", message=message)
         return [*effects, Deliver(target.id, notice), *self._updated(target)]
@@ -756,7 +942,7 @@ class Lesson:
     def _withdraw_publishing(self, target: Participant) -> list[Effect]:
         target.granted.discard(Permission.PUBLISH)
         target.presenter = False
-        effects: list[Effect] = []
+        effects: list[Effect] = self._decided(target, "revoked")
         for track_id in list(target.tracks):
             effects += self.remove_track(target.id, track_id, "publishing revoked")
         return effects + self._rights_changed(target)
@@ -813,13 +999,18 @@ class Lesson:
         }
 
     def _attendance(
-        self, participant: Participant, kind: AttendanceKind, reason: str = "", by: str = ""
+        self,
+        participant: Participant,
+        kind: AttendanceKind,
+        reason: str = "",
+        by: str = "",
+        at: float | None = None,
     ) -> Record:
         return Record(
             AttendanceEvent(
                 lesson=self.id,
                 kind=kind,
-                at=self._clock(),
+                at=self._clock() if at is None else at,
                 identity=participant.token_id,
                 participant_id=participant.id,
                 name=participant.name,
@@ -834,8 +1025,12 @@ class Lesson:
     def _lobby_message(self) -> p.LobbyUpdated:
         return p.LobbyUpdated(waiting=[w.participant.info() for w in self.waiting.values()])
 
-    def _lobby_changed(self) -> list[Effect]:
-        message = self._lobby_message()
+    def _lobby_changed(
+        self, added: list[Participant] | None = None, removed: list[str] | None = None
+    ) -> list[Effect]:
+        """Tell those who admit who came into the lobby and who left it (not the whole
+        list again: with many waiting that grew as the square of their number)."""
+        message = p.LobbyChanged(added=[x.info() for x in added or []], removed=list(removed or []))
         return [
             Deliver(x.id, message) for x in self.participants.values() if x.may(Permission.ADMIT)
         ]

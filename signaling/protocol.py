@@ -20,6 +20,9 @@ MAX_SDP_CHARS = 60_000
 # publish offer may hold a few more sections (stopped ones, before a client reuses them).
 MAX_PUBLISHED_TRACKS = 4
 MAX_PUBLISH_MLINES = 16
+# Chat sent with ``welcome``: the newest messages only; older ones by ``fetch_chat``.
+CHAT_HISTORY_ON_JOIN = 50
+MAX_CHAT_PAGE = 100
 
 Source = Literal["camera", "microphone", "screen", "screen_audio"]
 Kind = Literal["audio", "video"]
@@ -61,6 +64,10 @@ class Join(_Message):
     token: str = Field(min_length=1, max_length=4096)
     # The lesson the client means to join (from its page); must match the token's.
     lesson: str | None = Field(default=None, min_length=1, max_length=64)
+    # The client still holds the peer connections of an earlier socket of this link
+    # and wants to keep them (a reconnect). False (a new page): the seat is resumed
+    # but its media starts over.
+    resume: bool = False
 
 
 class PublishedTrackSpec(BaseModel):
@@ -84,6 +91,8 @@ class SubscribeAnswer(_Message):
 
     type: Literal["subscribe_answer"] = "subscribe_answer"
     sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+    # The ``offer_id`` of the offer answered: an answer to an older offer is ignored.
+    offer_id: int | None = Field(default=None, ge=0)
 
 
 class IceCandidate(_Message):
@@ -120,6 +129,29 @@ class Leave(_Message):
     """Leave the lesson; the server closes the socket after ``bye``."""
 
     type: Literal["leave"] = "leave"
+
+
+class ClientPong(_Message):
+    """The answer to the server's keep-alive ``ping``."""
+
+    type: Literal["pong"] = "pong"
+
+
+class IceRestart(_Message):
+    """Ask the server to restart ICE on the subscribe connection: it sends a
+    ``subscribe_offer`` with new ICE credentials. (The client restarts ICE on its
+    publish connection itself, with a ``publish_offer``.)"""
+
+    type: Literal["ice_restart"] = "ice_restart"
+    pc: Literal["subscribe"]
+
+
+class FetchChat(_Message):
+    """Ask for older chat: up to ``limit`` messages sent before message ``before``."""
+
+    type: Literal["fetch_chat"] = "fetch_chat"
+    before: int | None = Field(default=None, ge=0)
+    limit: int = Field(default=CHAT_HISTORY_ON_JOIN, ge=1, le=MAX_CHAT_PAGE)
 
 
 class _Targeted(_Message):
@@ -293,6 +325,9 @@ ClientMessage = Annotated[
     | RevokePublish
     | Ping
     | Leave
+    | ClientPong
+    | IceRestart
+    | FetchChat
     | Admit
     | Deny
     | LockLesson
@@ -326,6 +361,9 @@ CLIENT_MESSAGE_TYPES = frozenset(
         "revoke_publish",
         "ping",
         "leave",
+        "pong",
+        "ice_restart",
+        "fetch_chat",
         "admit",
         "deny",
         "lock_lesson",
@@ -379,6 +417,8 @@ class ParticipantInfo(BaseModel):
     presenter: bool = False
     hand_raised: bool = False
     group: str | None = None
+    # False while its seat is held for a reconnect (its socket went).
+    connected: bool = True
 
 
 class IceServer(BaseModel):
@@ -388,6 +428,15 @@ class IceServer(BaseModel):
     urls: list[str]
     username: str | None = None
     credential: str | None = None
+
+
+class Keepalive(BaseModel):
+    """How the server keeps the socket alive: a ``ping`` every ``interval`` seconds,
+    and a socket silent for ``timeout`` seconds is gone (either side closes it)."""
+
+    model_config = _SERVER_MODEL_CONFIG
+    interval: float
+    timeout: float
 
 
 class Welcome(_Message):
@@ -401,6 +450,10 @@ class Welcome(_Message):
     participants: list[ParticipantInfo]
     ice_servers: list[IceServer]
     state: LessonState
+    # This socket took over the seat its link held: same participant id, and every
+    # decision about it (mute, grants, hand, group, presenter...) still stands.
+    resumed: bool = False
+    keepalive: Keepalive | None = None
 
 
 class IceServers(_Message):
@@ -420,6 +473,23 @@ class ParticipantLeft(_Message):
     type: Literal["participant_left"] = "participant_left"
     participant_id: str
     reason: str
+
+
+class ParticipantDisconnected(_Message):
+    """A participant's socket went; its seat is held for it until ``seat_held_until``
+    (Unix time). Its tracks stay announced; nothing about it changes."""
+
+    type: Literal["participant_disconnected"] = "participant_disconnected"
+    participant_id: str
+    reason: str
+    seat_held_until: float
+
+
+class ParticipantReconnected(_Message):
+    """A participant whose seat was held is back, under the same id."""
+
+    type: Literal["participant_reconnected"] = "participant_reconnected"
+    participant_id: str
 
 
 class ParticipantUpdated(_Message):
@@ -471,6 +541,11 @@ class SubscribeOffer(_Message):
     type: Literal["subscribe_offer"] = "subscribe_offer"
     sdp: str
     tracks: list[SubscribedTrack]
+    # Echo it in the answer: answers to older offers are ignored.
+    offer_id: int = 0
+    # The server started a new subscribe connection: close yours and answer this
+    # offer on a new one.
+    new_connection: bool = False
 
 
 class ErrorMessage(_Message):
@@ -512,6 +587,12 @@ class Pong(_Message):
     type: Literal["pong"] = "pong"
 
 
+class ServerPing(_Message):
+    """The server's keep-alive: answer ``pong`` at once."""
+
+    type: Literal["ping"] = "ping"
+
+
 class LobbyWait(_Message):
     """Sent instead of ``welcome`` while a participant waits to be let in."""
 
@@ -519,13 +600,22 @@ class LobbyWait(_Message):
     participant_id: str
     reason: Literal["lobby", "waiting_for_teacher"]
     message: str
+    keepalive: Keepalive | None = None
 
 
 class LobbyUpdated(_Message):
-    """To moderators: who waits in the lobby now."""
+    """To a moderator as it arrives: everyone who waits in the lobby."""
 
     type: Literal["lobby_updated"] = "lobby_updated"
     waiting: list[ParticipantInfo]
+
+
+class LobbyChanged(_Message):
+    """To moderators: who came into the lobby and who left it (admitted, denied, gone)."""
+
+    type: Literal["lobby_changed"] = "lobby_changed"
+    added: list[ParticipantInfo]
+    removed: list[str]
 
 
 class LessonState(BaseModel):
@@ -618,10 +708,13 @@ class ChatMessage(_Message):
 
 
 class ChatHistory(_Message):
-    """Sent after ``welcome``: earlier chat this participant may read."""
+    """Earlier chat this participant may read, oldest first: the newest
+    ``CHAT_HISTORY_ON_JOIN`` after ``welcome``, older pages on ``fetch_chat``."""
 
     type: Literal["chat_history"] = "chat_history"
     messages: list[ChatEntry]
+    # No older message this participant may read is left to fetch.
+    complete: bool = True
 
 
 ServerMessage = (
@@ -629,6 +722,7 @@ ServerMessage = (
     | IceServers
     | LobbyWait
     | LobbyUpdated
+    | LobbyChanged
     | LessonUpdated
     | UnmuteRequested
     | Notice
@@ -638,6 +732,8 @@ ServerMessage = (
     | ReceiveQuality
     | ParticipantJoined
     | ParticipantLeft
+    | ParticipantDisconnected
+    | ParticipantReconnected
     | ParticipantUpdated
     | PermissionsChanged
     | TrackPublished
@@ -647,6 +743,7 @@ ServerMessage = (
     | ErrorMessage
     | Bye
     | Pong
+    | ServerPing
 )
 
 

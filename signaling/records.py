@@ -1,4 +1,4 @@
-"""What a lesson records durably: attendance, chat, removals, its end.
+"""What a lesson records durably: attendance, chat, removals, moderation, its end.
 
 The lesson state machine emits records as effects; the server writes each one to
 a :class:`RecordStore` before it carries out the effects that follow, so nothing
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from . import protocol as p
 
@@ -24,6 +24,10 @@ class AttendanceKind(enum.StrEnum):
     DENIED = "denied"
     LEFT = "left"
     REMOVED = "removed"
+    # The socket went; the seat is held for a reconnect (not a leave). Released
+    # seats get LEFT at this event's time; a reconnect continues the same session.
+    DISCONNECTED = "disconnected"
+    RECONNECTED = "reconnected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +64,28 @@ class BanRecord:
     identity: str
 
 
+PublishDecision = Literal["granted", "revoked"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationRecord:
+    """What moderators decided about one link, whatever socket or seat it uses: the
+    kinds it is muted in, and whether a moderator granted or revoked its publishing
+    (``None``: its role's default). The latest record of a link replaces earlier ones."""
+
+    lesson: str
+    identity: str
+    muted: tuple[str, ...] = ()
+    publish: PublishDecision | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class LessonEndedRecord:
     lesson: str
     at: float
 
 
-Record = AttendanceEvent | ChatRecord | BanRecord | LessonEndedRecord
+Record = AttendanceEvent | ChatRecord | BanRecord | ModerationRecord | LessonEndedRecord
 
 
 @dataclass(slots=True)
@@ -75,6 +94,7 @@ class LessonHistory:
 
     chat: list[ChatRecord] = field(default_factory=list)
     banned: set[str] = field(default_factory=set)
+    moderation: dict[str, ModerationRecord] = field(default_factory=dict)
     ended: bool = False
 
 
@@ -86,7 +106,11 @@ class RecordStore(Protocol):
         ...
 
     def history(self, lesson: str) -> LessonHistory:
-        """Chat, bans and end state of ``lesson``."""
+        """Chat, bans, moderation and end state of ``lesson``."""
+        ...
+
+    def is_banned(self, lesson: str, identity: str) -> bool:
+        """Whether link ``identity`` was removed from ``lesson``."""
         ...
 
     def attendance(self, lesson: str) -> list[AttendanceEvent]:
@@ -112,9 +136,17 @@ class InMemoryRecordStore:
                 result.chat.append(record)
             elif isinstance(record, BanRecord):
                 result.banned.add(record.identity)
+            elif isinstance(record, ModerationRecord):
+                result.moderation[record.identity] = record
             elif isinstance(record, LessonEndedRecord):
                 result.ended = True
         return result
+
+    def is_banned(self, lesson: str, identity: str) -> bool:
+        return any(
+            isinstance(r, BanRecord) and r.lesson == lesson and r.identity == identity
+            for r in self.records
+        )
 
     def attendance(self, lesson: str) -> list[AttendanceEvent]:
         return [r for r in self.records if isinstance(r, AttendanceEvent) and r.lesson == lesson]

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from .lesson import IceServersFor, Lesson, LessonSettings
+from . import protocol as p
+from .lesson import DEFAULT_SEAT_GRACE, IceServersFor, Lesson, LessonSettings
 from .records import InMemoryRecordStore, RecordStore
 
 
@@ -41,8 +42,12 @@ class InMemoryLessonRegistry:
         ice_servers: IceServersFor | None = None,
         records: RecordStore | None = None,
         settings_for: Callable[[str], LessonSettings] | None = None,
+        seat_grace: float = DEFAULT_SEAT_GRACE,
+        keepalive: p.Keepalive | None = None,
     ) -> None:
         self._lessons: dict[str, Lesson] = {}
+        self._seat_grace = seat_grace
+        self._keepalive = keepalive
         self._ice_servers = ice_servers
         self._records: RecordStore = records or InMemoryRecordStore()
         self._settings_for = settings_for or (lambda lesson_id: LessonSettings())
@@ -51,12 +56,15 @@ class InMemoryLessonRegistry:
         lesson = self._lessons.get(lesson_id)
         if lesson is None:
             # A lesson reopened on this node starts from what was recorded: chat
-            # history, removed links, whether it has ended.
+            # history, removed links, what moderators decided per link, whether it
+            # has ended.
             lesson = self._lessons[lesson_id] = Lesson(
                 lesson_id,
                 self._ice_servers,
                 settings=self._settings_for(lesson_id),
                 history=self._records.history(lesson_id),
+                seat_grace=self._seat_grace,
+                keepalive=self._keepalive,
             )
         return lesson
 

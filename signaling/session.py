@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import protocol as p
-from .lesson import Deliver, Effect, Forbidden, Lesson, Participant
+from .effects import Effect
+from .lesson import Forbidden, Lesson, Participant
 from .permissions import Permission
 from .registry import LessonRegistry
 from .tokens import TokenError, verify_token
@@ -28,7 +29,10 @@ MESSAGE_PERMISSIONS: dict[str, Permission] = {
     "subscribe_answer": Permission.SUBSCRIBE,
     "ice_candidate": Permission.JOIN,
     "ping": Permission.JOIN,
+    "pong": Permission.JOIN,
     "leave": Permission.JOIN,
+    "ice_restart": Permission.SUBSCRIBE,
+    "fetch_chat": Permission.JOIN,
     "grant_publish": Permission.GRANT_PUBLISH,
     "revoke_publish": Permission.GRANT_PUBLISH,
     "grant_floor": Permission.GRANT_PUBLISH,
@@ -55,7 +59,7 @@ MESSAGE_PERMISSIONS: dict[str, Permission] = {
     "receive_settings": Permission.SUBSCRIBE,
 }
 # What a participant waiting in the lobby may send.
-LOBBY_MESSAGES = frozenset({"ping", "leave", "ice_candidate"})
+LOBBY_MESSAGES = frozenset({"ping", "pong", "leave", "ice_candidate"})
 
 
 class SessionState(enum.Enum):
@@ -89,10 +93,19 @@ class NegotiatePublish:
 
 @dataclass(frozen=True, slots=True)
 class AcceptSubscribeAnswer:
-    """Apply the client's answer to the server's subscribe offer."""
+    """Apply the client's answer to the server's subscribe offer (``offer_id``: the
+    offer it answers, if the client said)."""
 
     participant_id: str
     sdp: str
+    offer_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RestartIce:
+    """Restart ICE on the participant's subscribe connection (a new offer follows)."""
+
+    participant_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +126,12 @@ class ApplyReceiveSettings:
 
 @dataclass(frozen=True, slots=True)
 class Joined:
-    """The session joined; the server starts the participant's media and outbox."""
+    """The session took a seat; the server routes the participant's messages and media
+    to this socket. ``resumed``: the seat existed (its media may too); another socket
+    that held it, if any, is no longer the participant's."""
 
     participant: Participant
+    resumed: bool = False
 
 
 SessionEffect = (
@@ -126,6 +142,7 @@ SessionEffect = (
     | AcceptSubscribeAnswer
     | AddRemoteCandidate
     | ApplyReceiveSettings
+    | RestartIce
     | Joined
 )
 
@@ -174,6 +191,8 @@ class SignalingSession:
         self.state = SessionState.AWAITING_JOIN
         self.participant_id: str | None = None
         self.lesson: Lesson | None = None
+        # Which taking of the seat this socket is (see Lesson.disconnect).
+        self.epoch = 0
         self._secret = secret
         self._registry = registry
         self._bucket = TokenBucket(rate_per_second, burst)
@@ -234,14 +253,23 @@ class SignalingSession:
             return []
         return self._close("join_timeout", f"no join within {seconds:g} s")
 
-    def disconnected(self, reason: str) -> list[SessionEffect]:
-        """The socket is gone (closed, dropped or kicked): leave the lesson."""
+    def disconnected(self, reason: str, now: float) -> list[SessionEffect]:
+        """The socket is gone (closed, dropped, kicked or replaced) at ``now`` (the
+        lesson's clock): its seat is held for a reconnect, or freed (see
+        :meth:`Lesson.disconnect`)."""
         effects: list[SessionEffect] = []
         if self.lesson is not None and self.participant_id is not None:
-            effects += self.lesson.leave(self.participant_id, reason)
+            effects += self.lesson.disconnect(self.participant_id, self.epoch, reason, now)
             self._registry.discard_if_empty(self.lesson.id)
         self.state = SessionState.CLOSED
         return effects
+
+    @property
+    def holds_seat(self) -> bool:
+        """Whether this socket still holds its participant's seat (no other took it)."""
+        if self.lesson is None or self.participant_id is None:
+            return False
+        return self.lesson.epoch_of(self.participant_id) == self.epoch
 
     # -- internals ---------------------------------------------------------
 
@@ -264,23 +292,18 @@ class SignalingSession:
                 *self._close("bad_token", reason),
             ]
         lesson = self._registry.lesson(grant.lesson)
-        effects: list[SessionEffect] = []
-        # The same link joining again is a reload or a reconnect: the newer socket wins.
-        for other in list(lesson.participants.values()):
-            if other.token_id == grant.token_id:
-                effects.append(
-                    Deliver(other.id, p.Bye(reason="replaced", message="you joined from elsewhere"))
-                )
-                effects += lesson.leave(other.id, "rejoined")
+        # The same link joining again (a reconnect, a reload, another tab) takes the
+        # seat its link holds: the newer socket wins.
         try:
-            participant, joined = lesson.join(grant)
+            entry = lesson.enter(grant, resume_media=message.resume)
         except Forbidden as exc:
             self._registry.discard_if_empty(lesson.id)
             return [_error(exc), *self._close(exc.bye_reason, exc.message)]
         self.state = SessionState.JOINED
-        self.participant_id = participant.id
+        self.participant_id = entry.participant.id
+        self.epoch = entry.participant.epoch
         self.lesson = lesson
-        return [*effects, Joined(participant), *joined]
+        return [Joined(entry.participant, entry.resumed), *entry.effects]
 
     def _dispatch(self, message: p.ClientMessage) -> list[SessionEffect]:
         assert self.lesson is not None and self.participant_id is not None
@@ -289,6 +312,8 @@ class SignalingSession:
             raise p.ProtocolError("already_joined", "this socket has already joined", "join")
         if isinstance(message, p.Ping):
             return [Reply(p.Pong())]
+        if isinstance(message, p.ClientPong):
+            return []  # a sign of life: the socket's owner counts it
         if isinstance(message, p.Leave):
             return self._close("left", "you left the lesson")
         if lesson.is_waiting(pid) and message.type not in LOBBY_MESSAGES:
@@ -309,7 +334,11 @@ class SignalingSession:
             case p.PublishOffer():
                 return [NegotiatePublish(pid, message)]
             case p.SubscribeAnswer():
-                return [AcceptSubscribeAnswer(pid, message.sdp)]
+                return [AcceptSubscribeAnswer(pid, message.sdp, message.offer_id)]
+            case p.IceRestart():
+                return [RestartIce(pid)]
+            case p.FetchChat():
+                return lesson.fetch_chat(pid, message.before, message.limit)
             case p.IceCandidate():
                 return [AddRemoteCandidate(pid, message)]
             case p.ReceiveSettings():

@@ -20,6 +20,8 @@ from .records import (
     BanRecord,
     ChatRecord,
     LessonHistory,
+    ModerationRecord,
+    PublishDecision,
     Record,
 )
 
@@ -39,9 +41,29 @@ CREATE TABLE IF NOT EXISTS chat (
 CREATE INDEX IF NOT EXISTS chat_lesson ON chat (lesson, seq);
 CREATE TABLE IF NOT EXISTS bans (lesson TEXT NOT NULL, identity TEXT NOT NULL,
     PRIMARY KEY (lesson, identity));
+CREATE TABLE IF NOT EXISTS moderation (lesson TEXT NOT NULL, identity TEXT NOT NULL,
+    muted TEXT NOT NULL, publish TEXT, PRIMARY KEY (lesson, identity));
 CREATE TABLE IF NOT EXISTS ended (lesson TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 """
+
+
+# The last event of a participant that is still in (or waiting, or holding a seat).
+_OPEN = (
+    AttendanceKind.JOINED,
+    AttendanceKind.ADMITTED,
+    AttendanceKind.WAITING,
+    AttendanceKind.RECONNECTED,
+    AttendanceKind.DISCONNECTED,
+)
+
+
+def _decision(value: str | None) -> PublishDecision | None:
+    if value == "granted":
+        return "granted"
+    if value == "revoked":
+        return "revoked"
+    return None
 
 
 class SqliteRecordStore:
@@ -89,6 +111,13 @@ class SqliteRecordStore:
                 "INSERT OR IGNORE INTO bans (lesson, identity) VALUES (?,?)",
                 (record.lesson, record.identity),
             )
+        elif isinstance(record, ModerationRecord):
+            self._db.execute(
+                "INSERT INTO moderation (lesson, identity, muted, publish) VALUES (?,?,?,?)"
+                " ON CONFLICT (lesson, identity) DO UPDATE SET muted = excluded.muted,"
+                " publish = excluded.publish",
+                (record.lesson, record.identity, ",".join(record.muted), record.publish),
+            )
         else:
             self._db.execute(
                 "INSERT OR IGNORE INTO ended (lesson, at) VALUES (?,?)", (record.lesson, record.at)
@@ -108,11 +137,26 @@ class SqliteRecordStore:
                 "SELECT identity FROM bans WHERE lesson = ?", (lesson,)
             )
         }
+        moderation = {
+            identity: ModerationRecord(
+                lesson, identity, tuple(x for x in muted.split(",") if x), _decision(publish)
+            )
+            for identity, muted, publish in self._db.execute(
+                "SELECT identity, muted, publish FROM moderation WHERE lesson = ?", (lesson,)
+            )
+        }
         ended = (
             self._db.execute("SELECT 1 FROM ended WHERE lesson = ?", (lesson,)).fetchone()
             is not None
         )
-        return LessonHistory(chat=chat, banned=banned, ended=ended)
+        return LessonHistory(chat=chat, banned=banned, moderation=moderation, ended=ended)
+
+    def is_banned(self, lesson: str, identity: str) -> bool:
+        """Whether link ``identity`` was removed from ``lesson``."""
+        row = self._db.execute(
+            "SELECT 1 FROM bans WHERE lesson = ? AND identity = ?", (lesson, identity)
+        ).fetchone()
+        return row is not None
 
     def attendance(self, lesson: str) -> list[AttendanceEvent]:
         """Every attendance event of ``lesson`` in the order it was written."""
@@ -148,8 +192,9 @@ class SqliteRecordStore:
     def close_open_sessions(self, reason: str = "server stopped") -> int:
         """After a restart: everyone still "in" was cut off when the server last lived.
 
-        Appends a LEFT event at the last heartbeat for every participant whose last
-        event left it present or waiting. Returns how many were closed.
+        Appends a LEFT event for every participant whose last event left it present,
+        waiting or with its seat held: at the last heartbeat, or for a held seat at the
+        time its socket went. Returns how many were closed.
         """
         row = self._db.execute("SELECT at FROM heartbeat WHERE id = 1").fetchone()
         open_rows = self._db.execute(
@@ -164,9 +209,12 @@ class SqliteRecordStore:
                 (seq,),
             ).fetchone()
             kind = AttendanceKind(last[1])
-            if kind not in (AttendanceKind.JOINED, AttendanceKind.ADMITTED, AttendanceKind.WAITING):
+            if kind not in _OPEN:
                 continue
-            at = max(last[2], row[0]) if row is not None else last[2]
+            if kind is AttendanceKind.DISCONNECTED or row is None:
+                at = last[2]
+            else:
+                at = max(last[2], row[0])
             self.append(
                 AttendanceEvent(
                     lesson=lesson,

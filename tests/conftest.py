@@ -46,6 +46,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="tests/test_fuzz.py: 10,000 cases with a random seed instead of 1,000 fixed",
     )
+    parser.addoption(
+        "--cut-tries",
+        type=int,
+        default=1,
+        help="tests/browser/test_seats.py: how many network drops to measure (default 1)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -442,3 +442,41 @@ def test_no_link_outlives_the_cap_or_the_teacher_token_that_minted_it(
     by_admin = api_server.api("GET", "/api/lessons/forever/links").json()
     assert by_admin and all(exp_of(x["link"]) <= int(time.time()) + 2 * 86400 for x in by_admin)
     assert all(exp_of(x["link"]) >= before + 2 * 86400 for x in by_admin)
+
+
+async def test_a_removed_teachers_link_opens_no_door(
+    api_server: RunningServer, valley: dict[str, Any]
+) -> None:
+    from media.client import LessonClient
+    from signaling import protocol as p
+
+    created = api_server.api("POST", "/api/lessons", json={**LESSON, "id": "banned-7"})
+    assert created.status_code == 201, created.text
+    host = api_server.token("Ms Rivera", Role.TEACHER, lesson="banned-7")
+    rogue = api_server.token("Mr Rogue", Role.TEACHER, lesson="banned-7")
+    assert api_server.api("GET", "/api/lessons/banned-7", key=rogue).status_code == 200
+    teacher = LessonClient(api_server.ws, host)
+    removed = LessonClient(api_server.ws, rogue)
+    await teacher.connect()
+    await removed.connect()
+    left = teacher.wait_for(lambda m: m["type"] == "participant_left")
+    await teacher.send(p.Remove(participant_id=removed.participant_id or ""))
+    assert (await left)["reason"] == "removed"
+    for method, path in (
+        ("GET", "/api/lessons/banned-7"),
+        ("GET", "/api/lessons/banned-7/links"),
+        ("GET", "/api/lessons/banned-7/attendance"),
+        ("POST", "/api/lessons/banned-7/end"),
+    ):
+        refused = api_server.api(method, path, key=rogue)
+        assert refused.status_code == 403, (path, refused.text)
+        assert "removed" in refused.json()["error"]
+    minting = api_server.api(
+        "POST", "/api/lessons/banned-7/links", key=rogue, json={"role": "student", "names": ["X"]}
+    )
+    assert minting.status_code == 403
+    again = LessonClient(api_server.ws, rogue)
+    with pytest.raises(ConnectionError, match="removed"):
+        await again.connect()
+    for client in (teacher, removed, again):
+        await client.close()

@@ -55,8 +55,11 @@ async def connect(app_server: RunningServer) -> AsyncIterator[Any]:
 
 
 async def receive(ws: ClientConnection) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await ws.recv())
-    return message
+    """The next message that is not the server's keep-alive ping."""
+    while True:
+        message: dict[str, Any] = json.loads(await ws.recv())
+        if message["type"] != "ping":
+            return message
 
 
 async def join(ws: ClientConnection, tok: str, **extra: Any) -> dict[str, Any]:
@@ -202,7 +205,8 @@ async def test_a_frame_over_a_mebibyte_closes_only_that_socket(connect: Any) -> 
         while True:
             await ws.recv()
     assert ws.close_code == 1009
-    assert (await receive(other))["type"] == "participant_left"
+    # Its seat is held for a reconnect, as for any socket that went.
+    assert (await receive(other))["type"] == "participant_disconnected"
     await other.send('{"v":1,"type":"ping"}')
     assert (await receive(other))["type"] == "pong"
 
@@ -225,7 +229,7 @@ async def test_the_socket_does_not_agree_to_compression(
         while True:
             await ws.recv()
     assert ws.close_code == 1002
-    assert (await receive(other))["type"] == "participant_left"
+    assert (await receive(other))["type"] == "participant_disconnected"
     await other.send('{"v":1,"type":"ping"}')
     assert (await receive(other))["type"] == "pong"
 
@@ -295,19 +299,20 @@ def test_the_secret_file_is_created_private(tmp_path: Path) -> None:
     assert load_or_create_secret(tmp_path) == secret
 
 
-async def test_silent_sockets_are_closed_and_pinging_ones_kept(tmp_path: Path) -> None:
-    own = start_server(tmp_path, "--idle-timeout", "1")
+async def test_silent_sockets_are_closed_and_answering_ones_kept(tmp_path: Path) -> None:
+    own = start_server(tmp_path, "--idle-timeout", "1", "--ping-interval", "0.2")
     try:
-        pinging = LessonClient(own.ws, token(lesson="idle", name="P"), ping_interval=0.2)
-        await pinging.connect()
-        silent = LessonClient(own.ws, token(lesson="idle", name="S"), ping_interval=3600)
+        answering = LessonClient(own.ws, token(lesson="idle", name="P"))
+        welcome = await answering.connect()
+        assert welcome["keepalive"] == {"interval": 0.2, "timeout": 1.0}
+        silent = LessonClient(own.ws, token(lesson="idle", name="S"), answer_pings=False)
         await silent.connect()
         await asyncio.wait_for(silent.closed.wait(), 10)
         assert silent.bye is not None and silent.bye["reason"] == "timeout"
-        for _ in range(8):  # well past the idle timeout, answered every time
-            await pinging.wait_for(lambda m: m["type"] == "pong")
-        assert not pinging.closed.is_set()
-        await pinging.close()
+        for _ in range(8):  # well past the idle timeout, pinged (and answering) throughout
+            await answering.wait_for(lambda m: m["type"] == "ping")
+        assert not answering.closed.is_set()
+        await answering.close()
         await silent.close()
     finally:
         stop_server(own)

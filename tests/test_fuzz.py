@@ -89,7 +89,7 @@ class Student:
 
 
 class Teacher(threading.Thread):
-    """A teacher connected throughout: reads everything, pings every few seconds."""
+    """A teacher connected throughout: reads everything, answers the server's pings."""
 
     def __init__(self, url: str, token: str) -> None:
         super().__init__(daemon=True)
@@ -106,18 +106,16 @@ class Teacher(threading.Thread):
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        last_ping = time.monotonic()
         try:
             while not self._stopping.is_set():
-                if time.monotonic() - last_ping > 10:
-                    self.socket.send('{"v":1,"type":"ping"}')
-                    last_ping = time.monotonic()
                 try:
                     message = json.loads(self.socket.recv(timeout=1))
                 except TimeoutError:
                     continue
                 self.received[message["type"]] += 1
-                if message["type"] == "pong":
+                if message["type"] == "ping":
+                    self.socket.send('{"v":1,"type":"pong"}')
+                elif message["type"] == "pong":
                     self.pong.set()
                 elif message["type"] == "chat_message":
                     with self.chat_arrived:
@@ -145,7 +143,8 @@ FIELDS = sorted(
     {
         "token", "lesson", "sdp", "tracks", "mid", "source", "pc", "candidate", "sdp_mid",
         "sdp_mline_index", "participant_id", "locked", "kind", "presenter", "text", "to",
-        "groups", "count", "group", "on", "mode", "v", "type",
+        "groups", "count", "group", "on", "mode", "v", "type", "resume", "before", "limit",
+        "offer_id",
     }
 )  # fmt: skip
 scalars = (
@@ -172,11 +171,15 @@ def templates(ids: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         ["v=0\r\n", "not sdp", "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"]
     )
     options: dict[str, st.SearchStrategy[dict[str, Any]]] = {
-        "join": st.fixed_dictionaries({"token": st.text(min_size=1, max_size=60)}),
+        "join": st.fixed_dictionaries(
+            {"token": st.text(min_size=1, max_size=60)}, optional={"resume": st.booleans()}
+        ),
         "publish_offer": st.fixed_dictionaries(
             {"sdp": sdp, "tracks": st.just([{"mid": "0", "source": "camera"}])}
         ),
-        "subscribe_answer": st.fixed_dictionaries({"sdp": sdp}),
+        "subscribe_answer": st.fixed_dictionaries(
+            {"sdp": sdp}, optional={"offer_id": st.integers(0, 5)}
+        ),
         "ice_candidate": st.fixed_dictionaries(
             {
                 "pc": st.sampled_from(["publish", "subscribe"]),
@@ -188,7 +191,12 @@ def templates(ids: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "grant_publish": st.fixed_dictionaries({"participant_id": who}),
         "revoke_publish": st.fixed_dictionaries({"participant_id": who}),
         "ping": st.just({}),
+        "pong": st.just({}),
         "leave": st.just({}),
+        "ice_restart": st.just({"pc": "subscribe"}),
+        "fetch_chat": st.fixed_dictionaries(
+            {}, optional={"before": st.integers(0, 50), "limit": st.integers(1, 100)}
+        ),
         "admit": st.fixed_dictionaries({"participant_id": who}),
         "deny": st.fixed_dictionaries({"participant_id": who}),
         "lock_lesson": st.fixed_dictionaries({"locked": st.booleans()}),

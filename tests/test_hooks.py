@@ -20,7 +20,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription
 
-from media import hooks
+from media import hooks, ice_restart
 from media.peers import configuration, reject_like_offer
 
 
@@ -492,6 +492,71 @@ async def test_receiver_reports_reach_the_senders_report_hook() -> None:
         await receiver_pc.close()
 
 
+# --- ICE restart (hooks 27 to 30) ----------------------------------------------
+
+
+def silence(connection: Any) -> None:
+    """The network under one aioice connection goes quiet: what its sockets receive is
+    dropped, as on a path that broke (nothing is closed, nobody is told)."""
+    for protocol in connection._protocols:
+        protocol.datagram_received = lambda data, addr: None
+
+
+async def restart_ice(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    """One ICE restart offer and answer, as the SFU and the Python client make them."""
+    assert await ice_restart.prepare_offer(offerer)
+    await offerer.setLocalDescription(await offerer.createOffer())
+    offer = offerer.localDescription.sdp
+    assert ice_restart.remote_restarts(answerer, offer)
+    assert await ice_restart.prepare_answer(answerer, offer)
+    await answerer.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    answer = answerer.localDescription.sdp
+    await offerer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    answered = ice_restart.complete(answerer, offer)
+    offered = ice_restart.complete(offerer, answer)
+    assert answered is not None and offered is not None
+    assert answered.task is not None and offered.task is not None
+    assert await asyncio.wait_for(asyncio.gather(answered.task, offered.task), 10) == [True, True]
+    assert answered.usable.is_set() and offered.usable.is_set()
+
+
+async def test_an_ice_restart_brings_media_back_on_the_same_connections() -> None:
+    """The path breaks silently; a restart gives both peer connections new ICE
+    credentials and candidates, under the same DTLS session (hooks 27 to 29)."""
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    try:
+        (transceiver,) = sender_pc.getTransceivers()
+        sender = transceiver.sender
+        dtls, srtp = sender.transport, hooks.tx_srtp(sender)
+        transports = [hooks.ice_transport(pc) for pc in (sender_pc, receiver_pc)]
+        old = [t._connection for t in transports if t is not None]
+        old_pair = (hooks.nominated_pairs(sender) or {})[1]
+        for connection in old:
+            silence(connection)
+        track = receiver_of(receiver_pc).track
+
+        await restart_ice(sender_pc, receiver_pc)
+        # Frames now come over the new connections only (the old ones are closed).
+        for _ in range(20):
+            await asyncio.wait_for(track.recv(), 5)
+        assert all(not connection._protocols for connection in old)
+        new_pair = (hooks.nominated_pairs(sender) or {})[1]
+        assert new_pair is not old_pair
+        assert new_pair.local_addr != old_pair.local_addr
+        assert sender.transport is dtls and hooks.tx_srtp(sender) is srtp
+        # aiortc's monitor followed the new connection: closing the old one failed nothing.
+        assert sender_pc.connectionState == receiver_pc.connectionState == "connected"
+        assert all(t is not None and t.state == "completed" for t in transports)
+        # A second restart works the same way.
+        await restart_ice(receiver_pc, sender_pc)
+        for _ in range(5):
+            await asyncio.wait_for(track.recv(), 5)
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
 async def test_packets_of_our_own_making_are_sent_and_their_rtcp_comes_back() -> None:
     """A Python publisher's simulcast layer: sent on the transport (hook 22), asked for
     a keyframe by its own SSRC (hook 23)."""
@@ -595,6 +660,59 @@ async def test_a_publisher_gets_our_remb_and_not_aiortcs() -> None:
         bitrate, ssrcs = await asyncio.wait_for(told, 10)
         assert ssrcs == [ssrc]
         assert abs(bitrate - 2_500_000) / 2_500_000 < 0.01  # REMB's mantissa rounds
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+async def test_closing_during_a_restart_closes_both_ice_connections() -> None:
+    """A restart offered and never answered holds two aioice connections: closing the
+    peer connection closes both (hook 30)."""
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    transport = hooks.ice_transport(sender_pc)
+    assert transport is not None
+    old = transport._connection
+    assert await ice_restart.prepare_offer(sender_pc)
+    swap = hooks.IceConnectionSwap.pending(transport)
+    assert swap is not None and swap.old is old and transport._connection is swap.new
+    await sender_pc.close()
+    await receiver_pc.close()
+    assert not old._protocols and not swap.new._protocols
+    assert old._closed and swap.new._closed
+
+
+async def test_a_failed_connection_is_not_restarted() -> None:
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    await receiver_pc.close()
+    await sender_pc.close()
+    assert not ice_restart.restartable(sender_pc)
+    assert not await ice_restart.prepare_offer(sender_pc)
+
+
+async def test_a_newer_restart_overtakes_one_still_connecting() -> None:
+    """The other side restarted again before the first restart connected: that one can
+    never connect (its credentials were dropped). It is overtaken: its connection is
+    closed, the newest swaps in for the same old one (two ICE connections at most),
+    and the newest restart brings media back (hooks 29 and 30)."""
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    try:
+        transport = hooks.ice_transport(sender_pc)
+        assert transport is not None
+        old = transport._connection
+        assert await ice_restart.prepare_offer(sender_pc)
+        first = hooks.IceConnectionSwap.pending(transport)
+        assert first is not None
+        # Credentials the other side never uses: this restart stays connecting.
+        stuck = first.complete("nobody", "x" * 22)
+        for connection in (old,):
+            silence(connection)
+        await restart_ice(sender_pc, receiver_pc)
+        assert stuck.cancelled() and first.new._closed and not first.new._protocols
+        assert transport._connection is not first.new and old._closed
+        track = receiver_of(receiver_pc).track
+        for _ in range(10):
+            await asyncio.wait_for(track.recv(), 5)
+        assert sender_pc.connectionState == receiver_pc.connectionState == "connected"
     finally:
         await sender_pc.close()
         await receiver_pc.close()

@@ -77,8 +77,8 @@ def test_with_the_lobby_on_students_wait_until_admitted() -> None:
     assert room.is_waiting(student.id)
     (wait,) = messages(effects, student.id, "lobby_wait")
     assert wait.reason == "lobby"
-    (lobby,) = messages(effects, teacher.id, "lobby_updated")
-    assert [x.id for x in lobby.waiting] == [student.id]
+    (lobby,) = messages(effects, teacher.id, "lobby_changed")
+    assert [x.id for x in lobby.added] == [student.id] and lobby.removed == []
     assert attendance(effects) == [AttendanceKind.WAITING]
     effects = room.admit(teacher.id, student.id)
     assert messages(effects, student.id, "welcome")

@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 
 from server.cli import build_parser
-from server.links import DEFAULT_MAX_LINK_LIFETIME, LinkError, LinkMaker
-from signaling.catalogue import Catalogue, CommunityIn, LessonIn, SchoolIn
+from server.links import (
+    DEFAULT_MAX_LINK_LIFETIME,
+    LINK_MARGIN_AFTER_END,
+    LinkError,
+    LinkMaker,
+)
+from signaling.catalogue import Catalogue, CommunityIn, LessonIn, LessonPatch, SchoolIn
 from signaling.permissions import Role
 from signaling.tokens import verify_token
 
@@ -61,3 +66,22 @@ def test_links_never_outlive_the_token_that_asked(catalogue: Catalogue) -> None:
     expired = LinkMaker(catalogue, SECRET, "http://x", not_after=int(time.time()) - 1)
     with pytest.raises(LinkError, match="expires now"):
         expired.standard("forever")
+
+
+def test_no_link_outlives_the_lessons_end_by_more_than_an_hour(catalogue: Catalogue) -> None:
+    now = int(time.time())
+    ends = now + 3 * 3600
+    catalogue.update_lesson(
+        "forever", LessonPatch(ends_at=datetime.datetime.fromtimestamp(ends, datetime.UTC))
+    )
+    maker = LinkMaker(catalogue, SECRET, "http://x")
+    asked = [x.link for x in maker.named("forever", Role.STUDENT, ["Ana"], "", 5 * 86400)]
+    asked += [x.link for x in maker.standard("forever")]
+    assert all(e <= ends + LINK_MARGIN_AFTER_END for e in expiries(asked))
+    # A lesson whose end has passed: an hour from now at most.
+    catalogue.update_lesson(
+        "forever",
+        LessonPatch(ends_at=datetime.datetime.fromtimestamp(now - 86400, datetime.UTC)),
+    )
+    late = [x.link for x in maker.named("forever", Role.STUDENT, ["Ben"], "", 5 * 86400)]
+    assert all(e <= int(time.time()) + LINK_MARGIN_AFTER_END for e in expiries(late))

@@ -197,10 +197,10 @@ async def test_the_lobby_holds_students_until_admitted_or_denied(
     invited_room = await clients("Room W", Role.CLASSROOM, "lobby-lesson", "w1")
     assert invited_room.welcome is not None  # invited classrooms skip the lobby
 
-    lobby = teacher.wait_for(lambda m: m["type"] == "lobby_updated" and m["waiting"])
+    lobby = teacher.wait_for(lambda m: m["type"] == "lobby_changed" and m["added"])
     ana = await clients("Ana", Role.STUDENT, "lobby-lesson", "w1")
     assert ana.welcome is None and ana.participant_id is not None
-    waiting = (await lobby)["waiting"]
+    waiting = (await lobby)["added"]
     assert [x["name"] for x in waiting] == ["Ana"]
     refused = ana.wait_for(lambda m: m["type"] == "error")
     await ana.send(p.RaiseHand())

@@ -42,6 +42,10 @@ def replies(effects: list[SessionEffect]) -> list[p.ServerMessage]:
     return [e.message for e in effects if isinstance(e, Reply)]
 
 
+def deliveries(effects: list[SessionEffect]) -> list[p.ServerMessage]:
+    return [e.message for e in effects if isinstance(e, Deliver)]
+
+
 def test_join_then_ping(registry: InMemoryLessonRegistry) -> None:
     s = session(registry)
     effects = s.receive_text(join_text(Role.TEACHER), now=0.0)
@@ -120,7 +124,7 @@ def test_a_forged_sender_changes_nothing(registry: InMemoryLessonRegistry) -> No
     assert not student.lesson.participants[student.participant_id or ""].granted
 
 
-def test_the_same_token_joining_again_replaces_the_old_socket(
+def test_the_same_token_joining_again_takes_the_seat_from_the_old_socket(
     registry: InMemoryLessonRegistry,
 ) -> None:
     text = join_text(Role.TEACHER, "T")
@@ -128,10 +132,16 @@ def test_the_same_token_joining_again_replaces_the_old_socket(
     first.receive_text(text, now=0.0)
     second = session(registry)
     effects = second.receive_text(text, now=1.0)
-    byes = [e for e in effects if isinstance(e, Deliver) and e.message.type == "bye"]
-    assert [b.to for b in byes] == [first.participant_id]
+    (joined,) = [e for e in effects if isinstance(e, Joined)]
+    assert joined.resumed and second.participant_id == first.participant_id
+    assert second.holds_seat and not first.holds_seat
+    (welcome,) = [m for m in deliveries(effects) if m.type == "welcome"]
+    assert isinstance(welcome, p.Welcome) and welcome.resumed
     assert second.lesson is not None
     assert list(second.lesson.participants) == [second.participant_id]
+    # The first socket closing afterwards changes nothing: it no longer holds the seat.
+    assert first.disconnected("replaced", now=2.0) == []
+    assert second.lesson.participants[second.participant_id or ""].connected
 
 
 def test_a_flood_is_rate_limited_then_closed(registry: InMemoryLessonRegistry) -> None:
@@ -154,11 +164,11 @@ def test_a_brief_burst_recovers(registry: InMemoryLessonRegistry) -> None:
     assert replies(s.receive_text('{"v":1,"type":"ping"}', now=1.0)) == [p.Pong()]
 
 
-def test_disconnect_leaves_and_forgets_an_empty_lesson(registry: InMemoryLessonRegistry) -> None:
+def test_leaving_forgets_an_empty_lesson(registry: InMemoryLessonRegistry) -> None:
     s = session(registry)
     s.receive_text(join_text(Role.TEACHER), now=0.0)
     assert len(registry.lessons()) == 1
-    s.disconnected("closed")
+    s.disconnected("left", now=1.0)
     assert registry.lessons() == []
     assert s.state is SessionState.CLOSED
 

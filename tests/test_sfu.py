@@ -373,6 +373,8 @@ async def test_a_subscribe_offer_left_unanswered_closes_that_connection_only(
         for client in (teacher, silent, room):
             await client.connect()
 
+        answer = silent._answer_subscribe_offer
+
         async def never_answer(message: dict[str, Any]) -> None:
             return None
 
@@ -382,7 +384,17 @@ async def test_a_subscribe_offer_left_unanswered_closes_that_connection_only(
         assert (await bye)["reason"] == "negotiation_failed"
         video = await room.wait_track(teacher.participant_id or "", "video")
         await room.wait_frames(video, 5)  # everyone else goes on
-        for client in (teacher, silent, room):
+        # It comes back (a client that answers now): the same offer would be stuck
+        # again, so its media comes on a new subscribe connection.
+        silent._answer_subscribe_offer = answer  # type: ignore[method-assign]
+        again = LessonClient(own.ws, silent.token)  # the same link
+        again.subscribe_pc = silent.subscribe_pc  # as if it had kept its connection
+        offered = again.wait_for(lambda m: m["type"] == "subscribe_offer")
+        welcome = await again._open(resume=True)
+        assert welcome["resumed"] and (await offered)["new_connection"]
+        video = await again.wait_track(teacher.participant_id or "", "video")
+        await again.wait_frames(video, 5)
+        for client in (teacher, silent, room, again):
             await client.close()
     finally:
         stop_server(own)

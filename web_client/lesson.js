@@ -109,11 +109,24 @@ export class ChatLog {
     this.log.replaceChildren();
   }
 
+  /** Add one message in its place (older pages arrive after newer messages). */
   add(entry, myId) {
     if (this.ids.has(entry.id)) return;
     this.ids.add(entry.id);
-    this.log.append(chatItem(entry, myId));
-    this.log.scrollTop = this.log.scrollHeight;
+    const item = chatItem(entry, myId);
+    const later = [...this.log.children].find((li) => Number(li.dataset.id) > entry.id);
+    if (later) {
+      this.log.insertBefore(item, later);
+    } else {
+      this.log.append(item);
+      this.log.scrollTop = this.log.scrollHeight;
+    }
+  }
+
+  /** The id of the oldest message shown (older ones are fetched by page). */
+  get oldestId() {
+    const first = this.log.firstElementChild;
+    return first ? Number(first.dataset.id) : null;
   }
 
   get count() {

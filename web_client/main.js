@@ -32,6 +32,10 @@ const $ = (id) => document.getElementById(id);
 const MAX_BACKOFF_MS = 10_000;
 // A bye with one of these reasons is followed by a reconnect, not a final page.
 const RECONNECTING_BYES = new Set(["timeout", "server_shutdown", "negotiation_failed"]);
+// At most one ICE restart of a connection this often; after this many restarts in a
+// row that brought nothing back, the connection is replaced by a new one.
+const ICE_RESTART_INTERVAL_MS = 4_000;
+const ICE_RESTARTS_BEFORE_NEW_CONNECTION = 3;
 // Roles whose microphone and camera a moderator may mute, and who may present.
 const MUTABLE_ROLES = new Set(["student", "classroom", "expert", "delegate"]);
 const PRESENTABLE_ROLES = new Set(["student", "classroom", "expert", "delegate"]);
@@ -103,10 +107,15 @@ class ClassroomPage {
     this.remote = new Map(); // track id -> {info, stream}
     this.attempt = 0;
     this.reconnects = 0;
+    this.resumes = 0; // reconnects that took the seat (and the media) back
+    this.iceRestarts = { publish: 0, subscribe: 0 };
+    this.lastIceRestart = { publish: 0, subscribe: 0 };
+    this.failedRestarts = { publish: 0, subscribe: 0 };
     this.stopped = false;
     this.bye = null;
     this.everJoined = false;
     this.metrics = { firstTeacherFrameMs: null, welcomeMs: null, firstFrames: {}, iceServerRenewals: [] };
+    this.connectionLog = []; // [ms, what] of the last connection events, for support
     this.lessonState = { ...EMPTY_STATE };
     this.hands = []; // raised hands, first raised first
     this.waiting = []; // who waits in the lobby (moderators only)
@@ -196,7 +205,12 @@ class ClassroomPage {
     this.bye = null;
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new SignalingSocket(`${scheme}://${location.host}/ws`, {
-      onOpen: () => socket.send("join", { token: this.token }),
+      // With peer connections still open, we ask to keep them: the server held our
+      // seat and its media, and media may even have gone on meanwhile.
+      onOpen: () => {
+        this.log("socket open");
+        socket.send("join", { token: this.token, resume: this.holdsMedia() });
+      },
       onMessage: (message) => this.socket === socket && this.handle(message),
       onClose: (info) => this.socket === socket && this.closed(info),
     });
@@ -205,12 +219,27 @@ class ClassroomPage {
 
   send = (type, fields) => this.socket?.send(type, fields) ?? false;
 
+  /** Note a connection event (the last 200 are kept: window.lco.connectionLog()). */
+  log(what) {
+    this.connectionLog.push([Math.round(performance.now()), what]);
+    if (this.connectionLog.length > 200) this.connectionLog.shift();
+  }
+
+  holdsMedia() {
+    return Boolean(this.publisher || this.subscriber);
+  }
+
   closed({ clean }) {
-    this.teardown();
-    if (this.stopped || clean) return;
-    if (this.bye && !RECONNECTING_BYES.has(this.bye.reason)) return;
+    this.log(`socket closed${clean ? " (by us)" : ""}`);
+    if (this.stopped || clean || (this.bye && !RECONNECTING_BYES.has(this.bye.reason))) {
+      this.teardown();
+      return;
+    }
+    // The seat is held for us: keep the stage, the tiles and the peer connections,
+    // and take the seat back, at once the first time.
     this.attempt += 1;
-    const delay = Math.min(MAX_BACKOFF_MS, 500 * 2 ** (this.attempt - 1)) * (0.75 + Math.random() * 0.5);
+    const delay =
+      this.attempt === 1 ? 0 : Math.min(MAX_BACKOFF_MS, 500 * 2 ** (this.attempt - 2)) * (0.75 + Math.random() * 0.5);
     const seconds = Math.max(1, Math.round(delay / 1000));
     if (this.attempt > 3) {
       setBanner(
@@ -218,7 +247,7 @@ class ClassroomPage {
         "error",
       );
     } else {
-      setBanner(`Connection to the lesson lost. Reconnecting in ${seconds} s…`, "warn");
+      setBanner("Reconnecting…", "warn");
     }
     document.body.dataset.connection = "reconnecting";
     clearTimeout(this.retryTimer);
@@ -226,6 +255,26 @@ class ClassroomPage {
       this.reconnects += 1;
       this.connect();
     }, delay);
+  }
+
+  /**
+   * The device's network came back (or changed: another Wi-Fi, a new address). The
+   * socket may be dead without knowing it, and the media paths too: take the seat
+   * back on a new socket now, and restart ICE on both connections once in.
+   */
+  networkChanged() {
+    this.log("network back or changed");
+    this.iceRestartWanted = true;
+    if (this.stopped || !this.socket) return;
+    this.attempt = 0;
+    clearTimeout(this.retryTimer);
+    if (this.socket.done) {
+      // Between two tries (the last one failed while the network was away): now.
+      this.reconnects += 1;
+      this.connect();
+    } else {
+      this.socket.drop();
+    }
   }
 
   /** Close both peer connections and forget everything remote (a fresh join follows). */
@@ -239,9 +288,56 @@ class ClassroomPage {
     this.sound.clear();
   }
 
-  /** ICE failed on a peer connection: rejoin from scratch. */
+  /** A peer connection can no longer be used: rejoin with new connections. */
   connectionFailed() {
+    this.teardown();
     this.socket?.drop();
+  }
+
+  /**
+   * Media stopped on one connection ("publish" or "subscribe") while the socket may
+   * live: restart its ICE (at most every few seconds); after several restarts that
+   * brought nothing back, replace the connection.
+   */
+  mediaTrouble(which) {
+    this.log(`media stopped on ${which}`);
+    const now = performance.now();
+    if (now - this.lastIceRestart[which] < ICE_RESTART_INTERVAL_MS) return;
+    if (this.failedRestarts[which] >= ICE_RESTARTS_BEFORE_NEW_CONNECTION) {
+      this.failedRestarts[which] = 0;
+      if (which === "publish") this.replacePublisher();
+      else this.connectionFailed();
+      return;
+    }
+    this.failedRestarts[which] += 1;
+    this.restartIce(which);
+  }
+
+  /** Restart ICE on one connection, or on both (after taking the seat back). */
+  restartIce(which = null) {
+    this.log(`ICE restart ${which ?? "both"}`);
+    const now = performance.now();
+    if ((which ?? "publish") === "publish" && this.publisher?.sendingAnything) {
+      this.lastIceRestart.publish = now;
+      this.iceRestarts.publish += 1;
+      this.publisher.restartIce().catch((error) => console.warn("ICE restart (publish) failed", error));
+    }
+    if ((which ?? "subscribe") === "subscribe" && this.subscriber && this.send("ice_restart", { pc: "subscribe" })) {
+      this.lastIceRestart.subscribe = now;
+      this.iceRestarts.subscribe += 1;
+    }
+  }
+
+  /** The server no longer has our publish connection: publish on a new one. */
+  replacePublisher() {
+    this.publisher?.close();
+    this.publisher = null;
+    if (this.may("publish")) this.startPublishing();
+  }
+
+  /** Media flows again on a connection: its trouble is over. */
+  mediaFlowing(which) {
+    this.failedRestarts[which] = 0;
   }
 
   handle(message) {
@@ -257,6 +353,16 @@ class ClassroomPage {
       case "lobby_updated":
         this.waiting = message.waiting;
         return this.renderPanels();
+      case "lobby_changed": {
+        const removed = new Set(message.removed);
+        const kept = this.waiting.filter((p) => !removed.has(p.id));
+        const known = new Set(kept.map((p) => p.id));
+        this.waiting = [...kept, ...message.added.filter((p) => !known.has(p.id))];
+        return this.renderPanels();
+      }
+      case "participant_disconnected":
+      case "participant_reconnected":
+        return this.participantConnection(message.participant_id, message.type === "participant_reconnected");
       case "lesson_updated":
         return this.lessonChanged(message.state);
       case "unmute_requested":
@@ -271,6 +377,7 @@ class ClassroomPage {
         return this.chat.add(message.message, this.me?.id);
       case "chat_history":
         for (const entry of message.messages) this.chat.add(entry, this.me?.id);
+        $("chat-earlier").hidden = Boolean(message.complete);
         return undefined;
       case "participant_joined":
       case "participant_updated":
@@ -284,6 +391,7 @@ class ClassroomPage {
       case "track_unpublished":
         return this.trackUnpublished(message.participant_id, message.track_id);
       case "publish_answer":
+        this.log("publish answer");
         return this.publisher?.answered(message.sdp);
       case "subscribe_offer":
         return this.subscribeOffered(message);
@@ -302,6 +410,16 @@ class ClassroomPage {
     this.attempt = 0;
     this.everJoined = true;
     this.metrics.welcomeMs ??= performance.now();
+    this.socket?.setKeepalive(message.keepalive);
+    const resumed = Boolean(message.resumed);
+    this.log(resumed ? "seat taken back" : "welcome");
+    if (!resumed && this.holdsMedia()) {
+      // Our seat was released meanwhile (or the server restarted): a new participant,
+      // whose media starts over.
+      this.teardown();
+      if (this.me) this.tiles.removeParticipant(this.me.id);
+    }
+    if (resumed) this.resumes += 1;
     this.me = message.you;
     this.permissions = message.permissions;
     this.iceServers = message.ice_servers ?? [];
@@ -325,6 +443,13 @@ class ClassroomPage {
     this.renderPanels();
     this.updateControls();
     if (this.may("publish")) this.startPublishing();
+    else if (this.publisher?.sendingAnything) this.stopPublishingLocally();
+    if (resumed && (this.holdsMedia() || this.iceRestartWanted)) {
+      // The network may have changed under the kept connections: new ICE for both
+      // (media goes on meanwhile wherever it still can).
+      this.iceRestartWanted = false;
+      this.restartIce();
+    }
   }
 
   /**
@@ -343,6 +468,7 @@ class ClassroomPage {
   lobbyWait(message) {
     this.attempt = 0;
     this.everJoined = true;
+    this.socket?.setKeepalive(message.keepalive);
     this.lobbyReason = message.reason;
     document.body.dataset.connection = "waiting";
     setBanner(null);
@@ -428,6 +554,13 @@ class ClassroomPage {
   }
 
   refused(message) {
+    this.log(`error ${message.code} (${message.request_type})`);
+    if (message.code === "stale_answer") return; // an answer overtaken by a newer offer
+    if (message.code === "connection_gone" && message.request_type === "publish_offer") {
+      this.publisher?.refused(message.message);
+      this.replacePublisher();
+      return;
+    }
     if (message.request_type === "join" && message.code !== "bad_token") {
       // Refused for a reason about the lesson (removed, locked, ended): the bye says which.
       this.stopped = true;
@@ -495,6 +628,14 @@ class ClassroomPage {
     this.tiles.arrange();
     this.renderPeople();
     this.renderPanels();
+  }
+
+  /** A participant's socket went (its seat is held) or came back. */
+  participantConnection(participantId, connected) {
+    const participant = this.participants.get(participantId);
+    if (!participant) return;
+    participant.connected = connected;
+    this.renderPeople();
   }
 
   participantLeft(participantId) {
@@ -675,13 +816,25 @@ class ClassroomPage {
   // -- receiving ----------------------------------------------------------------
 
   subscribeOffered(message) {
+    this.log(`subscribe offer ${message.offer_id}${message.new_connection ? " (new connection)" : ""}`);
+    if (message.new_connection && this.subscriber) {
+      // The server moved what we receive to a new connection: so do we.
+      for (const info of this.subscriber.carried) this.removeRemote(info.track_id);
+      this.subscriber.close();
+      this.subscriber = null;
+    }
     if (!this.subscriber) {
-      this.subscriber = new Subscriber(
+      const subscriber = new Subscriber(
         this.iceServers,
         this.send,
         { onTrack: (info, track) => this.showRemote(info, track), onGone: (info) => this.removeRemote(info.track_id) },
-        () => this.connectionFailed(),
+        () => this.subscriber === subscriber && this.mediaTrouble("subscribe"),
       );
+      subscriber.pc.addEventListener("iceconnectionstatechange", () => {
+        this.log(`subscribe ICE ${subscriber.pc.iceConnectionState}`);
+        if (subscriber.pc.iceConnectionState === "connected") this.mediaFlowing("subscribe");
+      });
+      this.subscriber = subscriber;
     }
     this.subscriber.offered(message).catch((error) => {
       console.error("subscribe negotiation failed", error);
@@ -729,7 +882,14 @@ class ClassroomPage {
   // -- publishing ---------------------------------------------------------------
 
   ensurePublisher() {
-    this.publisher ??= new Publisher(this.iceServers, this.send, () => this.connectionFailed());
+    if (!this.publisher) {
+      const publisher = new Publisher(this.iceServers, this.send, () => this.publisher === publisher && this.mediaTrouble("publish"));
+      publisher.pc.addEventListener("iceconnectionstatechange", () => {
+        this.log(`publish ICE ${publisher.pc.iceConnectionState}`);
+        if (publisher.pc.iceConnectionState === "connected") this.mediaFlowing("publish");
+      });
+      this.publisher = publisher;
+    }
     return this.publisher;
   }
 
@@ -737,6 +897,7 @@ class ClassroomPage {
     const stream = this.localStream;
     if (!stream || !this.me) return;
     const publisher = this.ensurePublisher();
+    const before = publisher.sending.size;
     const video = stream.getVideoTracks()[0];
     const audio = stream.getAudioTracks()[0];
     if (video && !publisher.has("camera")) publisher.add(video, "camera", stream);
@@ -745,12 +906,15 @@ class ClassroomPage {
     if (video) this.tiles.showVideo(this.me, "camera", stream, { local: true });
     this.tiles.arrange();
     this.renderPeople();
-    this.negotiatePublish();
+    // Already sending all of it (a seat taken back with its connections): no offer.
+    if (publisher.sending.size > before) this.negotiatePublish();
   }
 
   negotiatePublish() {
-    this.publisher?.negotiate().catch((error) => {
-      if (this.publisher) setBanner(`Sending your video failed: ${error.message}`, "warn");
+    const publisher = this.publisher;
+    publisher?.negotiate().catch((error) => {
+      // A publisher replaced meanwhile (closed on purpose) is no failure to show.
+      if (this.publisher === publisher) setBanner(`Sending your video failed: ${error.message}`, "warn");
     });
   }
 
@@ -864,7 +1028,17 @@ class ClassroomPage {
       this.send("broadcast_audio", { on: this.lessonState.broadcast_audio_from !== this.me?.id }),
     );
     $("breakout-end").addEventListener("click", () => this.send("end_breakout"));
-    window.addEventListener("pagehide", () => this.send("leave"));
+    // No "leave" when the page goes: a reload (or a frozen tab's new page) takes the
+    // seat back; a closed tab's seat is released after the grace period, as of now.
+    window.addEventListener("online", () => this.networkChanged());
+    window.addEventListener("offline", () => {
+      if (this.stopped || !this.me) return;
+      document.body.dataset.connection = "reconnecting";
+      setBanner("Your device is offline. Reconnecting as soon as the network is back…", "warn");
+    });
+    $("chat-earlier").addEventListener("click", () => {
+      if (this.chat.oldestId !== null) this.send("fetch_chat", { before: this.chat.oldestId });
+    });
   }
 
   mutedByModerator(kind) {
@@ -966,9 +1140,13 @@ class ClassroomPage {
         presenter: Boolean(p.presenter),
         hand_raised: Boolean(p.hand_raised),
         group: p.group ?? null,
+        connected: p.connected !== false,
       })),
       remoteTracks: [...this.remote.values()].map((r) => r.info),
       reconnects: this.reconnects,
+      resumes: this.resumes,
+      iceRestarts: { ...this.iceRestarts },
+      connection: document.body.dataset.connection ?? null,
       sharing: Boolean(this.screenStream),
       banners: [...bannerHistory],
       inLobby: this.lobbyReason,
@@ -1016,6 +1194,8 @@ function main() {
       subscribe: page.subscriber?.pc.getConfiguration().iceServers ?? null,
     }),
     debugDropConnection: () => page.socket?.drop(),
+    debugNetworkChanged: () => page.networkChanged(),
+    connectionLog: () => [...page.connectionLog],
   };
   page.start().catch((error) => {
     console.error(error);

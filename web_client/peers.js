@@ -45,9 +45,19 @@ function setIceServers(pc, iceServers) {
   }
 }
 
-function watchFailure(pc, onFailed) {
-  pc.addEventListener("connectionstatechange", () => {
-    if (pc.connectionState === "failed") onFailed();
+// A connection "disconnected" this long (its path went quiet) gets an ICE restart.
+const DISCONNECTED_GRACE_MS = 2_000;
+
+/**
+ * Call `onTrouble` when media stops on `pc`: at once when ICE fails, and when it has
+ * stayed "disconnected" for a while (it often recovers by itself sooner).
+ */
+function watchIce(pc, onTrouble) {
+  let timer = null;
+  pc.addEventListener("iceconnectionstatechange", () => {
+    clearTimeout(timer);
+    if (pc.iceConnectionState === "failed") onTrouble();
+    else if (pc.iceConnectionState === "disconnected") timer = setTimeout(onTrouble, DISCONNECTED_GRACE_MS);
   });
 }
 
@@ -60,7 +70,7 @@ export class Publisher {
     this.chain = Promise.resolve();
     this.pending = null; // {resolve, reject} of the offer waiting for its answer
     trickle(this.pc, "publish", send);
-    watchFailure(this.pc, onFailed);
+    watchIce(this.pc, onFailed);
   }
 
   /**
@@ -110,9 +120,23 @@ export class Publisher {
     return this.chain;
   }
 
-  async offerOnce() {
+  /** Offer again with new ICE credentials: the server restarts ICE on its side too. */
+  restartIce() {
+    this.chain = this.chain.catch(() => {}).then(() => this.offerOnce({ iceRestart: true }));
+    return this.chain;
+  }
+
+  get sendingAnything() {
+    return this.sending.size > 0;
+  }
+
+  async offerOnce(options = {}) {
     if (this.pc.signalingState === "closed") return;
-    await this.pc.setLocalDescription(await this.pc.createOffer());
+    if (this.pc.signalingState === "have-local-offer") {
+      // An offer whose answer never came (the socket went): start over from stable.
+      await this.pc.setLocalDescription({ type: "rollback" });
+    }
+    await this.pc.setLocalDescription(await this.pc.createOffer(options));
     const tracks = [];
     for (const [source, transceiver] of this.sending) {
       if (transceiver.mid) tracks.push({ mid: transceiver.mid, source });
@@ -150,6 +174,11 @@ export class Publisher {
 
 /** The subscribe connection: the server offers the tracks we receive. */
 export class Subscriber {
+  /** The tracks it carries, for a new subscribe connection that takes over. */
+  get carried() {
+    return [...this.byMid.values()];
+  }
+
   /**
    * @param handlers {{onTrack(info, track), onGone(info)}}
    */
@@ -160,7 +189,7 @@ export class Subscriber {
     this.byMid = new Map(); // mid -> {mid, track_id, participant_id, kind, source}
     this.chain = Promise.resolve();
     trickle(this.pc, "subscribe", send);
-    watchFailure(this.pc, onFailed);
+    watchIce(this.pc, onFailed);
     this.pc.addEventListener("track", (event) => {
       const info = this.byMid.get(event.transceiver.mid);
       if (info) this.handlers.onTrack(info, event.track);
@@ -183,7 +212,7 @@ export class Subscriber {
         for (const [mid, info] of current) this.byMid.set(mid, info);
         await this.pc.setRemoteDescription({ type: "offer", sdp: message.sdp });
         await this.pc.setLocalDescription(await this.pc.createAnswer());
-        this.send("subscribe_answer", { sdp: this.pc.localDescription.sdp });
+        this.send("subscribe_answer", { sdp: this.pc.localDescription.sdp, offer_id: message.offer_id });
       });
     return this.chain;
   }

@@ -1,8 +1,10 @@
-// The signalling socket: JSON messages with "v": 1, a ping every 15 s, and a
-// watchdog that closes a socket the server has stopped answering.
+// The signalling socket: JSON messages with "v": 1. The server pings every few
+// seconds and we answer at once; a watchdog drops a socket the server has stopped
+// answering (a network that went silent), so that the page reconnects and takes
+// its seat back.
 
-const PING_INTERVAL_MS = 15_000;
-const SILENCE_LIMIT_MS = 40_000;
+// Until the welcome says otherwise (its keepalive.timeout).
+const DEFAULT_SILENCE_LIMIT_MS = 4_000;
 
 export class SignalingSocket {
   /**
@@ -12,14 +14,15 @@ export class SignalingSocket {
   constructor(url, handlers) {
     this.handlers = handlers;
     this.closedByUs = false;
-    this.lastHeard = performance.now();
+    this.silenceLimitMs = DEFAULT_SILENCE_LIMIT_MS;
+    this.openedAt = performance.now();
     this.ws = new WebSocket(url);
     this.ws.addEventListener("open", () => {
-      this.timer = setInterval(() => this.tick(), PING_INTERVAL_MS);
+      this.heard();
       handlers.onOpen();
     });
     this.ws.addEventListener("message", (event) => {
-      this.lastHeard = performance.now();
+      this.heard();
       let message;
       try {
         message = JSON.parse(event.data);
@@ -27,21 +30,30 @@ export class SignalingSocket {
         console.warn("ignoring a server message that is not JSON");
         return;
       }
-      if (message && typeof message.type === "string") handlers.onMessage(message);
+      if (!message || typeof message.type !== "string") return;
+      if (message.type === "ping") {
+        this.send("pong"); // the server's keep-alive: answered here, nothing to show
+        return;
+      }
+      handlers.onMessage(message);
     });
-    this.ws.addEventListener("close", (event) => {
-      clearInterval(this.timer);
-      handlers.onClose({ code: event.code, clean: this.closedByUs });
-    });
+    this.ws.addEventListener("close", (event) => this.ended(event.code));
   }
 
-  tick() {
-    if (performance.now() - this.lastHeard > SILENCE_LIMIT_MS) {
-      // No pong for a long time: the network is gone even if the socket says open.
-      this.ws.close();
-      return;
-    }
-    this.send("ping");
+  /** The server's keep-alive settings (from welcome or lobby_wait). */
+  setKeepalive(keepalive) {
+    if (keepalive?.timeout > 0) this.silenceLimitMs = keepalive.timeout * 1000;
+    this.heard();
+  }
+
+  /** Something arrived: the server is there; it has until the limit to say more. */
+  heard() {
+    clearTimeout(this.watchdog);
+    if (this.ws.readyState > WebSocket.OPEN) return;
+    this.watchdog = setTimeout(() => {
+      // Nothing for too long: the network is gone even if the socket says open.
+      this.drop();
+    }, this.silenceLimitMs);
   }
 
   get open() {
@@ -58,12 +70,24 @@ export class SignalingSocket {
   /** Close on purpose (leaving): no reconnect follows. */
   close() {
     this.closedByUs = true;
-    clearInterval(this.timer);
+    clearTimeout(this.watchdog);
     this.ws.close(1000);
   }
 
-  /** Close as a network failure would (tests and the watchdog): a reconnect follows. */
+  /**
+   * Close as a network failure would (tests, the watchdog, a network change): a
+   * reconnect follows at once, without waiting for a closing handshake that a dead
+   * network never completes.
+   */
   drop() {
-    this.ws.close(4000, "dropped");
+    if (this.ws.readyState < WebSocket.CLOSING) this.ws.close(4000, "dropped");
+    this.ended(4000);
+  }
+
+  ended(code) {
+    clearTimeout(this.watchdog);
+    if (this.done) return;
+    this.done = true;
+    this.handlers.onClose({ code, clean: this.closedByUs });
   }
 }

@@ -260,6 +260,7 @@ const openMenus = new Set(); // participant ids whose "More" menu is open
 /** What a participant is doing, as short words: publishing, muted, hand up... */
 export function statusWords(p, { sending }) {
   const words = [];
+  if (p.connected === false) words.push("reconnecting…");
   if (p.presenter) words.push("presenter");
   if (sending) words.push("publishing");
   else if (p.can_publish) words.push("may publish");
@@ -301,7 +302,15 @@ export function renderPeople(me, participants, actions, { publishing = false, sp
         const words = statusWords(p, { sending });
         const item = el(
           "li",
-          { dataset: { participantId: p.id, role: p.role, muted: (p.muted ?? []).join(" "), spotlight: String(p.id === spotlight) } },
+          {
+            dataset: {
+              participantId: p.id,
+              role: p.role,
+              muted: (p.muted ?? []).join(" "),
+              spotlight: String(p.id === spotlight),
+              connected: String(p.connected !== false),
+            },
+          },
           el("span", { className: "name", text: p.id === me.id ? `${p.name} (you)` : p.name }),
           el("span", { className: "role", text: roleLabel(p.role) }),
           el("span", { className: "state", text: p.id === spotlight ? [words, "spotlight"].filter(Boolean).join(" · ") : words }),

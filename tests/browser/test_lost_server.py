@@ -26,7 +26,9 @@ def test_lost_server_is_explained_and_rejoined(
 
         # A graceful stop says bye to everyone with reason "server_shutdown".
         stop_server(server.process)
-        expect(page.locator("#banner")).to_contain_text("Connection to the lesson lost")
+        page.wait_for_function(
+            "() => window.lco.state().banners.includes('Reconnecting…')", timeout=TIMEOUT_MS
+        )
         # After a few failed tries the sentence says the server cannot be reached.
         expect(page.locator("#banner")).to_contain_text(
             "The lesson server cannot be reached", timeout=TIMEOUT_MS
@@ -40,6 +42,8 @@ def test_lost_server_is_explained_and_rejoined(
         restarted = start_server(port, secret, host_address, data_dir)
         page.wait_for_function("() => window.lco.state().connected", timeout=TIMEOUT_MS)
         expect(page.locator("#banner")).to_have_text("Reconnected to the lesson.")
+        # A new server holds no seat for it: a new participant, its media started over.
+        assert page.evaluate("() => window.lco.state().resumes") == 0
     finally:
         context.close()
         if restarted is not None:

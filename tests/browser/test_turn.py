@@ -254,8 +254,11 @@ def turn_credential_of(servers: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def leave(participant: Participant, seen_by: Participant) -> None:
-    """Close a page; return once ``seen_by`` was told (the server has closed its media)."""
+    """Leave (the Leave button) and close the page; return once ``seen_by`` was told
+    (the server has closed its media). A page closed without leaving keeps its seat
+    for the grace period."""
     pid = participant.id
+    participant.page.get_by_role("button", name="Leave", exact=True).click()
     participant.context.close()
     seen_by.page.wait_for_function(
         "(id) => !window.lco.state().participants.some((p) => p.id === id)",
