@@ -56,6 +56,10 @@ FINAL_BYES = frozenset(
 class JoinRefused(ConnectionError):
     """The server refused the join (or the lobby turned us away); says why."""
 
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 @dataclass(slots=True)
 class ReceivedTrack:
@@ -182,7 +186,7 @@ class LessonClient:
             self._opening = None
             self._waiters = [(pr, f) for pr, f in self._waiters if f is not opening]
         if message["type"] == "bye":
-            raise JoinRefused(message.get("message", "join refused"))
+            raise JoinRefused(message.get("message", "join refused"), message.get("reason"))
         if message["type"] == "lobby_wait":
             self.participant_id = message["participant_id"]
         return message
@@ -330,6 +334,8 @@ class LessonClient:
                     10,
                 )
             except JoinRefused as exc:  # removed, the lesson ended...
+                if exc.reason == "unavailable":
+                    continue  # the servers cannot place the lesson yet: try again
                 self.failure = f"could not rejoin: {exc}"
                 self.closed.set()
                 return

@@ -87,10 +87,15 @@ def create_app(settings: Settings) -> Starlette:
             await websocket.close(code=1013)
             return
         await websocket.accept()
-        await ParticipantConnection(state, websocket).run()
+        if state.cluster is not None:
+            await state.cluster.serve_socket(websocket)
+        else:
+            await ParticipantConnection(state, websocket).run()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if state.cluster is not None:
+            await state.cluster.start()
         background = [
             asyncio.create_task(state.keep_heartbeat(), name="heartbeat"),
             asyncio.create_task(state.webhooks.run(), name="webhooks"),
@@ -103,6 +108,8 @@ def create_app(settings: Settings) -> Starlette:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await state.shutdown()
+            if state.cluster is not None:
+                await state.cluster.stop()
             state.close()
 
     app = Starlette(

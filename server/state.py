@@ -30,6 +30,7 @@ from .sessions import ConsoleSessions
 from .webhooks import Webhooks, WebhookSettings
 
 if TYPE_CHECKING:
+    from .cluster import Cluster
     from .connection import ParticipantConnection
 
 logger = logging.getLogger(__name__)
@@ -55,17 +56,27 @@ class ServerState:
                 )
         self.turn = settings.turn
         self.records = SqliteRecordStore(settings.data_dir / "lco.sqlite3")
-        closed = self.records.close_open_sessions()
-        if closed:
-            logger.warning("closed %d attendance sessions left open by a previous run", closed)
+        if settings.redis_url is None:
+            closed = self.records.close_open_sessions()
+            if closed:
+                logger.warning("closed %d attendance sessions left open by a previous run", closed)
+        # With Redis, the nodes of one machine share the record store: sessions open
+        # at start may be another node's, live.
         self.catalogue = Catalogue(settings.data_dir / "catalogue.sqlite3")
+        # With Redis: this node among others (server/cluster.py); started by the app.
+        self.cluster: Cluster | None = None
         self.registry = InMemoryLessonRegistry(
             self.ice_servers_for,
             self.records,
             settings_for=self.catalogue.settings_for,
             seat_grace=settings.seat_grace,
             keepalive=p.Keepalive(interval=settings.ping_interval, timeout=settings.idle_timeout),
+            on_discard=self._lesson_discarded,
         )
+        if settings.redis_url is not None:
+            from .cluster import Cluster
+
+            self.cluster = Cluster(settings.redis_url, self, settings.node_name)
         self.bus = InMemoryEventBus()
         self.sfu = Sfu(
             IceSettings(
@@ -142,6 +153,11 @@ class ServerState:
             self.records.beat()
             await asyncio.sleep(interval)
 
+    def _lesson_discarded(self, lesson_id: str) -> None:
+        # Its last participant left: another node may serve it next time.
+        if self.cluster is not None:
+            self.cluster.placement.forget(lesson_id)
+
     def _track_ended(self, participant_id: str, track_id: str) -> None:
         connection = self.connections.get(participant_id)
         if connection is not None:
@@ -192,6 +208,8 @@ class ServerState:
                 probe()
             except Exception as exc:  # any failure of the database means not ready
                 problems[name] = f"{type(exc).__name__}: {exc}"
+        if self.cluster is not None:
+            problems.update(self.cluster.problems())
         lag = self.prometheus.last_lag
         if lag > READY_MAX_LAG:
             problems["event_loop"] = f"{lag:.2f} s late (limit {READY_MAX_LAG} s)"
@@ -220,4 +238,13 @@ class ServerState:
             "open_fds": open_fds(),
             "rss_bytes": resident_bytes(),
             "sfu": self.sfu.stats(),
+            "cluster": None
+            if self.cluster is None
+            else {
+                "node": self.cluster.node_id,
+                "redis_reachable": self.cluster.reachable,
+                "relay": self.cluster.relay.counts,
+                "lessons": sorted(lesson.id for lesson in self.registry.lessons()),
+                "placement_conflicts": self.cluster.placement.conflicts,
+            },
         }

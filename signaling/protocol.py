@@ -572,6 +572,7 @@ ByeReason = Literal[
     "locked",
     "lesson_ended",
     "negotiation_failed",
+    "unavailable",
 ]
 
 

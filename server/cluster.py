@@ -1,0 +1,201 @@
+"""Several nodes (or worker processes) serving lessons together through Redis.
+
+With ``--redis URL`` this node joins the others: it beats in the node registry with
+its load, renews the lessons it serves, and takes every socket: the socket's first
+frame (the join) names the lesson; the lesson's node (placed on the least loaded node
+if it has none) serves it, here or through the relay (``server/redis_relay.py``).
+Without ``--redis`` none of this exists and every lesson lives in the one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import jwt
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocket
+
+from signaling import protocol as p
+from signaling.placement import PlacementUnavailable
+from signaling.tokens import TokenError, verify_token
+
+from . import redis_keys
+from .connection import ParticipantConnection
+from .redis_nodes import CpuMeter, NodeRegistry
+from .redis_placement import RedisPlacement
+from .redis_relay import Relay, RelayedSocket
+
+if TYPE_CHECKING:
+    from .state import ServerState
+
+logger = logging.getLogger(__name__)
+
+# Seconds between heartbeats (node load, lesson renewals).
+HEARTBEAT_INTERVAL = 1.0
+# Close code after an ``unavailable`` bye (IANA: 1013 "try again later").
+CLOSE_TRY_AGAIN = 1013
+
+
+class NodeNameTaken(Exception):
+    """Another live node uses this node's name."""
+
+
+def lesson_of_join(first: str | bytes, secret: bytes) -> str | None:
+    """The lesson of a join frame whose token verifies, else None (the session then
+    refuses the frame here, as it would on any node)."""
+    try:
+        message = json.loads(first)
+        if not isinstance(message, dict) or message.get("type") != "join":
+            return None
+        token = message.get("token")
+        if not isinstance(token, str):
+            return None
+        return verify_token(secret, token).lesson
+    except (ValueError, TokenError, jwt.PyJWTError):
+        return None
+
+
+class Cluster:
+    """This node's membership: heartbeat, placement, relay, and where sockets go."""
+
+    def __init__(self, url: str, state: ServerState, node_id: str) -> None:
+        self._state = state
+        # No retries inside redis-py: an unreachable Redis must fail a join at once
+        # with a clear error, not after a backoff.
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=1.0,
+            socket_timeout=2.0,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.node_id = node_id
+        self.nodes = NodeRegistry(self.redis, node_id)
+        self.placement = RedisPlacement(
+            self.redis, self.nodes, lambda lesson_id: state.registry.find(lesson_id) is not None
+        )
+        self.relay = Relay(self.redis, node_id, self._serve_relayed, self._claim_for)
+        self.reachable = False
+        self._cpu = CpuMeter()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join: refuse a name another live node uses; then beat and listen. An
+        unreachable Redis is no reason not to start: the node is not ready until it
+        answers."""
+        with contextlib.suppress(RedisError, OSError):
+            other = await self.redis.hget(redis_keys.node(self.node_id), "pid")
+            if other is not None and await self.redis.pttl(redis_keys.node(self.node_id)) > 0:
+                raise NodeNameTaken(
+                    f"node name {self.node_id!r} is in use by a live node (pid {other!s}); "
+                    "give each node its own --node-name"
+                )
+        self._tasks = [
+            asyncio.create_task(self._beat(), name="cluster-heartbeat"),
+            asyncio.create_task(self.relay.listen(), name="cluster-relay"),
+        ]
+        # Ready to relay before taking sockets (bounded: Redis may be down).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.relay.listening.wait(), 2.0)
+
+    async def stop(self) -> None:
+        """Leave: close relayed sockets, release this node's lessons, forget the node."""
+        await self.relay.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(RedisError, OSError):
+            await self.placement.release_all(
+                [lesson.id for lesson in self._state.registry.lessons()]
+            )
+            await self.nodes.leave()
+        await self.redis.aclose()
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await self.nodes.beat(len(self._state.connections), self._cpu.read())
+                lost = await self.placement.renew(
+                    [lesson.id for lesson in self._state.registry.lessons()]
+                )
+                for lesson_id in lost:
+                    logger.error("lesson %s is owned by another node now", lesson_id)
+                if not self.reachable:
+                    if self._tasks:
+                        logger.info("Redis answers again")
+                    # Redis may have lost its keys: every node claims its lessons
+                    # again at its next beat before anyone places new ones.
+                    self.placement.hold_placements(2 * HEARTBEAT_INTERVAL)
+                self.reachable = True
+            except (RedisError, OSError) as exc:
+                if self.reachable:
+                    logger.warning("Redis is unreachable: %s", exc)
+                self.reachable = False
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def problems(self) -> dict[str, str]:
+        """What keeps this node from taking joins, as far as Redis is concerned."""
+        if not self.reachable:
+            return {"redis": "unreachable: new joins cannot be placed"}
+        if not self.relay.listening.is_set():
+            return {"redis": "not subscribed to this node's relay channel"}
+        return {}
+
+    # -- sockets -------------------------------------------------------------
+
+    async def serve_socket(self, ws: WebSocket) -> None:
+        """Serve an accepted socket here, or relay it to its lesson's node."""
+        state = self._state
+        opened = time.monotonic()
+        try:
+            message = await asyncio.wait_for(ws.receive(), state.settings.join_timeout)
+        except TimeoutError:
+            # The connection times the join out at once, as without Redis.
+            await ParticipantConnection(state, ws, opened_at=opened).run()
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        first = message.get("text")
+        if first is None:
+            first = message.get("bytes") or b""
+        lesson_id = lesson_of_join(first, state.settings.secret)
+        if lesson_id is None or isinstance(first, bytes):
+            await ParticipantConnection(state, ws, first, opened).run()
+            return
+        try:
+            owner = await self.placement.owner(lesson_id)
+        except PlacementUnavailable as exc:
+            logger.warning("join refused: lesson %s cannot be placed (%s)", lesson_id, exc)
+            await ws.send_text(
+                p.encode_server_message(
+                    p.Bye(
+                        reason="unavailable",
+                        message="lessons cannot be reached now (the servers lost their "
+                        "coordination service); try again shortly",
+                    )
+                )
+            )
+            await ws.close(CLOSE_TRY_AGAIN)
+            return
+        if owner != self.node_id and not await self.relay.relay_client(ws, owner, first):
+            return
+        await ParticipantConnection(state, ws, first, opened).run()
+
+    async def _serve_relayed(self, socket: RelayedSocket, first: str) -> None:
+        await ParticipantConnection(self._state, socket, first).run()
+
+    async def _claim_for(self, first: str) -> str:
+        lesson_id = lesson_of_join(first, self._state.settings.secret)
+        if lesson_id is None:
+            return self.node_id
+        return await self.placement.claim(lesson_id)

@@ -1,0 +1,283 @@
+"""Several nodes on one Redis (a real redis-server), real aiortc peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from media.client import JoinRefused, LessonClient
+from media.testsource import PatternVideoTrack, ToneAudioTrack
+from signaling import protocol as p
+from signaling.permissions import Role
+
+from .conftest import RunningServer, free_port, start_server, stop_server
+from .redis_server import RedisServer
+
+pytestmark = pytest.mark.usefixtures("decoding_clients")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def start_nodes(tmp: Path, redis: RedisServer, count: int, *extra: str) -> list[RunningServer]:
+    """``count`` nodes on one Redis; they share the data directory as a machine's do."""
+    return [
+        start_server(tmp, "--redis", redis.url, "--node-name", f"n{index}", "--no-demo", *extra)
+        for index in range(1, count + 1)
+    ]
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[RunningServer]]:
+    running = start_nodes(tmp_path, redis_server, 3)
+    yield running
+    for node in running:
+        stop_server(node)
+
+
+@pytest.fixture
+async def joined() -> AsyncIterator[Any]:
+    opened: list[LessonClient] = []
+
+    async def join(
+        node: RunningServer, name: str, role: Role, lesson: str, reconnect: bool = False
+    ) -> LessonClient:
+        client = LessonClient(node.ws, node.token(name, role, lesson=lesson), reconnect=reconnect)
+        opened.append(client)
+        await client.connect()
+        return client
+
+    yield join
+    for client in opened:
+        await client.close()
+
+
+def cluster(node: RunningServer) -> dict[str, Any]:
+    info = node.metrics()["cluster"]
+    assert isinstance(info, dict)
+    return info
+
+
+def owners(nodes: list[RunningServer], lesson: str) -> list[str]:
+    """The nodes on which ``lesson`` lives, by what each node says of itself."""
+    return [c["node"] for c in map(cluster, nodes) if lesson in c["lessons"]]
+
+
+def camera_and_microphone() -> list[tuple[Any, p.Source]]:
+    return [(PatternVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")]
+
+
+async def wait_until(condition: Any, timeout: float = 15.0) -> None:
+    """Poll a condition about another process (its metrics, Redis), off the loop."""
+    async with asyncio.timeout(timeout):
+        while not await asyncio.to_thread(condition):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_clients_of_one_lesson_on_three_nodes_see_and_hear_each_other(
+    nodes: list[RunningServer], redis_server: RedisServer, joined: Any
+) -> None:
+    n1, n2, n3 = nodes
+    teacher = await joined(n1, "Ms T", Role.TEACHER, "wide")
+    room = await joined(n2, "Room", Role.CLASSROOM, "wide")
+    expert = await joined(n3, "Dr E", Role.EXPERT, "wide")
+    everyone = [teacher, room, expert]
+    # One lesson on exactly one node, whatever node each socket landed on.
+    (owner,) = owners(nodes, "wide")
+    assert redis_server.client().get("lco:lesson:wide:owner") == owner
+    for client in everyone:
+        await client.publish(camera_and_microphone())
+    for viewer in everyone:
+        for other in everyone:
+            if other is viewer:
+                continue
+            for kind in ("video", "audio"):
+                track = await viewer.wait_track(other.participant_id or "", kind)
+                await viewer.wait_frames(track, 10)
+    relayed = sum(c["relay"]["frames_in"] for c in map(cluster, nodes))
+    assert relayed > 0  # two of the three sockets went through the relay
+
+    # Moderation from a socket relayed from another node takes effect everywhere.
+    elsewhere = next(n for n in nodes if cluster(n)["node"] != owner)
+    moderator = await joined(elsewhere, "Mr Co", Role.TEACHER, "wide")
+    everyone.append(moderator)
+    mid = room.participant_id or ""
+    notice = room.wait_for(lambda m: m["type"] == "notice")
+    seen = expert.wait_for(
+        lambda m: m["type"] == "participant_updated" and m["participant"]["id"] == mid
+    )
+    await moderator.send(p.Mute(participant_id=mid, kind="audio"))
+    assert (await notice)["code"] == "muted_audio"
+    assert (await seen)["participant"]["muted"] == ["audio"]
+    eid = expert.participant_id or ""
+    bye = expert.wait_for(lambda m: m["type"] == "bye")
+    left = room.wait_for(lambda m: m["type"] == "participant_left")
+    await moderator.send(p.Remove(participant_id=eid))
+    assert (await bye)["reason"] == "removed"
+    assert (await left)["participant_id"] == eid
+
+    # When the lesson ends, nothing of it is left in Redis.
+    for client in everyone:
+        await client.close()
+    await wait_until(lambda: not redis_server.keys("lco:lesson:*"))
+    await wait_until(
+        lambda: all(not redis_server.client().smembers(f"lco:node:n{i}:lessons") for i in (1, 2, 3))
+    )
+
+
+async def test_sockets_racing_into_one_lesson_on_two_nodes_meet_on_one_owner(
+    tmp_path: Path, redis_server: RedisServer, joined: Any
+) -> None:
+    pair = start_nodes(tmp_path, redis_server, 2)
+    try:
+        tokens = [(pair[i % 2], f"S{i}") for i in range(8)]
+        clients = await asyncio.gather(
+            *(joined(node, name, Role.EXPERT, "race") for node, name in tokens)
+        )
+        assert len(owners(pair, "race")) == 1
+        ids = {c.participant_id for c in clients}
+        for client in clients:
+            others = ids - {client.participant_id}
+            await wait_until(lambda c=client, o=others: o <= set(c.participants))
+    finally:
+        for node in pair:
+            stop_server(node)
+
+
+async def test_two_placements_racing_for_each_lesson_agree_on_one_owner(
+    redis_server: RedisServer,
+) -> None:
+    import redis.asyncio as aioredis
+
+    from server.redis_nodes import NodeRegistry
+    from server.redis_placement import RedisPlacement
+
+    clients = [aioredis.Redis.from_url(redis_server.url, decode_responses=True) for _ in "ab"]
+    try:
+        registries = [
+            NodeRegistry(client, name) for client, name in zip(clients, "ab", strict=True)
+        ]
+        for registry in registries:
+            await registry.beat(participants=0, cpu=0.0)
+        placements = [
+            RedisPlacement(client, registry, lambda lesson: False)
+            for client, registry in zip(clients, registries, strict=True)
+        ]
+        lessons = [f"l{i}" for i in range(50)]
+        for lesson in lessons:
+            results = await asyncio.gather(*(placement.owner(lesson) for placement in placements))
+            assert results[0] == results[1]
+        # Load-aware: the lessons were spread over both nodes.
+        counts = [len(await clients[0].smembers(f"lco:node:{n}:lessons")) for n in "ab"]
+        assert sorted(counts) == [25, 25]
+        # A node that does not own a lesson cannot take or release it.
+        owner_of_l0 = await clients[0].get("lco:lesson:l0:owner")
+        other = placements[0] if owner_of_l0 == "b" else placements[1]
+        assert await other.claim("l0") == owner_of_l0
+        other.forget("l0")
+        await asyncio.gather(*other._releases)
+        assert await clients[0].get("lco:lesson:l0:owner") == owner_of_l0
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def readiness(node: RunningServer) -> tuple[int, dict[str, Any]]:
+    response = httpx.get(f"{node.http}/readyz", timeout=5)
+    body: dict[str, Any] = response.json()
+    return response.status_code, body
+
+
+async def test_redis_outage_keeps_media_refuses_new_joins_and_recovers(
+    tmp_path: Path, redis_server: RedisServer, joined: Any
+) -> None:
+    pair = start_nodes(tmp_path, redis_server, 2)
+    try:
+        first = await joined(pair[0], "Room A", Role.CLASSROOM, "outage", reconnect=True)
+        (owner,) = owners(pair, "outage")
+        owner_node = next(n for n in pair if cluster(n)["node"] == owner)
+        second = await joined(
+            pair[1] if owner_node is pair[0] else pair[0],
+            "Room B",
+            Role.CLASSROOM,
+            "outage",
+            reconnect=True,
+        )
+        relayed = second if owner_node is pair[0] else first
+        direct = first if relayed is second else second
+        for client in (direct, relayed):
+            await client.publish(camera_and_microphone())
+        to_direct = await direct.wait_track(relayed.participant_id or "", "video")
+        to_relayed = await relayed.wait_track(direct.participant_id or "", "video")
+
+        redis_server.stop()
+        for node in pair:
+            await wait_until(lambda n=node: readiness(n)[0] == 503)
+            assert "redis" in readiness(node)[1]["problems"]
+        with pytest.raises(JoinRefused) as refused:
+            await joined(pair[1], "Late", Role.EXPERT, "outage-2")
+        assert refused.value.reason == "unavailable"
+        # Running lessons keep their media both ways, relayed signalling or not.
+        await direct.wait_frames(to_direct, 20)
+        await relayed.wait_frames(to_relayed, 20)
+        assert relayed.resumes == 0
+
+        redis_server.start()
+        for node in pair:
+            await wait_until(lambda n=node: readiness(n)[0] == 200)
+        await asyncio.wait_for(relayed.resumed.wait(), 20)
+        await direct.wait_frames(to_direct, 20)
+        await relayed.wait_frames(to_relayed, 20)
+        # The lesson kept its node; Redis knows it again.
+        assert owners(pair, "outage") == [owner]
+        assert redis_server.client().get("lco:lesson:outage:owner") == owner
+        late = await joined(pair[1], "Late", Role.EXPERT, "outage-2")
+        assert late.welcome is not None
+
+        for client in (direct, relayed, late):
+            await client.close()
+        await wait_until(lambda: not redis_server.keys("lco:lesson:*"))
+    finally:
+        for node in pair:
+            stop_server(node)
+    # Nodes that stopped leave nothing behind.
+    assert redis_server.keys() == []
+
+
+async def test_two_workers_serve_two_lessons_in_two_processes(
+    tmp_path: Path, redis_server: RedisServer, joined: Any
+) -> None:
+    server = start_server(
+        tmp_path, "--redis", redis_server.url, "--workers", "2", "--node-name", "box", "--no-demo"
+    )
+    try:
+        store = redis_server.client()
+        await wait_until(lambda: store.smembers("lco:nodes") == {"box-w1", "box-w2"})
+        for lesson in ("maths", "art"):
+            teacher = await joined(server, "T", Role.TEACHER, lesson)
+            student = await joined(server, "S", Role.STUDENT, lesson)
+            await teacher.publish(camera_and_microphone())
+            track = await student.wait_track(teacher.participant_id or "", "video")
+            await student.wait_frames(track, 10)
+        maths, art = store.get("lco:lesson:maths:owner"), store.get("lco:lesson:art:owner")
+        assert {maths, art} == {"box-w1", "box-w2"}
+        pids = {int(store.hget(f"lco:node:{node}", "pid") or 0) for node in (maths, art)}
+        assert len(pids) == 2 and server.process.pid not in pids
+    finally:
+        stop_server(server)
+    assert redis_server.keys() == []
+
+
+def test_workers_need_redis(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="--workers needs --redis"):
+        start_server(tmp_path, "--workers", "2")
