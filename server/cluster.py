@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import redis.asyncio as aioredis
@@ -28,7 +28,7 @@ from signaling.placement import PlacementUnavailable
 from signaling.tokens import TokenError, verify_token
 
 from . import redis_keys
-from .connection import ParticipantConnection
+from .connection import ParticipantConnection, execute_lesson_effect
 from .redis_nodes import CpuMeter, NodeRegistry
 from .redis_placement import RedisPlacement
 from .redis_relay import Relay, RelayedSocket
@@ -82,7 +82,7 @@ class Cluster:
         self.placement = RedisPlacement(
             self.redis, self.nodes, lambda lesson_id: state.registry.find(lesson_id) is not None
         )
-        self.relay = Relay(self.redis, node_id, self._serve_relayed, self._claim_for)
+        self.relay = Relay(self.redis, node_id, self._serve_relayed, self._claim_for, self._answer)
         self.reachable = False
         self._cpu = CpuMeter()
         self._tasks: list[asyncio.Task[None]] = []
@@ -190,6 +190,33 @@ class Cluster:
         if owner != self.node_id and not await self.relay.relay_client(ws, owner, first):
             return
         await ParticipantConnection(state, ws, first, opened).run()
+
+    # -- the HTTP API about lessons another node serves --------------------------
+
+    async def ask_owner(self, lesson_id: str, question: str) -> tuple[bool, Any]:
+        """``(True, answer)`` when another node serves ``lesson_id`` and answered
+        ``question`` (``summary``, ``live`` or ``end``); ``(False, None)`` when this node
+        serves it or no node does. Raises ``PlacementUnavailable`` (Redis unreachable)
+        or ``OwnerUnreachable``."""
+        owner = await self.placement.current_owner(lesson_id)
+        if owner is None or owner == self.node_id:
+            return False, None
+        return True, await self.relay.ask(owner, question, lesson_id)
+
+    async def _answer(self, question: str, lesson_id: str) -> Any:
+        state = self._state
+        live = state.registry.find(lesson_id)
+        if live is None:
+            return None
+        if question == "summary":
+            return {"participants": len(live.participants), "waiting": len(live.waiting)}
+        if question == "live":
+            return (await state.live.lesson(live)).model_dump(mode="json")
+        if question == "end":
+            for effect in live.close("the lesson was ended by its organiser"):
+                await execute_lesson_effect(state, effect)
+            return True
+        return None
 
     async def _serve_relayed(self, socket: RelayedSocket, first: str) -> None:
         await ParticipantConnection(self._state, socket, first).run()

@@ -128,6 +128,14 @@ class RedisPlacement:
         except (RedisError, OSError) as exc:
             raise PlacementUnavailable(f"Redis: {exc}") from exc
 
+    async def current_owner(self, lesson_id: str) -> str | None:
+        """The node serving ``lesson_id`` now, if any (places nothing)."""
+        try:
+            current = await self._redis.get(keys.lesson_owner(lesson_id))
+        except (RedisError, OSError) as exc:
+            raise PlacementUnavailable(f"Redis: {exc}") from exc
+        return None if current is None else str(current)
+
     async def claim(self, lesson_id: str) -> str:
         try:
             owner: str = await self._claim(

@@ -10,7 +10,9 @@ to the owner's SFU.
 
 Messages (JSON): ``open`` (entry → owner: relay id, entry node, client address, first
 frame), ``in`` (a client frame), ``out`` (a frame for the client), ``close`` (either
-way, with a close code), ``moved`` (owner → entry: another node owns the lesson).
+way, with a close code), ``moved`` (owner → entry: another node owns the lesson);
+and for the HTTP API, ``ask`` (a question about a lesson for its node: its summary,
+its live view, ending it) and ``answer``.
 Each side publishes one relay's messages one after another, so they arrive in order.
 If the connection to Redis is lost, every relayed socket is closed on both sides:
 clients reconnect (their seats wait for them) and media goes on meanwhile.
@@ -46,6 +48,16 @@ RETRY_INTERVAL = 0.2
 # serve(socket, first frame, the lesson id): runs a connection for a relayed socket
 # here, returning when it ends.
 Serve = Callable[["RelayedSocket", str], Awaitable[None]]
+# answer(question, lesson id): what this node says about a lesson it serves (JSON).
+Answer = Callable[[str, str], Awaitable[Any]]
+# How long the HTTP API waits for another node's answer.
+ASK_TIMEOUT = 5.0
+
+
+class OwnerUnreachable(Exception):
+    """The lesson's node does not listen (it stopped) or did not answer in time."""
+
+
 # claim(first frame): the owner of the frame's lesson after this node tried to take
 # it (this node's id for a frame that names no lesson: the session refuses it here).
 Claim = Callable[[str], Awaitable[str]]
@@ -89,11 +101,15 @@ class RelayedSocket:
 class Relay:
     """This node's relay channel: both the entry side and the owner side."""
 
-    def __init__(self, client: aioredis.Redis, node_id: str, serve: Serve, claim: Claim) -> None:
+    def __init__(
+        self, client: aioredis.Redis, node_id: str, serve: Serve, claim: Claim, answer: Answer
+    ) -> None:
         self._redis = client
         self.node_id = node_id
         self._serve = serve
         self._claim = claim
+        self._answer = answer
+        self._questions: dict[str, asyncio.Future[Any]] = {}
         self._entries: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._remotes: dict[str, RelayedSocket] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -111,8 +127,34 @@ class Relay:
             "frames_out": self.relayed_out,
         }
 
-    async def publish(self, node_id: str, message: dict[str, Any]) -> None:
-        await self._redis.publish(keys.relay_channel(node_id), json.dumps(message))
+    async def publish(self, node_id: str, message: dict[str, Any]) -> int:
+        """Send ``message`` to a node; returns how many listeners got it (0: none)."""
+        listeners: int = await self._redis.publish(keys.relay_channel(node_id), json.dumps(message))
+        return listeners
+
+    async def ask(self, node_id: str, question: str, lesson_id: str) -> Any:
+        """Ask ``node_id`` about a lesson it serves; its answer (JSON)."""
+        ask_id = uuid.uuid4().hex
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._questions[ask_id] = future
+        try:
+            message = {"k": "ask", "r": ask_id, "from": self.node_id, "q": question, "l": lesson_id}
+            if not await self.publish(node_id, message):
+                raise OwnerUnreachable(f"node {node_id} does not listen")
+            return await asyncio.wait_for(future, ASK_TIMEOUT)
+        except TimeoutError:
+            raise OwnerUnreachable(f"node {node_id} did not answer") from None
+        finally:
+            del self._questions[ask_id]
+
+    async def _reply(self, ask_id: str, node_id: str, question: str, lesson_id: str) -> None:
+        try:
+            body = await self._answer(question, lesson_id)
+        except Exception:
+            logger.exception("answering %s about lesson %s failed", question, lesson_id)
+            body = None
+        with contextlib.suppress(RedisError, OSError):
+            await self.publish(node_id, {"k": "answer", "r": ask_id, "b": body})
 
     def forget_remote(self, relay_id: str) -> None:
         self._remotes.pop(relay_id, None)
@@ -232,6 +274,12 @@ class Relay:
             receiver = self._remotes.get(relay_id)
             if receiver is not None:
                 receiver.feed(message["d"])
+        elif kind == "ask":
+            self._spawn(self._reply(relay_id, message["from"], message["q"], message["l"]))
+        elif kind == "answer":
+            future = self._questions.get(relay_id)
+            if future is not None and not future.done():
+                future.set_result(message.get("b"))
         elif kind == "close" and relay_id in self._remotes:
             self._remotes.pop(relay_id).disconnected()
         elif relay_id in self._entries:  # out, close, moved: for a client here

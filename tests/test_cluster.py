@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -281,3 +282,48 @@ async def test_two_workers_serve_two_lessons_in_two_processes(
 def test_workers_need_redis(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="--workers needs --redis"):
         start_server(tmp_path, "--workers", "2")
+
+
+async def test_the_api_about_a_lesson_answers_on_every_node(
+    nodes: list[RunningServer], redis_server: RedisServer, joined: Any
+) -> None:
+    n1, n2, n3 = nodes
+    assert n1.api("POST", "/api/communities", json={"id": "valley", "name": "V"}).is_success
+    school = {"id": "north", "name": "North"}
+    assert n1.api("POST", "/api/communities/valley/schools", json=school).is_success
+    now = time.time()
+    lesson = {
+        "id": "maths-7",
+        "community_id": "valley",
+        "title": "Fractions",
+        "host_teacher": "Ms Rivera",
+        "host_school": "north",
+        "starts_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60)),
+        "ends_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 3600)),
+        "settings": {"lobby": False},
+    }
+    assert n1.api("POST", "/api/lessons", json=lesson).status_code == 201
+    # Links minted on one node join through another.
+    links = n2.api("GET", "/api/lessons/maths-7/links").json()
+    token = links[0]["link"].split("#token=", 1)[1]
+    teacher = LessonClient(n3.ws, token)
+    await teacher.connect()
+    try:
+        guest = await joined(n1, "Dr E", Role.EXPERT, "maths-7")
+        (owner,) = owners(nodes, "maths-7")
+        for node in nodes:
+            shown = node.api("GET", "/api/lessons/maths-7").json()
+            assert shown["live"] == {"participants": 2, "waiting": 0}
+            live = node.api("GET", "/api/lessons/maths-7/live")
+            assert live.status_code == 200 and live.json()["participants"] == 2
+        # Ended from a node that does not serve it: its node ends it for everyone.
+        elsewhere = next(n for n in nodes if cluster(n)["node"] != owner)
+        byes = [c.wait_for(lambda m: m["type"] == "bye") for c in (teacher, guest)]
+        assert elsewhere.api("POST", "/api/lessons/maths-7/end").json()["state"] == "ended"
+        for bye in byes:
+            assert (await bye)["reason"] == "lesson_ended"
+        await wait_until(lambda: not redis_server.keys("lco:lesson:*"))
+        with pytest.raises(ConnectionError):
+            await joined(n2, "Late", Role.EXPERT, "maths-7")
+    finally:
+        await teacher.close()
