@@ -31,7 +31,7 @@ from . import redis_keys
 from .connection import ParticipantConnection, execute_lesson_effect
 from .redis_nodes import CpuMeter, NodeRegistry
 from .redis_placement import RedisPlacement
-from .redis_relay import Relay, RelayedSocket
+from .redis_relay import OwnerUnreachable, Relay, RelayedSocket
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -174,20 +174,31 @@ class Cluster:
             return
         try:
             owner = await self.placement.owner(lesson_id)
-        except PlacementUnavailable as exc:
-            logger.warning("join refused: lesson %s cannot be placed (%s)", lesson_id, exc)
+            if owner != self.node_id:
+                try:
+                    if not await self.relay.relay_client(ws, owner, first):
+                        return
+                except OwnerUnreachable:
+                    # Its node died (a new one is placed) or is not subscribed yet.
+                    if not await self.placement.evict_dead(lesson_id, owner):
+                        raise PlacementUnavailable(f"node {owner} does not answer") from None
+                    owner = await self.placement.owner(lesson_id)
+                    if owner != self.node_id and not await self.relay.relay_client(
+                        ws, owner, first
+                    ):
+                        return
+        except (PlacementUnavailable, OwnerUnreachable) as exc:
+            logger.warning("join refused: lesson %s cannot be reached (%s)", lesson_id, exc)
             await ws.send_text(
                 p.encode_server_message(
                     p.Bye(
                         reason="unavailable",
-                        message="lessons cannot be reached now (the servers lost their "
-                        "coordination service); try again shortly",
+                        message="the lesson cannot be reached now (its server or the "
+                        "servers' coordination service is down); try again shortly",
                     )
                 )
             )
             await ws.close(CLOSE_TRY_AGAIN)
-            return
-        if owner != self.node_id and not await self.relay.relay_client(ws, owner, first):
             return
         await ParticipantConnection(state, ws, first, opened).run()
 

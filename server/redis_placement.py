@@ -64,6 +64,18 @@ redis.call('SREM', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: owner key, the owner's node key, the owner's lesson set. ARGV: the owner,
+# lesson id. Frees a lesson whose node is dead (its heartbeat expired), only if the
+# key still names that node.
+_EVICT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], ARGV[2])
+return 1
+"""
+
 # KEYS: this node's lesson set. ARGV: this node. Forgets lessons placed here whose
 # owner key is gone or names another node (a first socket that never arrived).
 _PRUNE = """
@@ -95,6 +107,7 @@ class RedisPlacement:
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._prune = client.register_script(_PRUNE)
+        self._evict = client.register_script(_EVICT)
         self._releases: set[asyncio.Task[None]] = set()
         # After Redis comes back (it may have lost every key), new lessons are placed
         # only once every node has had a heartbeat to claim its lessons again.
@@ -145,6 +158,20 @@ class RedisPlacement:
         except (RedisError, OSError) as exc:
             raise PlacementUnavailable(f"Redis: {exc}") from exc
         return owner
+
+    async def evict_dead(self, lesson_id: str, owner: str) -> bool:
+        """Free ``lesson_id`` if ``owner`` still holds it but its heartbeat expired (it
+        died): the next join places the lesson again. False while ``owner`` lives."""
+        try:
+            freed: int = await self._evict(
+                keys=[keys.lesson_owner(lesson_id), keys.node(owner), keys.node_lessons(owner)],
+                args=[owner, lesson_id],
+            )
+        except (RedisError, OSError) as exc:
+            raise PlacementUnavailable(f"Redis: {exc}") from exc
+        if freed:
+            logger.warning("node %s is gone: lesson %s will be placed again", owner, lesson_id)
+        return bool(freed)
 
     def forget(self, lesson_id: str) -> None:
         task = asyncio.create_task(self._forget(lesson_id), name="lesson-release")

@@ -164,7 +164,8 @@ class Relay:
     async def relay_client(self, ws: WebSocket, owner: str, first: str) -> bool:
         """Pump ``ws`` to and from ``owner`` until either side closes. Returns True,
         having sent nothing to the client, if the owner says the lesson is this node's
-        now: the caller serves the socket here."""
+        now: the caller serves the socket here. Raises :class:`OwnerUnreachable`, having
+        sent nothing either, if nobody listens on the owner's channel."""
         relay_id = uuid.uuid4().hex
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._entries[relay_id] = inbox
@@ -174,10 +175,15 @@ class Relay:
         owner_closed = here = False
         try:
             for _attempt in range(3):
-                await self.publish(
+                opened = await self.publish(
                     owner,
                     {"k": "open", "r": relay_id, "from": self.node_id, "a": address, "d": first},
                 )
+                if not opened:
+                    # Nobody listens on the owner's channel: nothing was sent to the
+                    # client, and the caller decides what to tell it.
+                    owner_closed = here = True
+                    raise OwnerUnreachable(owner)
                 if reader is None:
                     reader = asyncio.create_task(self._client_to_owner(ws, relay_id, inbox))
                 while True:

@@ -327,3 +327,36 @@ async def test_the_api_about_a_lesson_answers_on_every_node(
             await joined(n2, "Late", Role.EXPERT, "maths-7")
     finally:
         await teacher.close()
+
+
+async def test_a_lesson_whose_node_was_killed_is_placed_again_on_a_live_node(
+    tmp_path: Path, redis_server: RedisServer, joined: Any
+) -> None:
+    pair = start_nodes(tmp_path, redis_server, 2)
+    try:
+        probe = await joined(pair[0], "Probe", Role.OBSERVER, "failover")
+        (owner,) = owners(pair, "failover")
+        dead = next(n for n in pair if cluster(n)["node"] == owner)
+        survivor = next(n for n in pair if n is not dead)
+        a = await joined(survivor, "Room A", Role.CLASSROOM, "failover", reconnect=True)
+        b = await joined(survivor, "Room B", Role.CLASSROOM, "failover", reconnect=True)
+        await a.publish(camera_and_microphone())
+        await b.wait_frames(await b.wait_track(a.participant_id or "", "video"), 5)
+        old_a = a.participant_id
+
+        back = a.wait_for(lambda m: m["type"] == "welcome", 30)
+        killed = time.monotonic()
+        dead.process.kill()
+        # Both clients hear nothing, reconnect to the survivor, get "unavailable" until
+        # the dead node's heartbeat expires, then a new seat on a new owner.
+        assert (await back)["participant_id"] != old_a
+        track = await b.wait_track(a.participant_id or "", "video", timeout=30)
+        await b.wait_frames(track, 5)
+        moved = time.monotonic() - killed
+        print(f"\nfailover: media again {moved:.2f} s after SIGKILL of the lesson's node")
+        assert owners([survivor], "failover") == [cluster(survivor)["node"]]
+        assert redis_server.client().get("lco:lesson:failover:owner") == cluster(survivor)["node"]
+        await probe.close()
+    finally:
+        for node in pair:
+            stop_server(node)
