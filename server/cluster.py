@@ -84,7 +84,11 @@ class Cluster:
         )
         self.relay = Relay(self.redis, node_id, self._serve_relayed, self._claim_for, self._answer)
         self.reachable = False
+        self._lost_redis = False  # Redis was unreachable at some point since start
         self._cpu = CpuMeter()
+        # Lessons still here that another node owns now (Redis lost our key and the
+        # lesson was placed again): not renewed, their sockets sent to the owner.
+        self._lost: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------
@@ -125,23 +129,38 @@ class Cluster:
         while True:
             try:
                 await self.nodes.beat(len(self._state.connections), self._cpu.read())
-                lost = await self.placement.renew(
-                    [lesson.id for lesson in self._state.registry.lessons()]
-                )
+                local = [lesson.id for lesson in self._state.registry.lessons()]
+                self._lost &= set(local)
+                lost = await self.placement.renew([i for i in local if i not in self._lost])
                 for lesson_id in lost:
-                    logger.error("lesson %s is owned by another node now", lesson_id)
-                if not self.reachable:
-                    if self._tasks:
-                        logger.info("Redis answers again")
+                    self._give_up(lesson_id)
+                if not self.reachable and self._lost_redis:
+                    logger.info("Redis answers again")
                     # Redis may have lost its keys: every node claims its lessons
                     # again at its next beat before anyone places new ones.
                     self.placement.hold_placements(2 * HEARTBEAT_INTERVAL)
                 self.reachable = True
             except (RedisError, OSError) as exc:
-                if self.reachable:
+                if self.reachable or not self._lost_redis:
                     logger.warning("Redis is unreachable: %s", exc)
                 self.reachable = False
+                self._lost_redis = True
             await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    def _give_up(self, lesson_id: str) -> None:
+        """Another node owns ``lesson_id``: one node serves a lesson, so every socket of
+        it here is told to reconnect (through this node's relay it reaches the owner).
+        Its seats here are released at once, which ends the lesson here."""
+        logger.error("lesson %s is owned by another node now: its sockets go there", lesson_id)
+        self._lost.add(lesson_id)
+        lesson = self._state.registry.find(lesson_id)
+        if lesson is None:
+            return
+        self._state.seats.expedite(lesson_id)
+        for participant_id in list(lesson.participants):
+            connection = self._state.connections.get(participant_id)
+            if connection is not None:
+                connection.post_moved()
 
     def problems(self) -> dict[str, str]:
         """What keeps this node from taking joins, as far as Redis is concerned."""

@@ -100,7 +100,14 @@ class _Replaced:
     pass
 
 
-_InboxItem = _Frame | _Disconnected | _TrackEnded | _NegotiationFailed | _OfferSent | _Replaced
+@dataclass(frozen=True, slots=True)
+class _Moved:
+    pass
+
+
+_InboxItem = (
+    _Frame | _Disconnected | _TrackEnded | _NegotiationFailed | _OfferSent | _Replaced | _Moved
+)
 
 
 class Socket(Protocol):
@@ -204,6 +211,12 @@ class ParticipantConnection:
         with contextlib.suppress(asyncio.QueueFull):
             self._inbox.put_nowait(_Replaced())
 
+    def post_moved(self) -> None:
+        """Another node serves this participant's lesson now: the client is told to
+        reconnect (its next socket reaches that node)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbox.put_nowait(_Moved())
+
     async def run(self) -> None:
         """Serve the socket until it closes; always releases everything."""
         self._tasks = [
@@ -248,6 +261,16 @@ class ParticipantConnection:
                 self._close_code = CLOSE_POLICY
                 self._outbox.close()
                 return "replaced"
+            if isinstance(item, _Moved):
+                self._send(
+                    p.Bye(
+                        reason="server_shutdown",
+                        message="the lesson moved to another server; reconnecting",
+                    )
+                )
+                self._close_code = CLOSE_GOING_AWAY
+                self._outbox.close()
+                return "moved"
             if isinstance(item, _OfferSent):
                 self._session.answer_expected()
                 continue

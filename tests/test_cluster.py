@@ -360,3 +360,27 @@ async def test_a_lesson_whose_node_was_killed_is_placed_again_on_a_live_node(
     finally:
         for node in pair:
             stop_server(node)
+
+
+async def test_a_node_that_finds_its_lesson_owned_elsewhere_sends_its_sockets_there(
+    tmp_path: Path, redis_server: RedisServer, joined: Any
+) -> None:
+    pair = start_nodes(tmp_path, redis_server, 2)
+    try:
+        a = await joined(pair[0], "Room A", Role.CLASSROOM, "split", reconnect=True)
+        b = await joined(pair[1], "Room B", Role.CLASSROOM, "split", reconnect=True)
+        (first,) = owners(pair, "split")
+        other = next(cluster(n)["node"] for n in pair if cluster(n)["node"] != first)
+        backs = [c.wait_for(lambda m: m["type"] == "welcome", 20) for c in (a, b)]
+        # As if Redis had lost the key and another node had placed the lesson.
+        redis_server.client().set("lco:lesson:split:owner", other, px=5000)
+        for back in backs:
+            await back
+        await wait_until(lambda: owners(pair, "split") == [other])
+        assert redis_server.client().get("lco:lesson:split:owner") == other
+        assert max(cluster(n)["placement_conflicts"] for n in pair) == 1
+        await wait_until(lambda: b.participant_id in a.participants)
+        await wait_until(lambda: a.participant_id in b.participants)
+    finally:
+        for node in pair:
+            stop_server(node)
