@@ -384,3 +384,39 @@ async def test_a_node_that_finds_its_lesson_owned_elsewhere_sends_its_sockets_th
     finally:
         for node in pair:
             stop_server(node)
+
+
+async def test_the_relay_adds_little_to_a_signalling_round_trip(
+    tmp_path: Path, redis_server: RedisServer, joined: Any
+) -> None:
+    pair = start_nodes(tmp_path, redis_server, 2)
+    try:
+        first = await joined(pair[0], "A", Role.OBSERVER, "rtt")
+        (owner,) = owners(pair, "rtt")
+        owner_node = next(n for n in pair if cluster(n)["node"] == owner)
+        other_node = next(n for n in pair if n is not owner_node)
+        direct = (
+            first if owner_node is pair[0] else await joined(owner_node, "B", Role.OBSERVER, "rtt")
+        )
+        relayed = (
+            first if other_node is pair[0] else await joined(other_node, "C", Role.OBSERVER, "rtt")
+        )
+        figures = {}
+        for name, client in (("direct", direct), ("relayed", relayed)):
+            times = []
+            for _ in range(40):  # within the socket's burst of 60 messages
+                pong = client.wait_for(lambda m: m["type"] == "pong", 5)
+                started = time.perf_counter()
+                await client.send(p.Ping())
+                await pong
+                times.append((time.perf_counter() - started) * 1000)
+            times.sort()
+            figures[name] = (times[19], times[37])
+        print(
+            "\nping round trip, ms (p50, p95): "
+            + ", ".join(f"{k} {v[0]:.2f} {v[1]:.2f}" for k, v in figures.items())
+        )
+        assert figures["relayed"][0] < 50
+    finally:
+        for node in pair:
+            stop_server(node)
