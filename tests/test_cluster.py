@@ -420,3 +420,12 @@ async def test_the_relay_adds_little_to_a_signalling_round_trip(
     finally:
         for node in pair:
             stop_server(node)
+
+
+def test_a_node_refuses_the_name_of_a_live_node(tmp_path: Path, redis_server: RedisServer) -> None:
+    (first,) = start_nodes(tmp_path, redis_server, 1)
+    try:
+        with pytest.raises(RuntimeError, match="in use by a live node"):
+            start_nodes(tmp_path, redis_server, 1)
+    finally:
+        stop_server(first)
