@@ -65,7 +65,10 @@ certificates: {{
 }}
 media: {{
     rtp_port_range = "{rtp_ports}"
-    nack_queue = 1000
+    # Janus 1.x sizes each handle's retransmission buffer from the RTT, never below
+    # this many milliseconds (``nack_queue`` was the 0.x name: 1.x ignores it, so the
+    # earlier runs had Janus's default). 1 s is far more than the RTTs measured here.
+    min_nack_queue = 1000
 }}
 nat: {{
     nice_debug = false
