@@ -1,7 +1,8 @@
 """Command line of the benchmarks: ``lco bench`` (the same as ``python -m benchmarks``).
 
-``run`` is the benchmark, ``show`` and ``plot`` read a results file, ``media``
-encodes the pre-encoded streams, ``check`` proves they decode. ``relay-server``, ``udp-relay``,
+``run`` is the benchmark (and ``--workload soak`` the hour-long lesson), ``show``
+and ``plot`` read a results file, ``media`` encodes the pre-encoded
+streams, ``check`` proves they decode. ``relay-server``, ``udp-relay``,
 ``_publishers`` and ``_subscribers`` are the processes ``run`` starts; they are not
 meant to be started by hand.
 """
@@ -25,6 +26,8 @@ from .rawmedia import SRTP_PROFILES
 from .runner import LOAD_MODES, RunOptions, rounds_for, run_workload
 from .workloads import HEADLINE_ROUNDS, RAMP_CPU_LIMIT, SYSTEMS, Workload, workloads
 
+SOAK = "soak"
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lco bench``."""
@@ -37,15 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workload",
         action="append",
-        choices=sorted(workloads(False)),
-        help="core (default), w1 ... w6; repeat for several",
+        choices=[*sorted(workloads(False)), SOAK],
+        help="core (default), w1 ... w6, or soak (the hour-long lesson); repeat for several",
     )
     run.add_argument("--quick", action="store_true", help="small sizes, short windows, 1 round")
     run.add_argument(
         "--system",
         action="append",
         choices=sorted(SYSTEMS),
-        help="systems to measure (default: all but the zero-hop relay)",
+        help="systems to measure (default: all but the zero-hop relay; soak: ours)",
     )
     run.add_argument(
         "--subscribers",
@@ -63,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--load",
         help="aiortc (default): full aiortc peers; raw: aiortc for ICE and DTLS, media as "
-        "SRTP through pylibsrtp (reaches 40,000 packets/s)",
+        "SRTP through pylibsrtp (reaches 40,000 packets/s). Soak: mixed (default: raw "
+        "publishers, aiortc students), aiortc or raw",
     )
     run.add_argument("--per-process", type=int, help="subscribers per load process")
     run.add_argument(
@@ -72,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="aes128-cm-sha1-80",
         help="the only SRTP profile the load offers, so that every system protects alike "
         "(default aes128-cm-sha1-80, the one every WebRTC stack has; any: aiortc's list)",
+    )
+    soak = run.add_argument_group("soak")
+    soak.add_argument("--minutes", type=float, help="length of the soak (default 60, --quick 5)")
+    soak.add_argument("--students", type=int, default=4, help="aiortc students (default 4)")
+    soak.add_argument("--classrooms", type=int, default=8, help="classrooms (default 8)")
+    soak.add_argument(
+        "--browsers", type=int, default=0, help="Chromium students too (under scripts/netns-run)"
     )
     run.add_argument("--cache-dir", type=Path, help=f"media cache (default {default_cache_dir()})")
     run.add_argument("--results-dir", type=Path, help="where to write the compact JSON")
@@ -184,6 +195,11 @@ def _header(args: argparse.Namespace, options: RunOptions, kind: str) -> dict[st
 
 def _run(args: argparse.Namespace) -> int:
     names = args.workload or ["core"]
+    if SOAK in names:
+        if len(names) > 1:
+            print("lco bench: run the soak on its own", file=sys.stderr)
+            return 2
+        return _soak(args)
     load = args.load or "aiortc"
     if load not in LOAD_MODES:
         print(f"lco bench: --load is one of {', '.join(LOAD_MODES)}", file=sys.stderr)
@@ -269,8 +285,53 @@ def _print_noise(noise: dict[str, Any]) -> None:
     )
 
 
+def _soak(args: argparse.Namespace) -> int:
+    from .soak import SOAK_MODES, SoakPlan, run_soak, summary_lines
+
+    load = args.load or "mixed"
+    if load not in SOAK_MODES:
+        print(f"lco bench: the soak's --load is one of {', '.join(SOAK_MODES)}", file=sys.stderr)
+        return 2
+    systems = tuple(args.system or ["ours"])
+    if len(systems) != 1 or systems[0] not in ("ours", "pack"):
+        print("lco bench: the soak runs one system, ours or pack", file=sys.stderr)
+        return 2
+    minutes = args.minutes if args.minutes is not None else (5.0 if args.quick else 60.0)
+    plan = SoakPlan(
+        minutes=minutes,
+        students=args.students,
+        classrooms=args.classrooms,
+        browsers=args.browsers,
+        load=load,
+        warmup_minutes=1.0 if minutes < 20 else 2.0,
+    )
+    options = _options(args, systems, "raw" if load == "raw" else "aiortc")
+    name = results.stamp()
+    document = _header(args, options, "soak")
+    print(f"logs: {options.log_dir}", file=sys.stderr)
+    print(
+        f"soak of {systems[0]} for {minutes:g} minutes: 10 publishers and {plan.students} "
+        f"students{f' and {plan.browsers} browsers' if plan.browsers else ''}",
+        file=sys.stderr,
+    )
+    body = asyncio.run(run_soak(systems[0], plan, options))
+    raw = {"soak": body.pop("raw", None)}
+    document["soak"] = body
+    document["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    path, raw_path = results.write(document, raw, f"{name}-soak", args.results_dir, args.raw_dir)
+    print("\n".join(summary_lines(document)))
+    print(f"\nJSON: {path}\nraw samples: {raw_path}")
+    summary = body.get("summary")
+    return 0 if summary and summary["ok"] and not body["errors"] else 1
+
+
 def _show(args: argparse.Namespace) -> int:
     document = results.load(args.path)
+    if document.get("kind") == "soak":
+        from .soak import summary_lines
+
+        print("\n".join(summary_lines(document)))
+        return 0
     systems = list(document["options"]["systems"])
     for name, entry in document["workloads"].items():
         rows = report.table_rows(entry["summary"], systems, args.brief, args.markdown)

@@ -194,11 +194,13 @@ class Stage:
         first_index: int = 0,
         churn: bool = False,
         raw: bool | None = None,
+        per_process: int | None = None,
     ) -> list[dict[str, Any]]:
         """Subscriber processes (``expect``: their expectation arguments, ``raw``: the
-        load mode if not the run's); returns their ready events."""
+        load mode if not the run's, ``per_process``: if not the run's); returns their
+        ready events."""
         options = self.options
-        size = len(tokens) if churn else options.subscribers_per_process
+        size = len(tokens) if churn else per_process or options.subscribers_per_process
         started = []
         for offset, group in enumerate(chunks(tokens, size)):
             index = first_index + offset * size
