@@ -9,6 +9,7 @@ a replayed VP8 frame by its first bytes (:func:`frame_position_index`,
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any
 
@@ -160,7 +161,8 @@ class PacketProbe:
     def __init__(self, frames: list[tuple[bytes, bool]]) -> None:
         self.index = frame_position_index(frames)
         self.current: dict[int, tuple[int, int]] = {}
-        self.arrivals: list[tuple[float, int, int]] = []
+        # The newest arrivals only: a window needs seconds of them, a soak runs an hour.
+        self.arrivals: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=200_000)
 
     def add(self, receiver_id: int, packet: RtpPacket) -> None:
         """Look at one video packet of receiver ``receiver_id``."""
@@ -173,5 +175,4 @@ class PacketProbe:
         if packet.marker:
             current = self.current.pop(packet.ssrc, None)
             if current is not None and current[0] == packet.timestamp:
-                if len(self.arrivals) < 500_000:
-                    self.arrivals.append((time.time(), current[1], receiver_id))
+                self.arrivals.append((time.time(), current[1], receiver_id))

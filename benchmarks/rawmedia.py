@@ -50,6 +50,7 @@ RTP_HEADER = struct.Struct("!BBHII")
 # The zero-hop relay: publisher i sends video with SSRC BASE + 2 i, audio with BASE + 2 i + 1.
 RELAY_SSRC_BASE = 0x4C430000
 RTCP_INTERVAL = 1.0  # seconds between receiver reports, as aiortc's receivers send them
+ARRIVALS_KEPT = 200_000  # latency probe records per sink (a 20 s window needs far fewer)
 SRTP_PROFILES = {
     "aes128-cm-sha1-80": pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
     "aead-aes-128-gcm": pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
@@ -282,7 +283,10 @@ class RawSink:
         self.streams: dict[int, _Stream] = {}
         self.totals = SinkTotals()
         self._current: dict[int, tuple[int, int]] = {}  # ssrc -> (timestamp, position)
-        self.arrivals: list[tuple[float, int, str]] = []
+        # The newest arrivals only: a window needs seconds of them, a soak runs an hour.
+        self.arrivals: collections.deque[tuple[float, int, str]] = collections.deque(
+            maxlen=ARRIVALS_KEPT
+        )
 
     def __call__(self, data: bytes) -> None:
         """One SRTP datagram from the socket. Never raises."""
@@ -339,7 +343,7 @@ class RawSink:
                 self._current[ssrc] = (timestamp, position)
         if marker:
             current = self._current.pop(ssrc, None)
-            if current is not None and current[0] == timestamp and len(self.arrivals) < 500_000:
+            if current is not None and current[0] == timestamp:
                 self.arrivals.append((time.time(), current[1], stream.publisher))
 
     def snapshot(self) -> dict[str, Any]:

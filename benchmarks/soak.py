@@ -39,7 +39,7 @@ from .browsers import BrowserStudents, unavailable
 from .encoded import load_audio, load_video
 from .processes import Child
 from .runner import RunOptions, Stage
-from .soak_analysis import Receiver, analyse, per_minute, stall_summary, trends
+from .soak_analysis import Receiver, analyse, per_minute, stall_summary, track_name, trends
 
 SOAK_MODES = ("mixed", "aiortc", "raw")
 
@@ -168,6 +168,13 @@ async def _watch(stage: Stage, plan: SoakPlan, browsers: BrowserStudents | None)
         _browser_ticks(browsers, receivers, t0, end, plan.period),
     )
     samples: list[dict[str, Any]] = results[-2] or []
+    # Who each publisher is: pub0 the teacher, pub1 the expert, then the classrooms.
+    roles = {0: "teacher", 1: "expert"}
+    names = {
+        r.own: roles.get(int(r.name[3:]), f"classroom{int(r.name[3:]) - 1}")
+        for r in receivers.values()
+        if r.own and r.name.startswith("pub") and r.name[3:].isdigit()
+    }
     analysis = analyse(sent, list(receivers.values()), plan.period)
     stalls = analysis.pop("stalls")
     minutes = per_minute(samples)
@@ -176,6 +183,7 @@ async def _watch(stage: Stage, plan: SoakPlan, browsers: BrowserStudents | None)
     return {
         "t0": t0,
         "ticks": len(sent),
+        "publishers": names,
         "summary": {
             "stalls": stall_summary(stalls),
             "loss": analysis["loss"],
@@ -316,7 +324,8 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
         )
         for stall in soak["stalls"][:10]:
             lines.append(
-                f"  {stall['receiver']} ({stall['receiver_kind']}) {stall['track']}: "
+                f"  {stall['receiver']} ({stall['receiver_kind']}) "
+                f"{track_name(stall['track'], soak.get('publishers', {}))}: "
                 f"from {stall['start_s']:.0f} s for {stall['duration_s']:.0f} s, {stall['reason']}"
             )
     else:

@@ -72,6 +72,12 @@ class _Loss:
 LOSSY_PCT = 1.0
 
 
+def track_name(track: str, publishers: dict[str, str]) -> str:
+    """``classroom3 video`` for ``<participant id>/video``, if the publisher is known."""
+    owner, _, kind = track.rpartition("/")
+    return f"{publishers[owner]} {kind}" if owner in publishers else track
+
+
 def _owner(track: str) -> str:
     return track.rsplit("/", 1)[0]
 
@@ -204,6 +210,11 @@ def per_minute(samples: list[dict[str, float]]) -> list[dict[str, float]]:
     return out
 
 
+# Fewer minutes after the warm-up than this give slopes, but no verdict: a few minutes
+# of a server still filling its caches look like growth.
+MIN_TREND_MINUTES = 8
+
+
 def trends(minutes: list[dict[str, float]], warmup_minutes: float) -> dict[str, dict[str, Any]]:
     """A least-squares trend per server figure after the warm-up, slopes per hour."""
     kept = [m for m in minutes if m["minute"] > warmup_minutes]
@@ -221,6 +232,6 @@ def trends(minutes: list[dict[str, float]], warmup_minutes: float) -> dict[str, 
             "residual_sd": significant(fitted.residual_sd),
             "change_over_run": significant(fitted.change),
             "points": fitted.n,
-            "verdict": fitted.verdict,
+            "verdict": fitted.verdict if fitted.n >= MIN_TREND_MINUTES else "too short",
         }
     return out

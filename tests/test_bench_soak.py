@@ -143,3 +143,10 @@ def test_server_minutes_and_their_trends() -> None:
 def test_a_run_shorter_than_the_warm_up_has_no_trend() -> None:
     rows = per_minute(_samples(2, [80.0] * 3, [10] * 3))
     assert trends(rows, warmup_minutes=2)["rss_mib"]["verdict"] == "too short"
+
+
+def test_a_few_minutes_give_a_slope_but_no_verdict() -> None:
+    rss = [100.0 + m for m in range(7)]  # growing, but only 5 minutes after the warm-up
+    found = trends(per_minute(_samples(6, rss, [10] * 7)), warmup_minutes=1)
+    assert found["rss_mib"]["verdict"] == "too short"
+    assert 59 < found["rss_mib"]["slope_per_hour"] < 61
