@@ -1,7 +1,8 @@
 """Command line of the benchmarks: ``lco bench`` (the same as ``python -m benchmarks``).
 
-``run`` is the benchmark (and ``--workload soak`` the hour-long lesson), ``show``
-and ``plot`` read a results file, ``media`` encodes the pre-encoded
+``run`` is the benchmark (and ``--workload soak`` the hour-long lesson), ``report``
+fills the generated tables of ``docs/benchmarks.md`` from committed results,
+``show`` and ``plot`` read a results file, ``media`` encodes the pre-encoded
 streams, ``check`` proves they decode. ``relay-server``, ``udp-relay``,
 ``_publishers`` and ``_subscribers`` are the processes ``run`` starts; they are not
 meant to be started by hand.
@@ -105,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("path", type=Path)
     plot.add_argument("--workload", default="w2")
     plot.add_argument("--out", type=Path, help="PNG path (default: next to the JSON)")
+
+    fill = commands.add_parser(
+        "report", help="fill the generated regions of docs/benchmarks.md from committed results"
+    )
+    fill.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    fill.add_argument(
+        "--check", action="store_true", help="only say whether the document is up to date"
+    )
+    fill.add_argument(
+        "--keep-sources",
+        action="store_true",
+        help="re-render each region from the file it names (do not pick newer results)",
+    )
 
     check = commands.add_parser(
         "check", help="decode the replayed media through the server (proves it is valid)"
@@ -308,6 +322,7 @@ def _soak(args: argparse.Namespace) -> int:
     options = _options(args, systems, "raw" if load == "raw" else "aiortc")
     name = results.stamp()
     document = _header(args, options, "soak")
+    document["options"]["load"] = load
     print(f"logs: {options.log_dir}", file=sys.stderr)
     print(
         f"soak of {systems[0]} for {minutes:g} minutes: 10 publishers and {plan.students} "
@@ -381,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         png = report.plot_ramp(entry["summary"], f"{args.workload}: {entry['description']}", out)
         print(png or "matplotlib is not installed")
         return 0 if png else 1
+    if args.command == "report":
+        from .docgen import main as report_main
+
+        return report_main(args.doc, check=args.check, keep_sources=args.keep_sources)
     if args.command == "check":
         from .check import check
 

@@ -53,8 +53,13 @@ def openssl_version() -> str | None:
         return None
 
 
-def git_state(directory: Path) -> dict[str, Any]:
-    """The commit checked out in ``directory`` and whether tracked files differ from it."""
+# What "the server's code" is, for whether it differs from its commit.
+SERVER_PATHS = ("server", "media", "signaling", "web_client", "pyproject.toml")
+
+
+def git_state(directory: Path, paths: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The commit checked out in ``directory`` and whether tracked files (under
+    ``paths``, if given) differ from it."""
 
     def git(*args: str) -> str | None:
         try:
@@ -70,7 +75,7 @@ def git_state(directory: Path) -> dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    changes = git("status", "--porcelain", "--untracked-files=no")
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", *paths)
     return {
         "directory": str(directory),
         "commit": commit,
@@ -87,7 +92,7 @@ def describe(server_dir: Path, load_dir: Path) -> dict[str, Any]:
         "packages": {name: _version(name) for name in PACKAGES},
         "openssl": openssl_version(),
         "janus": janus_version(),
-        "server_source": git_state(server_dir),
+        "server_source": git_state(server_dir, SERVER_PATHS),
         "load_source": git_state(load_dir),
         # Filled in from what the load processes report once DTLS is up.
         "srtp_profiles": {},

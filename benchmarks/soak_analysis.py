@@ -203,8 +203,8 @@ def per_minute(samples: list[dict[str, float]]) -> list[dict[str, float]]:
                 "threads": after["threads"],
                 "load_cpu_pct": significant(load),
                 "machine_busy_pct": significant(busy),
-                # Other work on the machine, % of one core (clock ticks: rough).
-                "foreign_cpu_pct": significant(max(0.0, busy * after.get("nproc", 1) - cpu - load)),
+                # Other work on the machine, % of one core (procstat.foreign_cpu_pct).
+                "foreign_cpu_pct": significant(after.get("foreign_cpu_pct") or 0.0),
             }
         )
     return out

@@ -131,6 +131,7 @@ def test_server_minutes_and_their_trends() -> None:
     rows = per_minute(_samples(minutes, rss, fds))
     assert len(rows) == minutes
     assert rows[0]["cpu_pct"] == 15 and rows[0]["load_cpu_pct"] == 100
+    assert rows[0]["foreign_cpu_pct"] == 2
     found = trends(rows, warmup_minutes=2)
     assert found["cpu_pct"]["verdict"] == "flat"
     assert found["rss_mib"]["verdict"] == "flat"
