@@ -56,6 +56,7 @@ from .rawmedia import (
     packetize,
     positions_of,
     relay_describe,
+    relay_profile,
     stream_specs,
 )
 from .udprelay import REGISTER
@@ -172,11 +173,6 @@ def _prepare(args: Any, video: str | None) -> Path | None:
 def _relay_address(url: str) -> tuple[str, int]:
     host, _, port = url.removeprefix("udp://").rpartition(":")
     return host, int(port)
-
-
-def relay_profile(profile: str) -> str:
-    """The relay's SRTP profile: the one asked for, AES-CM by default."""
-    return "aes128-cm-sha1-80" if profile == "any" else profile
 
 
 def _relay_session(args: Any, direction: int) -> pylibsrtp.Session:

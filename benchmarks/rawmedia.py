@@ -60,6 +60,11 @@ SRTP_PROFILES = {
 SRTP_KEY_BYTES = {"aes128-cm-sha1-80": 30, "aead-aes-128-gcm": 28, "aead-aes-256-gcm": 44}
 
 
+def relay_profile(profile: str) -> str:
+    """The zero-hop relay's SRTP profile: the one the run offers, AES-CM for "any"."""
+    return "aes128-cm-sha1-80" if profile == "any" else profile
+
+
 def packetize(stream: EncodedStream) -> list[list[bytes]]:
     """RTP payloads of every frame of the loop: VP8 by aiortc's packetiser, Opus as is."""
     if stream.kind == "audio":

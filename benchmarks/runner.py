@@ -38,6 +38,7 @@ from . import procstat
 from .encoded import load_audio, load_video
 from .figures import derive, packet_latency, ramp_stop_reason
 from .processes import REPO_ROOT, Child, chunks, http_json, start_server, wait_healthy
+from .rawmedia import SRTP_KEY_BYTES, relay_profile
 from .stats import spread
 from .workloads import SIGNALLED, Workload
 
@@ -92,7 +93,9 @@ class Stage:
         self.health = ""
         self.publishers: list[Child] = []
         self.subscribers: list[Child] = []
-        self.relay_key = secrets.token_bytes(30).hex()  # the zero-hop relay's shared key
+        # The zero-hop relay's shared SRTP master key and salt, sized for its profile.
+        length = SRTP_KEY_BYTES[relay_profile(options.srtp_profile)]
+        self.relay_key = secrets.token_bytes(length).hex()
 
     @property
     def signalled(self) -> bool:
@@ -179,13 +182,19 @@ class Stage:
         url = self.metrics_url
         if url is None:
             return
-        async with asyncio.timeout(15):
-            while True:
-                metrics = await http_json(url)
-                sfu = metrics.get("sfu", {}) if metrics else {}
-                if sfu.get("frames_received", 0) > 0 or sfu.get("packets_received", 0) > 0:
-                    return
-                await asyncio.sleep(0.1)
+        # Bounded like every other wait, but not tighter: ten publishers' handshakes on
+        # a loaded machine took more than 15 s.
+        timeout = self.options.ready_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    metrics = await http_json(url)
+                    sfu = metrics.get("sfu", {}) if metrics else {}
+                    if sfu.get("frames_received", 0) > 0 or sfu.get("packets_received", 0) > 0:
+                        return
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise RuntimeError(f"the server received no media within {timeout:.0f} s") from None
 
     async def add_subscribers(
         self,
