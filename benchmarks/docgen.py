@@ -270,7 +270,8 @@ def render_soak(document: dict[str, Any], region: Region) -> str:
         lines.append("The soak did not complete: " + "; ".join(soak.get("errors", [])[:3]))
     lines += [
         "",
-        "| receivers | packets sent | received | loss % | worst window % | lossy windows |",
+        "| receivers | packets sent | received | loss % | worst window % | lossy windows "
+        "(threshold) |",
     ]
     lines.append("|---|---|---|---|---|---|")
     for kind, loss in sorted((summary.get("loss") or {}).items()):
@@ -278,7 +279,8 @@ def render_soak(document: dict[str, Any], region: Region) -> str:
             f"| {kind} ({summary['receivers'].get(kind, '?')}) | {loss['packets_sent']:,} | "
             f"{loss['packets_received']:,} | {_pct(loss['loss_pct'], 3)} | "
             f"{_pct(loss['worst_window_loss_pct'], 2)} | "
-            f"{loss['windows_with_loss']} of {loss['windows']} |"
+            f"{loss['windows_with_loss']} of {loss['windows']} "
+            f"(> {loss.get('lossy_above_pct', 1.0):g} %) |"
         )
     lines += ["", "| server, per minute after the warm-up | slope | ± | scatter | verdict |"]
     lines.append("|---|---|---|---|---|")

@@ -338,7 +338,7 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
             f"loss at {kind} receivers against what was sent: {_pct(loss['loss_pct'], 3)} % "
             f"({loss['packets_received']:,} of {loss['packets_sent']:,} packets), worst window "
             f"{loss['worst_window_loss_pct']} %, {loss['windows_with_loss']} of {loss['windows']} "
-            "windows lost more than 1 %"
+            f"windows lost more than {loss.get('lossy_above_pct', 1.0):g} %"
         )
     for fitted in soak["trends"].values():
         if "slope_per_hour" not in fitted:
