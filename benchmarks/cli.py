@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import signal
 import sys
 import time
 from collections.abc import Coroutine
@@ -386,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in (None, "run"):
         if args.command is None:
             args = build_parser().parse_args(["run"])
+        # SIGTERM as Ctrl-C: the run unwinds and stops the server and load processes it
+        # started (a plain SIGTERM would leave the server under test running).
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         return _run(args)
     if args.command == "show":
         return _show(args)
