@@ -110,7 +110,10 @@ def analyse(
                 else:
                     before = receiver.ticks[a].get(track, {})
                     after = receiver.ticks[b].get(track, {})
-                    got = after.get("packets", 0) - before.get("packets", 0)
+                    # A receiver whose connection restarted counts from zero again (a
+                    # browser's getStats): what it got in this window is then unknown,
+                    # at least not negative.
+                    got = max(0, after.get("packets", 0) - before.get("packets", 0))
                     new_frames = after.get("frames", 0) - before.get("frames", 0)
                     if sent_now > 0 and got <= 0:
                         reason = "no packets"

@@ -151,3 +151,12 @@ def test_a_few_minutes_give_a_slope_but_no_verdict() -> None:
     found = trends(per_minute(_samples(6, rss, [10] * 7)), warmup_minutes=1)
     assert found["rss_mib"]["verdict"] == "too short"
     assert 59 < found["rss_mib"]["slope_per_hour"] < 61
+
+
+def test_a_receiver_whose_counters_restart_does_not_lose_more_than_was_sent() -> None:
+    receiver = _receiver("browser0", 6, kind="browser")
+    for k in range(4, 7):  # the page reconnected: its counters start again from zero
+        for counts in receiver.ticks[k].values():
+            counts["packets"] -= receiver.ticks[3][next(iter(receiver.ticks[3]))]["packets"]
+    result = analyse(_sent(6), [receiver], PERIOD)
+    assert result["loss"]["browser"]["worst_window_loss_pct"] <= 100
