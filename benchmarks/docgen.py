@@ -321,9 +321,8 @@ class Criterion:
             return f"{self.label}: not measured"
         value = f"{self.value:,.{self.digits}f}"
         threshold = f"{self.threshold:,.{self.digits}f}".rstrip("0").rstrip(".")
-        return f"{self.label}: {value} {self.unit} {self.op} {threshold} {self.unit}".replace(
-            "  ", " "
-        )
+        words = [value, self.unit, self.op, threshold, self.unit]
+        return f"{self.label}: " + " ".join(word for word in words if word)
 
 
 def _figure(
@@ -524,7 +523,13 @@ def render(region: Region) -> str:
 
 
 def _relative(path: Path) -> str:
-    return str(path.resolve().relative_to(REPO_ROOT))
+    """As the page names a file: from the repository's root (absolute outside it)."""
+    resolved = path.resolve()
+    return (
+        str(resolved.relative_to(REPO_ROOT))
+        if resolved.is_relative_to(REPO_ROOT)
+        else str(resolved)
+    )
 
 
 def choose_sources(region: Region, directory: Path) -> None:

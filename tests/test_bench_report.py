@@ -220,3 +220,24 @@ def test_status_criteria_print_what_they_are_judged_on() -> None:
 def test_a_region_without_its_end_is_an_error(marker: str) -> None:
     with pytest.raises(ValueError, match="no bench:end"):
         docgen.regions(marker)
+
+
+def test_report_points_headline_regions_at_the_newest_qualifying_file(tmp_path: Path) -> None:
+    import json
+
+    quick, full, busy = _document(quick=True), _document(), _document(quiet=False)
+    for name, document in (("3-quick", quick), ("2-full", full), ("1-busy", busy)):
+        (tmp_path / f"2026{name}.json").write_text(json.dumps(document))
+    page = (
+        "intro\n<!-- bench:begin status w2=none raw=none soak=none -->\nold\n<!-- bench:end -->\n"
+        "<!-- bench:begin table id=w2 workload=w2 need=headline systems=ours,janus source=none "
+        "-->\nold\n<!-- bench:end -->\nprose stays\n"
+    )
+    text = docgen.update(page, keep_sources=False, directory=tmp_path)
+    chosen = str(tmp_path / "20262-full.json")
+    (table,) = [r for r in docgen.regions(text) if r.kind == "table"]
+    (status,) = [r for r in docgen.regions(text) if r.kind == "status"]
+    assert table.source == chosen and status.attrs["w2"] == chosen
+    assert text.startswith("intro\n") and "prose stays\n" in text and "old" not in text
+    assert "| **met** | ours: 12.2 µs ≤ 20 µs |" in text
+    assert "ours/Janus at 16: 0.82 ≤ 1; ours/Janus at 32: not measured" in text
