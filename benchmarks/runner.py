@@ -107,11 +107,18 @@ class Stage:
         return self.system in SIGNALLED
 
     @property
-    def metrics_url(self) -> str | None:
-        """Our server's ``/metrics`` (the others have none)."""
-        if self.system in ("janus", "udprelay"):
+    def has_metrics(self) -> bool:
+        """Whether the system counts what it forwards (ours and aiortc's; not Janus or
+        the relay)."""
+        return self.system not in ("janus", "udprelay")
+
+    async def metrics(self) -> dict[str, Any] | None:
+        """Our server's JSON counters: ``/metrics.json``, or ``/metrics`` for a tree
+        older than its Prometheus exposition (``--server-dir``). None if neither answers."""
+        if not self.has_metrics:
             return None
-        return self.url.replace("ws://", "http://").removesuffix("/ws") + "/metrics"
+        base = self.url.replace("ws://", "http://").removesuffix("/ws")
+        return await http_json(base + "/metrics.json") or await http_json(base + "/metrics")
 
     def token(self, lesson: str, name: str, role: Role) -> str:
         """A join token for our server (ignored by Janus and the relay)."""
@@ -183,8 +190,7 @@ class Stage:
 
     async def wait_server_receives(self) -> None:
         """Until our server counts incoming media (Janus and the relay: no metrics)."""
-        url = self.metrics_url
-        if url is None:
+        if not self.has_metrics:
             return
         # Bounded like every other wait, but not tighter: ten publishers' handshakes on
         # a loaded machine took more than 15 s.
@@ -192,7 +198,7 @@ class Stage:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    metrics = await http_json(url)
+                    metrics = await self.metrics()
                     sfu = metrics.get("sfu", {}) if metrics else {}
                     if sfu.get("frames_received", 0) > 0 or sfu.get("packets_received", 0) > 0:
                         return
@@ -358,8 +364,7 @@ async def _measure(stage: Stage, workload: Workload, idle: procstat.CpuSample) -
     ours_start = procstat.sample(os.getpid())
     load_start = [procstat.sample(c.process.pid) for c in children]
     t_start = time.time()
-    metrics_url = stage.metrics_url
-    metrics_start = await http_json(metrics_url) if metrics_url else None
+    metrics_start = await stage.metrics()
     await asyncio.sleep(max(0.0, end - time.time()))
     cpu_end = procstat.sample(pid)
     machine_end = procstat.machine_ticks()
@@ -367,7 +372,7 @@ async def _measure(stage: Stage, workload: Workload, idle: procstat.CpuSample) -
     ours_end = procstat.sample(os.getpid())
     load_end = [procstat.sample(c.process.pid) for c in children]
     t_end = time.time()
-    metrics_end = await http_json(metrics_url) if metrics_url else None
+    metrics_end = await stage.metrics()
     results = await asyncio.gather(
         *(c.next_event("result", 30 + options.ready_timeout) for c in children)
     )
