@@ -162,6 +162,11 @@ class Cluster:
             if connection is not None:
                 connection.post_moved()
 
+    @property
+    def redis_up(self) -> bool:
+        """Redis answered the last heartbeat and this node listens on its channel."""
+        return self.reachable and self.relay.listening.is_set()
+
     def problems(self) -> dict[str, str]:
         """What keeps this node from taking joins, as far as Redis is concerned."""
         if not self.reachable:

@@ -242,7 +242,7 @@ class ServerState:
             if self.cluster is None
             else {
                 "node": self.cluster.node_id,
-                "redis_reachable": self.cluster.reachable,
+                "redis_up": self.cluster.redis_up,
                 "relay": self.cluster.relay.counts,
                 "lessons": sorted(lesson.id for lesson in self.registry.lessons()),
                 "placement_conflicts": self.cluster.placement.conflicts,

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from media.client import JoinRefused, LessonClient
 from media.testsource import PatternVideoTrack, ToneAudioTrack
@@ -63,6 +64,17 @@ async def joined() -> AsyncIterator[Any]:
         await client.close()
 
 
+def prometheus(node: RunningServer, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """The samples of one metric in ``/metrics``, by their labels."""
+    text = httpx.get(f"{node.http}/metrics", timeout=5).text
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
+
+
 def cluster(node: RunningServer) -> dict[str, Any]:
     info = node.metrics()["cluster"]
     assert isinstance(info, dict)
@@ -107,6 +119,9 @@ async def test_clients_of_one_lesson_on_three_nodes_see_and_hear_each_other(
                 await viewer.wait_frames(track, 10)
     relayed = sum(c["relay"]["frames_in"] for c in map(cluster, nodes))
     assert relayed > 0  # two of the three sockets went through the relay
+    entries = [prometheus(n, "lco_relayed_sockets") for n in nodes]
+    assert sum(e[(("node", f"n{i}"), ("side", "entry"))] for i, e in enumerate(entries, 1)) == 2
+    assert sum(e[(("node", f"n{i}"), ("side", "owner"))] for i, e in enumerate(entries, 1)) == 2
 
     # Moderation from a socket relayed from another node takes effect everywhere.
     elsewhere = next(n for n in nodes if cluster(n)["node"] != owner)
@@ -187,6 +202,7 @@ async def test_redis_outage_keeps_media_refuses_new_joins_and_recovers(
         for node in pair:
             await wait_until(lambda n=node: readiness(n)[0] == 503)
             assert "redis" in readiness(node)[1]["problems"]
+            assert list(prometheus(node, "lco_redis_up").values()) == [0]
         with pytest.raises(JoinRefused) as refused:
             await joined(pair[1], "Late", Role.EXPERT, "outage-2")
         assert refused.value.reason == "unavailable"
@@ -198,6 +214,7 @@ async def test_redis_outage_keeps_media_refuses_new_joins_and_recovers(
         redis_server.start()
         for node in pair:
             await wait_until(lambda n=node: readiness(n)[0] == 200)
+            assert list(prometheus(node, "lco_redis_up").values()) == [1]
         await asyncio.wait_for(relayed.resumed.wait(), 20)
         await direct.wait_frames(to_direct, 20)
         await relayed.wait_frames(to_relayed, 20)
