@@ -213,16 +213,14 @@ class Cluster:
                         return
         except (PlacementUnavailable, OwnerUnreachable) as exc:
             logger.warning("join refused: lesson %s cannot be reached (%s)", lesson_id, exc)
-            await ws.send_text(
-                p.encode_server_message(
-                    p.Bye(
-                        reason="unavailable",
-                        message="the lesson cannot be reached now (its server or the "
-                        "servers' coordination service is down); try again shortly",
-                    )
-                )
+            bye = p.Bye(
+                reason="unavailable",
+                message="the lesson cannot be reached now (its server or the "
+                "servers' coordination service is down); try again shortly",
             )
-            await ws.close(CLOSE_TRY_AGAIN)
+            with contextlib.suppress(Exception):  # the client may be gone already
+                await ws.send_text(p.encode_server_message(bye))
+                await ws.close(CLOSE_TRY_AGAIN)
             return
         await ParticipantConnection(state, ws, first, opened).run()
 
