@@ -45,7 +45,7 @@ CLOSE_RELAY_LOST = 1012
 # How often to try subscribing again while Redis is unreachable.
 RETRY_INTERVAL = 0.2
 
-# serve(socket, first frame, the lesson id): runs a connection for a relayed socket
+# serve(socket, first frame): runs a connection for a relayed socket
 # here, returning when it ends.
 Serve = Callable[["RelayedSocket", str], Awaitable[None]]
 # answer(question, lesson id): what this node says about a lesson it serves (JSON).
