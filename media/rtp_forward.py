@@ -47,6 +47,13 @@ NACK, RTX, keyframes, RTCP
     with the counts of what that subscriber was sent and an (NTP, RTP) pair of the
     newest packet in sequence order, updated every :data:`SENDER_REPORT_SYNC` s.
 
+Other consumers (recording)
+    :meth:`RtpForwarder.add_listener` registers a callable that is given every
+    in-order packet that is not muted, after the subscribers were served, as
+    ``(index, timestamp, marker, payload)`` (``index`` is the extended sequence
+    number). It must return at once (a recorder only queues the packet); without a
+    listener the fast path pays one attribute test per packet.
+
 Per-packet code never raises into aiortc: a failing packet is dropped and counted.
 """
 
@@ -88,6 +95,8 @@ RETIRED_SSRCS = 4  # earlier sources of a publisher whose late packets are ignor
 _FIRST_INDEX = 1 << 20  # where a source's extended indices start (room for late ones)
 
 _NO_FRAME: tuple[bool, None] = (False, None)
+# (extended sequence number, RTP timestamp, marker, payload) of one in-order packet.
+PacketListener = Callable[[int, int, bool, bytes], None]
 _SRTP_PROTECT = hooks.raw_srtp_protect()
 _SRTP_OK = hooks.SRTP_OK
 
@@ -188,11 +197,24 @@ class RtpForwarder:
         self._stopped = False
         self._started = False
         self._paused = False
+        self._listeners: tuple[PacketListener, ...] = ()
+        self._heard = -1  # index of the newest packet given to the listeners
 
     @property
     def subscriber_count(self) -> int:
         """How many subscribers receive this track now."""
         return len(self._subscribers)
+
+    def add_listener(self, listener: PacketListener) -> Callable[[], None]:
+        """Also give every in-order, unmuted packet to ``listener`` (a recorder), after
+        the subscribers; returns the function that removes it. The listener must not
+        block and must not raise (a raise counts as an error, nothing more)."""
+        self._listeners = (*self._listeners, listener)
+
+        def remove() -> None:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return remove
 
     def counters(self) -> dict[str, int]:
         """This track's counters, for ``/metrics``."""
@@ -297,8 +319,26 @@ class RtpForwarder:
     def _safe_forward(self, packet: Any) -> None:
         try:
             self._forward(packet)
+            if self._listeners:
+                self._tell_listeners(packet)
         except Exception:
             self.stats.errors += 1
+
+    def _tell_listeners(self, packet: Any) -> None:
+        # In order and not muted: the packet just became the newest, and no earlier
+        # copy of it was heard.
+        newest = self._newest
+        if (
+            self._paused
+            or packet.ssrc != self._in_ssrc
+            or newest == self._heard
+            or newest & 0xFFFF != packet.sequence_number
+            or self._newest_ts != packet.timestamp
+        ):
+            return
+        self._heard = newest
+        for listener in self._listeners:
+            listener(newest, packet.timestamp, bool(packet.marker), packet.payload)
 
     def _forward(self, packet: Any) -> None:
         stats = self.stats
