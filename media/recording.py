@@ -1,0 +1,419 @@
+"""Record forwarded tracks to files as they arrive, without transcoding.
+
+A :class:`TrackRecorder` listens to one forwarder (``add_listener``): on the RTP
+path it is given every in-order, unmuted packet, on the frame path every frame.
+The listener only puts what it is given into a bounded queue (it runs on the
+event loop, inside the forwarding path); a writer thread takes it from there,
+rebuilds encoded frames from the RTP payloads (:class:`Depacketizer`: VP8 by the
+payload descriptor rules of RFC 7741, H264 by RFC 6184, with aiortc's
+depayloaders; an Opus packet is a frame) and muxes them with PyAV, never
+decoding: VP8 and Opus into WebM, H264 into Matroska.
+
+What the file promises
+    * It starts on a keyframe (a keyframe is asked for when recording starts, and
+      again, at most once a second, while the writer waits for one).
+    * Its timestamps are those of the publisher's RTP clock, from 0 at the first
+      frame: a mute leaves a gap of the mute's length (the RTP clock ran on), and a
+      change of source (a new SSRC, a restarted clock) is bridged by the time that
+      passed on the server's clock, so timestamps stay continuous and monotonic.
+    * A frame that lost a packet (a queue overflow, a packet the network lost) is
+      not written; video then waits for the next keyframe, asked for at once.
+
+What it never does
+    Block or slow the forwarding path: a full queue (a slow disk) drops the packet
+    and counts it (:attr:`RecorderStats.packets_dropped`). A write error (disk full)
+    ends this recorder, closes what was written so far and reports the reason
+    through ``on_failed`` on the event loop; the lesson goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fractions
+import io
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import av
+from aiortc.codecs.h264 import H264PayloadDescriptor
+from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+from .counters import Counters
+from .rtp_rewrite import keyframe_detector
+
+logger = logging.getLogger(__name__)
+
+QUEUE_PACKETS = 4096  # per track: about 10 s of 720p video, a minute of audio
+KEYFRAME_RETRY = 1.0  # seconds between keyframe requests while waiting for one
+# A jump of the RTP clock that differs from the time that passed by more than this
+# is a new source (a restarted clock), bridged by the server's clock.
+DISCONTINUITY = 1.0
+
+# (container format, file suffix, codec name in FFmpeg) per RTP codec name.
+CONTAINERS: dict[str, tuple[str, str, str]] = {
+    "VP8": ("webm", ".webm", "vp8"),
+    "OPUS": ("webm", ".webm", "opus"),
+    "H264": ("matroska", ".mkv", "h264"),
+}
+
+OpenFile = Callable[[Path], BinaryIO]
+
+
+class RecorderStats(Counters):
+    """What one track's recorder did (written into the lesson's manifest)."""
+
+    __slots__ = (
+        "bytes_written",
+        "discontinuities",
+        "frames_discarded",
+        "frames_written",
+        "keyframe_requests",
+        "packets",
+        "packets_dropped",
+    )
+    bytes_written: int
+    discontinuities: int  # changes of source bridged by the server's clock
+    frames_discarded: int  # incomplete, or before the first keyframe
+    frames_written: int
+    keyframe_requests: int
+    packets: int  # packets (or frames) the listener was given
+    packets_dropped: int  # not queued: the writer was too far behind (slow disk)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One encoded frame rebuilt from RTP payloads."""
+
+    timestamp: int  # RTP timestamp
+    keyframe: bool
+    data: bytes
+    arrival: float  # server clock when its last packet arrived
+
+
+class Depacketizer:
+    """Rebuilds encoded frames from the in-order RTP packets of one track.
+
+    Video packets with one timestamp are one frame, complete at the marker bit;
+    a missing sequence number spoils the frame it falls in. Audio (Opus) packets
+    are frames.
+    """
+
+    def __init__(self, codec_name: str) -> None:
+        self.codec_name = codec_name.upper()
+        self.video = self.codec_name in ("VP8", "H264")
+        self._is_key: Any = keyframe_detector(self.codec_name)
+        self._parts: list[bytes] = []
+        self._timestamp: int | None = None
+        self._first_payload = b""
+        self._broken = False
+        self._next_index: int | None = None
+
+    def push(
+        self, index: int, timestamp: int, marker: bool, payload: bytes, arrival: float
+    ) -> tuple[Frame | None, bool]:
+        """Take one packet; return a completed frame (or None) and whether a frame
+        was lost (so that video needs a keyframe)."""
+        lost = False
+        if self._next_index is not None and index != self._next_index:
+            # A gap: whatever frame is open lacks a packet.
+            if self._timestamp is not None:
+                self._broken = True
+            lost = True
+        self._next_index = index + 1
+        if not self.video:
+            return Frame(timestamp, True, payload, arrival), lost
+        if self._timestamp is not None and timestamp != self._timestamp:
+            # The previous frame's last packet (its marker) never came.
+            self._reset()
+            lost = True
+        if self._timestamp is None:
+            self._timestamp = timestamp
+            self._first_payload = payload
+            # After a gap only a frame whose first packet starts a keyframe is whole
+            # for sure (and video waits for a keyframe then anyway).
+            if lost and not (self._is_key and self._is_key(payload)):
+                self._broken = True
+        try:
+            self._parts.append(self._depayload(payload))
+        except ValueError:
+            self._broken = True
+        if not marker:
+            return None, lost
+        frame: Frame | None = None
+        if not self._broken and self._parts:
+            key = bool(self._is_key(self._first_payload)) if self._is_key else True
+            frame = Frame(timestamp, key, b"".join(self._parts), arrival)
+        elif self._broken:
+            lost = True
+        self._reset()
+        return frame, lost
+
+    def _depayload(self, payload: bytes) -> bytes:
+        if self.codec_name == "VP8":
+            return VpxPayloadDescriptor.parse(payload)[1]
+        return H264PayloadDescriptor.parse(payload)[1]
+
+    def _reset(self) -> None:
+        self._parts = []
+        self._timestamp = None
+        self._first_payload = b""
+        self._broken = False
+
+
+def vp8_size(frame: bytes) -> tuple[int, int]:
+    """Width and height from a VP8 key frame's header (RFC 6386 9.1)."""
+    if len(frame) < 10 or frame[3:6] != b"\x9d\x01\x2a":
+        raise ValueError("not a VP8 key frame")
+    width = int.from_bytes(frame[6:8], "little") & 0x3FFF
+    height = int.from_bytes(frame[8:10], "little") & 0x3FFF
+    return width, height
+
+
+def h264_size(frame: bytes) -> tuple[int, int]:
+    """Width and height of an H264 key frame (decoded once, when a file starts)."""
+    codec: Any = av.CodecContext.create("h264", "r")
+    for picture in codec.decode(av.Packet(frame)):
+        return picture.width, picture.height
+    for picture in codec.decode(None):
+        return picture.width, picture.height
+    raise ValueError("the H264 key frame did not decode")
+
+
+def open_private_file(path: Path) -> BinaryIO:
+    """Create ``path`` exclusively, 0600, for writing (the data directory's rule)."""
+    from signaling.private_files import create_private_file
+
+    return os.fdopen(create_private_file(path), "wb")
+
+
+class TrackRecorder:
+    """Writes one forwarded track into one file, in a thread of its own."""
+
+    def __init__(
+        self,
+        path: Path,
+        codec_name: str,
+        clock_rate: int,
+        *,
+        request_keyframe: Callable[[], None],
+        on_failed: Callable[[str], None],
+        loop: asyncio.AbstractEventLoop,
+        open_file: OpenFile = open_private_file,
+        queue_size: int = QUEUE_PACKETS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        name = codec_name.upper()
+        if name not in CONTAINERS:
+            raise ValueError(f"recording {codec_name} is not supported")
+        self.format, suffix, self.ffmpeg_codec = CONTAINERS[name]
+        self.path = path.with_suffix(suffix)
+        self.codec_name = name
+        self.clock_rate = clock_rate
+        self.stats = RecorderStats()
+        self.error: str | None = None
+        self.first_frame_at: float | None = None  # server clock of the first frame written
+        self.duration = 0.0  # seconds from the first frame to the last written
+        self._request_keyframe = request_keyframe
+        self._on_failed = on_failed
+        self._loop = loop
+        self._open_file = open_file
+        self._clock = clock
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(queue_size)
+        self._depacketizer = Depacketizer(name)
+        self._thread = threading.Thread(target=self._run, name=f"rec-{path.name}", daemon=True)
+        self._closed = False
+        # Writer-thread state.
+        self._file: BinaryIO | None = None
+        self._container: Any = None
+        self._stream: Any = None
+        self._waiting = self._depacketizer.video  # for a keyframe
+        self._last_request = -KEYFRAME_RETRY
+        self._last_ts = 0
+        self._last_pts = 0
+        self._last_arrival = 0.0
+        self._time_base = fractions.Fraction(1, clock_rate)
+        self._frame_ticks = clock_rate // 30 if self._depacketizer.video else 960
+
+    # -- the listener side (event loop; never blocks, never raises) ------------
+
+    def on_packet(self, index: int, timestamp: int, marker: bool, payload: bytes) -> None:
+        """A forwarded RTP packet (the RTP path's listener)."""
+        if self._closed:
+            return
+        self.stats.packets += 1
+        try:
+            self._queue.put_nowait((index, timestamp, marker, payload, self._clock()))
+        except queue.Full:
+            self.stats.packets_dropped += 1
+
+    def on_frame(self, timestamp: int, keyframe: bool, data: bytes) -> None:
+        """A forwarded encoded frame (the frame path's listener)."""
+        if self._closed:
+            return
+        self.stats.packets += 1
+        try:
+            self._queue.put_nowait((Frame(timestamp, keyframe, data, self._clock()),))
+        except queue.Full:
+            self.stats.packets_dropped += 1
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the writer and ask for the keyframe the file starts on."""
+        self._thread.start()
+        self._ask_keyframe(force=True)
+
+    async def stop(self) -> None:
+        """Stop listening, write what is queued and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        while True:
+            try:
+                self._queue.put_nowait(None)
+                break
+            except queue.Full:
+                # The writer is behind: what it has not taken yet is not written.
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get_nowait()
+                    self.stats.packets_dropped += 1
+        await asyncio.to_thread(self._thread.join)
+
+    @property
+    def written(self) -> bool:
+        """Whether the file exists (a first keyframe arrived)."""
+        return self._container is not None or self.stats.frames_written > 0
+
+    # -- the writer thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    break
+                if self.error is not None:
+                    continue
+                if len(item) == 1:
+                    frame, lost = item[0], False
+                else:
+                    frame, lost = self._depacketizer.push(*item)
+                if lost:
+                    self.stats.frames_discarded += 1
+                    if self._depacketizer.video:
+                        self._waiting = True
+                        self._ask_keyframe(force=True)
+                if frame is not None:
+                    self._write(frame)
+        except Exception as exc:  # a bug must not leave the file open
+            self._fail(f"recording failed: {exc}")
+        finally:
+            self._close()
+
+    def _write(self, frame: Frame) -> None:
+        if self._waiting:
+            if not frame.keyframe:
+                self.stats.frames_discarded += 1
+                self._ask_keyframe()
+                return
+            self._waiting = False
+        try:
+            if self._container is None:
+                self._open(frame)
+            pts = self._pts(frame)
+            packet = av.Packet(frame.data)
+            packet.stream = self._stream
+            packet.pts = packet.dts = pts
+            packet.time_base = self._time_base
+            packet.is_keyframe = frame.keyframe
+            self._container.mux(packet)
+        except Exception as exc:
+            self._fail(_describe(exc))
+            return
+        self.stats.frames_written += 1
+        self.stats.bytes_written += len(frame.data)
+        self.duration = pts / self.clock_rate
+
+    def _open(self, frame: Frame) -> None:
+        self._file = self._open_file(self.path)
+        self._container = av.open(self._file, "w", format=self.format)
+        if self.codec_name == "OPUS":
+            stream = self._container.add_mux_stream("opus", rate=self.clock_rate)
+        else:
+            size = vp8_size if self.codec_name == "VP8" else h264_size
+            width, height = size(frame.data)
+            stream = self._container.add_mux_stream(self.ffmpeg_codec, width=width, height=height)
+        stream.time_base = self._time_base
+        self._stream = stream
+        self._last_ts = frame.timestamp
+        self._last_arrival = frame.arrival
+        self._last_pts = 0
+        self.first_frame_at = frame.arrival
+
+    def _pts(self, frame: Frame) -> int:
+        """The frame's timestamp in the file: the RTP clock's advance, unless it jumped
+        by what the server's clock did not see (a new source)."""
+        if self.stats.frames_written == 0:
+            return 0
+        delta = ((frame.timestamp - self._last_ts + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+        elapsed = (frame.arrival - self._last_arrival) * self.clock_rate
+        if delta <= 0 or abs(delta - elapsed) > DISCONTINUITY * self.clock_rate:
+            self.stats.discontinuities += 1
+            delta = max(self._frame_ticks, round(elapsed))
+        self._last_ts = frame.timestamp
+        self._last_arrival = frame.arrival
+        self._last_pts += delta
+        return self._last_pts
+
+    def _ask_keyframe(self, force: bool = False) -> None:
+        now = self._clock()
+        if not self._depacketizer.video or (
+            not force and now - self._last_request < KEYFRAME_RETRY
+        ):
+            return
+        self._last_request = now
+        self.stats.keyframe_requests += 1
+        with contextlib.suppress(RuntimeError):  # the loop closed
+            self._loop.call_soon_threadsafe(self._request_keyframe)
+
+    def _fail(self, reason: str) -> None:
+        if self.error is not None:
+            return
+        self.error = reason
+        self._closed = True
+        logger.warning("recording %s stopped: %s", self.path.name, reason)
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._on_failed, reason)
+
+    def _close(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            try:
+                container.close()
+            except Exception as exc:
+                self._fail(_describe(exc))
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception as exc:
+                self._fail(_describe(exc))
+            self._file = None
+
+
+def _describe(exc: BaseException) -> str:
+    """A write error as the teacher and the operator read it."""
+    number = getattr(exc, "errno", None)
+    if number == errno.ENOSPC:
+        return "the disk is full"
+    if isinstance(exc, (OSError, io.UnsupportedOperation)):
+        return f"writing the recording failed: {exc}"
+    return f"writing the recording failed: {exc!r}"
