@@ -324,6 +324,10 @@ class Sfu:
             if subscription is not None:
                 await self._remove_subscription(media, subscription)
 
+    def forwarder(self, track_id: str) -> Forwarder | None:
+        """The forwarder of a published track (a recorder listens to it)."""
+        return self._forwarders.get(track_id)
+
     def set_paused(self, track_id: str, paused: bool) -> None:
         """Stop or resume forwarding a track to everyone (a moderator's mute)."""
         forwarder = self._forwarders.get(track_id)

@@ -43,6 +43,7 @@ from signaling.tokens import TokenError, check_identifier, verify_token
 
 from .connection import execute_lesson_effect
 from .links import JoinLink, LinkError, LinkMaker
+from .recordings_api import RecordingsApi
 from .state import ServerState
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -183,6 +184,7 @@ class Api:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.catalogue = state.catalogue
+        self.recordings = RecordingsApi(self)
 
     # -- auth ----------------------------------------------------------------
 
@@ -493,6 +495,7 @@ class Api:
                 auth=lesson_scope,
                 csv=True,
             ),
+            *self.recordings.operations(),
         ]
 
     def routes(self) -> list[Route]:

@@ -76,6 +76,7 @@ def create_app(settings: Settings) -> Starlette:
         background = [
             asyncio.create_task(state.keep_heartbeat(), name="heartbeat"),
             asyncio.create_task(state.webhooks.run(), name="webhooks"),
+            asyncio.create_task(state.recordings.keep_retention(), name="recording-retention"),
         ]
         try:
             yield
@@ -92,6 +93,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/metrics", metrics),
             Route("/openapi.json", openapi),
             *api.routes(),
+            *api.recordings.routes(),
+            Route("/recordings", join_page),
             Route("/", join_page),
             Route("/join", join_page),
             WebSocketRoute("/ws", signaling),

@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="open connections from one client address beyond which new ones get 503; "
         "0: no limit (behind a reverse proxy all clients share its address) (default 200)",
     )
+    serve.add_argument(
+        "--recording-retention",
+        type=duration,
+        default=os.environ.get("LCO_RECORDING_RETENTION"),
+        help="delete recordings this long after they stopped, e.g. 30d (default: keep)",
+    )
     add_link_lifetime_arg(serve)
     serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
 
@@ -280,6 +286,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_connections_per_address=args.max_connections_per_address,
         ),
         forwarding=args.forwarding,
+        recording_retention=args.recording_retention,
         admin_key=resolve_admin_key(args.admin_key, args.data_dir),
         public_url=args.public_url,
         webhook_urls=tuple(webhooks),

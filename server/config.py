@@ -71,6 +71,8 @@ class Settings:
     max_link_lifetime: int = DEFAULT_MAX_LINK_LIFETIME
     # Request-head and keep-alive timeouts, connections in all and per address.
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    # Seconds after which a finished recording is deleted (None: kept until deleted).
+    recording_retention: float | None = None
 
 
 def parse_duration(text: str) -> int:

@@ -29,6 +29,7 @@ from signaling.lesson import (
     Subscribe,
     Unsubscribe,
 )
+from signaling.recording import RecordingConsent, StartRecording, StopRecording
 from signaling.session import (
     AcceptSubscribeAnswer,
     AddRemoteCandidate,
@@ -311,7 +312,19 @@ class ParticipantConnection:
             await state.sfu.close(pid)
         for effect in effects:
             if isinstance(
-                effect, (Deliver, Subscribe, Unsubscribe, StopTrack, PauseTrack, Record, Announce)
+                effect,
+                (
+                    Deliver,
+                    Subscribe,
+                    Unsubscribe,
+                    StopTrack,
+                    PauseTrack,
+                    Record,
+                    Announce,
+                    StartRecording,
+                    StopRecording,
+                    RecordingConsent,
+                ),
             ):
                 await execute_lesson_effect(state, effect)
         if self._subscription is not None:
@@ -349,3 +362,7 @@ async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
         state.sfu.set_paused(effect.track_id, effect.paused)
     elif isinstance(effect, Announce):
         state.webhooks.notify(effect.event, effect.data)
+    elif isinstance(effect, (StartRecording, StopRecording, RecordingConsent)):
+        await state.recordings.carry_out(effect)
+    # The timeline of a recording in progress (server/recordings.py).
+    state.recordings.observe(effect)

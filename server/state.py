@@ -18,11 +18,13 @@ from media.sfu import Sfu
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus, participant_topic
 from signaling.catalogue import Catalogue
+from signaling.lesson import Effect
 from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
 from signaling.sqlite_records import SqliteRecordStore
 
 from .config import Settings
+from .recordings import RecordingService
 from .webhooks import Webhooks, WebhookSettings
 
 if TYPE_CHECKING:
@@ -80,6 +82,13 @@ class ServerState:
         self.webhooks = Webhooks(
             WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)
         )
+        self.recordings = RecordingService(
+            settings.data_dir,
+            self.registry,
+            self.sfu.forwarder,
+            self._execute,
+            retention=settings.recording_retention,
+        )
         self.connections: dict[str, ParticipantConnection] = {}
         self.accepting = True
         self._no_connections = asyncio.Event()
@@ -114,6 +123,11 @@ class ServerState:
             self.records.beat()
             await asyncio.sleep(interval)
 
+    async def _execute(self, effect: Effect) -> None:
+        from .connection import execute_lesson_effect
+
+        await execute_lesson_effect(self, effect)
+
     def _track_ended(self, participant_id: str, track_id: str) -> None:
         connection = self.connections.get(participant_id)
         if connection is not None:
@@ -134,6 +148,7 @@ class ServerState:
         )
         for participant_id in list(self.connections):
             await self.bus.publish(participant_topic(participant_id), bye)
+        await self.recordings.close()
         await self.sfu.close_all()
         # Each connection leaves once its writer has sent the bye; wait for that,
         # bounded, before uvicorn closes the sockets.
@@ -169,6 +184,7 @@ class ServerState:
             "open_fds": open_fds,
             "rss_bytes": resident_bytes(),
             "sfu": self.sfu.stats(),
+            "recordings": self.recordings.metrics(),
         }
 
 

@@ -52,6 +52,10 @@ MESSAGE_PERMISSIONS: dict[str, Permission] = {
     "broadcast": Permission.RUN_LESSON,
     "broadcast_audio": Permission.RUN_LESSON,
     "end_breakout": Permission.RUN_LESSON,
+    "direct_stage": Permission.RUN_LESSON,
+    "start_recording": Permission.RECORD,
+    "stop_recording": Permission.RECORD,
+    "decline_recording": Permission.DECLINE_RECORDING,
 }
 # What a participant waiting in the lobby may send.
 LOBBY_MESSAGES = frozenset({"ping", "leave", "ice_candidate"})
@@ -340,4 +344,12 @@ class SignalingSession:
                 return lesson.broadcast_audio(pid, message.on)
             case p.EndBreakout():
                 return lesson.end_breakout(pid)
+            case p.DirectStage():
+                return lesson.direct_stage(pid, message.stage, message.classroom)
+            case p.StartRecording():
+                return lesson.start_recording(pid)
+            case p.StopRecording():
+                return lesson.stop_recording(pid)
+            case p.DeclineRecording():
+                return lesson.decline_recording(pid, message.declined)
         raise Forbidden(f"{message.type} is not allowed", message.type)
