@@ -1,0 +1,161 @@
+"""Recording a lesson of real aiortc peers through ``lco serve`` (both forwarding paths).
+
+A teacher, a classroom and an expert publish camera and microphone; a delegate
+of the expert's school declines recording; an observer receives everything and
+counts the frames forwarded to it. The teacher records about 20 s with a mute of
+the classroom's camera in the middle; the files are decoded with PyAV.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import pytest
+
+from media.testsource import PatternVideoTrack, ToneAudioTrack
+from signaling import protocol as p
+from signaling.permissions import Role
+
+from .conftest import RunningServer, start_server, stop_server
+
+pytestmark = pytest.mark.usefixtures("decoding_clients")
+
+RECORD_SECONDS = 20.0
+
+
+@pytest.fixture(scope="module", params=["rtp", "frames"])
+def server(request: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("rec"), "--forwarding", request.param)
+    yield running
+    stop_server(running)
+
+
+def camera_and_microphone() -> list[tuple[Any, p.Source]]:
+    return [(PatternVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")]
+
+
+def decode(path: Path) -> tuple[int, float]:
+    """Decoded video frames (or audio 20 ms frames) and the span of their timestamps."""
+    with av.open(str(path)) as container:
+        stream = container.streams[0]
+        count, first, last = 0, None, 0.0
+        for frame in container.decode(stream):
+            assert frame.pts is not None and frame.time_base is not None
+            at = float(frame.pts * frame.time_base)
+            first = at if first is None else first
+            last = at + (float(frame.samples / frame.sample_rate) if stream.type == "audio" else 0)
+            count += 1 if stream.type == "video" else round(frame.samples / 960)
+        return count, last - (first or 0.0)
+
+
+async def test_a_recorded_lesson_has_a_file_per_track_and_a_timeline(
+    server: RunningServer, clients: Any
+) -> None:
+    lesson = "recorded"
+    teacher = await clients("Ms T", Role.TEACHER, lesson, "north")
+    classroom = await clients("Room 4", Role.CLASSROOM, lesson, "west")
+    expert = await clients("Dr E", Role.EXPERT, lesson, "south")
+    delegate = await clients("South office", Role.DELEGATE, lesson, "south")
+    observer = await clients("Inspector", Role.OBSERVER, lesson, "north")
+    publishers = [teacher, classroom, expert]
+    for publisher in publishers:
+        assert (await publisher.publish(camera_and_microphone()))["type"] == "publish_answer"
+    for publisher in publishers:
+        for kind in ("video", "audio"):
+            await observer.wait_track(publisher.participant_id or "", kind)
+
+    declined = delegate.wait_for(lambda m: m["type"] == "lesson_updated")
+    await delegate.send(p.DeclineRecording())
+    assert (await declined)["state"]["recording_declined"] == ["south"]
+
+    # Every participant is told when recording starts (the page shows a notice).
+    notices = [
+        c.wait_for(lambda m: m["type"] == "recording_changed" and m["recording"])
+        for c in (*publishers, delegate, observer)
+    ]
+    await teacher.send(p.StartRecording())
+    for notice in notices:
+        message = await notice
+        assert message["by"] == "Ms T" and message["declined_schools"] == ["south"]
+    started = time.monotonic()
+    at_start = {key: track.frames for key, track in observer.received.items()}
+
+    # The classroom's camera is muted for 4 s in the middle.
+    video_of_classroom = observer.track_from(classroom.participant_id or "", "video")
+    assert video_of_classroom is not None
+    await observer.wait_frames(video_of_classroom, 120, timeout=30)  # 8 s at 15 fps
+    await teacher.send(p.Mute(participant_id=classroom.participant_id or "", kind="video"))
+    teacher_video = observer.track_from(teacher.participant_id or "", "video")
+    assert teacher_video is not None
+    await observer.wait_frames(teacher_video, 60, timeout=30)  # 4 s
+    await teacher.send(p.AllowUnmute(participant_id=classroom.participant_id or "", kind="video"))
+    # Until about 20 s have passed, on the teacher's frames.
+    remaining = RECORD_SECONDS - (time.monotonic() - started)
+    await observer.wait_frames(teacher_video, int(remaining * 15), timeout=40)
+
+    stopped = teacher.wait_for(lambda m: m["type"] == "recording_changed" and not m["recording"])
+    await teacher.send(p.StopRecording())
+    assert (await stopped)["reason"] == "stopped by Ms T"
+    lesson_seconds = time.monotonic() - started
+    forwarded = {key: track.frames - at_start.get(key, 0) for key, track in observer.received.items()}
+
+    listing = server.api("GET", f"/api/lessons/{lesson}/recordings", key=teacher.token)
+    assert listing.status_code == 200, listing.text
+    [recording] = listing.json()
+    manifest = recording["manifest"]
+    assert manifest["stop_reason"] == "stopped by Ms T"
+    assert manifest["declined_schools"] == ["south"]
+    tracks = {t["track_id"]: t for t in manifest["tracks"]}
+    files = {f["name"]: f for f in recording["files"]}
+    directory = server.data_dir / "recordings" / lesson / recording["id"]
+    assert directory.stat().st_mode & 0o777 == 0o700
+
+    for publisher in publishers:
+        for kind in ("video", "audio"):
+            received = observer.track_from(publisher.participant_id or "", kind)
+            assert received is not None
+            entry = tracks[received.track_id]
+            if publisher is expert:
+                # The school declined: no file, and the manifest says why.
+                assert entry["file"] is None
+                assert entry["status"] == "not recorded: the school declined recording"
+                assert not any(name.startswith(received.track_id) for name in files)
+                continue
+            assert entry["file"] in files, entry
+            path = directory / entry["file"]
+            assert path.stat().st_mode & 0o777 == 0o600
+            count, duration = decode(path)
+            assert count == entry["frames_written"]
+            assert abs(duration - lesson_seconds) < 0.5, (entry, duration, lesson_seconds)
+            if kind == "video":
+                sent = forwarded[received.track_id]
+                assert abs(count - sent) <= 0.02 * sent, (entry, count, sent)
+            assert entry["packets_dropped"] == 0
+
+    events = [(e["event"], e.get("track_id")) for e in manifest["timeline"]]
+    assert ("muted", video_of_classroom.track_id) in events
+    assert ("unmuted", video_of_classroom.track_id) in events
+    assert events.index(("muted", video_of_classroom.track_id)) < events.index(
+        ("unmuted", video_of_classroom.track_id)
+    )
+
+    # A file plays from a signed link, with ranges, without credentials.
+    some = next(f for f in recording["files"] if f["name"].endswith((".webm", ".mkv")))
+    ranged = httpx.get(server.http + some["url"], headers={"Range": "bytes=0-99"}, timeout=10)
+    assert ranged.status_code == 206 and len(ranged.content) == 100
+    tampered = httpx.get(server.http + some["url"].replace("sig=", "sig=0"), timeout=10)
+    assert tampered.status_code == 401
+    # Deleting needs the lesson's teacher or the operator.
+    other = server.token("Other", Role.TEACHER, lesson="another")
+    assert (
+        server.api("DELETE", f"/api/lessons/{lesson}/recordings/{recording['id']}", key=other)
+    ).status_code == 403
+    assert (
+        server.api("DELETE", f"/api/lessons/{lesson}/recordings/{recording['id']}")
+    ).status_code == 204
+    assert server.api("GET", f"/api/lessons/{lesson}/recordings").json() == []
