@@ -23,6 +23,7 @@ from .connection import ParticipantConnection
 from .headers import SecurityHeaders
 from .openapi import openapi_document
 from .state import ServerState
+from .whip import WhipEndpoint
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 
@@ -94,6 +95,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/openapi.json", openapi),
             *api.routes(),
             *api.recordings.routes(),
+            *WhipEndpoint(state).routes(),
             Route("/recordings", join_page),
             Route("/", join_page),
             Route("/join", join_page),

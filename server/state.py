@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import RTCIceServer
 
@@ -28,7 +28,16 @@ from .recordings import RecordingService
 from .webhooks import Webhooks, WebhookSettings
 
 if TYPE_CHECKING:
-    from .connection import ParticipantConnection
+    from .whip import WhipSession
+
+
+class Connection(Protocol):
+    """What owns a participant: a signalling socket, or a WHIP session."""
+
+    def post_track_ended(self, track_id: str) -> None: ...
+
+    def post_negotiation_failed(self) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +98,8 @@ class ServerState:
             self._execute,
             retention=settings.recording_retention,
         )
-        self.connections: dict[str, ParticipantConnection] = {}
+        self.connections: dict[str, Connection] = {}
+        self.whip: dict[str, WhipSession] = {}  # resource id -> WHIP publisher
         self.accepting = True
         self._no_connections = asyncio.Event()
         self._no_connections.set()
@@ -102,7 +112,7 @@ class ServerState:
             servers.append(self.turn.ice_server(participant_id, time.time()))
         return servers
 
-    def add_connection(self, participant_id: str, connection: ParticipantConnection) -> None:
+    def add_connection(self, participant_id: str, connection: Connection) -> None:
         """Register the socket that owns ``participant_id``."""
         self.connections[participant_id] = connection
         self._no_connections.clear()
