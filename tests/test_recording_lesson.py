@@ -102,7 +102,9 @@ async def test_a_recorded_lesson_has_a_file_per_track_and_a_timeline(
     await teacher.send(p.StopRecording())
     assert (await stopped)["reason"] == "stopped by Ms T"
     lesson_seconds = time.monotonic() - started
-    forwarded = {key: track.frames - at_start.get(key, 0) for key, track in observer.received.items()}
+    forwarded = {
+        key: track.frames - at_start.get(key, 0) for key, track in observer.received.items()
+    }
 
     listing = server.api("GET", f"/api/lessons/{lesson}/recordings", key=teacher.token)
     assert listing.status_code == 200, listing.text
@@ -146,9 +148,10 @@ async def test_a_recorded_lesson_has_a_file_per_track_and_a_timeline(
 
     # A file plays from a signed link, with ranges, without credentials.
     some = next(f for f in recording["files"] if f["name"].endswith((".webm", ".mkv")))
-    ranged = httpx.get(server.http + some["url"], headers={"Range": "bytes=0-99"}, timeout=10)
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        ranged = await http.get(some["url"], headers={"Range": "bytes=0-99"})
+        tampered = await http.get(some["url"].replace("sig=", "sig=0"))
     assert ranged.status_code == 206 and len(ranged.content) == 100
-    tampered = httpx.get(server.http + some["url"].replace("sig=", "sig=0"), timeout=10)
     assert tampered.status_code == 401
     # Deleting needs the lesson's teacher or the operator.
     other = server.token("Other", Role.TEACHER, lesson="another")

@@ -56,13 +56,13 @@ async def test_a_whip_publisher_reaches_students_and_delete_ends_it(
     student = await clients("Ana", Role.STUDENT, lesson, "west")
     token = server.token("Museum camera", Role.FIELD_TRIP, lesson=lesson, school="north")
     pc = await whip_offer()
+    http = httpx.AsyncClient(base_url=server.http, timeout=20)
     try:
-        async with httpx.AsyncClient(timeout=20) as http:
-            response = await http.post(
-                f"{server.http}/whip",
-                content=pc.localDescription.sdp,
-                headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
-            )
+        response = await http.post(
+            "/whip",
+            content=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"},
+        )
         assert response.status_code == 201, response.text
         assert response.headers["content-type"] == "application/sdp"
         location = response.headers["location"]
@@ -78,31 +78,26 @@ async def test_a_whip_publisher_reaches_students_and_delete_ends_it(
         assert (video.width, video.height) == (320, 240)
 
         # Trickle ICE is not offered: PATCH answers 405 (RFC 9725 4.3.1).
-        patch = httpx.patch(server.http + location, timeout=10)
+        patch = await http.patch(location)
         assert patch.status_code == 405
         # Another link cannot end it; its own can, once.
         other = server.token("Other camera", Role.FIELD_TRIP, lesson=lesson)
-        wrong = httpx.delete(
-            server.http + location, headers={"Authorization": f"Bearer {other}"}, timeout=10
-        )
+        wrong = await http.delete(location, headers={"Authorization": f"Bearer {other}"})
         assert wrong.status_code == 404
         left = student.wait_for(
             lambda m: m["type"] == "participant_left" and m["participant_id"] == camera["id"]
         )
-        ended = httpx.delete(
-            server.http + location, headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
+        ended = await http.delete(location, headers={"Authorization": f"Bearer {token}"})
         assert ended.status_code == 200
         await left
-        again = httpx.delete(
-            server.http + location, headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
+        again = await http.delete(location, headers={"Authorization": f"Bearer {token}"})
         assert again.status_code == 404
     finally:
+        await http.aclose()
         await pc.close()
 
 
-async def test_whip_refuses_what_it_cannot_take(server: RunningServer) -> None:
+def test_whip_refuses_what_it_cannot_take(server: RunningServer) -> None:
     token = server.token("Camera", Role.FIELD_TRIP, lesson="refusals")
     assert post(server, "v=0", None).status_code == 401
     assert post(server, "v=0", "not-a-token").status_code == 401

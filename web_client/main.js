@@ -15,6 +15,7 @@ import {
   actionButton,
 } from "./lesson.js";
 import { readClaims, tokenFromLocation } from "./token.js";
+import { DirectorPanel, RecordingPanel, directedItems } from "./director.js";
 import {
   Sound,
   Tiles,
@@ -117,6 +118,15 @@ class ClassroomPage {
     this.tiles = new Tiles(this.role);
     this.tiles.onFirstFrame = (who, source, trackId) => this.firstFrame(who, source, trackId);
     this.sound = new Sound();
+    this.director = new DirectorPanel(this.send, () => this.followDirector());
+    this.recording = new RecordingPanel(this.send);
+  }
+
+  /** Director mode and the recording notice follow the lesson's state (director.js). */
+  followDirector() {
+    this.tiles.setDirected(directedItems(this.me, this.lessonState, this.director.follow));
+    this.tiles.arrange();
+    this.recording.changed(Boolean(this.lessonState.recording));
   }
 
   // -- start: pre-join or straight in -------------------------------------
@@ -255,6 +265,8 @@ class ClassroomPage {
         return this.renderPanels();
       case "lesson_updated":
         return this.lessonChanged(message.state);
+      case "recording_changed":
+        return this.recording.changed(message.recording, message.message);
       case "unmute_requested":
         return this.unmuteRequested(message.participant_id, message.kind);
       case "notice":
@@ -310,6 +322,7 @@ class ClassroomPage {
     setText("notice", null);
     this.applyMyMutes([], this.me.muted ?? []);
     this.tiles.setFocus(this.lessonState.spotlight, this.presenterIds());
+    this.followDirector();
     document.body.dataset.connection = "connected";
     setBanner(this.reconnects ? "Reconnected to the lesson." : null, "info");
     if (this.reconnects) setTimeout(() => document.body.dataset.connection === "connected" && setBanner(null), 4000);
@@ -350,7 +363,7 @@ class ClassroomPage {
   lessonChanged(state) {
     this.lessonState = { ...EMPTY_STATE, ...state };
     this.tiles.setFocus(this.lessonState.spotlight, this.presenterIds());
-    this.tiles.arrange();
+    this.followDirector();
     this.renderPeople();
     this.renderPanels();
     this.updateControls();
@@ -588,6 +601,8 @@ class ClassroomPage {
   renderPanels() {
     if (!this.me) return;
     const state = this.lessonState;
+    this.director.render(this.me, this.participants, state, this.may("run_lesson"));
+    this.recording.render(this.me, state, (permission) => this.may(permission));
     // The lesson: lock, mute all, end.
     const runs = this.may("run_lesson");
     $("lesson-controls").hidden = !runs;
@@ -971,6 +986,12 @@ class ClassroomPage {
       unmuteRequests: [...this.unmuteRequests.values()],
       chatCount: this.chat.count,
       lesson: { ...this.lessonState },
+      recordingChimes: this.recording.chimes,
+      stage: [...document.querySelectorAll("#main-view video")].map((v) => ({
+        participantId: v.dataset.participantId,
+        source: v.dataset.source,
+        trackId: v.dataset.trackId,
+      })),
     };
   }
 }
