@@ -214,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--source",
         default="test-pattern",
-        help="'test-pattern' (moving bars and a tone), 'none', or a media file to play",
+        help="'test-pattern' (moving bars and a tone), 'none', a media file, or an "
+        "rtsp://, http(s):// URL: VP8, H264 and Opus are sent as they are, other codecs "
+        "are encoded once; a network source that drops is reconnected",
     )
     publish.add_argument("--duration", type=duration, default=None, help="stop after this long")
     publish.add_argument(
