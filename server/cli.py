@@ -16,7 +16,7 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 from signaling.turn import TurnRest
 
-from . import manage
+from . import manage, recording_cli
 from .arguments import add_link_lifetime_arg, duration
 from .config import (
     DEFAULT_DATA_DIR,
@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="measure forwarding cost against baselines (lco bench --help)"
     )
     manage.add_commands(commands)
+    recording_cli.add_command(commands)
     return parser
 
 
@@ -365,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(arguments[1:])
     args = build_parser().parse_args(arguments)
-    handlers = {"serve": _serve, "token": _token, "publish": _publish}
+    handlers = {
+        "serve": _serve,
+        "token": _token,
+        "publish": _publish,
+        "recording": recording_cli.run,
+    }
     return handlers.get(args.command, manage.run)(args)
 
 

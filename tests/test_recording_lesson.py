@@ -1,5 +1,8 @@
 """Recording a lesson of real aiortc peers through ``lco serve`` (both forwarding paths).
 
+Each file's duration is held to the media time its source made while recording
+(within 0.5 s); the composed file to the lesson's wall-clock length.
+
 A teacher, a classroom and an expert publish camera and microphone; a delegate
 of the expert's school declines recording; an observer receives everything and
 counts the frames forwarded to it. The teacher records about 20 s with a mute of
@@ -8,6 +11,8 @@ the classroom's camera in the middle; the files are decoded with PyAV.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +58,28 @@ def decode(path: Path) -> tuple[int, float]:
         return count, last - (first or 0.0)
 
 
+def composed_layouts(path: Path) -> tuple[list[str], float, float]:
+    """Per frame: "pair" when the top rows are black (two pictures side by side,
+    letterboxed), "single" when not, "empty" when all is black; the duration;
+    seconds of audio."""
+    layouts: list[str] = []
+    sound = 0.0
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            plane = bytes(frame.planes[0])
+            top = plane[20 * frame.planes[0].line_size :][:640]
+            middle = plane[180 * frame.planes[0].line_size :][:640]
+            if sum(middle) / 640 < 24:
+                layouts.append("empty")  # before the first keyframe of what is shown
+            else:
+                layouts.append("pair" if sum(top) / 640 < 24 else "single")
+        duration = len(layouts) / 15
+    with av.open(str(path)) as container:
+        for frame in container.decode(audio=0):
+            sound += frame.samples / frame.sample_rate
+    return layouts, duration, sound
+
+
 async def test_a_recorded_lesson_has_a_file_per_track_and_a_timeline(
     server: RunningServer, clients: Any
 ) -> None:
@@ -63,8 +90,12 @@ async def test_a_recorded_lesson_has_a_file_per_track_and_a_timeline(
     delegate = await clients("South office", Role.DELEGATE, lesson, "south")
     observer = await clients("Inspector", Role.OBSERVER, lesson, "north")
     publishers = [teacher, classroom, expert]
+    sources: dict[tuple[str, str], Any] = {}
     for publisher in publishers:
-        assert (await publisher.publish(camera_and_microphone()))["type"] == "publish_answer"
+        tracks = camera_and_microphone()
+        for track, _ in tracks:
+            sources[(publisher.participant_id or "", track.kind)] = track
+        assert (await publisher.publish(tracks))["type"] == "publish_answer"
     for publisher in publishers:
         for kind in ("video", "audio"):
             await observer.wait_track(publisher.participant_id or "", kind)
@@ -84,16 +115,30 @@ async def test_a_recorded_lesson_has_a_file_per_track_and_a_timeline(
         assert message["by"] == "Ms T" and message["declined_schools"] == ["south"]
     started = time.monotonic()
     at_start = {key: track.frames for key, track in observer.received.items()}
+    # The media time each source has made: on a busy machine a source falls behind
+    # the wall clock and catches up in bursts, and its timestamps say what it made.
+    made_at_start = {key: source.media_seconds for key, source in sources.items()}
 
     # The classroom's camera is muted for 4 s in the middle.
     video_of_classroom = observer.track_from(classroom.participant_id or "", "video")
     assert video_of_classroom is not None
     await observer.wait_frames(video_of_classroom, 120, timeout=30)  # 8 s at 15 fps
     await teacher.send(p.Mute(participant_id=classroom.participant_id or "", kind="video"))
+    # The director puts the teacher beside the classroom, later the classroom alone.
+    pair = p.Stage(
+        items=[
+            p.StageItem(participant_id=teacher.participant_id or "", source="camera"),
+            p.StageItem(participant_id=classroom.participant_id or "", source="camera"),
+        ]
+    )
+    await teacher.send(p.DirectStage(stage=pair))
     teacher_video = observer.track_from(teacher.participant_id or "", "video")
     assert teacher_video is not None
     await observer.wait_frames(teacher_video, 60, timeout=30)  # 4 s
     await teacher.send(p.AllowUnmute(participant_id=classroom.participant_id or "", kind="video"))
+    await observer.wait_frames(teacher_video, 45, timeout=30)  # 3 s
+    alone = p.Stage(items=[p.StageItem(participant_id=classroom.participant_id or "")])
+    await teacher.send(p.DirectStage(stage=alone))
     # Until about 20 s have passed, on the teacher's frames.
     remaining = RECORD_SECONDS - (time.monotonic() - started)
     await observer.wait_frames(teacher_video, int(remaining * 15), timeout=40)
@@ -102,6 +147,7 @@ async def test_a_recorded_lesson_has_a_file_per_track_and_a_timeline(
     await teacher.send(p.StopRecording())
     assert (await stopped)["reason"] == "stopped by Ms T"
     lesson_seconds = time.monotonic() - started
+    made = {key: source.media_seconds - made_at_start[key] for key, source in sources.items()}
     forwarded = {
         key: track.frames - at_start.get(key, 0) for key, track in observer.received.items()
     }
@@ -133,7 +179,8 @@ async def test_a_recorded_lesson_has_a_file_per_track_and_a_timeline(
             assert path.stat().st_mode & 0o777 == 0o600
             count, duration = decode(path)
             assert count == entry["frames_written"]
-            assert abs(duration - lesson_seconds) < 0.5, (entry, duration, lesson_seconds)
+            produced = made[(publisher.participant_id or "", kind)]
+            assert abs(duration - produced) < 0.5, (entry, duration, produced, lesson_seconds)
             if kind == "video":
                 sent = forwarded[received.track_id]
                 assert abs(count - sent) <= 0.02 * sent, (entry, count, sent)
@@ -145,6 +192,41 @@ async def test_a_recorded_lesson_has_a_file_per_track_and_a_timeline(
     assert events.index(("muted", video_of_classroom.track_id)) < events.index(
         ("unmuted", video_of_classroom.track_id)
     )
+
+    # The stage over time, composed into one file: the teacher alone (no director
+    # yet), the pair, then the classroom alone.
+    changes = [e["t"] for e in manifest["timeline"] if e["event"] == "stage"]
+    assert len(changes) == 3
+    composed = directory.parent / "composed.webm"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server.cli",
+        "recording",
+        "compose",
+        lesson,
+        "--data-dir",
+        str(server.data_dir),
+        "--output",
+        str(composed),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err
+    assert b"composing: 100.0 %" in err  # the progress display
+    layouts, duration, sound = composed_layouts(composed)
+    assert abs(duration - lesson_seconds) < 0.5
+    assert abs(len(layouts) - duration * 15) <= 2
+    assert sound > 0.9 * duration
+    assert layouts.index("single") < 15  # the teacher's first keyframe came within 1 s
+    assert "empty" not in layouts[15:]
+    shown = [x for x in layouts if x != "empty"]
+    seen = [layout for i, layout in enumerate(shown) if i == 0 or shown[i - 1] != layout]
+    assert seen == ["single", "pair", "single"], seen
+    switches = [i / 15 for i in range(16, len(layouts)) if layouts[i] != layouts[i - 1]]
+    for switch, change in zip(switches, changes[1:], strict=True):
+        assert abs(switch - change) <= 2 / 15, (switches, changes)
 
     # A file plays from a signed link, with ranges, without credentials.
     some = next(f for f in recording["files"] if f["name"].endswith((".webm", ".mkv")))
