@@ -80,13 +80,21 @@ class Composition:
 
 
 def plan(manifest: dict[str, Any]) -> Composition:
-    """The stage over time: director's stage, else spotlight, else the teacher."""
+    """The stage over time: director's stage, else spotlight, else the (first) teacher
+    with a camera."""
     duration = (manifest.get("stopped_at") or 0) - manifest.get("started_at", 0)
     events = manifest.get("timeline", [])
     if events:
         duration = max(duration, max(e["t"] for e in events))
+    cameras = {
+        t["participant_id"]
+        for t in manifest.get("tracks", [])
+        if t.get("kind") == "video" and t.get("source") == "camera"
+    }
     teachers = [
-        pid for pid, who in manifest.get("participants", {}).items() if who.get("role") == "teacher"
+        pid
+        for pid, who in manifest.get("participants", {}).items()
+        if who.get("role") == "teacher" and pid in cameras
     ]
     composition = Composition(duration)
     for event in events:

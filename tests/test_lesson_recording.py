@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from server.cli import main
 from signaling import protocol as p
+from signaling.catalogue import Catalogue
 from signaling.lesson import Announce, Deliver, Effect, Forbidden, Lesson, LessonSettings
 from signaling.permissions import Role
 from signaling.recording import RecordingConsent, StartRecording, StopRecording
@@ -101,3 +105,35 @@ def test_the_director_sets_every_stage_or_one_classrooms() -> None:
     assert any(isinstance(e, Deliver) and e.message.type == "lesson_updated" for e in effects)
     lesson.direct_stage(teacher.id, None, None)
     assert lesson.state().stage is None
+
+
+def test_a_lesson_scheduled_with_a_declining_school_starts_with_it_declined(
+    tmp_path: Path,
+) -> None:
+    """``lco lesson create --decline-recording`` as an operator runs it."""
+    data = ["--data-dir", str(tmp_path)]
+    assert main(["community", "create", "--id", "valley", "--name", "Valley", *data]) == 0
+    for school in ("north", "south"):
+        assert (
+            main(
+                ["school", "add", "--community", "valley", "--id", school, "--name", school, *data]
+            )
+            == 0
+        )
+    created = main(
+        [
+            "lesson", "create", "--id", "fractions", "--community", "valley",
+            "--title", "Fractions", "--teacher", "Ms Rivera", "--school", "north",
+            "--invite", "south", "--starts", "2026-12-01T09:00:00+00:00",
+            "--decline-recording", "south", *data,
+        ]
+    )  # fmt: skip
+    assert created == 0
+    catalogue = Catalogue(tmp_path / "catalogue.sqlite3")
+    try:
+        settings = catalogue.settings_for("fractions")
+    finally:
+        catalogue.close()
+    assert settings.recording_declined == frozenset({"south"})
+    lesson = Lesson("fractions", settings=settings)
+    assert lesson.state().recording_declined == ["south"]
