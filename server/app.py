@@ -61,6 +61,11 @@ def create_app(settings: Settings) -> Starlette:
     async def join_page(request: Request) -> Response:
         return FileResponse(WEB_CLIENT_DIR / "index.html", headers={"Cache-Control": "no-store"})
 
+    async def recordings_page(request: Request) -> Response:
+        return FileResponse(
+            WEB_CLIENT_DIR / "recordings.html", headers={"Cache-Control": "no-store"}
+        )
+
     async def signaling(websocket: WebSocket) -> None:
         if not origin_allowed(websocket, settings.allowed_origins):
             # Closing before accept answers the upgrade with HTTP 403.
@@ -96,7 +101,7 @@ def create_app(settings: Settings) -> Starlette:
             *api.routes(),
             *api.recordings.routes(),
             *WhipEndpoint(state).routes(),
-            Route("/recordings", join_page),
+            Route("/recordings", recordings_page),
             Route("/", join_page),
             Route("/join", join_page),
             WebSocketRoute("/ws", signaling),

@@ -118,3 +118,18 @@ def test_every_page_shows_and_chimes_when_recording_starts(room: Room) -> None:
     teacher.page.get_by_role("button", name="Stop recording").click()
     for page in (teacher.page, *(c.page for c in classrooms)):
         expect(page.locator("#recording-notice")).to_be_hidden(timeout=TIMEOUT_MS)
+
+    # The recordings page, with the teacher's own link: a player per file, which
+    # loads the file (range requests) and knows its length.
+    page = teacher.context.new_page()
+    page.goto(teacher.link.replace("/join#", "/recordings#"))
+    expect(page.locator("#recordings-status")).to_have_text(f"1 recording of lesson {LESSON}.")
+    players = page.locator(".recording video")
+    expect(players).to_have_count(4, timeout=TIMEOUT_MS)  # the teacher's and 3 rooms' cameras
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.recording video')]"
+        ".every(v => v.readyState >= 1 && v.duration > 0)",
+        timeout=TIMEOUT_MS,
+    )
+    expect(page.locator(".recording audio")).to_have_count(4)
+    page.close()
