@@ -2,8 +2,9 @@
 
 A :class:`TrackRecorder` listens to one forwarder (``add_listener``): on the RTP
 path it is given every in-order, unmuted packet, on the frame path every frame.
-The listener only puts what it is given into a bounded queue (it runs on the
-event loop, inside the forwarding path); a writer thread takes it from there,
+The listener only appends what it is given to a bounded queue (it runs on the
+event loop, inside the forwarding path: no lock, no wake-up); a writer thread
+takes everything queued every 20 ms,
 rebuilds encoded frames from the RTP payloads (:class:`Depacketizer`: VP8 by the
 payload descriptor rules of RFC 7741, H264 by RFC 6184, with aiortc's
 depayloaders; an Opus packet is a frame) and muxes them with PyAV, never
@@ -29,13 +30,13 @@ What it never does
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import fractions
 import io
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from .rtp_rewrite import keyframe_detector
 logger = logging.getLogger(__name__)
 
 QUEUE_PACKETS = 4096  # per track: about 10 s of 720p video, a minute of audio
+BATCH = 0.02  # seconds between the writer's turns: it takes all that is queued
 KEYFRAME_RETRY = 1.0  # seconds between keyframe requests while waiting for one
 # A jump of the RTP clock that differs from the time that passed by more than this
 # is a new source (a restarted clock), bridged by the server's clock.
@@ -227,7 +229,11 @@ class TrackRecorder:
         self._loop = loop
         self._open_file = open_file
         self._clock = clock
-        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(queue_size)
+        # Appends and pops of a deque are atomic: the listener appends without a lock
+        # and without waking the writer, which takes everything every BATCH seconds.
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._queue_size = queue_size
+        self._wake = threading.Event()
         self._depacketizer = Depacketizer(name)
         self._thread = threading.Thread(target=self._run, name=f"rec-{path.name}", daemon=True)
         self._closed = False
@@ -250,20 +256,20 @@ class TrackRecorder:
         if self._closed:
             return
         self.stats.packets += 1
-        try:
-            self._queue.put_nowait((index, timestamp, marker, payload, self._clock()))
-        except queue.Full:
+        if len(self._queue) >= self._queue_size:
             self.stats.packets_dropped += 1
+        else:
+            self._queue.append((index, timestamp, marker, payload, self._clock()))
 
     def on_frame(self, timestamp: int, keyframe: bool, data: bytes) -> None:
         """A forwarded encoded frame (the frame path's listener)."""
         if self._closed:
             return
         self.stats.packets += 1
-        try:
-            self._queue.put_nowait((Frame(timestamp, keyframe, data, self._clock()),))
-        except queue.Full:
+        if len(self._queue) >= self._queue_size:
             self.stats.packets_dropped += 1
+        else:
+            self._queue.append((Frame(timestamp, keyframe, data, self._clock()),))
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -277,15 +283,7 @@ class TrackRecorder:
         if self._closed:
             return
         self._closed = True
-        while True:
-            try:
-                self._queue.put_nowait(None)
-                break
-            except queue.Full:
-                # The writer is behind: what it has not taken yet is not written.
-                with contextlib.suppress(queue.Empty):
-                    self._queue.get_nowait()
-                    self.stats.packets_dropped += 1
+        self._wake.set()
         await asyncio.to_thread(self._thread.join)
 
     @property
@@ -296,24 +294,28 @@ class TrackRecorder:
     # -- the writer thread -----------------------------------------------------
 
     def _run(self) -> None:
+        pending = self._queue
         try:
             while True:
-                item = self._queue.get()
-                if item is None:
-                    break
-                if self.error is not None:
-                    continue
-                if len(item) == 1:
-                    frame, lost = item[0], False
-                else:
-                    frame, lost = self._depacketizer.push(*item)
-                if lost:
-                    self.stats.frames_discarded += 1
-                    if self._depacketizer.video:
-                        self._waiting = True
-                        self._ask_keyframe(force=True)
-                if frame is not None:
-                    self._write(frame)
+                while pending:
+                    item = pending.popleft()
+                    if self.error is not None:
+                        continue
+                    if len(item) == 1:
+                        frame, lost = item[0], False
+                    else:
+                        frame, lost = self._depacketizer.push(*item)
+                    if lost:
+                        self.stats.frames_discarded += 1
+                        if self._depacketizer.video:
+                            self._waiting = True
+                            self._ask_keyframe(force=True)
+                    if frame is not None:
+                        self._write(frame)
+                if self._closed:
+                    break  # what was queued before the stop is written
+                self._wake.wait(BATCH)
+                self._wake.clear()
         except Exception as exc:  # a bug must not leave the file open
             self._fail(f"recording failed: {exc}")
         finally:

@@ -238,9 +238,10 @@ async def test_a_stalled_disk_drops_recording_packets_never_forwarding(tmp_path:
             results[recording] = [_received(bench, v) for v in viewers]
             if recorder is not None:
                 # The writer is stuck writing the file's header once the first
-                # keyframe (3 packets) was complete: 64 more queued, the rest dropped.
+                # keyframe (3 packets) was complete, if it took them before the
+                # queue was full: 64 more queued, the rest dropped.
                 assert recorder.stats.packets == 900
-                assert recorder.stats.packets_dropped == 900 - 64 - 3
+                assert 900 - 64 - 3 <= recorder.stats.packets_dropped <= 900 - 64
                 gate.set()
                 await recorder.stop()
                 assert failures == []
