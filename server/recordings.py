@@ -371,8 +371,10 @@ class RecordingService:
             entry["status"] = f"not recorded: codec {getattr(codec, 'name', '?')} not supported"
             return
         entry["codec"] = codec.name
+        # A track recorded again (its school withdrew a refusal) gets a second file.
+        parts = sum(1 for t in recording.manifest["tracks"] if t["track_id"] == track.id)
         recorder = TrackRecorder(
-            recording.directory / track.id,
+            recording.directory / (track.id if parts == 1 else f"{track.id}-part{parts}"),
             codec.name,
             codec.clockRate,
             request_keyframe=forwarder.request_keyframe,

@@ -215,6 +215,27 @@ def templates(ids: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "broadcast": st.fixed_dictionaries({"text": st.text(min_size=1, max_size=40)}),
         "broadcast_audio": st.fixed_dictionaries({"on": st.booleans()}),
         "end_breakout": st.just({}),
+        "direct_stage": st.fixed_dictionaries(
+            {
+                "stage": st.none()
+                | st.fixed_dictionaries(
+                    {
+                        "items": st.lists(
+                            st.fixed_dictionaries(
+                                {"participant_id": who},
+                                optional={"source": st.sampled_from(["camera", "screen"])},
+                            ),
+                            min_size=0,
+                            max_size=3,
+                        )
+                    }
+                )
+            },
+            optional={"classroom": who | st.none()},
+        ),
+        "start_recording": st.just({}),
+        "stop_recording": st.just({}),
+        "decline_recording": st.fixed_dictionaries({}, optional={"declined": st.booleans()}),
     }
     assert set(options) == CLIENT_MESSAGE_TYPES  # a new message type gets fuzzed too
     return st.sampled_from(sorted(options)).flatmap(
