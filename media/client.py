@@ -46,6 +46,8 @@ class ReceivedTrack:
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     width: int = 0
     height: int = 0
+    # The newest frame's timestamp in seconds (the publisher's media clock).
+    media_time: float = 0.0
 
 
 def _ice_servers(entries: list[dict[str, Any]]) -> list[RTCIceServer]:
@@ -294,6 +296,8 @@ class LessonClient:
             while True:
                 frame = await track.recv()
                 received.frames += 1
+                if frame.pts is not None and frame.time_base is not None:
+                    received.media_time = float(frame.pts * frame.time_base)
                 received.progress.set()
                 if received.first_frame_at is None:
                     received.first_frame_at = time.monotonic()

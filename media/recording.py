@@ -17,8 +17,10 @@ What the file promises
       frame: a mute leaves a gap of the mute's length (the RTP clock ran on), and a
       change of source (a new SSRC, a restarted clock) is bridged by the time that
       passed on the server's clock, so timestamps stay continuous and monotonic.
-    * A frame that lost a packet (a queue overflow, a packet the network lost) is
-      not written; video then waits for the next keyframe, asked for at once.
+    * Packets that come late (repairs) are put back in order; a frame that lost a
+      packet (a queue overflow, a packet the network lost for good, a gap not filled
+      within 0.5 s) is not written; video then waits for the next keyframe, asked
+      for at once.
 
 What it never does
     Block or slow the forwarding path: a full queue (a slow disk) drops the packet
@@ -55,6 +57,9 @@ logger = logging.getLogger(__name__)
 
 QUEUE_PACKETS = 4096  # per track: about 10 s of 720p video, a minute of audio
 BATCH = 0.02  # seconds between the writer's turns: it takes all that is queued
+# How long a gap waits for a late packet (a repair) before it counts as a loss.
+REORDER_SECONDS = 0.5
+REORDER_PACKETS = 512
 KEYFRAME_RETRY = 1.0  # seconds between keyframe requests while waiting for one
 # A jump of the RTP clock that differs from the time that passed by more than this
 # is a new source (a restarted clock), bridged by the server's clock.
@@ -102,35 +107,87 @@ class Frame:
 
 
 class Depacketizer:
-    """Rebuilds encoded frames from the in-order RTP packets of one track.
+    """Rebuilds encoded frames from the RTP packets of one track, in sequence order.
 
-    Video packets with one timestamp are one frame, complete at the marker bit;
-    a missing sequence number spoils the frame it falls in. Audio (Opus) packets
-    are frames.
+    Packets may come late (a repair after a loss): they wait in a small reorder
+    buffer until the gap before them is filled, or for at most
+    :data:`REORDER_SECONDS` (or :data:`REORDER_PACKETS` packets), after which the
+    gap counts as a loss. Video packets with one timestamp are one frame, complete
+    at the marker bit; a missing packet spoils the frame it falls in. Audio (Opus)
+    packets are frames.
     """
 
-    def __init__(self, codec_name: str) -> None:
+    def __init__(
+        self,
+        codec_name: str,
+        reorder_seconds: float = REORDER_SECONDS,
+        reorder_packets: int = REORDER_PACKETS,
+    ) -> None:
         self.codec_name = codec_name.upper()
         self.video = self.codec_name in ("VP8", "H264")
         self._is_key: Any = keyframe_detector(self.codec_name)
+        self._reorder_seconds = reorder_seconds
+        self._reorder_packets = reorder_packets
+        self._pending: dict[int, tuple[int, bool, bytes, float]] = {}
+        self._next: int | None = None  # the index the frame being built needs next
+        self._highest = -1
         self._parts: list[bytes] = []
         self._timestamp: int | None = None
         self._first_payload = b""
         self._broken = False
-        self._next_index: int | None = None
 
     def push(
         self, index: int, timestamp: int, marker: bool, payload: bytes, arrival: float
+    ) -> list[Frame | None]:
+        """Take one packet; return, in order, the frames it completed and ``None``
+        where a frame was lost (video then needs a keyframe)."""
+        out: list[Frame | None] = []
+        if self._next is None:
+            self._next = index
+        if index < self._next or index in self._pending:
+            return out  # too late (its gap was given up), or a duplicate
+        self._pending[index] = (timestamp, marker, payload, arrival)
+        self._highest = max(self._highest, index)
+        self._drain(out, gap=False)
+        # A gap that waited too long (or too many packets behind it) is a loss.
+        while self._pending and (
+            self._highest - self._next >= self._reorder_packets
+            or arrival - self._oldest_arrival() >= self._reorder_seconds
+        ):
+            self._next = min(self._pending)
+            self._drain(out, gap=True)
+        return out
+
+    def flush(self) -> list[Frame | None]:
+        """The end: whatever still waits is taken, gaps and all."""
+        out: list[Frame | None] = []
+        while self._pending:
+            self._next = min(self._pending)
+            self._drain(out, gap=True)
+        return out
+
+    def _oldest_arrival(self) -> float:
+        return min(item[3] for item in self._pending.values())
+
+    def _drain(self, out: list[Frame | None], gap: bool) -> None:
+        """Take the packets that follow without a hole; the first after ``gap``."""
+        assert self._next is not None
+        while self._next in self._pending:
+            timestamp, marker, payload, arrival = self._pending.pop(self._next)
+            self._next += 1
+            frame, spoiled = self._take(timestamp, marker, payload, arrival, gap)
+            gap = False
+            if spoiled:
+                out.append(None)
+            if frame is not None:
+                out.append(frame)
+
+    def _take(
+        self, timestamp: int, marker: bool, payload: bytes, arrival: float, gap: bool
     ) -> tuple[Frame | None, bool]:
-        """Take one packet; return a completed frame (or None) and whether a frame
-        was lost (so that video needs a keyframe)."""
-        lost = False
-        if self._next_index is not None and index != self._next_index:
-            # A gap: whatever frame is open lacks a packet.
-            if self._timestamp is not None:
-                self._broken = True
-            lost = True
-        self._next_index = index + 1
+        lost = gap
+        if gap and self._timestamp is not None:
+            self._broken = True  # the open frame lacks a packet
         if not self.video:
             return Frame(timestamp, True, payload, arrival), lost
         if self._timestamp is not None and timestamp != self._timestamp:
@@ -302,24 +359,32 @@ class TrackRecorder:
                     if self.error is not None:
                         continue
                     if len(item) == 1:
-                        frame, lost = item[0], False
+                        self._written([item[0]])
                     else:
-                        frame, lost = self._depacketizer.push(*item)
-                    if lost:
-                        self.stats.frames_discarded += 1
-                        if self._depacketizer.video:
-                            self._waiting = True
-                            self._ask_keyframe(force=True)
-                    if frame is not None:
-                        self._write(frame)
+                        self._written(self._depacketizer.push(*item))
                 if self._closed:
-                    break  # what was queued before the stop is written
+                    # What was queued before the stop is written, and what waited
+                    # for a late packet.
+                    if self.error is None:
+                        self._written(self._depacketizer.flush())
+                    break
                 self._wake.wait(BATCH)
                 self._wake.clear()
         except Exception as exc:  # a bug must not leave the file open
             self._fail(f"recording failed: {exc}")
         finally:
             self._close()
+
+    def _written(self, frames: list[Frame | None]) -> None:
+        """Write frames in order; at a loss (``None``) video waits for a keyframe."""
+        for frame in frames:
+            if frame is not None:
+                self._write(frame)
+                continue
+            self.stats.frames_discarded += 1
+            if self._depacketizer.video:
+                self._waiting = True
+                self._ask_keyframe(force=True)
 
     def _write(self, frame: Frame) -> None:
         if self._waiting:

@@ -49,10 +49,11 @@ NACK, RTX, keyframes, RTCP
 
 Other consumers (recording)
     :meth:`RtpForwarder.add_listener` registers a callable that is given every
-    in-order packet that is not muted, after the subscribers were served, as
-    ``(index, timestamp, marker, payload)`` (``index`` is the extended sequence
-    number). It must return at once (a recorder only queues the packet); without a
-    listener the fast path pays one attribute test per packet.
+    packet that is not muted, once, after the subscribers were served, as
+    ``(index, timestamp, marker, payload)``: in order, or late (a repair) within
+    the history; ``index`` is the extended sequence number, continued upwards
+    after a new source. It must return at once (a recorder only queues the
+    packet); without a listener the fast path pays one attribute test per packet.
 
 Per-packet code never raises into aiortc: a failing packet is dropped and counted.
 """
@@ -198,7 +199,11 @@ class RtpForwarder:
         self._started = False
         self._paused = False
         self._listeners: tuple[PacketListener, ...] = ()
-        self._heard = -1  # index of the newest packet given to the listeners
+        # What the listeners were given: indices by slot (duplicates are not given
+        # twice), the highest, and the offset that keeps indices rising.
+        self._heard = [-1] * MAX_MISORDER
+        self._heard_high = 0
+        self._heard_offset = 0
 
     @property
     def subscriber_count(self) -> int:
@@ -206,9 +211,10 @@ class RtpForwarder:
         return len(self._subscribers)
 
     def add_listener(self, listener: PacketListener) -> Callable[[], None]:
-        """Also give every in-order, unmuted packet to ``listener`` (a recorder), after
-        the subscribers; returns the function that removes it. The listener must not
-        block and must not raise (a raise counts as an error, nothing more)."""
+        """Also give every unmuted packet (in order, or a late repair) to ``listener``
+        (a recorder), once, after the subscribers; returns the function that removes
+        it. The listener must not block and must not raise (a raise counts as an
+        error, nothing more)."""
         self._listeners = (*self._listeners, listener)
 
         def remove() -> None:
@@ -325,20 +331,36 @@ class RtpForwarder:
             self.stats.errors += 1
 
     def _tell_listeners(self, packet: Any) -> None:
-        # In order and not muted: the packet just became the newest, and no earlier
-        # copy of it was heard.
-        newest = self._newest
-        if (
-            self._paused
-            or packet.ssrc != self._in_ssrc
-            or newest == self._heard
-            or newest & 0xFFFF != packet.sequence_number
-            or self._newest_ts != packet.timestamp
-        ):
+        """Give a packet that is not muted to the listeners, once: the newest, or a late
+        one (a repair) within the history. Their index never goes back: a restarted
+        numbering (a new source) continues above what they were given, after a gap."""
+        if self._paused or packet.ssrc != self._in_ssrc:
             return
-        self._heard = newest
+        newest = self._newest
+        delta = (packet.sequence_number - newest) & 0xFFFF
+        if delta == 0:
+            if self._newest_ts != packet.timestamp:
+                return
+            index = newest + self._heard_offset
+            if index <= self._heard_high - MAX_MISORDER or (
+                index <= self._heard_high and self._heard[index % MAX_MISORDER] != index
+            ):
+                # The numbering restarted below what was given: continue above it.
+                self._heard_offset += self._heard_high + 2 - index
+                index = self._heard_high + 2
+            self._heard_high = max(self._heard_high, index)
+        elif delta > SEQ_MOD - MAX_MISORDER:
+            index = newest - (SEQ_MOD - delta) + self._heard_offset
+            if index <= self._heard_high - MAX_MISORDER:
+                return
+        else:
+            return
+        slot = index % MAX_MISORDER
+        if self._heard[slot] == index:
+            return  # given already (a duplicate)
+        self._heard[slot] = index
         for listener in self._listeners:
-            listener(newest, packet.timestamp, bool(packet.marker), packet.payload)
+            listener(index, packet.timestamp, bool(packet.marker), packet.payload)
 
     def _forward(self, packet: Any) -> None:
         stats = self.stats

@@ -165,16 +165,27 @@ async def test_opus_packets_are_frames(tmp_path: Path) -> None:
     assert duration == pytest.approx(99 * 0.02, abs=0.001)
 
 
+KEY = b"\x10" + b"\x00\x00\x00\x9d\x01\x2a" + b"\x40\x01\xf0\x00"  # 320x240
+
+
+def test_a_late_packet_is_put_back_in_its_frame() -> None:
+    depacketizer = Depacketizer("VP8")
+    assert depacketizer.push(1, 10, False, KEY, 0.0) == []
+    assert depacketizer.push(3, 10, True, b"\x00tail", 0.01) == []  # 2 is late
+    [frame] = depacketizer.push(2, 10, False, b"\x00middle", 0.2)  # a repair
+    assert frame is not None and frame.keyframe
+    assert frame.data.endswith(b"middletail")
+
+
 def test_a_lost_packet_spoils_its_frame_and_video_waits_for_a_keyframe() -> None:
     depacketizer = Depacketizer("VP8")
-    key = b"\x10" + b"\x00\x00\x00\x9d\x01\x2a" + b"\x40\x01\xf0\x00"
-    frame, lost = depacketizer.push(1, 10, False, key, 0.0)
-    assert frame is None and not lost
-    frame, lost = depacketizer.push(3, 10, True, b"\x00tail", 0.0)  # 2 never came
-    assert frame is None and lost
-    frame, lost = depacketizer.push(4, 20, True, key, 0.0)
-    assert frame is not None and frame.keyframe and not lost
-    assert vp8_size(frame.data) == (320, 240)
+    assert depacketizer.push(1, 10, False, KEY, 0.0) == []
+    assert depacketizer.push(3, 10, True, b"\x00tail", 0.1) == []  # waits for 2
+    # 2 did not come within 0.5 s: its frame is lost (None), the next one is whole.
+    lost, frame = depacketizer.push(4, 20, True, KEY, 0.7)
+    assert lost is None
+    assert frame is not None and frame.keyframe and vp8_size(frame.data) == (320, 240)
+    assert depacketizer.push(2, 10, False, b"\x00too late", 0.8) == []
 
 
 class GatedFile(io.RawIOBase):
@@ -273,3 +284,30 @@ async def test_a_write_error_stops_the_recorder_with_the_reason(tmp_path: Path) 
     assert failures == ["the disk is full"]
     assert recorder.error == "the disk is full"
     await recorder.stop()
+
+
+def test_the_forwarders_listener_hears_each_packet_once_in_a_rising_numbering() -> None:
+    bench = Bench()
+    heard: list[int] = []
+    try:
+        bench.forwarder.add_listener(lambda index, ts, marker, payload: heard.append(index))
+        publisher = Publisher(ssrc=1, first_seq=65530, first_ts=0)
+        first, second, third = (publisher.frame() for _ in range(3))
+        # In order across the 16-bit wrap, then a duplicate, then a late packet.
+        for packet in [*first, first[-1], second[0], second[2], second[1], *third]:
+            bench.forwarder._safe_forward(packet)
+        assert len(heard) == len(set(heard)) == 9
+        assert sorted(heard) == list(range(heard[0], heard[0] + 9))
+        # Muted: nothing is heard. A new source whose numbering starts lower: heard
+        # above everything before, after a gap (a loss for the recorder).
+        bench.forwarder.set_paused(True)
+        for packet in publisher.frame():
+            bench.forwarder._safe_forward(packet)
+        bench.forwarder.set_paused(False)
+        assert len(heard) == 9
+        other = Publisher(ssrc=2, first_seq=10, first_ts=0)
+        for packet in other.frame():
+            bench.forwarder._safe_forward(packet)
+        assert heard[9] > max(heard[:9]) + 1 and heard[9:] == [heard[9], heard[9] + 1, heard[9] + 2]
+    finally:
+        bench.close()
