@@ -62,8 +62,10 @@ REORDER_SECONDS = 0.5
 REORDER_PACKETS = 512
 KEYFRAME_RETRY = 1.0  # seconds between keyframe requests while waiting for one
 # A jump of the RTP clock that differs from the time that passed by more than this
-# is a new source (a restarted clock), bridged by the server's clock.
-DISCONTINUITY = 1.0
+# (or goes back) is a new source (a restarted clock starts at a random point),
+# bridged by the server's clock. A publisher that stalls for a second and catches
+# up is not one: its own clock stays right.
+DISCONTINUITY = 10.0
 
 # (container format, file suffix, codec name in FFmpeg) per RTP codec name.
 CONTAINERS: dict[str, tuple[str, str, str]] = {

@@ -235,12 +235,13 @@ async def record_lesson(
             count, refused, duration = decode(path)
             assert count + refused == entry["frames_written"]
             assert refused <= 0.01 * count
-            # The file begins on the first keyframe after the start (asked for at
-            # once; later on a loaded machine) and lasts the rest of the lesson.
+            # The file lasts what the camera sent during the lesson, within 0.5 s,
+            # less the wait for its first keyframe (asked for at once; later on a
+            # loaded machine, where the camera's own clock also falls behind).
             assert entry["first_frame_at"] < 1.0
             sent = media[received.track_id]
-            assert abs(sent - lesson_seconds) < 2.0  # what the camera's clock made of it
-            assert abs(duration - (sent - entry["first_frame_at"])) < 0.5, (
+            assert abs(sent - lesson_seconds) < 2.0
+            assert sent - entry["first_frame_at"] - 0.5 < duration < sent + 0.5, (
                 {
                     k: entry.get(k)
                     for k in ("kind", "first_frame_at", "ended_at", "frames_discarded")
