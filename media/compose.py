@@ -53,7 +53,7 @@ class _VideoTrack:
 
     def _decode(self) -> Iterator[tuple[float, Any]]:
         stream = self.container.streams.video[0]
-        for frame in self.container.decode(stream):
+        for frame in _decoded(self.container, stream):
             if frame.pts is None:
                 continue
             yield self.offset + float(frame.pts * frame.time_base), frame
@@ -300,7 +300,7 @@ def _mix_audio(container: Any, directory: Path, audios: list[dict[str, Any]]) ->
 def _resampled(source: Any, offset: int) -> Iterator[Any]:
     """A track's audio as 16-bit stereo 48 kHz frames, timed from the recording's start."""
     resampler = av.AudioResampler(format="s16", layout="stereo", rate=RATE)
-    for frame in source.decode(audio=0):
+    for frame in _decoded(source, source.streams.audio[0]):
         base = frame.time_base or fractions.Fraction(1, RATE)
         at = offset + round(float((frame.pts or 0) * base) * RATE)
         for part in resampler.resample(frame):
@@ -308,6 +308,17 @@ def _resampled(source: Any, offset: int) -> Iterator[Any]:
             part.time_base = fractions.Fraction(1, RATE)
             at += part.samples
             yield part
+
+
+def _decoded(container: Any, stream: Any) -> Iterator[Any]:
+    """A stream's frames; a frame the decoder refuses (damaged before it reached the
+    server: the subscribers' decoders refuse it too) is left out."""
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            continue
+        yield from frames
 
 
 def show_progress(fraction: float) -> None:
