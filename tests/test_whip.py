@@ -111,3 +111,45 @@ def test_whip_refuses_what_it_cannot_take(server: RunningServer) -> None:
     assert options.status_code == 204 and options.headers["accept-post"] == "application/sdp"
     # Nothing was left behind by the refused offers.
     assert server.metrics()["connections"] == 0
+
+
+async def test_the_same_link_publishing_again_replaces_its_session(
+    server: RunningServer, clients: Any
+) -> None:
+    lesson = "field-trip-again"
+    student = await clients("Ana", Role.STUDENT, lesson, "west")
+    token = server.token("Phone", Role.FIELD_TRIP, lesson=lesson)
+    first, second = await whip_offer(), await whip_offer()
+    http = httpx.AsyncClient(base_url=server.http, timeout=20)
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
+    try:
+        one = await http.post("/whip", content=first.localDescription.sdp, headers=headers)
+        assert one.status_code == 201
+        camera = await wait_for_participant(student, "Phone")
+        left = student.wait_for(
+            lambda m: m["type"] == "participant_left" and m["participant_id"] == camera["id"]
+        )
+        rejoined = student.wait_for(
+            lambda m: (
+                m["type"] == "participant_joined"
+                and m["participant"]["name"] == "Phone"
+                and m["participant"]["id"] != camera["id"]
+            )
+        )
+        # The phone lost its connection and starts again with the same link.
+        two = await http.post("/whip", content=second.localDescription.sdp, headers=headers)
+        assert two.status_code == 201
+        await left
+        phone = (await rejoined)["participant"]
+        assert two.headers["location"] != one.headers["location"]
+        gone = await http.delete(one.headers["location"], headers=headers)
+        assert gone.status_code == 404
+        await second.setRemoteDescription(RTCSessionDescription(two.text, "answer"))
+        assert [p["id"] for p in student.participants.values() if p["name"] == "Phone"] == [
+            phone["id"]
+        ]
+        await student.wait_track(phone["id"], "video", timeout=30)
+    finally:
+        await http.aclose()
+        await first.close()
+        await second.close()
