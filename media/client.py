@@ -78,6 +78,8 @@ class ReceivedTrack:
         default_factory=lambda: collections.deque(maxlen=20_000)
     )
     sizes: list[tuple[float, int, int]] = field(default_factory=list)
+    # The newest frame's timestamp in seconds (the publisher's media clock).
+    media_time: float = 0.0
 
 
 def _ice_servers(entries: list[dict[str, Any]]) -> list[RTCIceServer]:
@@ -594,6 +596,8 @@ class LessonClient:
                 now = time.monotonic()
                 received.frames += 1
                 received.arrivals.append(now)
+                if frame.pts is not None and frame.time_base is not None:
+                    received.media_time = float(frame.pts * frame.time_base)
                 received.progress.set()
                 if received.first_frame_at is None:
                     received.first_frame_at = now

@@ -27,6 +27,7 @@ from .logs import RequestIds
 from .metrics import CONTENT_TYPE
 from .openapi import openapi_document
 from .state import ServerState
+from .whip import WhipEndpoint
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> Starlette:
             asyncio.create_task(state.keep_heartbeat(), name="heartbeat"),
             asyncio.create_task(state.webhooks.run(), name="webhooks"),
             asyncio.create_task(state.prometheus.watch_event_loop(), name="event-loop-lag"),
+            asyncio.create_task(state.recordings.keep_retention(), name="recording-retention"),
         ]
         try:
             yield
@@ -113,8 +115,11 @@ def create_app(settings: Settings) -> Starlette:
             Route("/metrics.json", metrics_json),
             Route("/openapi.json", openapi),
             *api.routes(),
+            *api.recordings.routes(),
+            *WhipEndpoint(state).routes(),
             Route("/", page("landing.html")),
             Route("/join", page("index.html")),
+            Route("/recordings", page("recordings.html")),
             Route("/console", page("console/index.html")),
             *ConsoleRoutes(
                 state.console_sessions, (settings.public_url or "").startswith("https://")

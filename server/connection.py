@@ -34,6 +34,7 @@ from signaling.effects import (
     Subscribe,
     Unsubscribe,
 )
+from signaling.recording import RecordingConsent, StartRecording, StopRecording
 from signaling.session import (
     AcceptSubscribeAnswer,
     AddRemoteCandidate,
@@ -478,3 +479,7 @@ async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
         await state.sfu.reset(effect.participant_id)
     elif isinstance(effect, EndMedia):
         await state.sfu.close(effect.participant_id)
+    elif isinstance(effect, (StartRecording, StopRecording, RecordingConsent)):
+        await state.recordings.carry_out(effect)
+    # The timeline of a recording in progress (server/recordings.py).
+    state.recordings.observe(effect)
