@@ -463,8 +463,7 @@ class RtpForwarder:
             and self._layers.get(heard.ssrc) is heard
             and heard.active(layer.last_wall)
             and not (
-                layer.rank() > heard.rank()
-                and (self._detector is None or self._detector(payload))
+                layer.rank() > heard.rank() and (self._detector is None or self._detector(payload))
             )
         ):
             return False
