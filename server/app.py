@@ -18,6 +18,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from media.loop_watch import loop_watch
+
 from .api import Api
 from .config import Settings
 from .connection import ParticipantConnection
@@ -92,10 +94,11 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Lag for Prometheus and /readyz; connections' keep-alives ask the same watch.
+        loop_watch().on_lag(state.prometheus.observe_lag)
         background = [
             asyncio.create_task(state.keep_heartbeat(), name="heartbeat"),
             asyncio.create_task(state.webhooks.run(), name="webhooks"),
-            asyncio.create_task(state.prometheus.watch_event_loop(), name="event-loop-lag"),
             asyncio.create_task(state.recordings.keep_retention(), name="recording-retention"),
         ]
         try:
