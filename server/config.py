@@ -84,6 +84,8 @@ class Settings:
     # Redis (``redis://host:port/db``): lessons are placed on, and sockets relayed to,
     # several nodes. None: every lesson lives in this process.
     redis_url: str | None = field(default=None, repr=False)
+    # Seconds after which a finished recording is deleted (None: kept until deleted).
+    recording_retention: float | None = None
 
 
 def parse_duration(text: str) -> int:

@@ -16,6 +16,7 @@ import {
 } from "./lesson.js";
 import { Quality } from "./quality.js";
 import { readClaims, tokenFromLocation } from "./token.js";
+import { DirectorPanel, RecordingPanel, directedItems } from "./director.js";
 import {
   Sound,
   Tiles,
@@ -129,6 +130,15 @@ class ClassroomPage {
     this.quality = null; // what this viewer receives of each video (quality.js)
     this.tiles.onFirstFrame = (who, source, trackId) => this.firstFrame(who, source, trackId);
     this.sound = new Sound();
+    this.director = new DirectorPanel(this.send, () => this.followDirector());
+    this.recording = new RecordingPanel(this.send);
+  }
+
+  /** Director mode and the recording notice follow the lesson's state (director.js). */
+  followDirector() {
+    this.tiles.setDirected(directedItems(this.me, this.lessonState, this.director.follow));
+    this.tiles.arrange();
+    this.recording.changed(Boolean(this.lessonState.recording));
   }
 
   // -- start: pre-join or straight in -------------------------------------
@@ -366,6 +376,8 @@ class ClassroomPage {
         return this.participantConnection(message.participant_id, message.type === "participant_reconnected");
       case "lesson_updated":
         return this.lessonChanged(message.state);
+      case "recording_changed":
+        return this.recording.changed(message.recording, message.message);
       case "unmute_requested":
         return this.unmuteRequested(message.participant_id, message.kind);
       case "notice":
@@ -435,6 +447,7 @@ class ClassroomPage {
     setText("notice", null);
     this.applyMyMutes([], this.me.muted ?? []);
     this.tiles.setFocus(this.lessonState.spotlight, this.presenterIds());
+    this.followDirector();
     document.body.dataset.connection = "connected";
     setBanner(this.reconnects ? "Reconnected to the lesson." : null, "info");
     if (this.reconnects) setTimeout(() => document.body.dataset.connection === "connected" && setBanner(null), 4000);
@@ -483,7 +496,7 @@ class ClassroomPage {
   lessonChanged(state) {
     this.lessonState = { ...EMPTY_STATE, ...state };
     this.tiles.setFocus(this.lessonState.spotlight, this.presenterIds());
-    this.tiles.arrange();
+    this.followDirector();
     this.renderPeople();
     this.renderPanels();
     this.updateControls();
@@ -736,6 +749,8 @@ class ClassroomPage {
   renderPanels() {
     if (!this.me) return;
     const state = this.lessonState;
+    this.director.render(this.me, this.participants, state, this.may("run_lesson"));
+    this.recording.render(this.me, state, (permission) => this.may(permission));
     // The lesson: lock, mute all, end.
     const runs = this.may("run_lesson");
     $("lesson-controls").hidden = !runs;
@@ -1158,6 +1173,12 @@ class ClassroomPage {
       unmuteRequests: [...this.unmuteRequests.values()],
       chatCount: this.chat.count,
       lesson: { ...this.lessonState },
+      recordingChimes: this.recording.chimes,
+      stage: [...document.querySelectorAll("#main-view video")].map((v) => ({
+        participantId: v.dataset.participantId,
+        source: v.dataset.source,
+        trackId: v.dataset.trackId,
+      })),
     };
   }
 }
