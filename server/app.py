@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse(state.metrics())
 
     api = Api(state)
+    whip = state.whip_endpoint = WhipEndpoint(state)
     document = openapi_document(api, version("lco-classroom"))
 
     async def openapi(request: Request) -> Response:
@@ -126,7 +127,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/openapi.json", openapi),
             *api.routes(),
             *api.recordings.routes(),
-            *WhipEndpoint(state).routes(),
+            *whip.routes(),
             Route("/", page("landing.html")),
             Route("/join", page("index.html")),
             Route("/recordings", page("recordings.html")),

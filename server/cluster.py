@@ -226,7 +226,9 @@ class Cluster:
 
     # -- the HTTP API about lessons another node serves --------------------------
 
-    async def ask_owner(self, lesson_id: str, question: str) -> tuple[bool, Any]:
+    async def ask_owner(
+        self, lesson_id: str, question: str, details: Any = None
+    ) -> tuple[bool, Any]:
         """``(True, answer)`` when another node serves ``lesson_id`` and answered
         ``question`` (``summary``, ``live`` or ``end``); ``(False, None)`` when this node
         serves it or no node does. Raises ``PlacementUnavailable`` (Redis unreachable)
@@ -234,10 +236,21 @@ class Cluster:
         owner = await self.placement.current_owner(lesson_id)
         if owner is None or owner == self.node_id:
             return False, None
-        return True, await self.relay.ask(owner, question, lesson_id)
+        return True, await self.relay.ask(owner, question, lesson_id, details)
 
-    async def _answer(self, question: str, lesson_id: str) -> Any:
+    async def ask_placed(self, lesson_id: str, question: str, details: Any) -> tuple[bool, Any]:
+        """Like :meth:`ask_owner`, but a lesson no node serves is placed first (a WHIP
+        publisher may be the first to arrive)."""
+        owner = await self.placement.owner(lesson_id)
+        if owner == self.node_id:
+            return False, None
+        # Publishing gathers ICE candidates on the owner: give it time.
+        return True, await self.relay.ask(owner, question, lesson_id, details, timeout=20.0)
+
+    async def _answer(self, question: str, lesson_id: str, details: Any) -> Any:
         state = self._state
+        if question.startswith("whip_") and state.whip_endpoint is not None:
+            return await state.whip_endpoint.answer(question, lesson_id, details)
         live = state.registry.find(lesson_id)
         if live is None:
             return None

@@ -48,8 +48,9 @@ RETRY_INTERVAL = 0.2
 # serve(socket, first frame): runs a connection for a relayed socket
 # here, returning when it ends.
 Serve = Callable[["RelayedSocket", str], Awaitable[None]]
-# answer(question, lesson id): what this node says about a lesson it serves (JSON).
-Answer = Callable[[str, str], Awaitable[Any]]
+# answer(question, lesson id, details): what this node says about a lesson it serves
+# (JSON).
+Answer = Callable[[str, str, Any], Awaitable[Any]]
 # How long the HTTP API waits for another node's answer.
 ASK_TIMEOUT = 5.0
 
@@ -132,24 +133,40 @@ class Relay:
         listeners: int = await self._redis.publish(keys.relay_channel(node_id), json.dumps(message))
         return listeners
 
-    async def ask(self, node_id: str, question: str, lesson_id: str) -> Any:
+    async def ask(
+        self,
+        node_id: str,
+        question: str,
+        lesson_id: str,
+        details: Any = None,
+        timeout: float = ASK_TIMEOUT,
+    ) -> Any:
         """Ask ``node_id`` about a lesson it serves; its answer (JSON)."""
         ask_id = uuid.uuid4().hex
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._questions[ask_id] = future
         try:
-            message = {"k": "ask", "r": ask_id, "from": self.node_id, "q": question, "l": lesson_id}
+            message = {
+                "k": "ask",
+                "r": ask_id,
+                "from": self.node_id,
+                "q": question,
+                "l": lesson_id,
+                "p": details,
+            }
             if not await self.publish(node_id, message):
                 raise OwnerUnreachable(f"node {node_id} does not listen")
-            return await asyncio.wait_for(future, ASK_TIMEOUT)
+            return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise OwnerUnreachable(f"node {node_id} did not answer") from None
         finally:
             del self._questions[ask_id]
 
-    async def _reply(self, ask_id: str, node_id: str, question: str, lesson_id: str) -> None:
+    async def _reply(
+        self, ask_id: str, node_id: str, question: str, lesson_id: str, details: Any
+    ) -> None:
         try:
-            body = await self._answer(question, lesson_id)
+            body = await self._answer(question, lesson_id, details)
         except Exception:
             logger.exception("answering %s about lesson %s failed", question, lesson_id)
             body = None
@@ -281,7 +298,9 @@ class Relay:
             if receiver is not None:
                 receiver.feed(message["d"])
         elif kind == "ask":
-            self._spawn(self._reply(relay_id, message["from"], message["q"], message["l"]))
+            self._spawn(
+                self._reply(relay_id, message["from"], message["q"], message["l"], message.get("p"))
+            )
         elif kind == "answer":
             future = self._questions.get(relay_id)
             if future is not None and not future.done():

@@ -32,7 +32,7 @@ from .webhooks import Webhooks, WebhookSettings
 
 if TYPE_CHECKING:
     from .cluster import Cluster
-    from .whip import WhipSession
+    from .whip import WhipEndpoint, WhipSession
 
 
 class Connection(Protocol):
@@ -130,6 +130,8 @@ class ServerState:
         self.prometheus = ServerMetrics(self, settings.node_name)
         self.seats = SeatKeeper(self.registry, self.execute)
         self.whip: dict[str, WhipSession] = {}  # resource id -> WHIP publisher
+        # Its routes (set by the app): with --redis other nodes relay WHIP requests to it.
+        self.whip_endpoint: WhipEndpoint | None = None
         self.accepting = True
         self._no_connections = asyncio.Event()
         self._no_connections.set()

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiortc import RTCSessionDescription
 from prometheus_client.parser import text_string_to_metric_families
 
 from media.client import JoinRefused, LessonClient
@@ -408,3 +409,34 @@ def test_a_node_refuses_the_name_of_a_live_node(tmp_path: Path, redis_server: Re
             start_nodes(tmp_path, redis_server, 1)
     finally:
         stop_server(first)
+
+
+async def test_a_whip_publisher_on_another_node_reaches_the_lesson(
+    tmp_path: Path, redis_server: RedisServer, joined: Any
+) -> None:
+    from .test_whip import wait_for_participant, whip_offer
+
+    pair = start_nodes(tmp_path, redis_server, 2)
+    try:
+        student = await joined(pair[0], "Ana", Role.STUDENT, "trip")
+        (owner,) = owners(pair, "trip")
+        elsewhere = next(n for n in pair if cluster(n)["node"] != owner)
+        token = elsewhere.token("Museum camera", Role.FIELD_TRIP, lesson="trip")
+        pc = await whip_offer()
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=elsewhere.http, timeout=30) as http:
+            response = await http.post("/whip", content=pc.localDescription.sdp, headers=headers)
+            assert response.status_code == 201, response.text
+            await pc.setRemoteDescription(RTCSessionDescription(response.text, "answer"))
+            camera = await wait_for_participant(student, "Museum camera")
+            video = await student.wait_track(camera["id"], "video", timeout=30)
+            await student.wait_frames(video, 15)
+            assert owners(pair, "trip") == [owner]  # published on the lesson's node
+            left = student.wait_for(lambda m: m["type"] == "participant_left")
+            ended = await http.delete(response.headers["location"], headers=headers)
+            assert ended.status_code == 200
+            assert (await left)["participant_id"] == camera["id"]
+        await pc.close()
+    finally:
+        for node in pair:
+            stop_server(node)
