@@ -315,14 +315,14 @@ class Api:
         )
         return _json({**lesson.model_dump(mode="json"), "live": summary})
 
-    async def _ask_owner(self, lesson_id: str, question: str) -> Any:
+    async def _ask_owner(self, lesson_id: str, question: str, details: Any = None) -> Any:
         """What the node that serves a lesson not served here answers (None: no node
         serves it, or there are no other nodes)."""
         cluster = self.state.cluster
         if cluster is None:
             return None
         try:
-            _, answer = await cluster.ask_owner(lesson_id, question)
+            _, answer = await cluster.ask_owner(lesson_id, question, details)
         except (PlacementUnavailable, OwnerUnreachable) as exc:
             raise ApiError(503, f"the lesson's server cannot be reached now ({exc})") from None
         return answer

@@ -70,7 +70,7 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse(state.metrics())
 
     api = Api(state)
-    whip = state.whip_endpoint = WhipEndpoint(state)
+    whip = WhipEndpoint(state)
     document = openapi_document(api, version("lco-classroom"))
 
     async def openapi(request: Request) -> Response:

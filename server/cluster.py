@@ -249,8 +249,9 @@ class Cluster:
 
     async def _answer(self, question: str, lesson_id: str, details: Any) -> Any:
         state = self._state
-        if question.startswith("whip_") and state.whip_endpoint is not None:
-            return await state.whip_endpoint.answer(question, lesson_id, details)
+        answer = state.answers.get(question)
+        if answer is not None:
+            return await answer(lesson_id, details)
         live = state.registry.find(lesson_id)
         if live is None:
             return None

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import RTCIceServer
@@ -32,7 +33,7 @@ from .webhooks import Webhooks, WebhookSettings
 
 if TYPE_CHECKING:
     from .cluster import Cluster
-    from .whip import WhipEndpoint, WhipSession
+    from .whip import WhipSession
 
 
 class Connection(Protocol):
@@ -130,8 +131,9 @@ class ServerState:
         self.prometheus = ServerMetrics(self, settings.node_name)
         self.seats = SeatKeeper(self.registry, self.execute)
         self.whip: dict[str, WhipSession] = {}  # resource id -> WHIP publisher
-        # Its routes (set by the app): with --redis other nodes relay WHIP requests to it.
-        self.whip_endpoint: WhipEndpoint | None = None
+        # With --redis: what this node answers when another node asks about a lesson it
+        # serves, by question (server/cluster.py); routes add theirs.
+        self.answers: dict[str, Callable[[str, Any], Awaitable[Any]]] = {}
         self.accepting = True
         self._no_connections = asyncio.Event()
         self._no_connections.set()

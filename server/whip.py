@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Coroutine
@@ -177,6 +178,9 @@ class WhipEndpoint:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        # With --redis, WHIP requests another node relays here (server/cluster.py).
+        for question in ("whip_publish", "whip_end"):
+            state.answers[question] = functools.partial(self.answer, question)
 
     def routes(self) -> list[Route]:
         return [

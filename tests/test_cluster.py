@@ -296,8 +296,13 @@ async def test_the_api_about_a_lesson_answers_on_every_node(
             assert shown["live"] == {"participants": 2, "waiting": 0}
             live = node.api("GET", "/api/lessons/maths-7/live")
             assert live.status_code == 200 and live.json()["participants"] == 2
-        # Ended from a node that does not serve it: its node ends it for everyone.
         elsewhere = next(n for n in nodes if cluster(n)["node"] != owner)
+        # Recording started from a node that does not serve it: everyone is told.
+        told = teacher.wait_for(lambda m: m["type"] == "recording_changed")
+        started = elsewhere.api("POST", "/api/lessons/maths-7/recording", json={"recording": True})
+        assert started.status_code == 200 and started.json()["recording"] is True
+        assert (await told)["recording"] is True
+        # Ended from a node that does not serve it: its node ends it for everyone.
         byes = [c.wait_for(lambda m: m["type"] == "bye") for c in (teacher, guest)]
         assert elsewhere.api("POST", "/api/lessons/maths-7/end").json()["state"] == "ended"
         for bye in byes:
