@@ -386,7 +386,16 @@ class Api:
     async def live_lessons(self, request: Request) -> Response:
         """Every running lesson: participants per school, publishing, bitrate, loss."""
         self._admin(request)
-        return _json(await self.state.live.lessons())
+        lessons: list[Any] = [x.model_dump(mode="json") for x in await self.state.live.lessons()]
+        cluster = self.state.cluster
+        if cluster is not None:
+            # With --redis: every node's lessons (a node that does not answer is left out).
+            try:
+                for answer in await cluster.ask_every_node("live_lessons"):
+                    lessons += answer or []
+            except PlacementUnavailable as exc:
+                raise ApiError(503, f"the other servers cannot be reached now ({exc})") from None
+        return _json(lessons)
 
     async def live_lesson(self, request: Request) -> Response:
         """One running lesson's live view; 404 while nobody is in it."""

@@ -247,11 +247,26 @@ class Cluster:
         # Publishing gathers ICE candidates on the owner: give it time.
         return True, await self.relay.ask(owner, question, lesson_id, details, timeout=20.0)
 
+    async def ask_every_node(self, question: str) -> list[Any]:
+        """Ask every other live node ``question`` (about no lesson in particular); the
+        answers of those that answered."""
+        try:
+            nodes = await self.nodes.live_nodes()
+        except (RedisError, OSError) as exc:
+            raise PlacementUnavailable(f"Redis: {exc}") from exc
+        others = [n.node_id for n in nodes if n.node_id != self.node_id]
+        answers = await asyncio.gather(
+            *(self.relay.ask(node, question, "") for node in others), return_exceptions=True
+        )
+        return [a for a in answers if not isinstance(a, BaseException)]
+
     async def _answer(self, question: str, lesson_id: str, details: Any) -> Any:
         state = self._state
         answer = state.answers.get(question)
         if answer is not None:
             return await answer(lesson_id, details)
+        if question == "live_lessons":
+            return [view.model_dump(mode="json") for view in await state.live.lessons()]
         live = state.registry.find(lesson_id)
         if live is None:
             return None

@@ -292,6 +292,8 @@ async def test_the_api_about_a_lesson_answers_on_every_node(
         guest = await joined(n1, "Dr E", Role.EXPERT, "maths-7")
         (owner,) = owners(nodes, "maths-7")
         for node in nodes:
+            running = node.api("GET", "/api/live").json()
+            assert [(x["id"], x["participants"]) for x in running] == [("maths-7", 2)]
             shown = node.api("GET", "/api/lessons/maths-7").json()
             assert shown["live"] == {"participants": 2, "waiting": 0}
             live = node.api("GET", "/api/lessons/maths-7/live")
