@@ -118,7 +118,7 @@ class ClassroomPage {
     this.views = [room, new TeacherView(this.store, this, room)];
     if (this.role === "classroom") {
       // Nobody is at the keyboard of a room PC: join without a click.
-      new ClassroomView(this, room);
+      this.views.push(new ClassroomView(this, room));
       await this.openMedia();
       this.connect();
       return;
@@ -196,7 +196,6 @@ class ClassroomPage {
     } else {
       setBanner("Reconnecting…", "warn");
     }
-    document.body.dataset.connection = "reconnecting";
     this.store.setConnection("reconnecting");
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => {
@@ -333,9 +332,8 @@ class ClassroomPage {
     this.store.apply(message);
     this.applyMyMutes([], this.me.muted ?? []);
     this.tiles.setFocus(this.store.lesson.spotlight, this.store.presenterIds());
-    document.body.dataset.connection = "connected";
     setBanner(this.reconnects ? "Reconnected to the lesson." : null, "info");
-    if (this.reconnects) setTimeout(() => document.body.dataset.connection === "connected" && setBanner(null), 4000);
+    if (this.reconnects) setTimeout(() => this.store.connection === "connected" && setBanner(null), 4000);
     this.prejoin?.preview(null);
     this.renderViews();
     if (this.may("publish")) this.startPublishing();
@@ -365,12 +363,12 @@ class ClassroomPage {
     this.attempt = 0;
     this.everJoined = true;
     this.socket?.setKeepalive(message.keepalive);
-    document.body.dataset.connection = "waiting";
     this.store.apply(message);
   }
 
   /** The store changed: keep the media (local tracks, tiles, what plays) in step. */
   lessonChanged(change) {
+    document.body.dataset.connection = this.store.connection; // for style and support
     switch (change.type) {
       case "participant_joined":
       case "participant_updated":
@@ -637,7 +635,7 @@ class ClassroomPage {
     window.addEventListener("online", () => this.networkChanged());
     window.addEventListener("offline", () => {
       if (this.stopped || !this.me) return;
-      document.body.dataset.connection = "reconnecting";
+      this.store.setConnection("reconnecting");
       setBanner("Your device is offline. Reconnecting as soon as the network is back…", "warn");
     });
   }
@@ -666,7 +664,7 @@ class ClassroomPage {
   snapshot() {
     const store = this.store;
     return {
-      connected: document.body.dataset.connection === "connected",
+      connected: store.connection === "connected",
       participantId: this.me?.id ?? null,
       role: this.role,
       permissions: [...store.permissions],
@@ -686,7 +684,7 @@ class ClassroomPage {
       reconnects: this.reconnects,
       resumes: this.resumes,
       iceRestarts: { ...this.iceRestarts },
-      connection: document.body.dataset.connection ?? null,
+      connection: store.connection,
       sharing: Boolean(this.screenStream),
       banners: [...bannerHistory],
       inLobby: store.lobbyReason,

@@ -1,5 +1,5 @@
 // The lesson as this page knows it: built only from the server's messages (and the
-// socket's state), never from the page's own guesses. Views read it and subscribe
+// socket's state; and unmute requests this page dismissed), never from guesses. Views read it and subscribe
 // to its changes; nothing here touches the page. What this participant may do, and
 // to whom, is what the server last said (`permissions` and `targets` in `welcome`
 // and `permissions_changed`): the page keeps no copy of the role table.
@@ -28,13 +28,11 @@ export class Store {
     this.chat = new Map(); // id -> chat entry
     this.chatComplete = true; // no older chat left to fetch
     this.lobbyReason = null;
-    this.notice = null; // the last notice for this participant
   }
 
-  /** Call `listener(change)` after every change; change is {type, ...}. Returns an unsubscribe. */
+  /** Call `listener(change)` after every change; change is {type, ...}. */
   subscribe(listener) {
     this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
   }
 
   emit(change) {
@@ -55,11 +53,6 @@ export class Store {
     return rule.roles.includes(p.role) && (rule.school === null || rule.school === p.school);
   }
 
-  /** Whether any message that acts on others may be sent at all. */
-  get moderates() {
-    return Object.keys(this.targets).length > 0;
-  }
-
   who(participantId) {
     if (participantId === this.me?.id) return this.me;
     return this.participants.get(participantId) ?? { id: participantId, name: "Someone", role: "", school: "" };
@@ -67,11 +60,6 @@ export class Store {
 
   presenterIds() {
     return [this.me, ...this.participants.values()].filter((p) => p?.presenter).map((p) => p.id);
-  }
-
-  /** Chat entries, oldest first. */
-  chatEntries() {
-    return [...this.chat.values()].sort((a, b) => a.id - b.id);
   }
 
   // -- what changes it ---------------------------------------------------------------
@@ -89,13 +77,12 @@ export class Store {
     this.emit({ type: "connection", connection: state });
   }
 
-  /** Apply one server message; returns whether it was about the lesson. */
+  /** Apply one server message (one not about the lesson changes nothing). */
   apply(message) {
     const handler = HANDLERS[message.type];
-    if (!handler) return false;
+    if (!handler) return;
     const change = handler(this, message) ?? {};
     this.emit({ type: message.type, message, ...change });
-    return true;
   }
 }
 
@@ -122,7 +109,6 @@ const HANDLERS = {
     store.unmuteRequests.clear();
     store.chat.clear(); // chat_history follows
     store.chatComplete = true;
-    store.notice = null;
     store.connection = "connected";
     return { before };
   },
@@ -196,8 +182,8 @@ const HANDLERS = {
     store.unmuteRequests.set(`${participantId}:${kind}`, { participant_id: participantId, kind });
     return undefined;
   },
-  notice(store, message) {
-    store.notice = message;
+  notice() {
+    // Nothing to keep: the views say it (and a classroom turns itself back on).
   },
   chat_message(store, message) {
     store.chat.set(message.message.id, message.message);

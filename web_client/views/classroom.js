@@ -9,7 +9,7 @@ export class ClassroomView {
    * @param room the RoomView, whose "allowed back" notice needs no "press ..." hint here
    */
   constructor(page, room) {
-    room.unmuteAllowedHint = (kind) => {
+    room.onUnmuteAllowed = (kind) => {
       const track = page.localTrack(kind);
       if (track) track.enabled = true;
       return "";

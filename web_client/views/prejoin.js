@@ -3,7 +3,7 @@
 // one in yet.
 
 import { listDevices } from "../media.js";
-import { roleLabel, setBanner, showScreen } from "../ui.js";
+import { setBanner, showScreen, whoLabel } from "../ui.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -30,7 +30,7 @@ export class PrejoinView {
   /** Show the pre-join screen; Join connects. */
   show() {
     const { claims, page } = this;
-    const who = `${claims.name} (${roleLabel(claims.role)}${claims.school ? `, ${claims.school}` : ""})`;
+    const who = whoLabel(claims);
     $("prejoin-who").textContent = `You will join lesson “${claims.lesson}” as ${who}.`;
     $("prejoin-note").textContent = NOTES[claims.role] ?? "";
     showScreen("prejoin");

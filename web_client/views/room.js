@@ -4,7 +4,7 @@
 // participant may do, never from its role.
 
 import { ChatLog, handPosition, kindWord } from "../lesson.js";
-import { renderPeople, roleLabel, setText, showScreen } from "../ui.js";
+import { renderPeople, setText, showScreen, whoLabel } from "../ui.js";
 
 const $ = (id) => document.getElementById(id);
 const KINDS = ["audio", "video"];
@@ -28,10 +28,11 @@ export class RoomView {
     this.page = page;
     this.askedUnmute = new Set(); // kinds this page asked to have unmuted
     this.actionsFor = () => ({ inline: [], more: [] }); // per-person buttons (teacher.js)
-    this.unmuteAllowedHint = (kind) =>
+    // What the notice adds when a mute is lifted (a classroom turns itself back on instead).
+    this.onUnmuteAllowed = (kind) =>
       ` Press “${kind === "audio" ? "Unmute microphone" : "Turn camera on"}” when you are ready.`;
     this.chat = new ChatLog();
-    const who = `${claims.name} (${roleLabel(claims.role)}${claims.school ? `, ${claims.school}` : ""})`;
+    const who = whoLabel(claims);
     $("room-who").textContent = who;
     $("room-title").textContent = `Lesson ${claims.lesson}`;
     this.bind();
@@ -112,7 +113,7 @@ export class RoomView {
     const allowed = /^unmute_allowed_(audio|video)$/.exec(message.code ?? "");
     if (allowed) {
       this.askedUnmute.delete(allowed[1]);
-      text += this.unmuteAllowedHint(allowed[1]);
+      text += this.onUnmuteAllowed(allowed[1]);
     }
     this.notify(text);
   }
