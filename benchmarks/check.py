@@ -25,7 +25,7 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 
 from .encoded import PreEncodedTrack, load_audio, load_video
-from .runner import REPO_ROOT, _free_port
+from .processes import REPO_ROOT, free_port
 
 
 def _healthy(url: str) -> bool:
@@ -39,7 +39,7 @@ def _healthy(url: str) -> bool:
 async def check(variant: str, seconds: float, cache_dir: Path | None) -> dict[str, Any]:
     """Publish ``variant`` + Opus, decode it at one subscriber, report what arrived."""
     secret = secrets.token_urlsafe(48)
-    port = _free_port()
+    port = free_port()
     data_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"lco-bench-check-{port}"
     server = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "server.cli", "serve", "--port", str(port)],

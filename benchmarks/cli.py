@@ -1,29 +1,40 @@
-"""Command line of the benchmarks: ``python -m benchmarks`` (and ``lco bench``).
+"""Command line of the benchmarks: ``lco bench`` (the same as ``python -m benchmarks``).
 
-``run`` is the benchmark. ``media`` encodes the pre-encoded streams into the
-cache. ``relay-server``, ``_publishers`` and ``_subscribers`` are the processes
-that ``run`` starts; they are not meant to be started by hand.
+``run`` is the benchmark (and ``--workload soak`` the hour-long lesson), ``report``
+fills the generated tables of ``docs/benchmarks.md`` from committed results,
+``show`` and ``plot`` read a results file, ``media`` encodes the pre-encoded
+streams, ``check`` proves they decode. ``relay-server``, ``udp-relay``,
+``_publishers`` and ``_subscribers`` are the processes ``run`` starts; they are not
+meant to be started by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 from server.progress import StepProgress
 
-from . import procstat, report
+from . import environment, report, results
 from .encoded import VIDEO_VARIANTS, default_cache_dir, load_audio, load_video
-from .runner import RAMP_CPU_LIMIT, SYSTEMS, RunOptions, run_workload, workloads
+from .processes import REPO_ROOT
+from .rawmedia import SRTP_PROFILES
+from .runner import LOAD_MODES, RunOptions, rounds_for, run_workload
+from .workloads import HEADLINE_ROUNDS, RAMP_CPU_LIMIT, SYSTEMS, Workload, workloads
+
+SOAK = "soak"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m benchmarks``."""
+    """The argument parser of ``lco bench``."""
     parser = argparse.ArgumentParser(
         prog="lco bench", description="Forwarding benchmarks of LCO Classroom against baselines"
     )
@@ -33,15 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workload",
         action="append",
-        choices=sorted(workloads(False)),
-        help="core (default), w1 ... w6; repeat for several",
+        choices=[*sorted(workloads(False)), SOAK],
+        help="core (default), w1 ... w6, or soak (the hour-long lesson); repeat for several",
     )
-    run.add_argument("--quick", action="store_true", help="small sizes and short windows")
+    run.add_argument("--quick", action="store_true", help="small sizes, short windows, 1 round")
     run.add_argument(
         "--system",
         action="append",
         choices=sorted(SYSTEMS),
-        help="systems to measure (default: all, back to back)",
+        help="systems to measure (default: all but the zero-hop relay; soak: ours)",
     )
     run.add_argument(
         "--subscribers",
@@ -51,28 +62,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--duration", type=float, help="measurement window per run, seconds")
     run.add_argument(
-        "--per-process", type=int, default=8, help="subscribers per load process (default 8)"
+        "--rounds",
+        type=int,
+        help=f"interleaved rounds per size (default {HEADLINE_ROUNDS} for the headline "
+        "workloads core and w2, else 1; --quick: 1)",
+    )
+    run.add_argument(
+        "--load",
+        help="aiortc (default): full aiortc peers; raw: aiortc for ICE and DTLS, media as "
+        "SRTP through pylibsrtp (reaches 40,000 packets/s). Soak: mixed (default: raw "
+        "publishers, aiortc students), aiortc or raw",
+    )
+    run.add_argument("--per-process", type=int, help="subscribers per load process")
+    run.add_argument(
+        "--srtp-profile",
+        choices=["any", *SRTP_PROFILES],
+        default="aes128-cm-sha1-80",
+        help="the only SRTP profile the load offers, so that every system protects alike "
+        "(default aes128-cm-sha1-80, the one every WebRTC stack has; any: aiortc's list)",
+    )
+    soak = run.add_argument_group("soak")
+    soak.add_argument("--minutes", type=float, help="length of the soak (default 60, --quick 5)")
+    soak.add_argument("--students", type=int, default=4, help="aiortc students (default 4)")
+    soak.add_argument("--classrooms", type=int, default=8, help="classrooms (default 8)")
+    soak.add_argument(
+        "--browsers", type=int, default=0, help="Chromium students too (under scripts/netns-run)"
     )
     run.add_argument("--cache-dir", type=Path, help=f"media cache (default {default_cache_dir()})")
-    run.add_argument("--results-dir", type=Path, help="where to write the JSON")
+    run.add_argument("--results-dir", type=Path, help="where to write the compact JSON")
+    run.add_argument("--raw-dir", type=Path, help="where to write the raw samples")
     run.add_argument("--logs-dir", type=Path, help="server and load-process logs")
     run.add_argument(
-        "--source-dir",
+        "--server-dir",
         type=Path,
-        help="run the server and load processes from this tree (e.g. a `git archive` "
-        "snapshot with benchmarks/ copied in) instead of this checkout",
+        help="run the server under test from this tree (e.g. `git worktree add --detach "
+        "/tmp/old <commit>`); the load processes stay this checkout's",
     )
-    run.add_argument("--label", default="", help="free text stored in the JSON (e.g. a commit)")
+    run.add_argument("--label", default="", help="free text stored in the JSON")
 
-    show = commands.add_parser("show", help="print the tables of a results JSON file")
+    show = commands.add_parser("show", help="print the tables of a results file")
     show.add_argument("path", type=Path)
     show.add_argument("--markdown", action="store_true")
     show.add_argument("--brief", action="store_true", help="the main rows only")
 
-    plot = commands.add_parser("plot", help="draw the ramp of a results JSON file (PNG)")
+    plot = commands.add_parser("plot", help="draw the ramp of a results file (PNG)")
     plot.add_argument("path", type=Path)
     plot.add_argument("--workload", default="w2")
     plot.add_argument("--out", type=Path, help="PNG path (default: next to the JSON)")
+
+    fill = commands.add_parser(
+        "report", help="fill the generated regions of docs/benchmarks.md from committed results"
+    )
+    fill.add_argument("--doc", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    fill.add_argument(
+        "--check", action="store_true", help="only say whether the document is up to date"
+    )
+    fill.add_argument(
+        "--keep-sources",
+        action="store_true",
+        help="re-render each region from the file it names (do not pick newer results)",
+    )
 
     check = commands.add_parser(
         "check", help="decode the replayed media through the server (proves it is valid)"
@@ -84,19 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     media = commands.add_parser("media", help="encode the benchmark media into the cache")
     media.add_argument("--cache-dir", type=Path)
 
-    commands.add_parser(
-        "relay-server", help="(internal) the MediaRelay baseline server", add_help=False
-    )
+    for name in ("relay-server", "udp-relay"):
+        commands.add_parser(name, help="(internal) a baseline server", add_help=False)
 
     for name in ("_publishers", "_subscribers"):
         child = commands.add_parser(name, help="(internal) a load-generator process")
         child.add_argument("--url", required=True)
         child.add_argument("--token", action="append", required=True)
+        child.add_argument("--first-index", type=int, default=0)
         child.add_argument("--deadline", type=float, default=120.0)
         child.add_argument("--ready-timeout", type=float, default=30.0)
         child.add_argument("--cache-dir")
         child.add_argument("--ice-host", default="127.0.0.1")
         child.add_argument("--janus", action="store_true", help="--url is Janus's HTTP API")
+        child.add_argument("--raw", action="store_true", help="media as SRTP, not through aiortc")
+        child.add_argument("--relay", action="store_true", help="--url is the zero-hop relay")
+        child.add_argument("--srtp-key", default="", help="(relay) the shared SRTP key, hex")
+        child.add_argument("--srtp-profile", default="aes128-cm-sha1-80")
         if name == "_publishers":
             child.add_argument("--video", choices=sorted(VIDEO_VARIANTS))
             child.add_argument("--audio", action="store_true")
@@ -117,85 +170,216 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace, bar: StepProgress | None = None) -> int:
-    chosen = workloads(args.quick)
-    names = args.workload or ["core"]
+def _options(
+    args: argparse.Namespace,
+    systems: tuple[str, ...],
+    load: str,
+    bar: StepProgress | None = None,
+) -> RunOptions:
     options = RunOptions(
-        systems=tuple(args.system or SYSTEMS),
+        systems=systems,
+        load=load,
         per_process=args.per_process,
+        rounds=args.rounds if args.rounds is not None else (1 if args.quick else None),
         cache_dir=args.cache_dir,
         settle=0.5 if args.quick else 1.0,
+        srtp_profile=args.srtp_profile,
     )
     if bar is not None:  # a progress bar with an ETA; the lines go above it
         options.on_progress = bar.update
         options.progress = bar.lines or options.progress
-    if args.source_dir:
-        options.source_dir = args.source_dir.resolve()
+    if args.server_dir:
+        options.server_dir = args.server_dir.resolve()
     if args.logs_dir:
         args.logs_dir.mkdir(parents=True, exist_ok=True)
         options.log_dir = args.logs_dir
-    document: dict[str, Any] = {
+    return options
+
+
+def _header(args: argparse.Namespace, options: RunOptions, kind: str) -> dict[str, Any]:
+    env = environment.describe(options.server_dir, REPO_ROOT)
+    return {
+        "format": results.FORMAT,
+        "kind": kind,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": procstat.machine(),
-        "source_dir": str(options.source_dir),
+        "quick": bool(args.quick),
         "label": args.label,
-        "systems": {name: SYSTEMS[name] for name in options.systems},
-        "notes": [
-            "ours: RTP packet forwarding (lco serve, the default); pack: the same server with "
-            "--forwarding frames (aiortc's stock pre-encoded pack() path, baseline b)",
-            "pre-encoded publishers answer keyframe requests by jumping to the next keyframe "
-            "of their loop; keyframes also every 2 s",
-            "figures from a shared 2-core machine; other work ran in parallel",
-        ],
-        "workloads": {},
+        "command": ["lco", "bench", *sys.argv[2:]] if sys.argv[1:2] == ["run"] else sys.argv,
+        "environment": env,
+        "options": {
+            "systems": list(options.systems),
+            "load": options.load,
+            "per_process": options.subscribers_per_process,
+            "srtp_profile_offered": options.srtp_profile,
+            "ice_host": options.host,
+            "neutral_subscribers": "abs-send-time ignored at every aiortc receiver: no "
+            "receive-side bandwidth estimator for any system",
+        },
     }
+
+
+def _run(args: argparse.Namespace, bar: StepProgress | None = None) -> int:
+    names = args.workload or ["core"]
+    if SOAK in names:
+        if len(names) > 1:
+            print("lco bench: run the soak on its own", file=sys.stderr)
+            return 2
+        return _soak(args)
+    load = args.load or "aiortc"
+    if load not in LOAD_MODES:
+        print(f"lco bench: --load is one of {', '.join(LOAD_MODES)}", file=sys.stderr)
+        return 2
+    default_systems = tuple(s for s in SYSTEMS if s != "udprelay")
+    options = _options(args, tuple(args.system or default_systems), load, bar)
+    chosen = workloads(args.quick)
+    name = results.stamp()
+    document = _header(args, options, "workloads")
+    document["workloads"] = {}
+    raw: dict[str, Any] = {"workloads": {}}
     print(f"logs: {options.log_dir}", file=sys.stderr)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    document["ice_host"] = options.host
     exit_code = 0
-    for name in names:
-        workload = chosen[name]
+    all_runs: list[dict[str, Any]] = []
+    for workload_name in names:
+        workload = chosen[workload_name]
         if args.subscribers:
-            workload = _replace(workload, sizes=tuple(args.subscribers))
+            workload = dataclasses.replace(workload, sizes=tuple(args.subscribers))
         if args.duration:
-            workload = _replace(workload, duration=args.duration)
-        runs = asyncio.run(run_workload(workload, options))
+            workload = dataclasses.replace(workload, duration=args.duration)
+        rounds = rounds_for(workload, options, HEADLINE_ROUNDS)
+        runs = asyncio.run(run_workload(workload, options, rounds))
+        all_runs += runs
         if any(run["errors"] for run in runs):
             exit_code = 1
-        document["workloads"][name] = {
+        report.add_marginal_costs(runs)
+        summary = results.summarise(runs, list(options.systems))
+        entry: dict[str, Any] = {
             "description": workload.description,
             "duration_s": workload.duration,
-            "runs": runs,
+            "sizes": list(workload.sizes),
+            "rounds": rounds,
+            "headline": workload.headline,
+            "runs": [results.compact_run(r) for r in runs],
+            "summary": summary,
         }
-        report.add_marginal_costs(runs)
+        for run in runs:
+            for profile in run.get("srtp_profiles", []):
+                profiles = document["environment"]["srtp_profiles"].setdefault(run["system"], [])
+                if profile not in profiles:
+                    profiles.append(profile)
         if workload.ramp:
+            entry["ramp_stops"] = {r["system"]: r["ramp_stop"] for r in runs if "ramp_stop" in r}
             png = report.plot_ramp(
-                runs,
-                f"{name}: {workload.description}",
-                (args.results_dir or report.RESULTS_DIR) / f"{stamp}-{name}.png",
+                summary,
+                f"{workload_name}: {workload.description}",
+                (args.raw_dir or results.RAW_DIR) / f"{name}-{workload_name}.png",
                 cpu_limit=RAMP_CPU_LIMIT,
             )
-            document["workloads"][name]["plot"] = str(png) if png else None
-            document["workloads"][name]["ramp_stops"] = {
-                r["system"]: r["ramp_stop"] for r in runs if "ramp_stop" in r
-            }
             print(f"plot: {png or 'not drawn (pip install matplotlib)'}")
-        systems = list(options.systems)
-        rows = report.table_rows(runs, systems)
-        print(f"\n{name}: {workload.description}; {workload.duration:.0f} s windows")
-        print(report.text_table(report.table_header(systems), rows))
-        for run in runs:
-            for error in run["errors"]:
-                print(f"  {run['system']} x{run['subscribers']}: {error}")
-    path = report.write_json(document, args.results_dir, stamp)
-    print(f"\nJSON: {path}")
+        document["workloads"][workload_name] = entry
+        raw["workloads"][workload_name] = runs
+        _print_tables(workload_name, workload, entry, list(options.systems))
+    document["noise"] = results.noise(all_runs)
+    document["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    path, raw_path = results.write(document, raw, name, args.results_dir, args.raw_dir)
+    print(f"\nJSON: {path}\nraw samples: {raw_path}")
+    _print_noise(document["noise"])
     return exit_code
 
 
-def _replace(workload: Any, **changes: Any) -> Any:
-    import dataclasses
+def _print_tables(name: str, workload: Workload, entry: dict[str, Any], systems: list[str]) -> None:
+    rows = report.table_rows(entry["summary"], systems)
+    print(
+        f"\n{name}: {workload.description}; {workload.duration:.0f} s windows, "
+        f"{entry['rounds']} round(s): median [min-max]"
+    )
+    print(report.text_table(report.table_header(systems), rows))
+    for run in entry["runs"]:
+        for error in run["errors"]:
+            print(f"  {run['system']} x{run['subscribers']} round {run['round']}: {error}")
+        if run.get("skipped"):
+            print(f"  {run['system']} x{run['subscribers']}: skipped: {run['skipped']}")
 
-    return dataclasses.replace(workload, **changes)
+
+def _print_noise(noise: dict[str, Any]) -> None:
+    if noise.get("foreign_cpu_pct_median") is None:
+        return
+    verdict = "quiet" if noise["quiet"] else "BUSY: not for headline figures"
+    print(
+        f"machine: other work took {noise['foreign_cpu_pct_median']} % of a core (median, "
+        f"max {noise['foreign_cpu_pct_max']}) during the windows: {verdict}"
+    )
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from .soak import SOAK_MODES, SoakPlan, run_soak, summary_lines
+
+    load = args.load or "mixed"
+    if load not in SOAK_MODES:
+        print(f"lco bench: the soak's --load is one of {', '.join(SOAK_MODES)}", file=sys.stderr)
+        return 2
+    systems = tuple(args.system or ["ours"])
+    if len(systems) != 1 or systems[0] not in ("ours", "pack"):
+        print("lco bench: the soak runs one system, ours or pack", file=sys.stderr)
+        return 2
+    minutes = args.minutes if args.minutes is not None else (5.0 if args.quick else 60.0)
+    plan = SoakPlan(
+        minutes=minutes,
+        students=args.students,
+        classrooms=args.classrooms,
+        browsers=args.browsers,
+        load=load,
+        warmup_minutes=1.0 if minutes < 20 else 2.0,
+    )
+    options = _options(args, systems, "raw" if load == "raw" else "aiortc")
+    name = results.stamp()
+    document = _header(args, options, "soak")
+    document["options"]["load"] = load
+    print(f"logs: {options.log_dir}", file=sys.stderr)
+    print(
+        f"soak of {systems[0]} for {minutes:g} minutes: 10 publishers and {plan.students} "
+        f"students{f' and {plan.browsers} browsers' if plan.browsers else ''}",
+        file=sys.stderr,
+    )
+    body = asyncio.run(run_soak(systems[0], plan, options))
+    raw = {"soak": body.pop("raw", None)}
+    document["soak"] = body
+    document["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    path, raw_path = results.write(document, raw, f"{name}-soak", args.results_dir, args.raw_dir)
+    print("\n".join(summary_lines(document)))
+    print(f"\nJSON: {path}\nraw samples: {raw_path}")
+    summary = body.get("summary")
+    return 0 if summary and summary["ok"] and not body["errors"] else 1
+
+
+def _show(args: argparse.Namespace) -> int:
+    document = results.load(args.path)
+    if document.get("kind") == "soak":
+        from .soak import summary_lines
+
+        print("\n".join(summary_lines(document)))
+        return 0
+    systems = list(document["options"]["systems"])
+    for name, entry in document["workloads"].items():
+        rows = report.table_rows(entry["summary"], systems, args.brief, args.markdown)
+        header = report.table_header(systems)
+        title = (
+            f"{name}: {entry['description']}; {entry['duration_s']:.0f} s windows, "
+            f"{entry['rounds']} round(s)"
+        )
+        if args.markdown:
+            print(f"**{title}**\n\n{report.markdown_table(header, rows)}\n")
+        else:
+            print(f"{title}\n{report.text_table(header, rows)}\n")
+    return 0
+
+
+def _run_loop(coroutine: Coroutine[Any, Any, int]) -> int:
+    """Load processes run on uvloop (cheaper per packet), as the server does."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency on Linux
+        return asyncio.run(coroutine)
+    return int(uvloop.run(coroutine))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,36 +389,32 @@ def main(argv: list[str] | None = None) -> int:
         from .relay import main as relay_main
 
         return relay_main(argv[1:])
+    if argv and argv[0] == "udp-relay":
+        from .udprelay import main as udp_main
+
+        return udp_main(argv[1:])
     args = build_parser().parse_args(argv or ["run"])
     if args.command in (None, "run"):
         if args.command is None:
             args = build_parser().parse_args(["run"])
+        # SIGTERM as Ctrl-C: the run unwinds and stops the server and load processes it
+        # started (a plain SIGTERM would leave the server under test running).
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         with StepProgress("lco bench") as bar:
             return _run(args, bar)
     if args.command == "show":
-        document = json.loads(args.path.read_text())
-        for name, entry in document["workloads"].items():
-            report.add_marginal_costs(entry["runs"])
-            systems = list(document["systems"])
-            rows = report.table_rows(entry["runs"], systems, args.brief)
-            header = report.table_header(systems)
-            title = f"{name}: {entry['description']}; {entry['duration_s']:.0f} s windows"
-            if args.markdown:
-                print(f"**{title}**\n\n{report.markdown_table(header, rows)}\n")
-                stops = entry.get("ramp_stops")
-                if stops:
-                    print("Ramp stops: " + "; ".join(f"{k}: {v}" for k, v in stops.items()))
-                    print()
-            else:
-                print(f"{title}\n{report.text_table(header, rows)}\n")
-        return 0
+        return _show(args)
     if args.command == "plot":
-        document = json.loads(args.path.read_text())
+        document = results.load(args.path)
         entry = document["workloads"][args.workload]
         out = args.out or args.path.with_name(f"{args.path.stem}-{args.workload}.png")
-        png = report.plot_ramp(entry["runs"], f"{args.workload}: {entry['description']}", out)
+        png = report.plot_ramp(entry["summary"], f"{args.workload}: {entry['description']}", out)
         print(png or "matplotlib is not installed")
         return 0 if png else 1
+    if args.command == "report":
+        from .docgen import main as report_main
+
+        return report_main(args.doc, check=args.check, keep_sources=args.keep_sources)
     if args.command == "check":
         from .check import check
 
@@ -254,5 +434,5 @@ def main(argv: list[str] | None = None) -> int:
     from . import loadgen
 
     if args.command == "_publishers":
-        return asyncio.run(loadgen.run_publishers(args))
-    return asyncio.run(loadgen.run_subscribers(args))
+        return _run_loop(loadgen.run_publishers(args))
+    return _run_loop(loadgen.run_subscribers(args))

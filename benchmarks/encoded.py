@@ -55,6 +55,8 @@ class VideoVariant:
 
 
 VIDEO_VARIANTS: dict[str, VideoVariant] = {
+    # A classroom's room camera in a lesson of many schools (the soak): small and slow.
+    "360p15": VideoVariant("360p15", 640, 360, 15, 400_000, block=16, noise_rows=2),
     "480p20": VideoVariant("480p20", 640, 480, 20, 800_000, block=16, noise_rows=3),
     "720p30": VideoVariant("720p30", 1280, 720, 30, 1_500_000, block=32, noise_rows=2),
 }

@@ -23,7 +23,7 @@ its socket (``media.rtp_subscriber.DIRECT_SOCKET = False``).
 The server's CPU time (``getrusage``, all its threads, user and kernel) over the
 measurement window is divided by the RTP packets it forwarded in that window.
 Each variant's runs are summarised as median and spread (min-max); the results
-are written as JSON under ``benchmarks/results/``.
+are written as JSON under ``benchmarks/results/raw/`` (not committed).
 
     python -m benchmarks.fastpath --subscribers 8 16 32 --seconds 8 --rounds 2 \
         --modes base fast [--profile | --pyspy]
@@ -66,7 +66,8 @@ from media.rtp_forward import RtpForwarder
 
 WIDTH, HEIGHT, FPS = 640, 480, 20
 VIDEO_BITRATE = 1_000_000
-RESULTS = Path(__file__).resolve().parent / "results"
+# Not quoted by docs/benchmarks.md: beside the raw samples, which are not committed.
+RESULTS = Path(__file__).resolve().parent / "results" / "raw"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -515,7 +516,7 @@ async def main_async(args: argparse.Namespace) -> None:
             spent = m["cpu_s_per_s"] - mutes[0]["cpu_s_per_s"]
             m["marginal_us"] = spent * m["runs"] * args.seconds / m["forwarded"] * 1e6
             print(f"{v} n={n}: {m['marginal_us']:.1f} us per packet above mute")
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     out = RESULTS / f"fastpath-{stamp}.json"
     document = {

@@ -22,10 +22,16 @@ import asyncio
 import contextlib
 import secrets
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from media.client import ReceivedTrack
+from media.peers import configuration
 
 JANUS_BINARY = "/usr/bin/janus"
 LIB_DIR = Path("/usr/lib/x86_64-linux-gnu/janus")
@@ -65,7 +71,10 @@ certificates: {{
 }}
 media: {{
     rtp_port_range = "{rtp_ports}"
-    nack_queue = 1000
+    # Janus 1.x sizes each handle's retransmission buffer from the RTT, never below
+    # this many milliseconds (``nack_queue`` was the 0.x name: 1.x ignores it, so the
+    # earlier runs had Janus's default). 1 s is far more than the RTTs measured here.
+    min_nack_queue = 1000
 }}
 nat: {{
     nice_debug = false
@@ -224,3 +233,109 @@ class JanusSession:
         if self.session is not None:
             with contextlib.suppress(Exception):
                 await self._post(f"/{self.session}", {"janus": "destroy"})
+
+
+class JanusParticipant:
+    """A publisher or subscriber of Janus VideoRoom with the attributes the load reads
+    from our own participants (``media.client.LessonClient``)."""
+
+    def __init__(self, base: str, name: str, http: Any) -> None:
+        self.name = name
+        self.session = JanusSession(base, http)
+        self.participant_id: str | None = None
+        self.received: dict[str, ReceivedTrack] = {}
+        self.publish_pc: RTCPeerConnection | None = None
+        self.subscribe_pc: RTCPeerConnection | None = None
+        self.mid_feed: dict[str, str] = {}
+        self._consumers: list[asyncio.Task[None]] = []
+
+    async def connect(self) -> None:
+        """Create the session and attach the VideoRoom plugin."""
+        await self.session.open()
+
+    async def publish(self, tracks: list[tuple[Any, Any]]) -> dict[str, Any]:
+        """Join as a publisher and publish ``tracks``; returns an answer like our server's."""
+        joined = await self.session.message(
+            {"request": "join", "ptype": "publisher", "room": ROOM, "display": self.name}
+        )
+        self.participant_id = str(joined["plugindata"]["data"]["id"])
+        pc = RTCPeerConnection(configuration([]))
+        self.publish_pc = pc
+        for track, _ in tracks:
+            pc.addTransceiver(track, direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        reply = await self.session.message(
+            {"request": "publish"}, jsep={"type": "offer", "sdp": pc.localDescription.sdp}
+        )
+        jsep = reply.get("jsep")
+        if not jsep:
+            return {"type": "error", "message": f"no answer from Janus: {reply}"}
+        await pc.setRemoteDescription(RTCSessionDescription(jsep["sdp"], "answer"))
+        return {"type": "publish_answer", "sdp": jsep["sdp"]}
+
+    async def subscribe(self, publishers: int, timeout: float, exclude: str | None = None) -> None:
+        """Subscribe to every publisher's streams (but ``exclude``'s) once ``publishers``
+        of them are in the room."""
+        async with asyncio.timeout(timeout):
+            while True:
+                listed = await self.session.message({"request": "listparticipants", "room": ROOM})
+                feeds = [
+                    p["id"]
+                    for p in listed["plugindata"]["data"].get("participants", [])
+                    if p.get("publisher") and str(p["id"]) != exclude
+                ]
+                if len(feeds) >= publishers:
+                    break
+                await asyncio.sleep(0.1)
+        attached = await self.session.message(
+            {
+                "request": "join",
+                "ptype": "subscriber",
+                "room": ROOM,
+                "streams": [{"feed": feed} for feed in feeds],
+            }
+        )
+        for stream in attached["plugindata"]["data"].get("streams", []):
+            self.mid_feed[str(stream.get("mid"))] = str(stream.get("feed_id"))
+        pc = RTCPeerConnection(configuration([]))
+        self.subscribe_pc = pc
+        pc.on("track", self._on_track)
+        await pc.setRemoteDescription(RTCSessionDescription(attached["jsep"]["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.session.message(
+            {"request": "start"}, jsep={"type": "answer", "sdp": pc.localDescription.sdp}
+        )
+
+    def _on_track(self, track: Any) -> None:
+        assert self.subscribe_pc is not None
+        mid = next(
+            (t.mid for t in self.subscribe_pc.getTransceivers() if t.receiver.track is track),
+            None,
+        )
+        feed = self.mid_feed.get(str(mid), "?")
+        received = ReceivedTrack(f"{feed}/{mid}", feed, track.kind, "janus")
+        self.received[received.track_id] = received
+        self._consumers.append(asyncio.create_task(_consume(track, received)))
+
+    def mid_owners(self) -> dict[str, str]:
+        """{mid: publisher feed} of the subscribe connection."""
+        return dict(self.mid_feed)
+
+    async def close(self) -> None:
+        """Close both connections and the session."""
+        for pc in (self.publish_pc, self.subscribe_pc):
+            if pc is not None:
+                await pc.close()
+        for task in self._consumers:
+            task.cancel()
+        await asyncio.gather(*self._consumers, return_exceptions=True)
+        await self.session.close()
+
+
+async def _consume(track: Any, received: ReceivedTrack) -> None:
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
+            received.frames += 1
+            if received.first_frame_at is None:
+                received.first_frame_at = time.monotonic()

@@ -17,16 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpTransceiver
+import uvicorn
+from aiortc import RTCIceServer, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from media import hooks
 from media.forwarder import ForwardingStats
-from media.peers import preferences_for
+from media.peers import IceSettings, preferences_for
 from media.sfu import IncomingTrack, Sfu
 
 logger = logging.getLogger(__name__)
@@ -202,13 +204,28 @@ class RelaySfu(Sfu):
         forwarder.start()
 
 
-def main(argv: list[str]) -> int:
-    """``python -m benchmarks relay-server``: the arguments of ``lco serve``."""
-    import uvicorn
+class _RelayServer(uvicorn.Server):
+    """Uvicorn that tells every participant goodbye on shutdown, as ``lco serve`` does."""
 
+    def __init__(self, config: uvicorn.Config, state: Any) -> None:
+        super().__init__(config)
+        self._state = state
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._state.shutdown()
+        await super().shutdown(sockets)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m benchmarks relay-server``: the arguments of ``lco serve``.
+
+    Public names of the product only, but two: ``ServerState._track_ended`` (how the
+    SFU tells the lessons a track ended) and, in :class:`RelaySfu`, the ``Sfu``
+    members a forwarder factory needs (``_media``, ``_forwarders``, ``_publishers``,
+    ``_forwarder_ended``): the SFU has no public way to plug in another forwarder.
+    """
     from server.app import create_app
     from server.cli import build_parser, settings_from_args
-    from server.serve import _LessonServer
 
     args = build_parser().parse_args(["serve", *argv])
     logging.basicConfig(
@@ -221,17 +238,26 @@ def main(argv: list[str]) -> int:
     # Receivers in this process really decode (counted); never the passthrough decoder.
     hooks.install_counting_hooks()
     hooks.set_host_addresses(settings.ice_host_addresses)
-    state.sfu = RelaySfu(state.sfu._settings, on_track_ended=state._track_ended)
+    ice = IceSettings(
+        ice_servers=tuple(
+            RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
+            for s in settings.ice_servers
+            if not s.is_turn
+        ),
+        public_ip=settings.public_ip,
+    )
+    state.sfu = RelaySfu(ice, on_track_ended=state._track_ended)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level.lower(),
         ws_max_size=1 << 20,
+        ws_per_message_deflate=False,
         ws_ping_interval=20,
         ws_ping_timeout=20,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    _LessonServer(config, state).run()
+    _RelayServer(config, state).run()
     return 0

@@ -1,14 +1,16 @@
-"""The side-by-side table (text and Markdown) and the JSON file of a run."""
+"""The side-by-side tables (text and Markdown) of a results document, and the ramp plot.
+
+Each cell is the median over rounds, with the range ``[min-max]`` when there was
+more than one round. Ratio columns are ours / baseline, paired round by round; in
+Markdown a ratio is bold only when every round agrees on its side of 1
+(``stats.excludes_one``).
+"""
 
 from __future__ import annotations
 
 import itertools
-import json
-import time
 from pathlib import Path
 from typing import Any
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # (figure key, label, digits)
 ROWS: list[tuple[str, str, int]] = [
@@ -24,8 +26,8 @@ ROWS: list[tuple[str, str, int]] = [
     ("video_fps_mean", "video fps per subscriber, mean", 1),
     ("video_fps_min", "video fps per subscriber, worst", 1),
     ("audio_fps_mean", "audio frames/s per track per subscriber (source 50)", 1),
-    ("latency_p50_ms", "frame latency p50, ms (publisher send to last packet arrival)", 1),
-    ("latency_p99_ms", "frame latency p99, ms", 1),
+    ("latency_p50_ms", "frame latency p50, ms (publisher send to last packet arrival)", 2),
+    ("latency_p99_ms", "frame latency p99, ms", 2),
     ("ttff_video_p50_s", "first video frame p50, s (from join start)", 2),
     ("ttff_video_p95_s", "first video frame p95, s", 2),
     ("ttff_audio_p50_s", "first audio frame p50, s", 2),
@@ -42,34 +44,36 @@ ROWS: list[tuple[str, str, int]] = [
     ("frames_decoded", "frames decoded by the server (window)", 0),
     ("frames_encoded", "frames encoded by the server (window)", 0),
     ("load_generator_cpu_pct", "load generator CPU, % of one core", 1),
-    ("machine_busy_pct", "whole machine busy, % of all cores (noise check)", 0),
+    ("machine_busy_pct", "whole machine busy, % of all cores", 0),
+    ("foreign_cpu_pct", "other work on the machine, % of one core (noise)", 0),
 ]
 
-
-# The rows of ``show --brief`` (docs/benchmarks.md).
+# The rows of ``show --brief`` and of the generated tables in docs/benchmarks.md.
 BRIEF = {
     "server_cpu_pct",
     "cpu_us_per_packet",
     "marginal_us_per_packet",
     "forwarded_packets_per_s",
     "loss_pct",
-    "rtx_packets",
     "video_fps_mean",
     "audio_fps_mean",
     "latency_p50_ms",
     "latency_p99_ms",
     "ttff_video_p50_s",
     "ttff_video_p95_s",
-    "join_p50_s",
     "join_p95_s",
-    "churn_join_p50_s",
-    "churn_join_p95_s",
     "churn_ttff_p50_s",
-    "churn_ttff_p95_s",
     "rss_per_subscriber_mib",
-    "publisher_keyframe_requests",
     "load_generator_cpu_pct",
-    "machine_busy_pct",
+    "foreign_cpu_pct",
+}
+
+SYSTEM_LABELS = {
+    "ours": "ours",
+    "pack": "aiortc pack()",
+    "mediarelay": "MediaRelay",
+    "janus": "Janus",
+    "udprelay": "UDP relay (zero hop)",
 }
 
 
@@ -77,35 +81,43 @@ def _fmt(value: Any, digits: int) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
     return str(value)
 
 
-def _ratio(ours: Any, other: Any) -> str:
-    if not isinstance(ours, int | float) or not isinstance(other, int | float) or other == 0:
+def cell(triple: list[Any] | None, digits: int) -> str:
+    """``median`` or ``median [min-max]`` of a ``[median, min, max, rounds]`` summary."""
+    if not triple:
         return "-"
-    return f"{ours / other:.2f}"
+    median, low, high, rounds = triple[:4]
+    if rounds <= 1 or _fmt(low, digits) == _fmt(high, digits):
+        return _fmt(median, digits)
+    return f"{_fmt(median, digits)} [{_fmt(low, digits)}-{_fmt(high, digits)}]"
 
 
-def _clean(figures: dict[str, Any]) -> bool:
-    loss = figures.get("loss_pct") or 0.0
-    busy = figures.get("machine_busy_pct") or 0.0
-    server = figures.get("server_cpu_pct") or 0.0
-    return bool(loss <= 1.0 and busy <= 90.0 and server <= 90.0)
+def ratio_cell(entry: list[Any] | None, markdown: bool) -> str:
+    """A ratio ``[median, min, max, rounds, excludes_one]``, bold (Markdown) when its
+    range excludes 1."""
+    if not entry:
+        return "-"
+    text = cell(entry[:4], 2)
+    return f"**{text}**" if markdown and len(entry) > 4 and entry[4] else text
 
 
 def add_marginal_costs(runs: list[dict[str, Any]]) -> None:
-    """Per system, CPU per extra forwarded packet between consecutive sizes (in place)."""
-    by_system: dict[str, list[dict[str, Any]]] = {}
+    """Per system and round, CPU per extra forwarded packet between consecutive sizes
+    (in place); left out where either size had loss > 1 % or a saturated machine."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for run in runs:
         if run.get("figures"):
-            by_system.setdefault(run["system"], []).append(run)
-    for system_runs in by_system.values():
-        system_runs.sort(key=lambda r: r["subscribers"])
-        for before, after in itertools.pairwise(system_runs):
+            groups.setdefault((run["system"], run.get("round", 0)), []).append(run)
+    for group in groups.values():
+        group.sort(key=lambda r: r["subscribers"])
+        for before, after in itertools.pairwise(group):
             a, b = before["figures"], after["figures"]
             b.pop("marginal_us_per_packet", None)
-            # A slope means nothing when the load generator or the machine was the limit.
             if not (_clean(a) and _clean(b)):
                 continue
             extra = b["forwarded_packets_per_s"] - a["forwarded_packets_per_s"]
@@ -114,12 +126,11 @@ def add_marginal_costs(runs: list[dict[str, Any]]) -> None:
                 b["marginal_us_per_packet"] = cpu * 1e6 / extra
 
 
-SYSTEM_LABELS = {
-    "ours": "ours",
-    "pack": "aiortc pack()",
-    "mediarelay": "MediaRelay",
-    "janus": "Janus",
-}
+def _clean(figures: dict[str, Any]) -> bool:
+    loss = figures.get("loss_pct") or 0.0
+    busy = figures.get("machine_busy_pct") or 0.0
+    server = figures.get("server_cpu_pct") or 0.0
+    return bool(loss <= 1.0 and busy <= 90.0 and server <= 90.0)
 
 
 def table_header(systems: list[str]) -> list[str]:
@@ -134,25 +145,22 @@ def table_header(systems: list[str]) -> list[str]:
 
 
 def table_rows(
-    runs: list[dict[str, Any]], systems: list[str], brief: bool = False
+    summary: list[dict[str, Any]], systems: list[str], brief: bool = False, markdown: bool = False
 ) -> list[list[str]]:
-    """Rows of [subscribers, metric, one value per system, ours/baseline ratios]."""
-    by_size: dict[int, dict[str, dict[str, Any]]] = {}
-    for run in runs:
-        by_size.setdefault(run["subscribers"], {})[run["system"]] = run.get("figures") or {}
+    """Rows of [subscribers, metric, one cell per system, ours/baseline ratios]."""
     baselines = [s for s in systems if s != "ours"] if "ours" in systems else []
     rows = []
-    for size in sorted(by_size):
-        figures = {s: by_size[size].get(s, {}) for s in systems}
+    for entry in summary:
         for key, label, digits in ROWS:
             if brief and key not in BRIEF:
                 continue
-            values = [figures[s].get(key) for s in systems]
-            if all(v is None for v in values):
+            triples = [entry["systems"].get(s, {}).get("figures", {}).get(key) for s in systems]
+            if all(t is None for t in triples):
                 continue
-            ours = figures.get("ours", {}).get(key)
-            ratios = [_ratio(ours, figures[b].get(key)) for b in baselines]
-            rows.append([str(size), label, *(_fmt(v, digits) for v in values), *ratios])
+            ratios = [ratio_cell(entry["ratios"].get(b, {}).get(key), markdown) for b in baselines]
+            rows.append(
+                [str(entry["subscribers"]), label, *(cell(t, digits) for t in triples), *ratios]
+            )
     return rows
 
 
@@ -177,24 +185,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(
-    document: dict[str, Any], directory: Path | None = None, stamp: str | None = None
-) -> Path:
-    """Write ``document`` to ``benchmarks/results/<timestamp>.json`` (git-ignored)."""
-    target = directory or RESULTS_DIR
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / ((stamp or time.strftime("%Y%m%dT%H%M%S")) + ".json")
-    path.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    return path
-
-
 def plot_ramp(
-    runs: list[dict[str, Any]], title: str, path: Path, cpu_limit: float = 170.0
+    summary: list[dict[str, Any]], title: str, path: Path, cpu_limit: float = 170.0
 ) -> Path | None:
-    """Server CPU, CPU per packet and loss against subscribers, one line per system (PNG).
-
-    Returns ``None`` when matplotlib is not installed (``pip install matplotlib``).
-    """
+    """Medians of server CPU, CPU per packet, loss and machine load against
+    subscribers, one line per system (PNG). ``None`` without matplotlib."""
     try:
         import matplotlib
 
@@ -210,19 +205,30 @@ def plot_ramp(
     ]
     figure, axes = plt.subplots(1, 4, figsize=(14, 3.6), dpi=72)
     systems = sorted(
-        {r["system"] for r in runs},
+        {s for entry in summary for s in entry["systems"]},
         key=lambda s: list(SYSTEM_LABELS).index(s) if s in SYSTEM_LABELS else 99,
     )
     for axis, (key, label) in zip(axes, panels, strict=True):
         for system in systems:
-            points = sorted(
-                (r["subscribers"], r["figures"][key])
-                for r in runs
-                if r["system"] == system and r.get("figures") and r["figures"].get(key) is not None
-            )
+            points = []
+            for entry in summary:
+                triple = entry["systems"].get(system, {}).get("figures", {}).get(key)
+                if triple:
+                    points.append((entry["subscribers"], triple[0], triple[1], triple[2]))
             if points:
-                xs, ys = zip(*points, strict=True)
-                axis.plot(xs, ys, marker="o", label=SYSTEM_LABELS.get(system, system))
+                xs, ys, lows, highs = zip(*sorted(points), strict=True)
+                errors = [
+                    [y - lo for y, lo in zip(ys, lows, strict=True)],
+                    [hi - y for y, hi in zip(ys, highs, strict=True)],
+                ]
+                axis.errorbar(
+                    xs,
+                    ys,
+                    yerr=errors,
+                    marker="o",
+                    capsize=2,
+                    label=SYSTEM_LABELS.get(system, system),
+                )
         axis.set_xlabel("subscribers")
         axis.set_title(label, fontsize=9)
         axis.grid(alpha=0.3)
@@ -235,7 +241,7 @@ def plot_ramp(
     )
     axes[2].axhline(1.0, color="grey", linestyle="--", linewidth=1)
     axes[0].legend(fontsize=8)
-    figure.suptitle(title, fontsize=9)
+    figure.suptitle(title + " (median, range over rounds)", fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

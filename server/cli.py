@@ -12,6 +12,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from signaling.permissions import Role
@@ -33,6 +35,7 @@ from .http_limits import ConnectionLimits
 from .logs import configure_logging
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+PLUGIN_GROUP = "lco.commands"
 
 
 def _env_list(name: str) -> list[str]:
@@ -253,10 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="address to announce as an ICE host candidate (e.g. 127.0.0.1 on one machine)",
     )
     publish.add_argument("--report", action="store_true", help="print what is received as JSON")
-    # Listed for help; its own arguments are parsed by benchmarks.cli (see main).
-    commands.add_parser(
-        "bench", help="measure forwarding cost against baselines (lco bench --help)"
-    )
+    # Commands installed by other packages (``lco bench``), listed for help only:
+    # each parses its own arguments (see main).
+    for name, command in sorted(plugin_commands().items()):
+        commands.add_parser(name, help=f"installed by {command.module}: lco {name} --help")
     manage.add_commands(commands)
     return parser
 
@@ -410,13 +413,20 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def plugin_commands() -> dict[str, EntryPoint]:
+    """Subcommands that installed packages add under the ``lco.commands`` entry-point
+    group (the benchmarks add ``bench``): the server never imports them by name, so
+    nothing it runs depends on them and they may import the server freely."""
+    return {entry.name: entry for entry in entry_points(group=PLUGIN_GROUP)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lco`` console script."""
     arguments = sys.argv[1:] if argv is None else argv
-    if arguments[:1] == ["bench"]:
-        from benchmarks.cli import main as bench_main
-
-        return bench_main(arguments[1:])
+    plugin = plugin_commands().get(arguments[0]) if arguments else None
+    if plugin is not None:
+        run: Callable[[list[str]], int] = plugin.load()
+        return run(list(arguments[1:]))
     args = build_parser().parse_args(arguments)
     handlers = {"serve": _serve, "token": _token, "publish": _publish}
     return handlers.get(args.command, manage.run)(args)
