@@ -34,6 +34,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from signaling import protocol as p
 
 from . import hooks, ice_restart
+from .loop_watch import loop_watch
 from .peers import configuration
 from .rtp_subscriber import IdleTrack
 from .simulcast import LayerSpec, SimulcastCamera
@@ -78,6 +79,8 @@ class ReceivedTrack:
         default_factory=lambda: collections.deque(maxlen=20_000)
     )
     sizes: list[tuple[float, int, int]] = field(default_factory=list)
+    # The newest frame's timestamp in seconds (the publisher's media clock).
+    media_time: float = 0.0
 
 
 def _ice_servers(entries: list[dict[str, Any]]) -> list[RTCIceServer]:
@@ -266,9 +269,11 @@ class LessonClient:
 
     async def _watch(self) -> None:
         """A server silent for the keep-alive timeout is gone, even if the socket looks
-        open (a network that went silent): drop it; the reader then reconnects."""
+        open (a network that went silent): drop it; the reader then reconnects. Only
+        time this process's loop was awake counts (``media.loop_watch``)."""
+        watch = loop_watch()
         while not self.closed.is_set():
-            silent_for = time.monotonic() - self._last_heard
+            silent_for = watch.awake_since(self._last_heard)
             if silent_for < self.keepalive_timeout:
                 await asyncio.sleep(max(0.05, self.keepalive_timeout - silent_for))
                 continue
@@ -594,6 +599,8 @@ class LessonClient:
                 now = time.monotonic()
                 received.frames += 1
                 received.arrivals.append(now)
+                if frame.pts is not None and frame.time_base is not None:
+                    received.media_time = float(frame.pts * frame.time_base)
                 received.progress.set()
                 if received.first_frame_at is None:
                     received.first_frame_at = now

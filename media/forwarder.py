@@ -4,7 +4,8 @@ A :class:`TrackForwarder` drains the publisher's remote track from the moment
 it is published (so nothing piles up in aiortc's unbounded queue) and puts each
 encoded frame into every subscriber's bounded queue. A subscriber's video starts
 on a keyframe; when its queue overflows it drops to the next keyframe. Keyframe
-requests from subscribers reach the publisher coalesced.
+requests from subscribers reach the publisher coalesced. Another consumer (a
+recorder) may listen to every unmuted frame (:meth:`TrackForwarder.add_listener`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from .keyframe_requests import KeyframeRequester
 from .peers import preferences_for
 
 logger = logging.getLogger(__name__)
+
+# (RTP timestamp, keyframe, encoded frame) of one forwarded frame.
+FrameListener = Callable[[int, bool, bytes], None]
 
 VIDEO_QUEUE_FRAMES = 60
 AUDIO_QUEUE_FRAMES = 50
@@ -159,6 +163,7 @@ class TrackForwarder:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
         self._paused = False
+        self._listeners: tuple[FrameListener, ...] = ()
 
     @property
     def subscriber_count(self) -> int:
@@ -226,6 +231,17 @@ class TrackForwarder:
         hooks.on_keyframe_request(transceiver.sender, self.request_keyframe)
         return FrameSubscription(transceiver, track)
 
+    def add_listener(self, listener: FrameListener) -> Callable[[], None]:
+        """Also give every unmuted frame to ``listener`` (a recorder), after the
+        subscribers, as ``(timestamp, keyframe, data)``; returns the function that
+        removes it. The listener must not block."""
+        self._listeners = (*self._listeners, listener)
+
+        def remove() -> None:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return remove
+
     def remove_subscriber(self, track: SubscriberTrack) -> None:
         """Stop forwarding to one subscriber (it left or unsubscribed)."""
         self._subscribers.discard(track)
@@ -254,6 +270,14 @@ class TrackForwarder:
             except asyncio.CancelledError:
                 pass
 
+    def _tell_listeners(self, packet: av.Packet[Any]) -> None:
+        timestamp, keyframe, data = int(packet.pts or 0), bool(packet.is_keyframe), bytes(packet)
+        for listener in self._listeners:
+            try:
+                listener(timestamp, keyframe, data)
+            except Exception:
+                self.stats.frames_dropped += 1
+
     def _keyframe_request_failed(self, error: BaseException) -> None:
         # A failed RTCP send must not end forwarding.
         logger.debug("keyframe request for %s failed: %r", self.track_id, error)
@@ -279,6 +303,8 @@ class TrackForwarder:
                         need_keyframe = True
                 if need_keyframe:
                     self.request_keyframe()
+                if self._listeners:
+                    self._tell_listeners(packet)
         finally:
             if not self._stopped:
                 self._stopped = True

@@ -53,6 +53,14 @@ NACK, RTX, keyframes, RTCP
     with the counts of what that subscriber was sent and an (NTP, RTP) pair of the
     newest packet in sequence order, updated every :data:`SENDER_REPORT_SYNC` s.
 
+Other consumers (recording)
+    :meth:`RtpForwarder.add_listener` registers a callable that is given every
+    packet that is not muted, once, after the subscribers were served, as
+    ``(index, timestamp, marker, payload)``: in order, or late (a repair) within
+    the history; ``index`` is the extended sequence number, continued upwards
+    after a new source. It must return at once (a recorder only queues the
+    packet); without a listener the fast path pays one attribute test per packet.
+
 Per-packet code never raises into aiortc: a failing packet is dropped and counted.
 """
 
@@ -106,6 +114,8 @@ REMB_INTERVAL = 1.0
 _FIRST_INDEX = 1 << 20  # where a source's extended indices start (room for late ones)
 
 _NO_FRAME: tuple[bool, None] = (False, None)
+# (extended sequence number, RTP timestamp, marker, payload) of one in-order packet.
+PacketListener = Callable[[int, int, bool, bytes], None]
 _SRTP_PROTECT = hooks.raw_srtp_protect()
 _SRTP_OK = hooks.SRTP_OK
 
@@ -205,11 +215,34 @@ class RtpForwarder:
         self._stopped = False
         self._started = False
         self._paused = False
+        self._listeners: tuple[PacketListener, ...] = ()
+        # The layer listeners hear (with simulcast the largest, kept while it is sent).
+        self._heard_layer: Layer | None = None
+        # What the listeners were given: indices by slot (duplicates are not given
+        # twice), the highest, and the offset that keeps indices rising.
+        self._heard_at = [-1] * MAX_MISORDER
+        self._heard_high = 0
+        self._heard_offset = 0
 
     @property
     def subscriber_count(self) -> int:
         """How many subscribers receive this track now."""
         return len(self._subscribers)
+
+    def add_listener(self, listener: PacketListener) -> Callable[[], None]:
+        """Also give every unmuted packet (in order, or a late repair) to ``listener``
+        (a recorder), once, after the subscribers; returns the function that removes
+        it. The listener must not block and must not raise (a raise counts as an
+        error, nothing more)."""
+        self._listeners = (*self._listeners, listener)
+        if self._heard_layer is None and self._layers:
+            # Recording starts on a running track: the largest layer sent now.
+            self._heard_layer = max(self.layers() or self._layers.values(), key=Layer.rank)
+
+        def remove() -> None:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return remove
 
     def counters(self) -> dict[str, int]:
         """This track's counters, for ``/metrics``."""
@@ -360,10 +393,11 @@ class RtpForwarder:
     # -- keyframes -----------------------------------------------------------
 
     def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe of every layer someone receives or waits
-        for, at most once per interval per layer (coalesced)."""
+        """Ask the publisher for a keyframe of every layer someone receives, waits for
+        or (a recorder) listens to, at most once per interval per layer (coalesced)."""
+        heard = self._heard_layer if self._listeners else None
         for layer in self._layers.values():
-            if layer.subscribers or layer.joiners:
+            if layer.subscribers or layer.joiners or layer is heard:
                 self._ask_keyframe(layer)
 
     def _ask_keyframe(self, layer: Layer) -> None:
@@ -378,8 +412,63 @@ class RtpForwarder:
     def _safe_forward(self, packet: Any) -> None:
         try:
             self._forward(packet)
+            if self._listeners:
+                self._tell_listeners(packet)
         except Exception:
             self.stats.errors += 1
+
+    def _tell_listeners(self, packet: Any) -> None:
+        """Give a packet of the heard layer that is not muted to the listeners, once:
+        the newest, or a late one (a repair) within the history. Their index never goes
+        back: a restarted numbering (a new source, another layer) continues above what
+        they were given, after a gap (so a recorder waits for a keyframe there)."""
+        layer = self._layers.get(packet.ssrc)
+        if self._paused or layer is None or not self._heard(layer, packet.payload):
+            return
+        newest = layer.newest
+        delta = (packet.sequence_number - newest) & 0xFFFF
+        if delta == 0:
+            if layer.newest_ts != packet.timestamp:
+                return
+            index = newest + self._heard_offset
+            if index <= self._heard_high - MAX_MISORDER or (
+                index <= self._heard_high and self._heard_at[index % MAX_MISORDER] != index
+            ):
+                # The numbering restarted below what was given: continue above it.
+                self._heard_offset += self._heard_high + 2 - index
+                index = self._heard_high + 2
+            self._heard_high = max(self._heard_high, index)
+        elif delta > SEQ_MOD - MAX_MISORDER:
+            index = newest - (SEQ_MOD - delta) + self._heard_offset
+            if index <= self._heard_high - MAX_MISORDER:
+                return
+        else:
+            return
+        slot = index % MAX_MISORDER
+        if self._heard_at[slot] == index:
+            return  # given already (a duplicate)
+        self._heard_at[slot] = index
+        for listener in self._listeners:
+            listener(index, packet.timestamp, bool(packet.marker), packet.payload)
+
+    def _heard(self, layer: Layer, payload: bytes) -> bool:
+        """Whether listeners hear ``layer``'s packets: the layer they heard while the
+        publisher sends it, unless a larger one starts a keyframe (where a recorder can
+        switch). Without simulcast: the one stream."""
+        heard = self._heard_layer
+        if layer is heard:
+            return True
+        if (
+            heard is not None
+            and self._layers.get(heard.ssrc) is heard
+            and heard.active(layer.last_wall)
+            and not (
+                layer.rank() > heard.rank() and (self._detector is None or self._detector(payload))
+            )
+        ):
+            return False
+        self._heard_layer = layer
+        return True
 
     def _forward(self, packet: Any) -> None:
         stats = self.stats

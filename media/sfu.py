@@ -507,6 +507,10 @@ class Sfu:
         width it renders each track at (0: hidden, not forwarded; RTP path only)."""
         self._media(participant_id).viewer.configure(mode, widths)
 
+    def forwarder(self, track_id: str) -> Forwarder | None:
+        """The forwarder of a published track (a recorder listens to it)."""
+        return self._forwarders.get(track_id)
+
     def set_paused(self, track_id: str, paused: bool) -> None:
         """Stop or resume forwarding a track to everyone (a moderator's mute)."""
         forwarder = self._forwarders.get(track_id)

@@ -35,6 +35,11 @@ class PatternVideoTrack(MediaStreamTrack):
         self._start: float | None = None
         self._row = bytes(range(256)) * (width // 256 + 3)
 
+    @property
+    def media_seconds(self) -> float:
+        """Media time made so far (what the frames' timestamps span)."""
+        return self._count / self.fps
+
     async def recv(self) -> av.VideoFrame:
         """Next frame, paced at ``fps``."""
         if self._start is None:
@@ -70,6 +75,11 @@ class ToneAudioTrack(MediaStreamTrack):
         self._samples = int(AUDIO_RATE * AUDIO_PTIME)
         self._count = 0
         self._start: float | None = None
+
+    @property
+    def media_seconds(self) -> float:
+        """Media time made so far (what the frames' timestamps span)."""
+        return self._count * AUDIO_PTIME
 
     async def recv(self) -> av.AudioFrame:
         """Next 20 ms of tone, paced in real time."""

@@ -45,6 +45,7 @@ from .connection import execute_lesson_effect
 from .links import JoinLink, LinkError, LinkMaker
 from .live import LiveLesson
 from .qr import qr_svg_data_uri
+from .recordings_api import RecordingsApi
 from .state import ServerState
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -197,6 +198,7 @@ class Api:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.catalogue = state.catalogue
+        self.recordings = RecordingsApi(self)
 
     # -- auth ----------------------------------------------------------------
 
@@ -553,6 +555,7 @@ class Api:
                 auth=lesson_scope,
                 csv=True,
             ),
+            *self.recordings.operations(),
         ]
 
     def routes(self) -> list[Route]:

@@ -18,6 +18,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from media.loop_watch import loop_watch
+
 from .api import Api
 from .config import Settings
 from .connection import ParticipantConnection
@@ -27,6 +29,7 @@ from .logs import RequestIds
 from .metrics import CONTENT_TYPE
 from .openapi import openapi_document
 from .state import ServerState
+from .whip import WhipEndpoint
 
 WEB_CLIENT_DIR = Path(__file__).resolve().parent.parent / "web_client"
 
@@ -91,10 +94,12 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Lag for Prometheus and /readyz; connections' keep-alives ask the same watch.
+        loop_watch().on_lag(state.prometheus.observe_lag)
         background = [
             asyncio.create_task(state.keep_heartbeat(), name="heartbeat"),
             asyncio.create_task(state.webhooks.run(), name="webhooks"),
-            asyncio.create_task(state.prometheus.watch_event_loop(), name="event-loop-lag"),
+            asyncio.create_task(state.recordings.keep_retention(), name="recording-retention"),
         ]
         try:
             yield
@@ -113,8 +118,11 @@ def create_app(settings: Settings) -> Starlette:
             Route("/metrics.json", metrics_json),
             Route("/openapi.json", openapi),
             *api.routes(),
+            *api.recordings.routes(),
+            *WhipEndpoint(state).routes(),
             Route("/", page("landing.html")),
             Route("/join", page("index.html")),
+            Route("/recordings", page("recordings.html")),
             Route("/console", page("console/index.html")),
             *ConsoleRoutes(
                 state.console_sessions, (settings.public_url or "").startswith("https://")

@@ -20,7 +20,7 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 from signaling.turn import TurnRest
 
-from . import manage
+from . import manage, recording_cli
 from .arguments import add_link_lifetime_arg, duration
 from .config import (
     DEFAULT_DATA_DIR,
@@ -205,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="open connections from one client address beyond which new ones get 503; "
         "0: no limit (behind a reverse proxy all clients share its address) (default 200)",
     )
+    serve.add_argument(
+        "--recording-retention",
+        type=duration,
+        default=os.environ.get("LCO_RECORDING_RETENTION"),
+        help="delete recordings this long after they stopped, e.g. 30d (default: keep)",
+    )
     add_link_lifetime_arg(serve)
     serve.add_argument("--log-level", default=os.environ.get("LCO_LOG_LEVEL", "info"))
     serve.add_argument(
@@ -246,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument(
         "--source",
         default="test-pattern",
-        help="'test-pattern' (moving bars and a tone), 'none', or a media file to play",
+        help="'test-pattern' (moving bars and a tone), 'none', a media file, or an "
+        "rtsp://, http(s):// URL: VP8, H264 and Opus are sent as they are, other codecs "
+        "are encoded once; a network source that drops is reconnected",
     )
     publish.add_argument("--duration", type=duration, default=None, help="stop after this long")
     publish.add_argument(
@@ -261,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in sorted(plugin_commands().items()):
         commands.add_parser(name, help=f"installed by {command.module}: lco {name} --help")
     manage.add_commands(commands)
+    recording_cli.add_command(commands)
     return parser
 
 
@@ -322,6 +331,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             max_connections_per_address=args.max_connections_per_address,
         ),
         forwarding=args.forwarding,
+        recording_retention=args.recording_retention,
         admin_key=resolve_admin_key(args.admin_key, args.data_dir),
         public_url=args.public_url,
         webhook_urls=tuple(webhooks),
@@ -428,7 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         run: Callable[[list[str]], int] = plugin.load()
         return run(list(arguments[1:]))
     args = build_parser().parse_args(arguments)
-    handlers = {"serve": _serve, "token": _token, "publish": _publish}
+    handlers = {
+        "serve": _serve,
+        "token": _token,
+        "publish": _publish,
+        "recording": recording_cli.run,
+    }
     return handlers.get(args.command, manage.run)(args)
 
 

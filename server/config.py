@@ -80,6 +80,8 @@ class Settings:
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     # The ``node`` label of every metric: tells servers apart behind one Prometheus.
     node_name: str = field(default_factory=socket.gethostname)
+    # Seconds after which a finished recording is deleted (None: kept until deleted).
+    recording_retention: float | None = None
 
 
 def parse_duration(text: str) -> int:

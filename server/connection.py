@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from media.loop_watch import loop_watch
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus, Subscription, participant_topic
 from signaling.effects import (
@@ -34,6 +35,7 @@ from signaling.effects import (
     Subscribe,
     Unsubscribe,
 )
+from signaling.recording import RecordingConsent, StartRecording, StopRecording
 from signaling.session import (
     AcceptSubscribeAnswer,
     AddRemoteCandidate,
@@ -195,22 +197,24 @@ class ParticipantConnection:
     async def _own(self) -> str:
         settings = self._state.settings
         started = time.monotonic()
+        watch = loop_watch()
         while True:
             joined = self._session.state is SessionState.JOINED
             # Only the client's own messages count as signs of life.
-            deadline = (
-                self._last_heard + settings.idle_timeout
+            # Silence counts only while this server could hear it (media/loop_watch.py).
+            remaining = (
+                settings.idle_timeout - watch.awake_since(self._last_heard)
                 if joined
-                else started + settings.join_timeout
+                else started + settings.join_timeout - time.monotonic()
             )
             try:
-                item = await asyncio.wait_for(
-                    self._inbox.get(), max(0.0, deadline - time.monotonic())
-                )
+                item = await asyncio.wait_for(self._inbox.get(), max(0.0, remaining))
             except TimeoutError:
                 if not joined:
                     await self._apply(self._session.join_timed_out(settings.join_timeout))
                     return "join timeout"
+                if watch.awake_since(self._last_heard) < settings.idle_timeout:
+                    continue  # this server stalled meanwhile: what the client sent waits
                 await self._apply([Close("timeout", "no message for too long; reconnect")])
                 return "timed out"
             if isinstance(item, _Disconnected):
@@ -478,3 +482,7 @@ async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
         await state.sfu.reset(effect.participant_id)
     elif isinstance(effect, EndMedia):
         await state.sfu.close(effect.participant_id)
+    elif isinstance(effect, (StartRecording, StopRecording, RecordingConsent)):
+        await state.recordings.carry_out(effect)
+    # The timeline of a recording in progress (server/recordings.py).
+    state.recordings.observe(effect)

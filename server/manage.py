@@ -68,6 +68,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     lesson.add_argument("--wait-for-teacher", action="store_true")
     lesson.add_argument("--students-publish", action="store_true")
     lesson.add_argument("--chat", choices=[c.value for c in ChatPolicy], default="everyone")
+    lesson.add_argument(
+        "--decline-recording",
+        action="append",
+        default=[],
+        metavar="SCHOOL",
+        help="a school that declines recording: nothing of its participants is recorded; repeat",
+    )
     lesson.add_argument("--students", help="comma-separated student names (links)")
     lesson.add_argument("--url", default="http://127.0.0.1:8080", help="server address (links)")
     add_link_lifetime_arg(lesson)
@@ -154,6 +161,7 @@ def _lesson(args: argparse.Namespace, catalogue: Catalogue) -> int:
                     wait_for_teacher=args.wait_for_teacher,
                     students_publish=args.students_publish,
                     chat_policy=ChatPolicy(args.chat),
+                    recording_declined=args.decline_recording,
                 ),
             )
         )

@@ -20,12 +20,13 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from media.loop_watch import TICK
+
 if TYPE_CHECKING:
     from .state import ServerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # How often the event loop's lateness is measured.
-LAG_INTERVAL = 0.5
 JOIN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 ROLES = ("teacher", "delegate", "expert", "classroom", "student", "observer")
@@ -47,7 +48,7 @@ class ServerMetrics:
         ).labels(node=node)
         self.loop_lag = Histogram(
             "lco_event_loop_lag_seconds",
-            f"How late a timer due every {LAG_INTERVAL} s fires on the server's event loop",
+            f"How late a timer due every {TICK} s fires on the server's event loop",
             ["node"],
             buckets=LAG_BUCKETS,
             registry=self.registry,
@@ -60,14 +61,10 @@ class ServerMetrics:
         """Every metric, in the text format Prometheus scrapes."""
         return generate_latest(self.registry)
 
-    async def watch_event_loop(self) -> None:
-        """Measure the event loop's lateness for ever (a background task)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + LAG_INTERVAL
-            await asyncio.sleep(LAG_INTERVAL)
-            self.last_lag = max(0.0, loop.time() - due)
-            self.loop_lag.observe(self.last_lag)
+    def observe_lag(self, lag: float) -> None:
+        """One lateness of the event loop's watch (``media.loop_watch``)."""
+        self.last_lag = lag
+        self.loop_lag.observe(lag)
 
 
 class _StateCollector(Collector):

@@ -7,11 +7,11 @@ import contextlib
 from typing import Any
 
 import websockets
-from aiortc.contrib.media import MediaPlayer
 from aiortc.mediastreams import MediaStreamTrack
 
 from media import hooks
 from media.client import LessonClient
+from media.source import PulledSource, probe
 from media.testsource import PatternVideoTrack, ToneAudioTrack
 from signaling import protocol as p
 
@@ -29,15 +29,18 @@ def websocket_url(base: str) -> str:
 def _tracks(source: str) -> list[tuple[MediaStreamTrack, p.Source]]:
     if source == "none":
         return []
-    if source == "test-pattern":
-        return [(PatternVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")]
-    player = MediaPlayer(source)
-    tracks: list[tuple[MediaStreamTrack, p.Source]] = []
-    if player.video is not None:
-        tracks.append((player.video, "camera"))
-    if player.audio is not None:
-        tracks.append((player.audio, "microphone"))
-    return tracks
+    return [(PatternVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")]
+
+
+async def _pull(source: str) -> PulledSource:
+    """Open a file or URL; raises ``ConnectionError`` if it cannot be read at all."""
+    try:
+        found = await asyncio.to_thread(probe, source)
+    except Exception as exc:
+        raise ConnectionError(f"cannot read {source}: {exc}") from None
+    pulled = PulledSource(source, found)
+    pulled.start()
+    return pulled
 
 
 async def run_publish(
@@ -61,10 +64,31 @@ async def run_publish(
         await client.close()
         return {"error": str(exc) or type(exc).__name__, "errors": client.errors}
     result: dict[str, Any] = {"participant_id": welcome["participant_id"]}
+    pulled: PulledSource | None = None
     try:
-        tracks = _tracks(source)
+        video_codec = None
+        if source in ("none", "test-pattern"):
+            tracks = _tracks(source)
+        else:
+            try:
+                pulled = await _pull(source)
+            except ConnectionError as exc:
+                result["error"] = str(exc)
+                return result
+            tracks = [
+                (track, "camera" if track.kind == "video" else "microphone")
+                for track in pulled.tracks()
+            ]
+            if pulled.video is not None and pulled.video.passthrough:
+                # Sent as it is: offer only the source's codec.
+                video_codec = (pulled.probe.video or "").upper()
+            result["source"] = {
+                "video": pulled.probe.video,
+                "audio": pulled.probe.audio,
+                "passthrough": [t.kind for t in pulled.tracks() if t.passthrough],
+            }
         if tracks:
-            reply = await client.publish(tracks)
+            reply = await client.publish(tracks, video_codec=video_codec)
             if reply["type"] == "error":
                 result["error"] = reply["message"]
                 return result
@@ -95,5 +119,9 @@ async def run_publish(
         result["errors"] = client.errors
         result["reconnects"] = client.reconnects
         result["resumes"] = client.resumes
+        if pulled is not None:
+            await pulled.stop()
+            result["source"]["connections"] = pulled.connections
+            result["source"]["sent"] = {t.kind: t.sent for t in pulled.tracks()}
         await client.close()
     return result

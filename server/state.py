@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import RTCIceServer
 
@@ -25,12 +25,24 @@ from signaling.sqlite_records import SqliteRecordStore
 from .config import Settings
 from .live import LiveView
 from .metrics import ServerMetrics, open_fds, resident_bytes
+from .recordings import RecordingService
 from .seats import SeatKeeper
 from .sessions import ConsoleSessions
 from .webhooks import Webhooks, WebhookSettings
 
 if TYPE_CHECKING:
-    from .connection import ParticipantConnection
+    from .whip import WhipSession
+
+
+class Connection(Protocol):
+    """What owns a participant: a signalling socket, or a WHIP session."""
+
+    def post_track_ended(self, track_id: str) -> None: ...
+
+    def post_negotiation_failed(self) -> None: ...
+
+    def post_replaced(self) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +103,20 @@ class ServerState:
         self.webhooks = Webhooks(
             WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)
         )
-        self.connections: dict[str, ParticipantConnection] = {}
+        self.recordings = RecordingService(
+            settings.data_dir,
+            self.registry,
+            self.sfu.forwarder,
+            self._execute,
+            retention=settings.recording_retention,
+        )
+        self.connections: dict[str, Connection] = {}
         # The web console's signed-in browsers (server/sessions.py).
         self.console_sessions = ConsoleSessions(settings.admin_key)
         self.live = LiveView(self)
         self.prometheus = ServerMetrics(self, settings.node_name)
         self.seats = SeatKeeper(self.registry, self.execute)
+        self.whip: dict[str, WhipSession] = {}  # resource id -> WHIP publisher
         self.accepting = True
         self._no_connections = asyncio.Event()
         self._no_connections.set()
@@ -109,7 +129,7 @@ class ServerState:
             servers.append(self.turn.ice_server(participant_id, time.time()))
         return servers
 
-    def add_connection(self, participant_id: str, connection: ParticipantConnection) -> None:
+    def add_connection(self, participant_id: str, connection: Connection) -> None:
         """Register the socket that owns ``participant_id`` now; a socket that held the
         participant's seat before is told it was replaced."""
         previous = self.connections.get(participant_id)
@@ -118,7 +138,7 @@ class ServerState:
         if previous is not None and previous is not connection:
             previous.post_replaced()
 
-    def remove_connection(self, participant_id: str, connection: ParticipantConnection) -> None:
+    def remove_connection(self, participant_id: str, connection: Connection) -> None:
         """Forget a closed socket (unless another one owns the participant by now)."""
         if self.connections.get(participant_id) is connection:
             del self.connections[participant_id]
@@ -141,6 +161,9 @@ class ServerState:
         while True:
             self.records.beat()
             await asyncio.sleep(interval)
+
+    async def _execute(self, effect: Effect) -> None:
+        await self.execute([effect])
 
     def _track_ended(self, participant_id: str, track_id: str) -> None:
         connection = self.connections.get(participant_id)
@@ -173,6 +196,7 @@ class ServerState:
         for participant_id in list(self.connections):
             await self.bus.publish(participant_topic(participant_id), bye)
         await self.seats.close()
+        await self.recordings.close()
         await self.sfu.close_all()
         # Each connection leaves once its writer has sent the bye; wait for that,
         # bounded, before uvicorn closes the sockets.
@@ -220,4 +244,5 @@ class ServerState:
             "open_fds": open_fds(),
             "rss_bytes": resident_bytes(),
             "sfu": self.sfu.stats(),
+            "recordings": self.recordings.metrics(),
         }

@@ -82,10 +82,9 @@ class LessonSettingsModel(_Model):
     wait_for_teacher: bool = Field(default=False, description="nobody is admitted before a teacher")
     students_publish: bool = Field(default=False, description="students may publish from the start")
     chat_policy: ChatPolicy = ChatPolicy.EVERYONE
-    recording_allowed: bool = Field(
-        default=False,
-        description="the organiser agrees that the lesson may be recorded; stored and "
-        "shown only: the server records nothing yet",
+    recording_declined: list[Identifier] = Field(
+        default_factory=list,
+        description="schools that decline recording: nothing of their participants is recorded",
     )
 
     def to_settings(self, invited: list[str]) -> LessonSettings:
@@ -96,6 +95,7 @@ class LessonSettingsModel(_Model):
             students_publish=self.students_publish,
             chat_policy=self.chat_policy,
             invited_schools=frozenset(invited),
+            recording_declined=frozenset(self.recording_declined),
         )
 
 

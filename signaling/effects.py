@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import protocol as p
+from .recording import RecordingEffect
 from .records import Record as RecordData
 
 
@@ -104,4 +105,5 @@ Effect = (
     | HoldSeat
     | ResetMedia
     | EndMedia
+    | RecordingEffect
 )

@@ -42,6 +42,13 @@ from .permissions import (
     scope_of,
     target_roles,
 )
+from .recording import (
+    DirectorState,
+    RecordingConsent,
+    RecordingState,
+    StartRecording,
+    StopRecording,
+)
 from .records import (
     AttendanceEvent,
     AttendanceKind,
@@ -99,6 +106,8 @@ class LessonSettings:
     students_publish: bool = False
     chat_policy: ChatPolicy = ChatPolicy.EVERYONE
     invited_schools: frozenset[str] = frozenset()
+    # Schools that declined recording: nothing of their participants is recorded.
+    recording_declined: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -234,6 +243,8 @@ class Lesson:
         self.broadcast_audio_from: str | None = None
         self.seat_grace = seat_grace
         self._keepalive = keepalive
+        self.director = DirectorState()
+        self.recording = RecordingState(declined=set(self.settings.recording_declined))
         self._ice_servers = ice_servers or _no_ice_servers
         self._clock = clock
         self._track_numbers = itertools.count(1)
@@ -373,13 +384,20 @@ class Lesson:
         effects += [Deliver(other, left) for other in self.participants]
         if participant.hand_raised_at is not None:
             effects += self._hands_changed()
-        if self.spotlight == participant_id or self.broadcast_audio_from == participant_id:
+        forgotten = self.director.forget(participant_id)
+        if (
+            forgotten
+            or self.spotlight == participant_id
+            or self.broadcast_audio_from == participant_id
+        ):
             if self.spotlight == participant_id:
                 self.spotlight = None
             if self.broadcast_audio_from == participant_id:
                 self.broadcast_audio_from = None
             effects += self._lesson_changed()
         effects.append(EndMedia(participant_id))
+        if not self.participants:
+            effects += self.stop_recording(None, "everyone left")
         return effects
 
     @property
@@ -682,6 +700,7 @@ class Lesson:
         bye = p.Bye(reason="lesson_ended", message=message)
         everyone = [*self.participants, *self.waiting]
         effects: list[Effect] = [
+            *self.stop_recording(None, "the lesson ended"),
             Record(LessonEndedRecord(self.id, self._clock())),
             Announce("lesson.ended", {"lesson": self.id, "message": message}),
             *[Deliver(pid, bye) for pid in everyone],
@@ -689,6 +708,98 @@ class Lesson:
         # Held seats have no socket to close: they are freed now, as of their drop.
         for held in self.held_seats():
             effects += self.leave(held.id, "lesson_ended", at=held.disconnected_at)
+        return effects
+
+    # -- director (signaling/recording.py holds the state) -----------------
+
+    def direct_stage(
+        self, actor_id: str, stage: p.Stage | None, classroom: str | None
+    ) -> list[Effect]:
+        """Choose what classroom stages show: every classroom's (``classroom`` None) or
+        one classroom's; ``stage`` None gives the choice back."""
+        self._require(actor_id, Permission.RUN_LESSON, "direct_stage")
+        for item in stage.items if stage is not None else []:
+            self._target(item.participant_id, "direct_stage")
+        if classroom is None:
+            self.director.stage = stage
+        else:
+            if self._target(classroom, "direct_stage").role is not Role.CLASSROOM:
+                raise p.ProtocolError(
+                    "not_a_classroom", f"{classroom!r} is not a classroom", "direct_stage"
+                )
+            if stage is None:
+                self.director.classrooms.pop(classroom, None)
+            else:
+                self.director.classrooms[classroom] = stage
+        return self._lesson_changed()
+
+    # -- recording ---------------------------------------------------------
+
+    def start_recording(self, actor_id: str | None, by: str = "") -> list[Effect]:
+        """Start recording (a teacher, or the operator through the API with
+        ``actor_id`` None): everyone is told before anything is written."""
+        if actor_id is not None:
+            self._require(actor_id, Permission.RECORD, "start_recording")
+            by = self._get(actor_id).name
+        if self.recording.active:
+            return []
+        self.recording.active = True
+        self.recording.started_at = self._clock()
+        self.recording.by = by
+        declined = sorted(self.recording.declined)
+        message = f"{by} started recording this lesson"
+        if declined:
+            message += f"; nothing of {', '.join(declined)} is recorded"
+        notice = p.RecordingChanged(
+            recording=True, by=by, reason="", declined_schools=declined, message=message
+        )
+        return [
+            *[Deliver(pid, notice) for pid in self.participants],
+            *self._lesson_changed(),
+            Announce(
+                "recording.started", {"lesson": self.id, "by": by, "declined_schools": declined}
+            ),
+            StartRecording(self.id, by, frozenset(self.recording.declined)),
+        ]
+
+    def stop_recording(self, actor_id: str | None, reason: str = "") -> list[Effect]:
+        """Stop recording: a teacher, the operator (``actor_id`` None), a write error
+        or the end of the lesson (``reason`` says which)."""
+        if actor_id is not None:
+            self._require(actor_id, Permission.RECORD, "stop_recording")
+            reason = f"stopped by {self._get(actor_id).name}"
+        if not self.recording.active:
+            return []
+        self.recording.active = False
+        by = self.recording.by
+        notice = p.RecordingChanged(
+            recording=False,
+            by=by,
+            reason=reason,
+            declined_schools=sorted(self.recording.declined),
+            message=f"recording stopped: {reason}",
+        )
+        return [
+            StopRecording(self.id, reason),
+            *[Deliver(pid, notice) for pid in self.participants],
+            *self._lesson_changed(),
+            Announce("recording.stopped", {"lesson": self.id, "reason": reason}),
+        ]
+
+    def decline_recording(self, actor_id: str, declined: bool) -> list[Effect]:
+        """A school (its delegate or teacher) declines recording, or withdraws that:
+        nothing of its participants is written from now on."""
+        self._require(actor_id, Permission.DECLINE_RECORDING, "decline_recording")
+        school = self._get(actor_id).school
+        if declined == (school in self.recording.declined):
+            return []
+        if declined:
+            self.recording.declined.add(school)
+        else:
+            self.recording.declined.discard(school)
+        effects: list[Effect] = self._lesson_changed()
+        if self.recording.active:
+            effects.append(RecordingConsent(self.id, frozenset(self.recording.declined)))
         return effects
 
     # -- hands -------------------------------------------------------------
@@ -852,6 +963,10 @@ class Lesson:
             groups=groups,
             broadcast_audio_from=self.broadcast_audio_from,
             chat_policy=self.settings.chat_policy.value,
+            stage=self.director.stage,
+            classroom_stages=dict(self.director.classrooms),
+            recording=self.recording.active,
+            recording_declined=sorted(self.recording.declined),
         )
 
     # -- internals -------------------------------------------------------

@@ -20,6 +20,8 @@ class Role(enum.StrEnum):
     CLASSROOM = "classroom"  # a room endpoint: one participant for a whole class
     EXPERT = "expert"
     OBSERVER = "observer"
+    # A field-trip camera (WHIP, lco publish): publishes to the stage, nothing more.
+    FIELD_TRIP = "field_trip"
 
 
 class Permission(enum.StrEnum):
@@ -34,7 +36,9 @@ class Permission(enum.StrEnum):
     GRANT_PUBLISH = "grant_publish"  # grant and revoke publishing, give the floor
     MODERATE = "moderate"  # mute, remove, lower hands, approve unmute, presenter
     ADMIT = "admit"  # admit or deny from the lobby
-    RUN_LESSON = "run_lesson"  # lock, mute all, spotlight, breakouts, broadcast, end
+    RUN_LESSON = "run_lesson"  # lock, mute all, spotlight, director, breakouts, end
+    RECORD = "record"  # start and stop recording the lesson
+    DECLINE_RECORDING = "decline_recording"  # refuse recording for one's own school
 
 
 class Scope(enum.Enum):
@@ -58,6 +62,8 @@ ROLE_PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
         Permission.MODERATE: _ALL,
         Permission.ADMIT: _ALL,
         Permission.RUN_LESSON: _ALL,
+        Permission.RECORD: _ALL,
+        Permission.DECLINE_RECORDING: _SCHOOL,
     },
     Role.DELEGATE: {
         Permission.JOIN: _ALL,
@@ -67,6 +73,7 @@ ROLE_PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
         Permission.GRANT_PUBLISH: _SCHOOL,
         Permission.MODERATE: _SCHOOL,
         Permission.ADMIT: _SCHOOL,
+        Permission.DECLINE_RECORDING: _SCHOOL,
     },
     Role.EXPERT: {
         Permission.JOIN: _ALL,
@@ -95,6 +102,10 @@ ROLE_PERMISSIONS: dict[Role, dict[Permission, Scope]] = {
         Permission.JOIN: _ALL,
         Permission.SUBSCRIBE: _ALL,
         Permission.CHAT: _ALL,
+    },
+    Role.FIELD_TRIP: {
+        Permission.JOIN: _ALL,
+        Permission.PUBLISH: _ALL,
     },
 }
 

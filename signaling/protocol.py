@@ -225,6 +225,55 @@ class Spotlight(_Message):
     participant_id: ParticipantId | None = None
 
 
+class StageItem(BaseModel):
+    """One thing a stage shows: a participant's camera or screen share."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, json_schema_serialization_defaults_required=True
+    )
+    participant_id: ParticipantId
+    source: Literal["camera", "screen"] = "camera"
+
+
+class Stage(BaseModel):
+    """What a big screen's stage shows: one item, or two side by side."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, json_schema_serialization_defaults_required=True
+    )
+    items: list[StageItem] = Field(min_length=1, max_length=2)
+
+
+class DirectStage(_Message):
+    """Teacher: what the stage of every classroom shows (``classroom`` null), or of one
+    classroom only (its participant id); ``stage`` null gives the choice back (to the
+    lesson's stage, or to each page's own layout)."""
+
+    type: Literal["direct_stage"] = "direct_stage"
+    stage: Stage | None = None
+    classroom: ParticipantId | None = None
+
+
+class StartRecording(_Message):
+    """Teacher: record every forwarded track of the lesson (everyone is told first)."""
+
+    type: Literal["start_recording"] = "start_recording"
+
+
+class StopRecording(_Message):
+    """Teacher: stop recording."""
+
+    type: Literal["stop_recording"] = "stop_recording"
+
+
+class DeclineRecording(_Message):
+    """A school's delegate (or teacher): nothing of this school's participants is
+    recorded (``declined`` false withdraws the refusal)."""
+
+    type: Literal["decline_recording"] = "decline_recording"
+    declined: bool = True
+
+
 class EndLesson(_Message):
     """Teacher: end the lesson for everyone."""
 
@@ -348,7 +397,11 @@ ClientMessage = Annotated[
     | Broadcast
     | BroadcastAudio
     | EndBreakout
-    | ReceiveSettings,
+    | ReceiveSettings
+    | DirectStage
+    | StartRecording
+    | StopRecording
+    | DeclineRecording,
     Field(discriminator="type"),
 ]
 CLIENT_MESSAGE_TYPES = frozenset(
@@ -385,6 +438,10 @@ CLIENT_MESSAGE_TYPES = frozenset(
         "broadcast_audio",
         "end_breakout",
         "receive_settings",
+        "direct_stage",
+        "start_recording",
+        "stop_recording",
+        "decline_recording",
     }
 )
 _client_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
@@ -640,6 +697,12 @@ class LessonState(BaseModel):
     groups: dict[str, list[str]]
     broadcast_audio_from: str | None
     chat_policy: str
+    # Director mode: what every classroom's stage shows, and per-classroom choices.
+    stage: Stage | None = None
+    classroom_stages: dict[str, Stage] = Field(default_factory=dict)
+    # Recording: on or off, and the schools that declined (nothing of theirs is kept).
+    recording: bool = False
+    recording_declined: list[str] = Field(default_factory=list)
 
 
 class LessonUpdated(_Message):
@@ -660,6 +723,18 @@ class Notice(_Message):
 
     type: Literal["notice"] = "notice"
     code: str
+    message: str
+
+
+class RecordingChanged(_Message):
+    """To everyone: recording started or stopped. Pages show a notice and play a
+    sound when it starts; ``reason`` says why it stopped (a teacher, a write error)."""
+
+    type: Literal["recording_changed"] = "recording_changed"
+    recording: bool
+    by: str
+    reason: str
+    declined_schools: list[str]
     message: str
 
 
@@ -742,6 +817,7 @@ ServerMessage = (
     | ChatMessage
     | ChatHistory
     | ReceiveQuality
+    | RecordingChanged
     | ParticipantJoined
     | ParticipantLeft
     | ParticipantDisconnected

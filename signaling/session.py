@@ -57,6 +57,10 @@ MESSAGE_PERMISSIONS: dict[str, Permission] = {
     "broadcast_audio": Permission.RUN_LESSON,
     "end_breakout": Permission.RUN_LESSON,
     "receive_settings": Permission.SUBSCRIBE,
+    "direct_stage": Permission.RUN_LESSON,
+    "start_recording": Permission.RECORD,
+    "stop_recording": Permission.RECORD,
+    "decline_recording": Permission.DECLINE_RECORDING,
 }
 # What a participant waiting in the lobby may send.
 LOBBY_MESSAGES = frozenset({"ping", "pong", "leave", "ice_candidate"})
@@ -387,4 +391,12 @@ class SignalingSession:
                 return lesson.broadcast_audio(pid, message.on)
             case p.EndBreakout():
                 return lesson.end_breakout(pid)
+            case p.DirectStage():
+                return lesson.direct_stage(pid, message.stage, message.classroom)
+            case p.StartRecording():
+                return lesson.start_recording(pid)
+            case p.StopRecording():
+                return lesson.stop_recording(pid)
+            case p.DeclineRecording():
+                return lesson.decline_recording(pid, message.declined)
         raise Forbidden(f"{message.type} is not allowed", message.type)

@@ -29,7 +29,7 @@ SECRET = b"a" * 48
 T = Role.TEACHER
 MODERATORS = {Role.TEACHER, Role.DELEGATE}
 RAISERS = {Role.EXPERT, Role.CLASSROOM, Role.STUDENT}
-PUBLISHERS = {Role.TEACHER, Role.DELEGATE, Role.EXPERT, Role.CLASSROOM}
+PUBLISHERS = {Role.TEACHER, Role.DELEGATE, Role.EXPERT, Role.CLASSROOM, Role.FIELD_TRIP}
 
 # action -> roles allowed to do it (target: a student of the actor's own school)
 EXPECTED: dict[str, set[Role]] = {
@@ -45,7 +45,8 @@ EXPECTED: dict[str, set[Role]] = {
     "lower_other_hand": MODERATORS,
     "raise_hand": RAISERS,
     "ask_to_unmute": RAISERS,
-    "chat": set(Role),
+    # A field-trip camera publishes and nothing else.
+    "chat": set(Role) - {Role.FIELD_TRIP},
     "lock_lesson": {T},
     "mute_all": {T},
     "set_presenter": {T},
@@ -56,6 +57,10 @@ EXPECTED: dict[str, set[Role]] = {
     "broadcast": {T},
     "broadcast_audio": {T},
     "end_breakout": {T},
+    "direct_stage": {T},
+    "start_recording": {T},
+    "stop_recording": {T},
+    "decline_recording": MODERATORS,
 }
 
 
@@ -112,6 +117,10 @@ def message_for(action: str, room: Room) -> dict[str, Any]:
         "broadcast": {"type": "broadcast", "text": "back in 5 minutes"},
         "broadcast_audio": {"type": "broadcast_audio", "on": True},
         "end_breakout": {"type": "end_breakout"},
+        "direct_stage": {"type": "direct_stage", "stage": {"items": [{"participant_id": target}]}},
+        "start_recording": {"type": "start_recording"},
+        "stop_recording": {"type": "stop_recording"},
+        "decline_recording": {"type": "decline_recording"},
     }[action]
 
 

@@ -138,10 +138,10 @@ def test_links_come_with_qr_codes_of_exactly_the_link(server: RunningServer) -> 
         "starts_at": "2030-01-01T09:00:00Z",
         "ends_at": "2030-01-01T10:00:00Z",
         "invited_schools": ["qr-west"],
-        "settings": {"recording_allowed": True},
+        "settings": {"recording_declined": ["qr-west"]},
     }
     made = api("POST", "/api/lessons", json=lesson).json()
-    assert made["settings"]["recording_allowed"] is True
+    assert made["settings"]["recording_declined"] == ["qr-west"]
     plain = api("GET", "/api/lessons/qr-lesson/links").json()
     assert all(link["qr_svg"] is None for link in plain)
     links = api("GET", "/api/lessons/qr-lesson/links?qr=svg").json()

@@ -144,7 +144,7 @@ FIELDS = sorted(
         "token", "lesson", "sdp", "tracks", "mid", "source", "pc", "candidate", "sdp_mid",
         "sdp_mline_index", "participant_id", "locked", "kind", "presenter", "text", "to",
         "groups", "count", "group", "on", "mode", "v", "type", "resume", "before", "limit",
-        "offer_id",
+        "offer_id", "stage", "classroom", "items", "declined",
     }
 )  # fmt: skip
 scalars = (
@@ -238,6 +238,27 @@ def templates(ids: list[str]) -> st.SearchStrategy[dict[str, Any]]:
                 ),
             }
         ),
+        "direct_stage": st.fixed_dictionaries(
+            {
+                "stage": st.none()
+                | st.fixed_dictionaries(
+                    {
+                        "items": st.lists(
+                            st.fixed_dictionaries(
+                                {"participant_id": who},
+                                optional={"source": st.sampled_from(["camera", "screen"])},
+                            ),
+                            min_size=0,
+                            max_size=3,
+                        )
+                    }
+                )
+            },
+            optional={"classroom": who | st.none()},
+        ),
+        "start_recording": st.just({}),
+        "stop_recording": st.just({}),
+        "decline_recording": st.fixed_dictionaries({}, optional={"declined": st.booleans()}),
     }
     assert set(options) == CLIENT_MESSAGE_TYPES  # a new message type gets fuzzed too
     return st.sampled_from(sorted(options)).flatmap(

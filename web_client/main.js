@@ -1,6 +1,7 @@
 // The page's controller: join, publish, subscribe, reconnect. What the server says
 // about the lesson goes into the store (store.js); the views (views/) show it.
 
+import { DirectorPanel, RecordingPanel, directedItems } from "./director.js";
 import { explainMediaError, openCameraAndMicrophone, openScreen } from "./media.js";
 import { Publisher, Subscriber } from "./peers.js";
 import { SignalingSocket } from "./signaling.js";
@@ -88,7 +89,24 @@ class ClassroomPage {
     this.quality = null; // what this viewer receives of each video (quality.js)
     this.tiles.onFirstFrame = (who, source, trackId) => this.firstFrame(who, source, trackId);
     this.sound = new Sound();
+    this.director = new DirectorPanel(this.send, () => this.followDirector());
+    this.recording = new RecordingPanel(this.send);
     this.store.subscribe((change) => this.lessonChanged(change));
+  }
+
+  /** Director mode and the recording notice follow the lesson's state (director.js). */
+  followDirector() {
+    this.tiles.setDirected(directedItems(this.me, this.store.lesson, this.director.follow));
+    this.tiles.arrange();
+    this.recording.changed(Boolean(this.store.lesson.recording));
+  }
+
+  /** The director's and the recording panel (director.js), from the store. */
+  renderDirectorPanels() {
+    const store = this.store;
+    if (!store.me) return;
+    this.director.render(store.me, store.participants, store.lesson, store.may("run_lesson"));
+    this.recording.render(store.me, store.lesson, (permission) => store.may(permission));
   }
 
   /** This participant, as the server last described it. */
@@ -332,6 +350,7 @@ class ClassroomPage {
     this.store.apply(message);
     this.applyMyMutes([], this.me.muted ?? []);
     this.tiles.setFocus(this.store.lesson.spotlight, this.store.presenterIds());
+    this.followDirector();
     setBanner(this.reconnects ? "Reconnected to the lesson." : null, "info");
     if (this.reconnects) setTimeout(() => this.store.connection === "connected" && setBanner(null), 4000);
     this.prejoin?.preview(null);
@@ -369,6 +388,7 @@ class ClassroomPage {
   /** The store changed: keep the media (local tracks, tiles, what plays) in step. */
   lessonChanged(change) {
     document.body.dataset.connection = this.store.connection; // for style and support
+    this.renderDirectorPanels();
     switch (change.type) {
       case "participant_joined":
       case "participant_updated":
@@ -376,7 +396,10 @@ class ClassroomPage {
         this.tiles.rename(change.participant);
         return this.arrangeTiles();
       case "lesson_updated":
-        return this.arrangeTiles();
+        this.tiles.setFocus(this.store.lesson.spotlight, this.store.presenterIds());
+        return this.followDirector();
+      case "recording_changed":
+        return this.recording.changed(change.message.recording, change.message.message);
       case "permissions_changed":
         return this.permissionsChanged(change.before);
       case "participant_left":
@@ -695,6 +718,12 @@ class ClassroomPage {
       unmuteRequests: [...store.unmuteRequests.values()],
       chatCount: store.chat.size,
       lesson: { ...store.lesson },
+      recordingChimes: this.recording.chimes,
+      stage: [...document.querySelectorAll("#main-view video")].map((v) => ({
+        participantId: v.dataset.participantId,
+        source: v.dataset.source,
+        trackId: v.dataset.trackId,
+      })),
     };
   }
 }

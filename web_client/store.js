@@ -182,6 +182,10 @@ const HANDLERS = {
     store.unmuteRequests.set(`${participantId}:${kind}`, { participant_id: participantId, kind });
     return undefined;
   },
+  recording_changed() {
+    // Nothing to keep: lesson_updated carries whether the lesson is recorded; this
+    // message's words are for the notice (director.js).
+  },
   notice() {
     // Nothing to keep: the views say it (and a classroom turns itself back on).
   },

@@ -69,6 +69,11 @@ export class Tiles {
   }
 
   /** The teacher's spotlight and the presenters: they are shown large. */
+  /** Director mode: these {participant_id, source} fill the main view, in order (null: not directed). */
+  setDirected(items) {
+    this.directed = items?.length ? items : null;
+  }
+
   setFocus(spotlight, presenters) {
     this.spotlight = spotlight ?? null;
     this.presenters = new Set(presenters);
@@ -179,7 +184,14 @@ export class Tiles {
       const pick = mine.find((f) => f.dataset.source === "screen") ?? mine.find((f) => f.dataset.source === "camera");
       if (pick) focused.push(pick);
     }
-    if (this.myRole === "teacher") {
+    const directed = (this.directed ?? [])
+      .map((item) =>
+        remote.find((f) => f.dataset.participantId === item.participant_id && f.dataset.source === item.source),
+      )
+      .filter(Boolean);
+    if (directed.length) {
+      large = directed;
+    } else if (this.myRole === "teacher") {
       const stage = remote.filter((f) => f.dataset.role === "classroom" || f.dataset.source === "screen");
       large = [...focused, ...stage.filter((f) => !focused.includes(f))];
     } else if (focused.length) {

@@ -263,7 +263,6 @@ onSubmit("lesson-form", async () => {
         lobby: $("lesson-lobby").checked,
         wait_for_teacher: $("lesson-wait").checked,
         students_publish: $("lesson-students-publish").checked,
-        recording_allowed: $("lesson-recording").checked,
         chat_policy: $("lesson-chat").value,
       },
     },

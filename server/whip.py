@@ -1,0 +1,264 @@
+"""WHIP ingest (RFC 9725): OBS, GStreamer or a phone app publishes into a lesson.
+
+``POST /whip`` with ``Content-Type: application/sdp`` and ``Authorization: Bearer
+<join token>`` joins the token's lesson as a participant without a socket and
+answers ``201 Created`` with the SDP answer (every candidate gathered: no trickle
+needed) and a ``Location`` resource URL. ``DELETE`` on that URL (same token) ends
+it. ``PATCH`` (trickle ICE, ICE restart) answers ``405``, which RFC 9725 4.3.1
+allows a server that does not support it.
+
+The publisher's tracks go through the same SFU path as a browser's: the lesson
+names them, everyone who may see them subscribes. The token's role must publish
+by itself: ``field_trip`` (a camera that only publishes, docs/field-trips.md),
+``expert``, ``classroom``, ``teacher`` or ``delegate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from signaling import protocol as p
+from signaling.bus import Subscription, participant_topic
+from signaling.lesson import Forbidden, Lesson
+from signaling.permissions import Permission, is_allowed
+from signaling.tokens import Grant, TokenError, verify_token
+
+from .connection import execute_lesson_effect
+
+if TYPE_CHECKING:
+    from .state import ServerState
+
+logger = logging.getLogger(__name__)
+
+SDP_TYPE = "application/sdp"
+MAX_OFFER_BYTES = p.MAX_SDP_CHARS
+
+
+class WhipSession:
+    """One WHIP publisher: a lesson participant whose only channel is HTTP."""
+
+    def __init__(self, state: ServerState, grant: Grant, lesson: Lesson, resource: str) -> None:
+        self.state = state
+        self.grant = grant
+        self.lesson = lesson
+        self.resource = resource
+        self.participant_id = ""
+        self._subscription: Subscription | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._ended = False
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # -- what the SFU and the server call (as on a socket's connection) --------
+
+    def post_track_ended(self, track_id: str) -> None:
+        """One of its tracks ended by itself (the publisher went away)."""
+        self._spawn(self._track_ended(track_id))
+
+    def post_negotiation_failed(self) -> None:
+        """Never happens: a WHIP publisher receives nothing."""
+
+    def post_replaced(self) -> None:
+        """Another connection took this participant's seat: this session ends."""
+        self._spawn(self.end("replaced"))
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self, offer_sdp: str) -> str:
+        """Join the lesson, apply the offer, start forwarding; the answer SDP."""
+        state = self.state
+        participant, effects = self.lesson.join(self.grant)
+        self.participant_id = participant.id
+        if self.lesson.is_waiting(participant.id):
+            for effect in self.lesson.leave(participant.id, "WHIP publishers cannot wait"):
+                await execute_lesson_effect(state, effect)
+            raise WhipError(403, "the lesson holds newcomers in its lobby; WHIP cannot wait there")
+        state.add_connection(participant.id, self)
+        self._subscription = state.bus.subscribe(participant_topic(participant.id))
+        self._pump = asyncio.create_task(self._watch(self._subscription), name="whip-pump")
+        state.sfu.open(participant.id, self._ignore)
+        for effect in effects:
+            await execute_lesson_effect(state, effect)
+        try:
+            offer = p.PublishOffer(sdp=offer_sdp, tracks=[])
+        except ValueError as exc:
+            raise WhipError(400, f"the offer is not acceptable: {exc}") from None
+        try:
+            result = await state.sfu.accept_publish_offer(participant.id, offer)
+        except p.ProtocolError as exc:
+            raise WhipError(400, exc.message) from None
+        if not result.started:
+            raise WhipError(400, "the offer sends no audio or video the server can take")
+        for incoming in result.started:
+            info, track_effects = self.lesson.add_track(
+                participant.id, incoming.kind, incoming.source
+            )
+            state.sfu.start_forwarding(participant.id, info.id, incoming)
+            for effect in track_effects:
+                await execute_lesson_effect(state, effect)
+        return result.answer_sdp
+
+    async def end(self, reason: str) -> None:
+        """Leave the lesson and release the peer connection (idempotent)."""
+        async with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        state = self.state
+        pid = self.participant_id
+        if pid:
+            effects = self.lesson.leave(pid, reason)
+            await state.sfu.close(pid)
+            for effect in effects:
+                await execute_lesson_effect(state, effect)
+            state.registry.discard_if_empty(self.lesson.id)
+            state.remove_connection(pid, self)
+        if self._subscription is not None:
+            self._subscription.close()
+        if self._pump is not None and self._pump is not asyncio.current_task():
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        state.whip.pop(self.resource, None)
+
+    async def _track_ended(self, track_id: str) -> None:
+        if self._ended:
+            return
+        for effect in self.lesson.remove_track(self.participant_id, track_id, "ended"):
+            await execute_lesson_effect(self.state, effect)
+        participant = self.lesson.participants.get(self.participant_id)
+        if participant is not None and not participant.tracks:
+            await self.end("the WHIP publisher went away")
+
+    async def _watch(self, subscription: Subscription) -> None:
+        """Read the participant's messages: a bye (removed, lesson ended, shutdown)
+        ends the session; everything else is for pages, not for a camera."""
+        while True:
+            text = await subscription.get()
+            if '"bye"' in text:
+                with contextlib.suppress(ValueError):
+                    if p.parse_server_message(text)["type"] == "bye":
+                        self._spawn(self.end("removed"))
+                        return
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _ignore(self, message: p.ServerMessage) -> None:
+        """The SFU's messages for a publisher that never subscribes."""
+
+
+class WhipError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class WhipEndpoint:
+    """The WHIP routes."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/whip", self.endpoint, methods=["POST", "OPTIONS"]),
+            Route("/whip/resource/{resource}", self.resource, methods=["DELETE", "PATCH"]),
+        ]
+
+    def _grant(self, request: Request) -> Grant:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise WhipError(401, "Authorization: Bearer <join token> is required")
+        try:
+            return verify_token(self.state.settings.secret, token.strip())
+        except TokenError as exc:
+            raise WhipError(401, f"the token was refused: {exc.reason}") from None
+
+    async def endpoint(self, request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Accept-Post": SDP_TYPE})
+        try:
+            return await self._publish(request)
+        except WhipError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            return PlainTextResponse(exc.message, status_code=exc.status, headers=headers)
+
+    async def _publish(self, request: Request) -> Response:
+        state = self.state
+        if not state.accepting:
+            raise WhipError(503, "the server is shutting down")
+        if request.headers.get("content-type", "").split(";")[0].strip() != SDP_TYPE:
+            raise WhipError(415, f"the offer must be sent as {SDP_TYPE}")
+        grant = self._grant(request)
+        if not is_allowed(grant.role, Permission.PUBLISH, frozenset()):
+            raise WhipError(403, f"a {grant.role.value} link may not publish")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_OFFER_BYTES:
+            raise WhipError(413, f"the offer is larger than {MAX_OFFER_BYTES} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_OFFER_BYTES:
+                raise WhipError(413, f"the offer is larger than {MAX_OFFER_BYTES} bytes")
+        try:
+            offer = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise WhipError(400, "the offer is not UTF-8 text") from None
+        lesson = state.registry.lesson(grant.lesson)
+        # The same link publishing again (OBS reconnecting) replaces the old session.
+        for other in list(state.whip.values()):
+            if other.grant.token_id == grant.token_id:
+                await other.end("rejoined")
+        resource = secrets.token_urlsafe(16)
+        session = WhipSession(state, grant, lesson, resource)
+        state.whip[resource] = session
+        try:
+            if lesson.ended:
+                raise WhipError(403, "this lesson has ended")
+            try:
+                answer = await session.start(offer)
+            except Forbidden as exc:
+                raise WhipError(403, exc.message) from None
+        except BaseException:
+            await session.end("refused")
+            state.registry.discard_if_empty(lesson.id)
+            raise
+        logger.info("WHIP publisher %s joined lesson %s", session.participant_id, lesson.id)
+        return Response(
+            answer,
+            status_code=201,
+            media_type=SDP_TYPE,
+            headers={"Location": f"/whip/resource/{resource}"},
+        )
+
+    async def resource(self, request: Request) -> Response:
+        session = self.state.whip.get(request.path_params["resource"])
+        if request.method == "PATCH":
+            # RFC 9725 4.3.1: no trickle ICE and no ICE restart here.
+            return PlainTextResponse(
+                "trickle ICE and ICE restarts are not supported: the answer holds every candidate",
+                status_code=405,
+                headers={"Allow": "DELETE"},
+            )
+        try:
+            grant = self._grant(request)
+        except WhipError as exc:
+            return PlainTextResponse(exc.message, status_code=exc.status)
+        if session is None or session.grant.token_id != grant.token_id:
+            return PlainTextResponse("no such WHIP session", status_code=404)
+        await session.end("left")
+        return Response(status_code=200)
