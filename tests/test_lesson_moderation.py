@@ -370,7 +370,7 @@ def test_a_teacher_is_told_whom_each_moderation_message_applies_to() -> None:
     assert targets["grant_publish"] == p.TargetRule(roles=["student"], school=None)
     assert targets["revoke_publish"].roles == ["student"]
     # Nothing to mute or present on a role that never publishes.
-    publishing = ["classroom", "delegate", "expert", "student", "teacher"]
+    publishing = ["classroom", "delegate", "expert", "field_trip", "student", "teacher"]
     for message in ("mute", "allow_unmute", "set_presenter"):
         assert targets[message] == p.TargetRule(roles=publishing, school=None)
     everyone = sorted(r.value for r in Role)
@@ -395,7 +395,7 @@ def test_a_delegate_is_told_its_own_school_and_no_teachers() -> None:
     }
     assert all(rule.school == "south" for rule in targets.values())
     assert all("teacher" not in rule.roles for rule in targets.values())
-    assert targets["mute"].roles == ["classroom", "delegate", "expert", "student"]
+    assert targets["mute"].roles == ["classroom", "delegate", "expert", "field_trip", "student"]
 
 
 @pytest.mark.parametrize("role", [Role.STUDENT, Role.CLASSROOM, Role.EXPERT, Role.OBSERVER])

@@ -134,6 +134,8 @@ class ClassroomPage {
     this.bindPage();
     const room = new RoomView(this.store, this, this.claims);
     this.views = [room, new TeacherView(this.store, this, room)];
+    // Every role may be held in the lobby (a classroom of a school not invited too).
+    this.prejoin = new PrejoinView(this.store, this, this.claims);
     if (this.role === "classroom") {
       // Nobody is at the keyboard of a room PC: join without a click.
       this.views.push(new ClassroomView(this, room));
@@ -142,7 +144,6 @@ class ClassroomPage {
       return;
     }
     if (this.role === "student") this.views.push(new StudentView(this.store));
-    this.prejoin = new PrejoinView(this.store, this, this.claims);
     this.prejoin.show();
     // An observer only watches: its pre-join asks for no camera.
     if (this.role !== "observer") {
@@ -388,7 +389,7 @@ class ClassroomPage {
   /** The store changed: keep the media (local tracks, tiles, what plays) in step. */
   lessonChanged(change) {
     document.body.dataset.connection = this.store.connection; // for style and support
-    this.renderDirectorPanels();
+    if (change.type !== "chat_message" && change.type !== "chat_history") this.renderDirectorPanels();
     switch (change.type) {
       case "participant_joined":
       case "participant_updated":

@@ -197,7 +197,7 @@ def test_each_page_shows_the_buttons_its_targets_allow(room: Room) -> None:
     # without teachers, a student on nobody.
     assert teacher.targets()["remove"]["school"] is None
     assert delegate.targets()["remove"] == {
-        "roles": ["classroom", "delegate", "expert", "observer", "student"],
+        "roles": ["classroom", "delegate", "expert", "field_trip", "observer", "student"],
         "school": "south",
     }
     assert sam.targets() == {} and room.nia.targets() == {}

@@ -1,6 +1,6 @@
 // Before the lesson: the pre-join screen (who one joins as, a camera preview,
-// camera and microphone pickers, Join) and the lobby while the teacher has not let
-// one in yet.
+// camera and microphone pickers, Join; a classroom skips it) and the lobby while
+// the teacher has not let one in yet.
 
 import { listDevices } from "../media.js";
 import { setBanner, showScreen, whoLabel } from "../ui.js";
