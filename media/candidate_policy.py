@@ -26,6 +26,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+# Candidates a gate remembers (admitted or refused), so that repeats are not counted.
+MAX_REMEMBERED = 256
 MAX_CANDIDATES = 16  # per peer connection: more than any real client has
 MIN_PORT = 1024
 IPV4_NETWORK = 24  # "the same network": this prefix around an address
@@ -97,15 +99,26 @@ class CandidatePolicy:
 
 @dataclass(slots=True)
 class CandidateGate:
-    """Counts what one peer connection admitted; says no past the cap."""
+    """Counts the distinct candidates one peer connection admitted in its current ICE
+    generation; says no past the cap.
+
+    Each renegotiation repeats the client's candidates in its SDP: one seen before is
+    neither counted again nor refused for the cap (else a long lesson's answers would
+    refuse every candidate, and an ICE restart would then find none). New ICE
+    credentials (a restart) start a new generation with a fresh count."""
 
     policy: CandidatePolicy
     networks: tuple[Network, ...]
     admitted: int = 0
-    refused: int = 0
+    refused: int = 0  # distinct candidates refused, over every generation
+    _ufrag: str | None = None
+    _seen: dict[str, str | None] = field(default_factory=dict)  # candidate -> refusal
 
     def admit(self, candidate: str) -> str | None:
         """Admit one candidate (None), or say why not."""
+        key = " ".join(candidate.split())
+        if key in self._seen:
+            return self._seen[key]
         reason = self.policy.refusal(candidate, self.networks)
         if reason is None and self.admitted >= self.policy.max_candidates:
             reason = f"more than {self.policy.max_candidates} candidates"
@@ -113,11 +126,19 @@ class CandidateGate:
             self.admitted += 1
         else:
             self.refused += 1
+        if len(self._seen) < MAX_REMEMBERED:
+            self._seen[key] = reason
         return reason
 
     def filter_sdp(self, sdp: str) -> str:
         """``sdp`` without the candidate lines this gate refuses."""
         lines = sdp.split("\r\n")
+        ufrag = next((line[12:] for line in lines if line.startswith("a=ice-ufrag:")), None)
+        if ufrag is not None and ufrag != self._ufrag:
+            if self._ufrag is not None:  # an ICE restart: a new generation of candidates
+                self.admitted = 0
+                self._seen.clear()
+            self._ufrag = ufrag
         kept = [
             line
             for line in lines

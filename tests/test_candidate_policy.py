@@ -106,3 +106,38 @@ def test_candidates_in_sdp_pass_the_same_gate() -> None:
         "a=" + candidate("93.184.216.34")
     ]
     assert "a=mid:0" in filtered and gate.refused == 2
+
+
+def sdp_with(ufrag: str, *candidates: str) -> str:
+    return "\r\n".join(
+        ["v=0", "m=audio 9 UDP/TLS/RTP/SAVPF 111", f"a=ice-ufrag:{ufrag}"]
+        + ["a=" + c for c in candidates]
+        + ["a=mid:0", ""]
+    )
+
+
+def test_candidates_repeated_by_renegotiations_count_once() -> None:
+    """Every answer of a long lesson repeats the client's candidates: they stay admitted
+    (the cap counts distinct ones), and refusals are counted once each."""
+    gate = PUBLIC_SERVER.gate("93.184.216.34")
+    ports = [candidate("93.184.216.34", 40_000 + n) for n in range(MAX_CANDIDATES)]
+    answer = sdp_with("abcd", *ports, candidate("127.0.0.1"))
+    for _ in range(50):
+        kept = [line for line in gate.filter_sdp(answer).split("\r\n") if "candidate" in line]
+        assert kept == ["a=" + c for c in ports]
+    assert (gate.admitted, gate.refused) == (MAX_CANDIDATES, 1)
+    # Past the cap, a new one is still refused.
+    assert (
+        gate.admit(candidate("93.184.216.34", 41_000)) == f"more than {MAX_CANDIDATES} candidates"
+    )
+
+
+def test_an_ice_restart_starts_a_new_count() -> None:
+    """New ICE credentials (a phone moving from Wi-Fi to mobile data): the new network's
+    candidates are admitted, up to the cap again."""
+    gate = PUBLIC_SERVER.gate("93.184.216.34")
+    first = [candidate("93.184.216.34", 40_000 + n) for n in range(MAX_CANDIDATES)]
+    gate.filter_sdp(sdp_with("wifi", *first))
+    moved = [candidate("93.184.216.35", 50_000 + n) for n in range(MAX_CANDIDATES)]
+    assert gate.filter_sdp(sdp_with("wifi", *moved)).count("a=candidate") == 0
+    assert gate.filter_sdp(sdp_with("mobile", *moved)).count("a=candidate") == MAX_CANDIDATES
