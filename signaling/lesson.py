@@ -38,7 +38,9 @@ from .permissions import (
     Scope,
     can_be_granted,
     effective_permissions,
+    may_ever_publish,
     scope_of,
+    target_roles,
 )
 from .recording import (
     DirectorState,
@@ -66,6 +68,30 @@ DEFAULT_SEAT_GRACE = 60.0
 RELEASED_AT_ONCE = frozenset(
     {"left", "removed", "denied", "lesson_ended", "flood", "server_shutdown"}
 )
+
+_EVERY_ROLE = frozenset(Role)
+_PUBLISHING_ROLES = frozenset(r for r in Role if may_ever_publish(r))
+_GRANTABLE_ROLES = frozenset(r for r in Role if can_be_granted(r, Permission.PUBLISH))
+
+# Messages that act on another participant: the permission each needs and the roles
+# it does something to (one cannot mute or present a role that never publishes, nor
+# grant publishing to a role that publishes by the table or never may). With the
+# actor's own reach (:func:`~signaling.permissions.target_roles` and its scope) this
+# is what ``targets`` in ``welcome`` tells a client it may do to whom, so that the
+# page offers only what does something; every handler checks the actor's reach again.
+TARGETED_MESSAGES: dict[str, tuple[Permission, frozenset[Role]]] = {
+    "grant_publish": (Permission.GRANT_PUBLISH, _GRANTABLE_ROLES),
+    "revoke_publish": (Permission.GRANT_PUBLISH, _GRANTABLE_ROLES),
+    "grant_floor": (Permission.GRANT_PUBLISH, _EVERY_ROLE),
+    "admit": (Permission.ADMIT, _EVERY_ROLE),
+    "deny": (Permission.ADMIT, _EVERY_ROLE),
+    "mute": (Permission.MODERATE, _PUBLISHING_ROLES),
+    "allow_unmute": (Permission.MODERATE, _PUBLISHING_ROLES),
+    "remove": (Permission.MODERATE, _EVERY_ROLE),
+    "lower_hand": (Permission.MODERATE, _EVERY_ROLE),
+    "set_presenter": (Permission.RUN_LESSON, _PUBLISHING_ROLES),
+    "spotlight": (Permission.RUN_LESSON, _EVERY_ROLE),
+}
 
 
 # --- state -------------------------------------------------------------------
@@ -112,9 +138,28 @@ class Participant:
         """Whether this participant holds ``permission`` right now."""
         return scope_of(self.role, permission, frozenset(self.granted)) is not None
 
-    def permissions(self) -> list[str]:
-        """Sorted names of every permission held now."""
-        return sorted(effective_permissions(self.role, frozenset(self.granted)))
+    def permissions(self, chat_policy: ChatPolicy) -> list[str]:
+        """Sorted names of every permission held now; ``chat`` only where the lesson's
+        chat policy lets this role write."""
+        held = effective_permissions(self.role, frozenset(self.granted))
+        if self.role not in CHAT_POLICY_ROLES[chat_policy]:
+            held -= {Permission.CHAT}
+        return sorted(held)
+
+    def targets(self) -> dict[str, p.TargetRule]:
+        """Whom this participant may send each message about that acts on another
+        (:data:`TARGETED_MESSAGES`); messages it may not send at all are left out."""
+        rules: dict[str, p.TargetRule] = {}
+        for message, (permission, acts_on) in TARGETED_MESSAGES.items():
+            scope = scope_of(self.role, permission, frozenset(self.granted))
+            roles = acts_on & target_roles(self.role, permission)
+            if scope is None or not roles:
+                continue
+            rules[message] = p.TargetRule(
+                roles=sorted(roles),
+                school=self.school if scope is Scope.OWN_SCHOOL else None,
+            )
+        return rules
 
     def info(self) -> p.ParticipantInfo:
         """The participant as other participants see it."""
@@ -1001,7 +1046,8 @@ class Lesson:
                     participant_id=pid,
                     lesson=self.id,
                     you=participant.info(),
-                    permissions=participant.permissions(),
+                    permissions=participant.permissions(self.settings.chat_policy),
+                    targets=participant.targets(),
                     participants=[x.info() for x in self.participants.values() if x.id != pid],
                     ice_servers=self._ice_servers(pid),
                     state=self.state(),
@@ -1170,7 +1216,13 @@ class Lesson:
 
     def _rights_changed(self, target: Participant) -> list[Effect]:
         return [
-            Deliver(target.id, p.PermissionsChanged(permissions=target.permissions())),
+            Deliver(
+                target.id,
+                p.PermissionsChanged(
+                    permissions=target.permissions(self.settings.chat_policy),
+                    targets=target.targets(),
+                ),
+            ),
             *self._updated(target),
         ]
 
@@ -1181,9 +1233,7 @@ class Lesson:
 
     def _may_act_on(self, actor: Participant, permission: Permission, target: Participant) -> bool:
         scope = scope_of(actor.role, permission, frozenset(actor.granted))
-        if scope is None:
-            return False
-        if target.role in TEACHING_ROLES and actor.role not in TEACHING_ROLES:
+        if scope is None or target.role not in target_roles(actor.role, permission):
             return False
         return scope is Scope.ANY or target.school == actor.school
 

@@ -161,6 +161,22 @@ def can_be_granted(role: Role, permission: Permission) -> bool:
     return permission in GRANTABLE.get(role, frozenset())
 
 
+def may_ever_publish(role: Role) -> bool:
+    """Whether ``role`` publishes by the table or can be allowed to at run time."""
+    return Permission.PUBLISH in ROLE_PERMISSIONS.get(role, {}) or can_be_granted(
+        role, Permission.PUBLISH
+    )
+
+
+def target_roles(role: Role, permission: Permission) -> frozenset[Role]:
+    """The roles that ``role`` may act on with ``permission`` (empty if it does not hold
+    it): only a teacher acts on a teacher. The scope (:func:`scope_of`) narrows this to
+    the actor's own school where it says so."""
+    if permission not in ROLE_PERMISSIONS.get(role, {}):
+        return frozenset()
+    return frozenset(Role) if role in TEACHING_ROLES else frozenset(Role) - TEACHING_ROLES
+
+
 def effective_permissions(role: Role, granted: frozenset[Permission]) -> frozenset[Permission]:
     """Every permission a participant holds right now (role plus valid grants)."""
     return frozenset(p for p in Permission if is_allowed(role, p, granted))

@@ -496,6 +496,15 @@ class Keepalive(BaseModel):
     timeout: float
 
 
+class TargetRule(BaseModel):
+    """Whom a participant may send one message about: a participant with one of
+    ``roles`` and, if ``school`` is set, of that school only."""
+
+    model_config = _SERVER_MODEL_CONFIG
+    roles: list[str]
+    school: str | None
+
+
 class Welcome(_Message):
     """Answer to ``join``: who you are, what you may do, who is here."""
 
@@ -504,6 +513,8 @@ class Welcome(_Message):
     lesson: str
     you: ParticipantInfo
     permissions: list[str]
+    # Per message that acts on another participant and that you may send: about whom.
+    targets: dict[str, TargetRule] = Field(default_factory=dict)
     participants: list[ParticipantInfo]
     ice_servers: list[IceServer]
     state: LessonState
@@ -561,6 +572,7 @@ class PermissionsChanged(_Message):
 
     type: Literal["permissions_changed"] = "permissions_changed"
     permissions: list[str]
+    targets: dict[str, TargetRule] = Field(default_factory=dict)
 
 
 class TrackPublished(_Message):

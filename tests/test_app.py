@@ -262,6 +262,7 @@ async def test_grant_reaches_the_student_and_everyone(connect: Any) -> None:
         "v": 1,
         "type": "permissions_changed",
         "permissions": ["ask_to_unmute", "chat", "join", "publish", "raise_hand", "subscribe"],
+        "targets": {},
     }
     updated = await receive(teacher)
     assert updated["type"] == "participant_updated" and updated["participant"]["can_publish"]

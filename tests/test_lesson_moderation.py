@@ -20,7 +20,7 @@ from signaling.lesson import (
     Subscribe,
     Unsubscribe,
 )
-from signaling.permissions import Permission, Role
+from signaling.permissions import ChatPolicy, Permission, Role
 from signaling.records import AttendanceEvent, AttendanceKind, BanRecord, ChatRecord
 from signaling.tokens import Grant
 
@@ -352,3 +352,111 @@ def test_groups_by_hand_validate_members() -> None:
     assert a.group == "1"
     with pytest.raises(p.ProtocolError, match="no group"):
         room.visit_group(teacher.id, "7")
+
+
+# -- what each participant is told it may do to whom ---------------------------
+
+
+def welcome_of(effects: list[Effect], pid: str) -> p.Welcome:
+    (welcome,) = messages(effects, pid, "welcome")
+    assert isinstance(welcome, p.Welcome)
+    return welcome
+
+
+def test_a_teacher_is_told_whom_each_moderation_message_applies_to() -> None:
+    room = lesson()
+    teacher, effects = room.join(grant("T", Role.TEACHER))
+    targets = welcome_of(effects, teacher.id).targets
+    assert targets["grant_publish"] == p.TargetRule(roles=["student"], school=None)
+    assert targets["revoke_publish"].roles == ["student"]
+    # Nothing to mute or present on a role that never publishes.
+    publishing = ["classroom", "delegate", "expert", "field_trip", "student", "teacher"]
+    for message in ("mute", "allow_unmute", "set_presenter"):
+        assert targets[message] == p.TargetRule(roles=publishing, school=None)
+    everyone = sorted(r.value for r in Role)
+    for message in ("remove", "lower_hand", "grant_floor", "admit", "deny", "spotlight"):
+        assert targets[message] == p.TargetRule(roles=everyone, school=None)
+
+
+def test_a_delegate_is_told_its_own_school_and_no_teachers() -> None:
+    room = lesson()
+    delegate, effects = room.join(grant("D", Role.DELEGATE, school="south"))
+    targets = welcome_of(effects, delegate.id).targets
+    assert set(targets) == {
+        "grant_publish",
+        "revoke_publish",
+        "grant_floor",
+        "admit",
+        "deny",
+        "mute",
+        "allow_unmute",
+        "remove",
+        "lower_hand",
+    }
+    assert all(rule.school == "south" for rule in targets.values())
+    assert all("teacher" not in rule.roles for rule in targets.values())
+    assert targets["mute"].roles == ["classroom", "delegate", "expert", "field_trip", "student"]
+
+
+@pytest.mark.parametrize("role", [Role.STUDENT, Role.CLASSROOM, Role.EXPERT, Role.OBSERVER])
+def test_participants_without_moderation_are_told_of_no_targets(role: Role) -> None:
+    room = lesson()
+    participant, effects = room.join(grant("P", role))
+    assert welcome_of(effects, participant.id).targets == {}
+
+
+@pytest.mark.parametrize("actor_role", [Role.TEACHER, Role.DELEGATE])
+@pytest.mark.parametrize("target_role", list(Role))
+@pytest.mark.parametrize("target_school", ["north", "south"])
+def test_the_targets_a_client_is_told_are_the_targets_the_lesson_accepts(
+    actor_role: Role, target_role: Role, target_school: str
+) -> None:
+    """For the messages whose handlers check only the actor's reach: told may ⇔ accepted."""
+    room = lesson()
+    actor, effects = room.join(grant("A", actor_role, school="north"))
+    target, _ = room.join(grant("B", target_role, school=target_school))
+    targets = welcome_of(effects, actor.id).targets
+    for message, act in (
+        ("mute", lambda: room.mute(actor.id, target.id, "audio")),
+        ("lower_hand", lambda: room.lower_hand(actor.id, target.id)),
+        ("remove", lambda: room.remove(actor.id, target.id)),  # last: the target goes
+    ):
+        rule = targets.get(message)
+        told = (
+            rule is not None
+            and target_role.value in rule.roles
+            and rule.school in (None, target_school)
+        )
+        try:
+            act()
+            accepted = True
+        except Forbidden:
+            accepted = False
+        if message == "mute" and target_role is Role.OBSERVER:
+            # Accepted, but an observer has nothing to mute: no button for it.
+            assert not told
+        else:
+            assert told == accepted, (message, actor_role, target_role, target_school)
+
+
+def test_granting_publish_sends_permissions_and_targets() -> None:
+    room = lesson()
+    teacher, _ = room.join(grant("T", Role.TEACHER))
+    student, _ = room.join(grant("S", Role.STUDENT))
+    effects = room.grant_publish(teacher.id, student.id)
+    (changed,) = messages(effects, student.id, "permissions_changed")
+    assert "publish" in changed.permissions
+    assert changed.targets == {}
+
+
+def test_the_chat_policy_narrows_the_chat_permission_in_welcome() -> None:
+    room = lesson(chat_policy=ChatPolicy.TEACHERS_ONLY)
+    teacher, teacher_effects = room.join(grant("T", Role.TEACHER))
+    student, student_effects = room.join(grant("S", Role.STUDENT))
+    assert "chat" in welcome_of(teacher_effects, teacher.id).permissions
+    assert "chat" not in welcome_of(student_effects, student.id).permissions
+    # Granting publishing does not open the chat again.
+    (changed,) = messages(
+        room.grant_publish(teacher.id, student.id), student.id, "permissions_changed"
+    )
+    assert "chat" not in changed.permissions

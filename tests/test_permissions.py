@@ -14,7 +14,9 @@ from signaling.permissions import (
     can_be_granted,
     effective_permissions,
     is_allowed,
+    may_ever_publish,
     scope_of,
+    target_roles,
 )
 
 P = Permission
@@ -83,3 +85,15 @@ def test_chat_policies_narrow_chat() -> None:
     assert Role.OBSERVER not in CHAT_POLICY_ROLES[ChatPolicy.NO_OBSERVERS]
     assert CHAT_POLICY_ROLES[ChatPolicy.TEACHERS_ONLY] == {Role.TEACHER, Role.DELEGATE}
     assert not CHAT_POLICY_ROLES[ChatPolicy.OFF]
+
+
+def test_only_observers_never_publish() -> None:
+    assert {r for r in Role if not may_ever_publish(r)} == {Role.OBSERVER}
+
+
+def test_only_a_teacher_acts_on_a_teacher() -> None:
+    assert target_roles(Role.TEACHER, P.MODERATE) == set(Role)
+    assert target_roles(Role.DELEGATE, P.MODERATE) == set(Role) - {Role.TEACHER}
+    # Without the permission, nobody.
+    assert target_roles(Role.DELEGATE, P.RUN_LESSON) == set()
+    assert target_roles(Role.STUDENT, P.MODERATE) == set()

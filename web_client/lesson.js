@@ -134,19 +134,6 @@ export class ChatLog {
   }
 }
 
-// Who may write in chat under the lesson's chat policy (mirrors the server's table).
-const CHAT_POLICY_ROLES = {
-  everyone: null,
-  no_observers: ["teacher", "delegate", "student", "classroom", "expert"],
-  teachers_only: ["teacher", "delegate"],
-  off: [],
-};
-
-export function chatOpenFor(role, policy) {
-  const roles = CHAT_POLICY_ROLES[policy];
-  return roles === undefined || roles === null || roles.includes(role);
-}
-
 // -- panels ----------------------------------------------------------------------
 
 function ordinal(n) {

@@ -18,6 +18,11 @@ export function roleLabel(role) {
   return ROLE_LABELS[role] ?? role;
 }
 
+/** "Ana (Student, south)": who a link says one is, for greetings and the header. */
+export function whoLabel({ name, role, school }) {
+  return `${name} (${roleLabel(role)}${school ? `, ${school}` : ""})`;
+}
+
 
 /** Show one of the screens: loading, fatal, prejoin, lobby or room. */
 export function showScreen(name) {
