@@ -57,6 +57,10 @@ FINAL_BYES = frozenset(
 class JoinRefused(ConnectionError):
     """The server refused the join (or the lobby turned us away); says why."""
 
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 @dataclass(slots=True)
 class ReceivedTrack:
@@ -123,6 +127,7 @@ class LessonClient:
         self.bye: dict[str, Any] | None = None
         self.publish_pc: RTCPeerConnection | None = None
         self.subscribe_pc: RTCPeerConnection | None = None
+        self._stale_pcs: list[RTCPeerConnection] = []  # a released seat's, to close
         # From welcome, replaced by each ice_servers message (renewed TURN credentials).
         self.ice_servers: list[RTCIceServer] = []
         self.keepalive_timeout = KEEPALIVE_TIMEOUT
@@ -185,7 +190,7 @@ class LessonClient:
             self._opening = None
             self._waiters = [(pr, f) for pr, f in self._waiters if f is not opening]
         if message["type"] == "bye":
-            raise JoinRefused(message.get("message", "join refused"))
+            raise JoinRefused(message.get("message", "join refused"), message.get("reason"))
         if message["type"] == "lobby_wait":
             self.participant_id = message["participant_id"]
         return message
@@ -216,7 +221,7 @@ class LessonClient:
     async def _release(self) -> None:
         for camera in self.cameras:
             await camera.stop()
-        for pc in (self.publish_pc, self.subscribe_pc):
+        for pc in (self.publish_pc, self.subscribe_pc, *self._stale_pcs):
             if pc is not None:
                 await pc.close()
         if self._ws is not None:
@@ -335,6 +340,8 @@ class LessonClient:
                     10,
                 )
             except JoinRefused as exc:  # removed, the lesson ended...
+                if exc.reason == "unavailable":
+                    continue  # the servers cannot place the lesson yet: try again
                 self.failure = f"could not rejoin: {exc}"
                 self.closed.set()
                 return
@@ -359,12 +366,20 @@ class LessonClient:
         if self.publish_pc is not None and self._publish_specs:
             await self._offer_publish(restart=True)
 
-    async def _start_over(self) -> None:
-        """The server gave us a new seat (ours was released): our media starts over."""
-        old = [pc for pc in (self.publish_pc, self.subscribe_pc) if pc is not None]
+    def _drop_media(self) -> None:
+        """A welcome to a new seat (ours was released): forget the old seat's peer
+        connections at once, in the reader, so that the new seat's first subscribe
+        offer, which may follow the welcome at once, gets a connection of its own.
+        They are closed by :meth:`_start_over`."""
+        self._stale_pcs += [pc for pc in (self.publish_pc, self.subscribe_pc) if pc is not None]
         self.publish_pc = self.subscribe_pc = None
         for mid in list(self._by_mid):
             self._end_track(self._by_mid.pop(mid).track_id)
+
+    async def _start_over(self) -> None:
+        """The server gave us a new seat (ours was released): our media starts over
+        (the welcome already dropped the old seat's connections)."""
+        old, self._stale_pcs = self._stale_pcs, []
         for pc in old:
             await pc.close()
         tracks, self._publish_tracks = self._publish_tracks, []
@@ -507,6 +522,8 @@ class LessonClient:
             if self.answer_pings:
                 await self.send(p.ClientPong())
         elif kind == "welcome":
+            if not message.get("resumed"):
+                self._drop_media()
             self.welcome = message
             self.participant_id = message["participant_id"]
             self.ice_servers = _ice_servers(message["ice_servers"])

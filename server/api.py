@@ -38,6 +38,7 @@ from signaling.catalogue import (
     SchoolIn,
 )
 from signaling.permissions import Role
+from signaling.placement import PlacementUnavailable
 from signaling.records import LessonEndedRecord
 from signaling.tokens import TokenError, check_identifier, verify_token
 
@@ -46,6 +47,7 @@ from .links import JoinLink, LinkError, LinkMaker
 from .live import LiveLesson
 from .qr import qr_svg_data_uri
 from .recordings_api import RecordingsApi
+from .redis_relay import OwnerUnreachable
 from .state import ServerState
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -306,17 +308,24 @@ class Api:
         self._lesson_access(request, lesson_id)
         lesson = self.catalogue.lesson(lesson_id)
         live = self.state.registry.find(lesson_id)
-        return _json(
-            {
-                **lesson.model_dump(mode="json"),
-                "live": {
-                    "participants": len(live.participants),
-                    "waiting": len(live.waiting),
-                }
-                if live is not None
-                else None,
-            }
+        summary = (
+            {"participants": len(live.participants), "waiting": len(live.waiting)}
+            if live is not None
+            else await self._ask_owner(lesson_id, "summary")
         )
+        return _json({**lesson.model_dump(mode="json"), "live": summary})
+
+    async def _ask_owner(self, lesson_id: str, question: str, details: Any = None) -> Any:
+        """What the node that serves a lesson not served here answers (None: no node
+        serves it, or there are no other nodes)."""
+        cluster = self.state.cluster
+        if cluster is None:
+            return None
+        try:
+            _, answer = await cluster.ask_owner(lesson_id, question, details)
+        except (PlacementUnavailable, OwnerUnreachable) as exc:
+            raise ApiError(503, f"the lesson's server cannot be reached now ({exc})") from None
+        return answer
 
     async def update_lesson(self, request: Request) -> Response:
         lesson_id = request.path_params["lesson_id"]
@@ -332,7 +341,7 @@ class Api:
         if live is not None:
             for effect in live.close("the lesson was ended by its organiser"):
                 await execute_lesson_effect(self.state, effect)
-        else:
+        elif not await self._ask_owner(lesson_id, "end"):
             self.state.record(LessonEndedRecord(lesson_id, time.time()))
         return _json(lesson)
 
@@ -377,7 +386,16 @@ class Api:
     async def live_lessons(self, request: Request) -> Response:
         """Every running lesson: participants per school, publishing, bitrate, loss."""
         self._admin(request)
-        return _json(await self.state.live.lessons())
+        lessons: list[Any] = [x.model_dump(mode="json") for x in await self.state.live.lessons()]
+        cluster = self.state.cluster
+        if cluster is not None:
+            # With --redis: every node's lessons (a node that does not answer is left out).
+            try:
+                for answer in await cluster.ask_every_node("live_lessons"):
+                    lessons += answer or []
+            except PlacementUnavailable as exc:
+                raise ApiError(503, f"the other servers cannot be reached now ({exc})") from None
+        return _json(lessons)
 
     async def live_lesson(self, request: Request) -> Response:
         """One running lesson's live view; 404 while nobody is in it."""
@@ -385,7 +403,10 @@ class Api:
         self._lesson_access(request, lesson_id)
         live = self.state.registry.find(lesson_id)
         if live is None:
-            raise ApiError(404, f"nobody is in lesson {lesson_id!r} now")
+            elsewhere = await self._ask_owner(lesson_id, "live")
+            if elsewhere is None:
+                raise ApiError(404, f"nobody is in lesson {lesson_id!r} now")
+            return _json(elsewhere)
         return _json(await self.state.live.lesson(live))
 
     # -- attendance --------------------------------------------------------------

@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse(state.metrics())
 
     api = Api(state)
+    whip = WhipEndpoint(state)
     document = openapi_document(api, version("lco-classroom"))
 
     async def openapi(request: Request) -> Response:
@@ -90,10 +91,15 @@ def create_app(settings: Settings) -> Starlette:
             await websocket.close(code=1013)
             return
         await websocket.accept()
-        await ParticipantConnection(state, websocket).run()
+        if state.cluster is not None:
+            await state.cluster.serve_socket(websocket)
+        else:
+            await ParticipantConnection(state, websocket).run()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if state.cluster is not None:
+            await state.cluster.start()
         # Lag for Prometheus and /readyz; connections' keep-alives ask the same watch.
         loop_watch().on_lag(state.prometheus.observe_lag)
         background = [
@@ -108,6 +114,8 @@ def create_app(settings: Settings) -> Starlette:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await state.shutdown()
+            if state.cluster is not None:
+                await state.cluster.stop()
             state.close()
 
     app = Starlette(
@@ -119,7 +127,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/openapi.json", openapi),
             *api.routes(),
             *api.recordings.routes(),
-            *WhipEndpoint(state).routes(),
+            *whip.routes(),
             Route("/", page("landing.html")),
             Route("/join", page("index.html")),
             Route("/recordings", page("recordings.html")),

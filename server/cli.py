@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from signaling.permissions import Role
 from signaling.tokens import mint_token
@@ -226,6 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the 'node' label of every metric (env LCO_NODE_NAME; default: the host name)",
     )
     serve.add_argument(
+        "--redis",
+        default=os.environ.get("LCO_REDIS_URL"),
+        help="Redis URL, e.g. redis://127.0.0.1:6379/0: serve lessons together with the "
+        "other nodes using it (env LCO_REDIS_URL; default: no Redis, one process)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("LCO_WORKERS", "1")),
+        help="processes sharing the port on this machine, each a node (needs --redis; "
+        "env LCO_WORKERS; default 1)",
+    )
+    serve.add_argument(
         "--no-demo",
         action="store_true",
         default=os.environ.get("LCO_NO_DEMO", "") not in ("", "0"),
@@ -339,6 +353,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if webhooks
         else b"",
         node_name=args.node_name,
+        redis_url=args.redis or None,
     )
 
 
@@ -348,6 +363,10 @@ def _secrets_of(settings: Settings) -> list[str]:
     if settings.turn is not None:
         hidden.append(settings.turn.secret.decode())
     hidden += [s.credential for s in settings.ice_servers if s.credential]
+    if settings.redis_url:
+        password = urlsplit(settings.redis_url).password
+        if password:
+            hidden.append(password)
     return hidden
 
 
@@ -360,10 +379,28 @@ def _serve(args: argparse.Namespace) -> int:
     secure_data_dir(args.data_dir)
     settings = settings_from_args(args)
     configure_logging(args.log_level, args.log_format, hide=_secrets_of(settings))
+    if args.workers < 1:
+        raise SystemExit("lco serve: --workers must be at least 1")
+    if args.workers > 1 and settings.redis_url is None:
+        raise SystemExit(
+            "lco serve: --workers needs --redis (or LCO_REDIS_URL): the workers place "
+            "lessons and relay sockets through Redis"
+        )
     banner = None
     if not args.no_demo:
         given = args.admin_key or os.environ.get("LCO_ADMIN_KEY")
         banner = demo_banner(settings, None if given else args.data_dir / "admin.key")
+    if args.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(
+            settings,
+            args.workers,
+            log_level=args.log_level,
+            log_format=args.log_format,
+            hide=_secrets_of(settings),
+            banner=banner,
+        )
     run_server(settings, log_level=args.log_level, banner=banner)
     return 0
 

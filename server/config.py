@@ -79,7 +79,11 @@ class Settings:
     # Request-head and keep-alive timeouts, connections in all and per address.
     connection_limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     # The ``node`` label of every metric: tells servers apart behind one Prometheus.
+    # With Redis it is also the node's id among the others: unique per process.
     node_name: str = field(default_factory=socket.gethostname)
+    # Redis (``redis://host:port/db``): lessons are placed on, and sockets relayed to,
+    # several nodes. None: every lesson lives in this process.
+    redis_url: str | None = field(default=None, repr=False)
     # Seconds after which a finished recording is deleted (None: kept until deleted).
     recording_retention: float | None = None
 

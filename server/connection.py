@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.datastructures import Address
+from starlette.websockets import WebSocketDisconnect
 
 from media.loop_watch import loop_watch
 from signaling import protocol as p
@@ -100,7 +102,28 @@ class _Replaced:
     pass
 
 
-_InboxItem = _Frame | _Disconnected | _TrackEnded | _NegotiationFailed | _OfferSent | _Replaced
+@dataclass(frozen=True, slots=True)
+class _Moved:
+    pass
+
+
+_InboxItem = (
+    _Frame | _Disconnected | _TrackEnded | _NegotiationFailed | _OfferSent | _Replaced | _Moved
+)
+
+
+class Socket(Protocol):
+    """What a connection needs of its socket: Starlette's ``WebSocket``, or a socket
+    relayed from another node (``server/redis_relay.py``)."""
+
+    @property
+    def client(self) -> Address | None: ...
+
+    async def receive(self) -> MutableMapping[str, Any]: ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
 class Outbox:
@@ -144,7 +167,15 @@ class Outbox:
 class ParticipantConnection:
     """Owns one socket, its session and (once joined) its participant."""
 
-    def __init__(self, state: ServerState, websocket: WebSocket) -> None:
+    def __init__(
+        self,
+        state: ServerState,
+        websocket: Socket,
+        first_frame: str | bytes | None = None,
+        opened_at: float | None = None,
+    ) -> None:
+        """``first_frame``: the socket's first message, already read by whoever chose
+        this node for it (``opened_at``, monotonic, is when the socket opened)."""
         self._state = state
         self._ws = websocket
         self._session = SignalingSession(secret=state.settings.secret, registry=state.registry)
@@ -153,8 +184,10 @@ class ParticipantConnection:
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._close_code = CLOSE_NORMAL
-        self._opened = time.monotonic()  # for the join latency metric
+        self._opened = time.monotonic() if opened_at is None else opened_at
         self._last_heard = time.monotonic()
+        if first_frame is not None:
+            self._inbox.put_nowait(_Frame(first_frame))
 
     @property
     def participant_id(self) -> str | None:
@@ -180,6 +213,12 @@ class ParticipantConnection:
         with contextlib.suppress(asyncio.QueueFull):
             self._inbox.put_nowait(_Replaced())
 
+    def post_moved(self) -> None:
+        """Another node serves this participant's lesson now: the client is told to
+        reconnect (its next socket reaches that node)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbox.put_nowait(_Moved())
+
     async def run(self) -> None:
         """Serve the socket until it closes; always releases everything."""
         self._tasks = [
@@ -196,7 +235,7 @@ class ParticipantConnection:
 
     async def _own(self) -> str:
         settings = self._state.settings
-        started = time.monotonic()
+        started = self._opened
         watch = loop_watch()
         while True:
             joined = self._session.state is SessionState.JOINED
@@ -226,6 +265,16 @@ class ParticipantConnection:
                 self._close_code = CLOSE_POLICY
                 self._outbox.close()
                 return "replaced"
+            if isinstance(item, _Moved):
+                self._send(
+                    p.Bye(
+                        reason="server_shutdown",
+                        message="the lesson moved to another server; reconnecting",
+                    )
+                )
+                self._close_code = CLOSE_GOING_AWAY
+                self._outbox.close()
+                return "moved"
             if isinstance(item, _OfferSent):
                 self._session.answer_expected()
                 continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from media.loop_watch import TICK
 
 if TYPE_CHECKING:
+    from .cluster import Cluster
     from .state import ServerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -226,6 +227,9 @@ class _StateCollector(Collector):
         yield lost
         yield received
 
+        if state.cluster is not None:
+            yield from self._cluster(state.cluster, gauge, counter)
+
         webhooks = CounterMetricFamily(
             "lco_webhook_events_total", "Webhook events by outcome", labels=["node", "outcome"]
         )
@@ -237,6 +241,43 @@ class _StateCollector(Collector):
             "lco_resident_memory_bytes", "Resident memory of the server process", resident_bytes()
         )
         yield gauge("lco_asyncio_tasks", "asyncio tasks of the server process", _task_count())
+
+    def _cluster(
+        self,
+        cluster: Cluster,
+        gauge: Callable[[str, str, float], GaugeMetricFamily],
+        counter: Callable[[str, str, float], CounterMetricFamily],
+    ) -> Iterator[Metric]:
+        """With ``--redis``: Redis reachability, relayed sockets and frames, conflicts."""
+        node = self._node
+        yield gauge(
+            "lco_redis_up",
+            "1 while Redis answers this node's heartbeat and relay channel",
+            int(cluster.redis_up),
+        )
+        counts = cluster.relay.counts
+        sockets = GaugeMetricFamily(
+            "lco_relayed_sockets",
+            "Sockets relayed between nodes: entry (the client is here, its lesson elsewhere) "
+            "or owner (the lesson is here, the client elsewhere)",
+            labels=["node", "side"],
+        )
+        sockets.add_metric([node, "entry"], counts["entry_sockets"])
+        sockets.add_metric([node, "owner"], counts["owner_sockets"])
+        yield sockets
+        frames = CounterMetricFamily(
+            "lco_relayed_frames_total",
+            "Client frames relayed to lessons' nodes (in) and their frames written back (out)",
+            labels=["node", "direction"],
+        )
+        frames.add_metric([node, "in"], counts["frames_in"])
+        frames.add_metric([node, "out"], counts["frames_out"])
+        yield frames
+        yield counter(
+            "lco_placement_conflicts_total",
+            "Renewals that found another node owning one of this node's lessons",
+            cluster.placement.conflicts,
+        )
 
 
 def _task_count() -> int:

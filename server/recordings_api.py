@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
@@ -79,6 +79,8 @@ class RecordingsApi:
     def __init__(self, api: Api) -> None:
         self.api = api
         self.state = api.state
+        # With --redis, another node's API asks the lesson's node (server/cluster.py).
+        self.state.answers["recording"] = self._answer
 
     def operations(self) -> list[Operation]:
         from .api import Operation
@@ -154,18 +156,36 @@ class RecordingsApi:
         lesson_id = request.path_params["lesson_id"]
         principal = self.api._lesson_access(request, lesson_id)
         body: RecordingControl = await read_model(request, RecordingControl)
+        by = "the operator" if principal.admin else "a teacher (through the API)"
+        if self.state.registry.find(lesson_id) is None:
+            # With --redis the lesson may live on another node: it decides there.
+            elsewhere = await self.api._ask_owner(
+                lesson_id, "recording", {"recording": body.recording, "by": by}
+            )
+            if elsewhere is not None:
+                return _json(RecordingState(lesson=lesson_id, recording=bool(elsewhere)))
+        active = await self.apply(lesson_id, body.recording, by)
+        if active is None:
+            raise ApiError(409, "the lesson is not live: nobody is in it")
+        return _json(RecordingState(lesson=lesson_id, recording=active))
+
+    async def _answer(self, lesson_id: str, details: Any) -> bool | None:
+        return await self.apply(lesson_id, bool(details["recording"]), str(details["by"]))
+
+    async def apply(self, lesson_id: str, recording: bool, by: str) -> bool | None:
+        """Start or stop recording a lesson live on this node; whether it records now
+        (None: not live here)."""
         lesson = self.state.registry.find(lesson_id)
         if lesson is None or lesson.ended:
-            raise ApiError(409, "the lesson is not live: nobody is in it")
-        by = "the operator" if principal.admin else "a teacher (through the API)"
+            return None
         effects = (
             lesson.start_recording(None, by)
-            if body.recording
+            if recording
             else lesson.stop_recording(None, f"stopped by {by}")
         )
         for effect in effects:
             await execute_lesson_effect(self.state, effect)
-        return _json(RecordingState(lesson=lesson_id, recording=lesson.recording.active))
+        return lesson.recording.active
 
     async def delete(self, request: Request) -> Response:
         from .api import ApiError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -42,6 +43,7 @@ class SeatKeeper:
         # One task at a time carries out effects here, so they keep their order.
         self._queue: asyncio.Queue[Callable[[], list[Effect]]] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self.expedited: set[str] = set()
 
     def hold(self, effect: HoldSeat) -> None:
         """Call ``Lesson.release`` for the seat at ``effect.until``."""
@@ -49,10 +51,20 @@ class SeatKeeper:
         previous = self._timers.pop(key, None)
         if previous is not None:
             previous.cancel()
-        delay = max(0.0, effect.until - self._clock())
+        # An expedited seat is released now, whatever its deadline (see expedite()).
+        until = math.inf if effect.lesson in self.expedited else effect.until
+        delay = 0.0 if until == math.inf else max(0.0, until - self._clock())
         self._timers[key] = asyncio.get_running_loop().call_later(
-            delay, self._due, effect.lesson, effect.participant_id, effect.until
+            delay, self._due, effect.lesson, effect.participant_id, until
         )
+
+    def expedite(self, lesson_id: str) -> None:
+        """Release the lesson's held seats now, and seats held from now on at once (the
+        lesson is served by another node now: nobody comes back to them here)."""
+        self.expedited.add(lesson_id)
+        for lesson, participant_id in [key for key in self._timers if key[0] == lesson_id]:
+            self._timers.pop((lesson, participant_id)).cancel()
+            self._due(lesson, participant_id, math.inf)
 
     def held(self) -> int:
         """How many seats wait for their release time (for ``/metrics``)."""
@@ -94,6 +106,8 @@ class SeatKeeper:
             # clock is another one: it is at least ``until`` now, as far as we know.
             effects = lesson.release(participant_id, max(self._clock(), until))
             self._registry.discard_if_empty(lesson_id)
+            if self._registry.find(lesson_id) is None:
+                self.expedited.discard(lesson_id)
             return effects
 
         self.apply(lesson_id, release)

@@ -55,8 +55,27 @@ def raise_open_file_limit(wanted: int = 65536) -> int:
     return soft
 
 
-def run_server(settings: Settings, log_level: str = "info", banner: str | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; print ``banner`` once listening."""
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that other processes may bind too (the kernel spreads new
+    connections over them): how ``--workers`` share one port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def run_server(
+    settings: Settings,
+    log_level: str = "info",
+    banner: str | None = None,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until SIGINT or SIGTERM; print ``banner`` once listening. ``reuse_port``:
+    share the port with other processes (``--workers``)."""
     limits = settings.connection_limits
     open_files = raise_open_file_limit()
     logger.info("open file limit: %d", open_files)
@@ -94,4 +113,5 @@ def run_server(settings: Settings, log_level: str = "info", banner: str | None =
         timeout_keep_alive=limits.keep_alive_timeout,
     )
     logger.info("LCO Classroom listening on http://%s:%d", settings.host, settings.port)
-    _LessonServer(config, app.state.lco, banner).run()
+    sockets = [reuse_port_socket(settings.host, settings.port)] if reuse_port else None
+    _LessonServer(config, app.state.lco, banner).run(sockets=sockets)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import RTCIceServer
@@ -31,6 +32,7 @@ from .sessions import ConsoleSessions
 from .webhooks import Webhooks, WebhookSettings
 
 if TYPE_CHECKING:
+    from .cluster import Cluster
     from .whip import WhipSession
 
 
@@ -42,6 +44,8 @@ class Connection(Protocol):
     def post_negotiation_failed(self) -> None: ...
 
     def post_replaced(self) -> None: ...
+
+    def post_moved(self) -> None: ...
 
 
 logger = logging.getLogger(__name__)
@@ -67,17 +71,27 @@ class ServerState:
                 )
         self.turn = settings.turn
         self.records = SqliteRecordStore(settings.data_dir / "lco.sqlite3")
-        closed = self.records.close_open_sessions()
-        if closed:
-            logger.warning("closed %d attendance sessions left open by a previous run", closed)
+        if settings.redis_url is None:
+            closed = self.records.close_open_sessions()
+            if closed:
+                logger.warning("closed %d attendance sessions left open by a previous run", closed)
+        # With Redis, the nodes of one machine share the record store: sessions open
+        # at start may be another node's, live.
         self.catalogue = Catalogue(settings.data_dir / "catalogue.sqlite3")
+        # With Redis: this node among others (server/cluster.py); started by the app.
+        self.cluster: Cluster | None = None
         self.registry = InMemoryLessonRegistry(
             self.ice_servers_for,
             self.records,
             settings_for=self.catalogue.settings_for,
             seat_grace=settings.seat_grace,
             keepalive=p.Keepalive(interval=settings.ping_interval, timeout=settings.idle_timeout),
+            on_discard=self._lesson_discarded,
         )
+        if settings.redis_url is not None:
+            from .cluster import Cluster
+
+            self.cluster = Cluster(settings.redis_url, self, settings.node_name)
         self.bus = InMemoryEventBus()
         self.sfu = Sfu(
             IceSettings(
@@ -117,6 +131,9 @@ class ServerState:
         self.prometheus = ServerMetrics(self, settings.node_name)
         self.seats = SeatKeeper(self.registry, self.execute)
         self.whip: dict[str, WhipSession] = {}  # resource id -> WHIP publisher
+        # With --redis: what this node answers when another node asks about a lesson it
+        # serves, by question (server/cluster.py); routes add theirs.
+        self.answers: dict[str, Callable[[str, Any], Awaitable[Any]]] = {}
         self.accepting = True
         self._no_connections = asyncio.Event()
         self._no_connections.set()
@@ -161,6 +178,11 @@ class ServerState:
         while True:
             self.records.beat()
             await asyncio.sleep(interval)
+
+    def _lesson_discarded(self, lesson_id: str) -> None:
+        # Its last participant left: another node may serve it next time.
+        if self.cluster is not None:
+            self.cluster.placement.forget(lesson_id)
 
     async def _execute(self, effect: Effect) -> None:
         await self.execute([effect])
@@ -216,6 +238,8 @@ class ServerState:
                 probe()
             except Exception as exc:  # any failure of the database means not ready
                 problems[name] = f"{type(exc).__name__}: {exc}"
+        if self.cluster is not None:
+            problems.update(self.cluster.problems())
         lag = self.prometheus.last_lag
         if lag > READY_MAX_LAG:
             problems["event_loop"] = f"{lag:.2f} s late (limit {READY_MAX_LAG} s)"
@@ -245,4 +269,13 @@ class ServerState:
             "rss_bytes": resident_bytes(),
             "sfu": self.sfu.stats(),
             "recordings": self.recordings.metrics(),
+            "cluster": None
+            if self.cluster is None
+            else {
+                "node": self.cluster.node_id,
+                "redis_up": self.cluster.redis_up,
+                "relay": self.cluster.relay.counts,
+                "lessons": sorted(lesson.id for lesson in self.registry.lessons()),
+                "placement_conflicts": self.cluster.placement.conflicts,
+            },
         }

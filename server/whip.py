@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import Coroutine
@@ -30,9 +31,11 @@ from signaling import protocol as p
 from signaling.bus import Subscription, participant_topic
 from signaling.lesson import Forbidden, Lesson
 from signaling.permissions import Permission, is_allowed
+from signaling.placement import PlacementUnavailable
 from signaling.tokens import Grant, TokenError, verify_token
 
 from .connection import execute_lesson_effect
+from .redis_relay import OwnerUnreachable
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -70,6 +73,10 @@ class WhipSession:
     def post_replaced(self) -> None:
         """Another connection took this participant's seat: this session ends."""
         self._spawn(self.end("replaced"))
+
+    def post_moved(self) -> None:
+        """Another node serves the lesson now (``--redis``): this session ends."""
+        self._spawn(self.end("moved"))
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -171,6 +178,9 @@ class WhipEndpoint:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        # With --redis, WHIP requests another node relays here (server/cluster.py).
+        for question in ("whip_publish", "whip_end"):
+            state.answers[question] = functools.partial(self.answer, question)
 
     def routes(self) -> list[Route]:
         return [
@@ -178,15 +188,22 @@ class WhipEndpoint:
             Route("/whip/resource/{resource}", self.resource, methods=["DELETE", "PATCH"]),
         ]
 
-    def _grant(self, request: Request) -> Grant:
+    @staticmethod
+    def _token(request: Request) -> str:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise WhipError(401, "Authorization: Bearer <join token> is required")
+        return token.strip()
+
+    def _verify(self, token: str) -> Grant:
         try:
-            return verify_token(self.state.settings.secret, token.strip())
+            return verify_token(self.state.settings.secret, token)
         except TokenError as exc:
             raise WhipError(401, f"the token was refused: {exc.reason}") from None
+
+    def _grant(self, request: Request) -> Grant:
+        return self._verify(self._token(request))
 
     async def endpoint(self, request: Request) -> Response:
         if request.method == "OPTIONS":
@@ -218,6 +235,50 @@ class WhipEndpoint:
             offer = body.decode("utf-8")
         except UnicodeDecodeError:
             raise WhipError(400, "the offer is not UTF-8 text") from None
+        if state.cluster is not None:
+            # One node serves a lesson (--redis): another node's publish goes there.
+            details = {"token": self._token(request), "offer": offer}
+            elsewhere, reply = await self._ask(grant.lesson, "whip_publish", details)
+            if elsewhere:
+                return _relayed(reply)
+        answer, resource = await self.publish_here(grant, offer)
+        return Response(
+            answer,
+            status_code=201,
+            media_type=SDP_TYPE,
+            headers={"Location": f"/whip/resource/{resource}"},
+        )
+
+    async def _ask(self, lesson_id: str, question: str, details: Any) -> tuple[bool, Any]:
+        cluster = self.state.cluster
+        assert cluster is not None
+        try:
+            if question == "whip_publish":
+                return await cluster.ask_placed(lesson_id, question, details)
+            return await cluster.ask_owner(lesson_id, question, details)
+        except (PlacementUnavailable, OwnerUnreachable) as exc:
+            raise WhipError(503, f"the lesson's server cannot be reached now ({exc})") from None
+
+    async def answer(self, question: str, lesson_id: str, details: Any) -> dict[str, Any]:
+        """A WHIP request relayed from another node (``--redis``), answered here."""
+        try:
+            grant = self._verify(str(details["token"]))
+            if grant.lesson != lesson_id:
+                raise WhipError(403, "the token is for another lesson")
+            if question == "whip_publish":
+                answer, resource = await self.publish_here(grant, str(details["offer"]))
+                return {"status": 201, "sdp": answer, "resource": resource}
+            session = self.state.whip.get(str(details["resource"]))
+            if session is None or session.grant.token_id != grant.token_id:
+                raise WhipError(404, "no such WHIP session")
+            await session.end("left")
+            return {"status": 200}
+        except WhipError as exc:
+            return {"status": exc.status, "message": exc.message}
+
+    async def publish_here(self, grant: Grant, offer: str) -> tuple[str, str]:
+        """Publish ``offer`` for ``grant`` on this node: the answer and the resource id."""
+        state = self.state
         lesson = state.registry.lesson(grant.lesson)
         # The same link publishing again (OBS reconnecting) replaces the old session.
         for other in list(state.whip.values()):
@@ -238,12 +299,7 @@ class WhipEndpoint:
             state.registry.discard_if_empty(lesson.id)
             raise
         logger.info("WHIP publisher %s joined lesson %s", session.participant_id, lesson.id)
-        return Response(
-            answer,
-            status_code=201,
-            media_type=SDP_TYPE,
-            headers={"Location": f"/whip/resource/{resource}"},
-        )
+        return answer, resource
 
     async def resource(self, request: Request) -> Response:
         session = self.state.whip.get(request.path_params["resource"])
@@ -256,9 +312,35 @@ class WhipEndpoint:
             )
         try:
             grant = self._grant(request)
+            if session is None and self.state.cluster is not None:
+                # Published through another node (--redis): its lesson's node ends it.
+                details = {
+                    "token": self._token(request),
+                    "resource": request.path_params["resource"],
+                }
+                elsewhere, reply = await self._ask(grant.lesson, "whip_end", details)
+                if elsewhere:
+                    return _relayed(reply)
         except WhipError as exc:
             return PlainTextResponse(exc.message, status_code=exc.status)
         if session is None or session.grant.token_id != grant.token_id:
             return PlainTextResponse("no such WHIP session", status_code=404)
         await session.end("left")
         return Response(status_code=200)
+
+
+def _relayed(reply: Any) -> Response:
+    """The HTTP answer to a WHIP request another node answered."""
+    if not isinstance(reply, dict):
+        return PlainTextResponse("the lesson's server did not answer", status_code=503)
+    status = int(reply.get("status", 503))
+    if status == 201:
+        return Response(
+            str(reply["sdp"]),
+            status_code=201,
+            media_type=SDP_TYPE,
+            headers={"Location": f"/whip/resource/{reply['resource']}"},
+        )
+    if status == 200:
+        return Response(status_code=200)
+    return PlainTextResponse(str(reply.get("message", "")), status_code=status)

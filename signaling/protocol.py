@@ -641,6 +641,7 @@ ByeReason = Literal[
     "locked",
     "lesson_ended",
     "negotiation_failed",
+    "unavailable",
 ]
 
 

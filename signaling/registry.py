@@ -44,8 +44,11 @@ class InMemoryLessonRegistry:
         settings_for: Callable[[str], LessonSettings] | None = None,
         seat_grace: float = DEFAULT_SEAT_GRACE,
         keepalive: p.Keepalive | None = None,
+        on_discard: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_discard`` hears the id of each lesson forgotten because it emptied."""
         self._lessons: dict[str, Lesson] = {}
+        self._on_discard = on_discard
         self._seat_grace = seat_grace
         self._keepalive = keepalive
         self._ice_servers = ice_servers
@@ -75,6 +78,8 @@ class InMemoryLessonRegistry:
         lesson = self._lessons.get(lesson_id)
         if lesson is not None and lesson.is_empty:
             del self._lessons[lesson_id]
+            if self._on_discard is not None:
+                self._on_discard(lesson_id)
 
     def lessons(self) -> list[Lesson]:
         return list(self._lessons.values())

@@ -18,7 +18,8 @@ import { TeacherView } from "./views/teacher.js";
 const $ = (id) => document.getElementById(id);
 const MAX_BACKOFF_MS = 10_000;
 // A bye with one of these reasons is followed by a reconnect, not a final page.
-const RECONNECTING_BYES = new Set(["timeout", "server_shutdown", "negotiation_failed"]);
+// "unavailable": the servers cannot reach the lesson now (their Redis is down); keep trying.
+const RECONNECTING_BYES = new Set(["timeout", "server_shutdown", "negotiation_failed", "unavailable"]);
 // At most one ICE restart of a connection this often; after this many restarts in a
 // row that brought nothing back, the connection is replaced by a new one.
 const ICE_RESTART_INTERVAL_MS = 4_000;
