@@ -124,6 +124,14 @@ until the new one has a nominated pair (make before break). It uses:
     restart still connecting when the other side restarts again (it has moved on to
     newer credentials) is overtaken: its new connection is closed and the next one
     swaps in for the same old one, so a transport holds two ICE connections at most.
+
+Whether a peer connection is closing:
+
+31. ``RTCPeerConnection.__isClosed`` (read only): set as soon as ``close()`` begins
+    (aiortc closes a connection by itself when its DTLS transport closes). Neither
+    public state tells it: the connection state turns "closed" only at the end of
+    ``close()``, and the signalling state, "closed" at its start, goes back to
+    "stable" when a description being applied meanwhile completes.
 """
 
 from __future__ import annotations
@@ -492,6 +500,11 @@ def received_streams(receiver: RTCRtpReceiver) -> list[tuple[int, int, int]]:
         for ssrc, stream in list(streams.items())
         if ssrc not in rtx_ssrcs
     ]
+
+
+def is_closing(pc: Any) -> bool:
+    """Whether ``close()`` has begun on ``pc`` (hook 31): offers can no longer be made."""
+    return bool(getattr(pc, "_RTCPeerConnection__isClosed"))  # noqa: B009
 
 
 # --- the RTP fast path -------------------------------------------------------

@@ -960,8 +960,7 @@ def _quality_message(notice: QualityNotice) -> p.ReceiveQuality:
 
 
 def _is_closed(pc: RTCPeerConnection) -> bool:
-    # aiortc's close() sets the signalling state first and the connection state last.
-    return pc.signalingState == "closed" or pc.connectionState == "closed"
+    return hooks.is_closing(pc) or pc.connectionState == "closed"
 
 
 async def close_quietly(pc: RTCPeerConnection) -> None:

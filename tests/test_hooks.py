@@ -716,3 +716,16 @@ async def test_a_newer_restart_overtakes_one_still_connecting() -> None:
     finally:
         await sender_pc.close()
         await receiver_pc.close()
+
+
+async def test_a_peer_connection_is_closing_from_the_start_of_close() -> None:
+    """Hook 31: close() has begun, whatever the public states say meanwhile."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    assert not hooks.is_closing(pc)
+    closing = asyncio.ensure_future(pc.close())
+    await asyncio.sleep(0)  # one turn of the loop: close() has begun
+    assert hooks.is_closing(pc)
+    await closing
+    assert hooks.is_closing(pc) and pc.connectionState == "closed"
