@@ -320,7 +320,9 @@ class Criterion:
         if self.value is None:
             return f"{self.label}: not measured"
         value = f"{self.value:,.{self.digits}f}"
-        threshold = f"{self.threshold:,.{self.digits}f}".rstrip("0").rstrip(".")
+        threshold = f"{self.threshold:,.{self.digits}f}"
+        if "." in threshold:  # 20.0 -> 20, but 0 stays 0
+            threshold = threshold.rstrip("0").rstrip(".")
         words = [value, self.unit, self.op, threshold, self.unit]
         return f"{self.label}: " + " ".join(word for word in words if word)
 
