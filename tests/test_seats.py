@@ -236,14 +236,15 @@ async def test_a_client_notices_a_silent_server_and_takes_its_seat_back(
         await asyncio.wait_for(room.resumed.wait(), 20)
         noticed = time.monotonic() - silent_at
         assert (room.silences, room.resumes, room.participant_id) == (1, 1, seat)
+        # The server may have noticed the silence first (the same timeout): then the
+        # teacher saw the seat held, and sees it taken back. (Inside the proxy's
+        # block: leaving it closes the new socket too, and the seat is held again.)
+        async with asyncio.timeout(10):
+            while not teacher.participants[seat or ""]["connected"]:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
     # The figure (about the 4 s timeout plus a reconnect) is for the reader; the
     # bound above is the test's, generous for a loaded machine.
     print(f"\nclient noticed a silent server and took its seat back after {noticed:.2f} s")
-    # The server may have noticed the silence first (the same timeout): then the
-    # teacher saw the seat held, and sees it taken back.
-    async with asyncio.timeout(10):
-        while not teacher.participants[seat or ""]["connected"]:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
 
 
 # --- what moderators decided survives the reload --------------------------------------
