@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -17,6 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from media import hooks
 from media.client import LessonClient
@@ -157,6 +162,38 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
+def lco(*args: str) -> list[str]:
+    """The ``lco`` command line with ``args``, run by this checkout's interpreter."""
+    return [sys.executable, "-m", "server.cli", *args]
+
+
+def lco_publish(url: str, token: str, *args: str) -> list[str]:
+    """``lco publish`` into the lesson of ``token`` on the server at ``url``."""
+    return lco("publish", "--url", url, "--token", token, *args)
+
+
+@contextlib.asynccontextmanager
+async def loopback_http(routes: list[Route], port: int | None = None) -> AsyncIterator[str]:
+    """A small HTTP server on loopback (a webhook receiver, say) serving ``routes``
+    for the duration of the block; yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=routes),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -183,10 +220,7 @@ def start_server(
     env = {**os.environ, "LCO_SECRET": SECRET, "LCO_ADMIN_KEY": ADMIN_KEY, **(env or {})}
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
+            *lco("serve"),
             "--port",
             str(port),
             "--data-dir",

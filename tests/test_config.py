@@ -6,13 +6,12 @@ import os
 import sqlite3
 import stat
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import SECRET, start_server, stop_server
+from .conftest import SECRET, lco, start_server, stop_server
 
 
 @pytest.fixture
@@ -49,7 +48,7 @@ def test_lco_token_creates_the_directory_and_key_private(
     data_dir = tmp_path / "fresh"
     subprocess.run(
         [
-            *(sys.executable, "-m", "server.cli", "token", "--lesson", "l", "--name", "n"),
+            *lco("token", "--lesson", "l", "--name", "n"),
             *("--role", "student", "--data-dir", str(data_dir)),
         ],
         check=True,

@@ -6,13 +6,10 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,24 +19,13 @@ from server.webhooks import sign
 from signaling import protocol as p
 from signaling.permissions import Role
 
-from .conftest import SECRET, free_port, start_server, stop_server
+from .conftest import SECRET, lco, loopback_http, start_server, stop_server
 
 
 def export(data_dir: Path, lesson: str, fmt: str) -> str:
     """``lco attendance`` as an operator runs it."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "attendance",
-            "--lesson",
-            lesson,
-            "--format",
-            fmt,
-            "--data-dir",
-            str(data_dir),
-        ],
+        lco("attendance", "--lesson", lesson, "--format", fmt, "--data-dir", str(data_dir)),
         capture_output=True,
         text=True,
         check=True,
@@ -147,39 +133,27 @@ class Receiver:
 
 async def test_webhooks_are_signed_and_retried(tmp_path: Path) -> None:
     receiver = Receiver()
-    port = free_port()
-    hook_server = uvicorn.Server(
-        uvicorn.Config(
-            Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])]),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    serving = asyncio.create_task(hook_server.serve())
     secret = "hook-secret-" + "h" * 30
-    server = start_server(
-        tmp_path, "--webhook-url", f"http://127.0.0.1:{port}/hook", "--webhook-secret", secret
-    )
-    try:
-        teacher = LessonClient(server.ws, server.token("Ms T", Role.TEACHER, lesson="hooks"))
-        await teacher.connect()
-        student = LessonClient(server.ws, server.token("Ana", Role.STUDENT, lesson="hooks"))
-        await student.connect()
-        await student.send(p.RaiseHand())
-        async with asyncio.timeout(20):
-            while {"lesson.started", "participant.joined", "hand.raised"} - {
-                a["event"] for a in receiver.accepted
-            }:
-                receiver.event.clear()
-                await receiver.event.wait()
-        for client in (student, teacher):
-            await client.close()
-    finally:
-        stop_server(server)
-        hook_server.should_exit = True
-        await serving
+    async with loopback_http([Route("/hook", receiver.hook, methods=["POST"])]) as hook_url:
+        server = start_server(
+            tmp_path, "--webhook-url", f"{hook_url}/hook", "--webhook-secret", secret
+        )
+        try:
+            teacher = LessonClient(server.ws, server.token("Ms T", Role.TEACHER, lesson="hooks"))
+            await teacher.connect()
+            student = LessonClient(server.ws, server.token("Ana", Role.STUDENT, lesson="hooks"))
+            await student.connect()
+            await student.send(p.RaiseHand())
+            async with asyncio.timeout(20):
+                while {"lesson.started", "participant.joined", "hand.raised"} - {
+                    a["event"] for a in receiver.accepted
+                }:
+                    receiver.event.clear()
+                    await receiver.event.wait()
+            for client in (student, teacher):
+                await client.close()
+        finally:
+            stop_server(server)
     first_attempts = [c for c in receiver.calls if c[2] == 503]
     assert first_attempts, "no delivery was retried"
     for headers, body, _ in receiver.calls:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -26,7 +25,7 @@ from signaling.records import ChatRecord
 from signaling.sqlite_records import SqliteRecordStore
 from signaling.tokens import mint_token
 
-from .conftest import SECRET, RunningServer, start_server, stop_server
+from .conftest import SECRET, RunningServer, lco_publish, start_server, stop_server
 
 CHATTY = "chatty"
 LONG_CHAT = 540
@@ -83,21 +82,11 @@ def test_lco_publish_joins_a_lesson_with_a_long_chat_and_stays(
 ) -> None:
     started = time.monotonic()
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "publish",
-            "--url",
+        lco_publish(
             chatty_server.http,
-            "--token",
             token("Camera", Role.CLASSROOM, CHATTY),
-            "--source",
-            "none",
-            "--duration",
-            "2",
-            "--report",
-        ],
+            *("--source", "none", "--duration", "2", "--report"),
+        ),
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,26 +18,12 @@ import websockets
 from media.client import LessonClient
 from signaling.permissions import Role
 
-from .conftest import RunningServer, start_server, stop_server
+from .conftest import RunningServer, lco_publish, start_server, stop_server
 from .netns import NestedNamespace
 
 pytestmark = pytest.mark.usefixtures("decoding_clients")
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def lco_publish(url: str, token: str, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "server.cli",
-        "publish",
-        "--url",
-        url,
-        "--token",
-        token,
-        *args,
-    ]
 
 
 def welcome_for(participant_id: str) -> dict[str, Any]:

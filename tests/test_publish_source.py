@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import fractions
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from signaling.permissions import Role
 
-from .conftest import RunningServer
+from .conftest import RunningServer, lco_publish
 from .rtsp_server import RtspServer
 
 pytestmark = pytest.mark.usefixtures("decoding_clients")
@@ -55,21 +54,12 @@ def make_file(path: Path, video: str, audio: str, seconds: int = 4) -> Path:
 
 async def start_publish(server: RunningServer, token: str, source: str, seconds: int) -> Any:
     return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server.cli",
-        "publish",
-        "--url",
-        server.http,
-        "--token",
-        token,
-        "--source",
-        source,
-        "--duration",
-        str(seconds),
-        "--ice-host",
-        "127.0.0.1",
-        "--report",
+        *lco_publish(
+            server.http,
+            token,
+            *("--source", source, "--duration", str(seconds), "--ice-host", "127.0.0.1"),
+            "--report",
+        ),
         stdout=asyncio.subprocess.PIPE,
     )
 

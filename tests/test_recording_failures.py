@@ -14,8 +14,6 @@ import resource
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -28,7 +26,7 @@ from signaling import protocol as p
 from signaling.permissions import Role
 from signaling.registry import InMemoryLessonRegistry
 
-from .conftest import free_port, start_server, stop_server
+from .conftest import loopback_http, start_server, stop_server
 
 FILE_LIMIT = 400 * 1024
 
@@ -61,21 +59,19 @@ async def test_a_write_error_stops_recording_not_the_lesson(tmp_path: Path) -> N
     hooks.install_counting_hooks()
     hooks.set_host_addresses(["127.0.0.1"])
     receiver = Receiver()
-    port = free_port()
-    hook_server = uvicorn.Server(
-        uvicorn.Config(
-            Starlette(routes=[Route("/hook", receiver.hook, methods=["POST"])]),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    serving = asyncio.create_task(hook_server.serve())
+    async with loopback_http([Route("/hook", receiver.hook, methods=["POST"])]) as hook_url:
+        try:
+            await record_until_the_disk_refuses(tmp_path, receiver, hook_url)
+        finally:
+            hooks.uninstall_hooks()
+            hooks.set_host_addresses(None)
+
+
+async def record_until_the_disk_refuses(tmp_path: Path, receiver: Receiver, hook_url: str) -> None:
     server = start_server(
         tmp_path,
         "--webhook-url",
-        f"http://127.0.0.1:{port}/hook",
+        f"{hook_url}/hook",
         "--webhook-secret",
         "s" * 40,
         preexec_fn=limit_file_size,
@@ -111,10 +107,6 @@ async def test_a_write_error_stops_recording_not_the_lesson(tmp_path: Path) -> N
         await teacher.close()
         await student.close()
         stop_server(server)
-        hook_server.should_exit = True
-        await serving
-        hooks.uninstall_hooks()
-        hooks.set_host_addresses(None)
 
 
 async def _nothing(effect: Any) -> None:

@@ -11,7 +11,6 @@ the classroom's camera in the middle; the files are decoded with PyAV.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 from signaling import protocol as p
 from signaling.permissions import Role
 
-from .conftest import RunningServer, start_server, stop_server
+from .conftest import RunningServer, lco, lco_publish, start_server, stop_server
 
 pytestmark = pytest.mark.usefixtures("decoding_clients")
 
@@ -123,18 +122,7 @@ async def start_camera(
 ) -> asyncio.subprocess.Process:
     token = server.token(name, role, lesson=lesson, school=school)
     return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server.cli",
-        "publish",
-        "--url",
-        server.http,
-        "--token",
-        token,
-        "--source",
-        "test-pattern",
-        "--ice-host",
-        "127.0.0.1",
+        *lco_publish(server.http, token, "--source", "test-pattern", "--ice-host", "127.0.0.1"),
         stdout=asyncio.subprocess.DEVNULL,
     )
 
@@ -270,16 +258,8 @@ async def record_lesson(
     assert len(changes) == 3
     composed = directory.parent / "composed.webm"
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server.cli",
-        "recording",
-        "compose",
-        lesson,
-        "--data-dir",
-        str(server.data_dir),
-        "--output",
-        str(composed),
+        *lco("recording", "compose", lesson, "--data-dir", str(server.data_dir)),
+        *("--output", str(composed)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
