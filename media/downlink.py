@@ -1,15 +1,21 @@
 """How much video one participant's downlink can carry, judged from its reports.
 
-Sans-I/O: receiver reports (the fraction of packets lost, RFC 3550 6.4.1) and the
-time go in; a *level* comes out, which caps the simulcast layer of every video the
-participant receives: :data:`HIGH` (no cap), one step down per level, :data:`LOW`
-(the lowest layer), :data:`AUDIO_ONLY` (no video at all).
+Sans-I/O: loss figures and the time go in; a *level* comes out, which caps the
+simulcast layer of every video the participant receives: :data:`HIGH` (no cap), one
+step down per level, :data:`LOW` (the lowest layer), :data:`AUDIO_ONLY` (no video).
 
-- **Down, within seconds.** When the smoothed loss passes :data:`LOSS_DOWN` the
-  level drops one step (two when it passes :data:`LOSS_FAR_DOWN`), at most once per
-  :data:`SETTLE` seconds so that each step can take effect before the next; never
-  past the lowest layer at once. Loss that goes on at the lowest layer for
-  :data:`VIDEO_OFF_AFTER` seconds turns video off.
+Two figures of loss come in: each receiver report block (the fraction of packets
+lost, RFC 3550 6.4.1, about the last second or so), and, between them, the share of
+the packets sent that the viewer NACKed (:class:`NackLoss`, within a round trip of
+the loss, a window of about half a second).
+
+- **Down, within a second or two.** When the smoothed loss passes :data:`LOSS_DOWN`
+  the level drops one step (two when it passes :data:`LOSS_FAR_DOWN`); the next
+  step counts only figures about the new level (that began after the change, or
+  :data:`SETTLE` seconds after it for a report, whose span is not known), so that
+  each step can take effect before the next; never past the lowest layer at once.
+  Loss that receiver reports show at the lowest layer for :data:`VIDEO_OFF_AFTER`
+  seconds turns video off.
 - **Up, slowly and safely.** After :data:`HOLD` seconds without loss at a level,
   the server *probes*: it sends padding (no media) for :data:`PROBE_SECONDS` so that
   the downlink carries what the next level would need. The first report after the
@@ -28,7 +34,9 @@ LOSS_DOWN = 0.08  # smoothed fraction lost above which the level drops
 LOSS_FAR_DOWN = 0.35  # ... by two steps at once
 LOSS_CLEAR = 0.02  # below this a level (or a probe) counts as clean
 SMOOTHING = 0.5  # weight of each new report in the smoothed loss
-SETTLE = 1.5  # seconds between two steps down
+SETTLE = 1.5  # seconds a receiver report may look back: what it says after a step
+NACK_WINDOW_PACKETS = 30  # a NACK figure covers at least this many packets sent
+NACK_WINDOW_MAX = 4.0  # seconds: a window still short of packets then starts again
 # Seconds of loss at the lowest layers before video goes off: the first reports there
 # still count what was lost before the switch (which waits for a keyframe).
 VIDEO_OFF_AFTER = 4.0
@@ -62,8 +70,13 @@ class DownlinkQuality:
         """Whether padding is being sent now."""
         return self._probe_until is not None
 
-    def report(self, fraction_lost: float, now: float) -> bool:
-        """One receiver report block of one of its videos; True if the level changed."""
+    def report(self, fraction_lost: float, now: float, since: float | None = None) -> bool:
+        """A figure of loss about the time from ``since`` to ``now``: a NACK window,
+        or a receiver report block when ``since`` is None (about the last
+        :data:`SETTLE` seconds or so); True if the level changed. Only reports turn
+        video off: the drastic step waits for the viewer's own account of its loss."""
+        from_nacks = since is not None
+        since = now - SETTLE if since is None else since
         self.loss = (1 - SMOOTHING) * self.loss + SMOOTHING * max(0.0, min(1.0, fraction_lost))
         if self._probe_until is not None:
             if fraction_lost > LOSS_CLEAR:
@@ -75,10 +88,10 @@ class DownlinkQuality:
             self._clean_since = None
         elif self._clean_since is None:
             self._clean_since = now
-        if self.loss <= LOSS_DOWN or now - self._changed_at < SETTLE:
+        if self.loss <= LOSS_DOWN or since < self._changed_at:
             return False
         if self.level == AUDIO_ONLY or (
-            self.level == LOW and now - self._changed_at < VIDEO_OFF_AFTER
+            self.level == LOW and (from_nacks or now - self._changed_at < VIDEO_OFF_AFTER)
         ):
             return False
         steps = 2 if self.loss > LOSS_FAR_DOWN else 1
@@ -124,3 +137,41 @@ class DownlinkQuality:
         self._changed_at = now
         self.loss = 0.0
         return False
+
+
+class NackLoss:
+    """The share of the packets sent to a viewer that it NACKed, window by window.
+
+    A receiver asks again for what is still missing each time it finds a new gap, so
+    each packet counts once, at its first NACK: NACKs come in increasing order, so
+    only indices past the highest counted are new. A window closes once it covers
+    :data:`NACK_WINDOW_PACKETS` packets sent (a small layer sends a few a tenth of a
+    second), so that one lost packet does not read as heavy loss."""
+
+    def __init__(self, now: float) -> None:
+        self._since = now
+        self._sent = 0
+        self._nacked = 0
+        self._highest: dict[object, int] = {}
+
+    def nacked(self, stream: object, index: int) -> None:
+        """``stream`` (one video sent to the viewer) was NACKed for output ``index``."""
+        if index > self._highest.get(stream, -1):
+            self._highest[stream] = index
+            self._nacked += 1
+
+    def forget(self, stream: object) -> None:
+        """``stream`` is no longer sent to the viewer."""
+        self._highest.pop(stream, None)
+
+    def close(self, sent: int, now: float) -> tuple[float, float] | None:
+        """``sent`` more packets went to the viewer since the last call: (fraction
+        NACKed, when the window began) if the window is full, else None."""
+        self._sent += sent
+        if self._sent < NACK_WINDOW_PACKETS:
+            if now - self._since > NACK_WINDOW_MAX:
+                self._since, self._sent, self._nacked = now, 0, 0
+            return None
+        figure = (min(1.0, self._nacked / self._sent), self._since)
+        self._since, self._sent, self._nacked = now, 0, 0
+        return figure

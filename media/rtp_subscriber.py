@@ -48,6 +48,9 @@ class Downlink(Protocol):
     def report(self, fraction_lost: float) -> None:
         """One receiver report block about one of its videos."""
 
+    def nacked(self, subscriber: RtpSubscriber, index: int) -> None:
+        """``subscriber`` (one of its videos) was NACKed for output ``index``."""
+
 
 HISTORY = 512  # packets per video subscriber kept for retransmission (power of two)
 PROBE_BURST = 0.05  # seconds between two bursts of probe padding
@@ -437,6 +440,9 @@ class RtpSubscriber:
         try:
             record = ring[sequence_number & self.mask] if ring is not None else None
             index = self._index_of(sequence_number)
+            downlink = self.downlink
+            if downlink is not None and self.floor <= index <= self.highest:
+                downlink.nacked(self, index)  # a loss figure well before the next report
             if (
                 record is None
                 or (record[0] + self.ext_offset) & 0xFFFF != sequence_number

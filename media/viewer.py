@@ -8,7 +8,8 @@ frame path forwards what the publisher sends):
 - what it asks for: ``auto``, ``low_data`` (the smallest layer of everything) or
   ``audio_only`` (no video);
 - what its downlink carries (:class:`media.downlink.DownlinkQuality`, from the
-  receiver reports of its videos; probed with padding before going up).
+  receiver reports of its videos and what it NACKs; probed with padding before
+  going up).
 
 Every few tenths of a second :meth:`Viewer.tick` probes when it is time, and returns
 a notice for the participant when what it receives changed.
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .downlink import AUDIO_ONLY, HIGH, LOW, DownlinkQuality
+from .downlink import AUDIO_ONLY, HIGH, LOW, DownlinkQuality, NackLoss
 from .rtp_forward import RtpForwarder
 from .rtp_subscriber import RtpSubscriber
 
@@ -56,6 +57,8 @@ class Viewer:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
         self.quality = DownlinkQuality(clock())
+        self.nacks = NackLoss(clock())
+        self._sent: dict[str, int] = {}  # track id -> packets sent, at the last tick
         self.mode: Mode = "auto"
         self._widths: dict[str, int] = {}  # track id -> rendered width (0: hidden)
         self._videos: dict[str, tuple[RtpForwarder, RtpSubscriber]] = {}
@@ -75,15 +78,23 @@ class Viewer:
         if self.quality.report(fraction_lost, self._clock()):
             self._retarget()
 
+    def nacked(self, subscriber: RtpSubscriber, index: int) -> None:
+        """One of its videos was NACKed for output ``index``."""
+        self.nacks.nacked(subscriber, index)
+
     def add(self, track_id: str, forwarder: RtpForwarder, subscriber: RtpSubscriber) -> None:
         """A video it now receives."""
         subscriber.downlink = self
         self._videos[track_id] = (forwarder, subscriber)
+        self._sent[track_id] = subscriber.packets
         self._apply(track_id)
 
     def remove(self, track_id: str) -> None:
         """A video it no longer receives."""
-        self._videos.pop(track_id, None)
+        video = self._videos.pop(track_id, None)
+        self._sent.pop(track_id, None)
+        if video is not None:
+            self.nacks.forget(video[1])
 
     def configure(self, mode: Mode, widths: dict[str, int]) -> None:
         """What the viewer asks for: a mode, and the width it renders each track at
@@ -96,6 +107,7 @@ class Viewer:
     def tick(self) -> QualityNotice | None:
         """Probe the downlink when it is time; a notice when what it receives changed."""
         now = self._clock()
+        self._judge_nacks(now)
         if self.mode == "auto" and self._videos:
             level = self.quality.level
             rate = next_rate = 0.0
@@ -119,6 +131,16 @@ class Viewer:
             return None
         self._last = notice
         return notice
+
+    def _judge_nacks(self, now: float) -> None:
+        """Close the NACK window when it covers enough packets: one more figure."""
+        sent = 0
+        for track_id, (_, subscriber) in self._videos.items():
+            sent += subscriber.packets - self._sent[track_id]
+            self._sent[track_id] = subscriber.packets
+        figure = self.nacks.close(sent, now)
+        if figure is not None and self.quality.report(figure[0], now, since=figure[1]):
+            self._retarget()
 
     def _apply(self, track_id: str) -> None:
         forwarder, subscriber = self._videos[track_id]

@@ -8,11 +8,14 @@ from media.downlink import (
     HOLD,
     LOW,
     MAX_HOLD,
+    NACK_WINDOW_MAX,
+    NACK_WINDOW_PACKETS,
     PROBE_SECONDS,
     SETTLE,
     VERDICT_WAIT,
     VIDEO_OFF_AFTER,
     DownlinkQuality,
+    NackLoss,
     Probe,
 )
 
@@ -106,3 +109,61 @@ def test_a_level_that_costs_nothing_more_is_taken_without_a_probe() -> None:
     assert quality.level == HIGH
     top = DownlinkQuality(now=0.0)
     assert top.tick(100.0, 1e6, 2e6) is None  # already high
+
+
+def test_a_figure_about_the_new_level_steps_again_at_once_an_older_one_waits() -> None:
+    """A NACK window says which time it covers: the next step needs no settling time,
+    only a figure that began after the last step (a report waits SETTLE)."""
+    quality = DownlinkQuality(now=0.0)
+    assert quality.report(0.3, now=10.0, since=9.5)
+    assert quality.level == HIGH - 1
+    assert not quality.report(0.6, now=10.3, since=9.8)  # partly about the old level
+    assert quality.report(0.6, now=10.6, since=10.1)
+    assert quality.level == LOW
+    # A receiver report (no ``since``) still waits SETTLE after the step.
+    other = DownlinkQuality(now=0.0)
+    assert other.report(0.3, now=10.0, since=9.5)
+    assert not other.report(0.6, now=10.0 + SETTLE - 0.1)
+    assert other.report(0.6, now=10.0 + SETTLE + 0.1)
+
+
+def test_each_nacked_packet_counts_once_and_a_window_needs_enough_packets() -> None:
+    nacks = NackLoss(now=0.0)
+    video, other = object(), object()
+    for index in (100, 101):
+        nacks.nacked(video, index)
+    for index in (100, 101, 104):  # the receiver asks again for what is still missing
+        nacks.nacked(video, index)
+    nacks.nacked(other, 7)  # another video's indices are its own
+    assert nacks.close(NACK_WINDOW_PACKETS - 1, now=0.5) is None  # too few packets yet
+    assert nacks.close(1, now=0.9) == (4 / NACK_WINDOW_PACKETS, 0.0)
+    # The next window starts clean; a packet NACKed again does not count twice.
+    nacks.nacked(video, 104)
+    assert nacks.close(NACK_WINDOW_PACKETS, now=1.4) == (0.0, 0.9)
+
+
+def test_a_window_short_of_packets_for_too_long_starts_again() -> None:
+    """A viewer of one small layer: the figure is about recent packets, not minutes."""
+    nacks = NackLoss(now=0.0)
+    nacks.nacked("video", 1)
+    assert nacks.close(5, now=NACK_WINDOW_MAX + 0.1) is None
+    assert nacks.close(NACK_WINDOW_PACKETS, now=NACK_WINDOW_MAX + 1.0) == (
+        0.0,
+        NACK_WINDOW_MAX + 0.1,
+    )
+    # A video no longer sent is forgotten: its indices count from scratch if it returns.
+    nacks.nacked("video", 50)
+    nacks.forget("video")
+    nacks.nacked("video", 3)
+    assert nacks.close(NACK_WINDOW_PACKETS, now=NACK_WINDOW_MAX + 2.0) == (
+        2 / NACK_WINDOW_PACKETS,
+        NACK_WINDOW_MAX + 1.0,
+    )
+
+
+def test_only_receiver_reports_turn_video_off() -> None:
+    quality = DownlinkQuality(now=0.0, level=LOW)
+    assert not quality.report(0.9, now=VIDEO_OFF_AFTER + 1.0, since=VIDEO_OFF_AFTER + 0.5)
+    assert quality.level == LOW
+    assert quality.report(0.9, now=VIDEO_OFF_AFTER + 1.5)
+    assert quality.level == AUDIO_ONLY

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import Any
 
 import pytest
 
 from media.downlink import AUDIO_ONLY, HIGH, LOW
 from media.rtp_layers import Layer, choose
+from media.viewer import Viewer as Downlink
 
 from .rtp_lab import Bench, Publisher, Viewer, contiguous, whole_frames
 
@@ -67,9 +69,13 @@ class FixedDownlink:
     def __init__(self, level: int = HIGH) -> None:
         self.level = level
         self.reports: list[float] = []
+        self.nacks: list[int] = []
 
     def report(self, fraction_lost: float) -> None:
         self.reports.append(fraction_lost)
+
+    def nacked(self, subscriber: Any, index: int) -> None:
+        self.nacks.append(index)
 
 
 def layer_of(viewer: Viewer, ssrc: int) -> tuple[int, int] | None:
@@ -157,6 +163,34 @@ async def test_the_downlink_caps_the_layer_and_audio_only_stops_video() -> None:
         await camera.run(90)
         assert len(viewer.streams[0x5EED0000].order) > received
         check_stream(viewer, 0x5EED0000)
+    finally:
+        bench.close()
+
+
+async def test_what_a_viewer_nacks_steps_it_down_before_any_receiver_report() -> None:
+    """Half of what went to the viewer in the last half second NACKed: it gets a
+    smaller layer at the next look at its downlink, with no receiver report yet."""
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench)
+        subscriber = bench.subscribe(rtx=True)
+        downlink = Downlink(bench.clock)
+        downlink.add("track-1", bench.forwarder, subscriber)
+        await camera.run(60)
+        downlink.tick()  # a clean window
+        assert downlink.level == HIGH
+        assert subscriber.layer is not None and subscriber.layer.rid == "h"
+        before = subscriber.packets
+        await camera.run(15)
+        sent = subscriber.packets - before
+        for index in range(subscriber.highest - sent // 2 + 1, subscriber.highest + 1):
+            for again in range(2):  # asked for again: counts once
+                await subscriber.retransmit((index - again) & 0xFFFF)
+        downlink.tick()
+        assert downlink.level == HIGH - 1
+        await camera.run(90)
+        assert subscriber.layer is not None and subscriber.layer.rid == "m"
+        check_stream(bench.viewers[subscriber], 0x5EED0000)
     finally:
         bench.close()
 
