@@ -1,6 +1,7 @@
 """Command line of the benchmarks: ``lco bench`` (the same as ``python -m benchmarks``).
 
-``run`` is the benchmark (and ``--workload soak`` the hour-long lesson), ``report``
+``run`` is the benchmark (``--workload soak`` the hour-long lesson, ``--workload
+downlink`` a viewer whose link drops to 300 kbit/s), ``report``
 fills the generated tables of ``docs/benchmarks.md`` from committed results,
 ``show`` and ``plot`` read a results file, ``media`` encodes the pre-encoded
 streams, ``check`` proves they decode. ``relay-server``, ``udp-relay``,
@@ -31,6 +32,7 @@ from .runner import LOAD_MODES, RunOptions, rounds_for, run_workload
 from .workloads import HEADLINE_ROUNDS, RAMP_CPU_LIMIT, SYSTEMS, Workload, workloads
 
 SOAK = "soak"
+DOWNLINK = "downlink"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workload",
         action="append",
-        choices=[*sorted(workloads(False)), SOAK],
-        help="core (default), w1 ... w6, or soak (the hour-long lesson); repeat for several",
+        choices=[*sorted(workloads(False)), SOAK, DOWNLINK],
+        help="core (default), w1 ... w6, soak (the hour-long lesson) or downlink (a viewer "
+        "whose link drops to 300 kbit/s, under scripts/netns-run); repeat for several",
     )
     run.add_argument("--quick", action="store_true", help="small sizes, short windows, 1 round")
     run.add_argument(
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         help=f"interleaved rounds per size (default {HEADLINE_ROUNDS} for the headline "
-        "workloads core and w2, else 1; --quick: 1)",
+        "workloads core and w2 and for downlink, else 1; --quick: 1)",
     )
     run.add_argument(
         "--load",
@@ -220,11 +223,12 @@ def _header(args: argparse.Namespace, options: RunOptions, kind: str) -> dict[st
 
 def _run(args: argparse.Namespace, bar: StepProgress | None = None) -> int:
     names = args.workload or ["core"]
-    if SOAK in names:
-        if len(names) > 1:
-            print("lco bench: run the soak on its own", file=sys.stderr)
-            return 2
-        return _soak(args)
+    for alone, run_alone in ((SOAK, _soak), (DOWNLINK, _downlink)):
+        if alone in names:
+            if len(names) > 1:
+                print(f"lco bench: run the {alone} workload on its own", file=sys.stderr)
+                return 2
+            return run_alone(args)
     load = args.load or "aiortc"
     if load not in LOAD_MODES:
         print(f"lco bench: --load is one of {', '.join(LOAD_MODES)}", file=sys.stderr)
@@ -351,12 +355,36 @@ def _soak(args: argparse.Namespace) -> int:
     return 0 if summary and summary["ok"] and not body["errors"] else 1
 
 
+def _downlink(args: argparse.Namespace) -> int:
+    from .downlink import run_downlink, summary_lines
+
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else HEADLINE_ROUNDS)
+    options = _options(args, ("ours",), "aiortc")
+    name = results.stamp()
+    document = _header(args, options, DOWNLINK)
+    print(f"logs: {options.log_dir}", file=sys.stderr)
+    body = asyncio.run(run_downlink(options, rounds))
+    document["downlink"] = body
+    document["noise"] = results.noise([{"figures": r} for r in body["rounds"]])
+    document["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    path, _ = results.write(document, None, f"{name}-downlink", args.results_dir)
+    print("\n".join(summary_lines(document)))
+    _print_noise(document["noise"])
+    print(f"\nJSON: {path}")
+    return 0 if body["rounds"] and not body["errors"] else 1
+
+
 def _show(args: argparse.Namespace) -> int:
     document = results.load(args.path)
     if document.get("kind") == "soak":
         from .soak import summary_lines
 
         print("\n".join(summary_lines(document)))
+        return 0
+    if document.get("kind") == DOWNLINK:
+        from .downlink import summary_lines as downlink_lines
+
+        print("\n".join(downlink_lines(document)))
         return 0
     systems = list(document["options"]["systems"])
     for name, entry in document["workloads"].items():

@@ -18,8 +18,9 @@ and fails when the text differs, and checks that every "met" in the status table
 satisfies the thresholds printed next to it.
 
 Region kinds: ``status`` (the targets), ``table`` (one workload's main figures with
-ratios), ``soak`` (a soak's stalls, loss and trends), ``environment`` (what a run
-was measured on).
+ratios), ``soak`` (a soak's stalls, loss and trends), ``downlink`` (how fast a
+viewer follows its link, round by round), ``environment`` (what a run was measured
+on).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ COMMANDS = {
     "--browsers 1",
     "soak-pack": "scripts/netns-run .venv/bin/lco bench run --workload soak --system pack "
     "--minutes 15",
+    "downlink": "scripts/netns-run .venv/bin/lco bench run --workload downlink",
 }
 
 
@@ -98,9 +100,18 @@ def _opening(region: Region) -> str:
 def qualifies(document: dict[str, Any], region: Region) -> str | None:
     """Why ``document`` cannot feed ``region`` (``None``: it can)."""
     need = region.attrs.get("need", "pinned")
-    kind = "soak" if region.kind == "soak" else "workloads"
+    kind = region.kind if region.kind in ("soak", "downlink") else "workloads"
     if document.get("kind") != kind:
         return f"not a {kind} result"
+    if kind == "downlink":
+        if need == "headline":
+            if document.get("quick"):
+                return "a --quick run"
+            if len(document["downlink"]["rounds"]) < HEADLINE_ROUNDS:
+                return f"fewer than {HEADLINE_ROUNDS} rounds"
+            if not document.get("noise", {}).get("quiet"):
+                return "the machine was busy"
+        return None
     if kind == "soak":
         soak = document.get("soak", {})
         if soak.get("system") != region.attrs.get("system", "ours"):
@@ -292,6 +303,54 @@ def render_soak(document: dict[str, Any], region: Region) -> str:
             f"| {fitted['label']} | {fitted['slope_per_hour']:,} {fitted['unit']} | "
             f"{fitted['slope_se']:,} | {fitted['residual_sd']:,} | {fitted['verdict']} |"
         )
+    return "\n".join(lines)
+
+
+def render_downlink(document: dict[str, Any], region: Region) -> str:
+    """A viewer whose link drops: each figure median [min-max] over rounds, each
+    target met or not by the worst round, then every round."""
+    body = document["downlink"]
+    summary = body["summary"]
+    small, large = body["small"], body["large"]
+    names = {
+        "down_s": f"down to {small[0]}x{small[1]}, s",
+        "stall_s": "longest time without a new frame, s",
+        "other_stall_s": "the same for the viewer on the good link, s",
+        "up_s": f"back up to {large[0]}x{large[1]}, s",
+    }
+    lines = [
+        f"{summary['rounds']} rounds; a viewer's link drops to {body['shaped_kbit']} kbit/s "
+        "while another viewer's stays good.",
+        "",
+        "| figure | median [min-max] | target (worst round) | status |",
+        "|---|---|---|---|",
+    ]
+    for key, name in names.items():
+        found = summary["figures"].get(key)
+        cell = f"{found['median']:.2f} [{found['low']:.2f}-{found['high']:.2f}]" if found else "-"
+        target = summary["targets"].get(key)
+        if target is None:
+            lines.append(f"| {name} | {cell} | - | - |")
+            continue
+        worst = "-" if target["worst"] is None else f"{target['worst']:.2f}"
+        status = "**met**" if target["met"] else "**not met**"
+        lines.append(f"| {name} | {cell} | ≤ {target['limit']:g} (worst: {worst}) | {status} |")
+    lines += [
+        "",
+        "| round | down, s | longest stall, s | other viewer's stall, s | its smallest size "
+        "| up, s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for number, found in enumerate(body["rounds"], 1):
+        seconds = [
+            "-" if found[k] is None else f"{found[k]:.2f}"
+            for k in ("down_s", "stall_s", "other_stall_s")
+        ]
+        smallest = "x".join(str(v) for v in found["other_smallest"])
+        up = "-" if found["up_s"] is None else f"{found['up_s']:.2f}"
+        lines.append(f"| {number} | {' | '.join(seconds)} | {smallest} | {up} |")
+    if body["errors"]:
+        lines += ["", f"{len(body['errors'])} round(s) failed: " + "; ".join(body["errors"][:3])]
     return "\n".join(lines)
 
 
@@ -521,6 +580,8 @@ def render(region: Region) -> str:
         return heading + "\n\n" + render_table(document, region)
     if region.kind == "soak":
         return heading + "\n\n" + render_soak(document, region)
+    if region.kind == "downlink":
+        return heading + "\n\n" + render_downlink(document, region)
     raise ValueError(f"unknown region kind {region.kind!r}")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import docgen, results
+from benchmarks import docgen, downlink, results
 from benchmarks.stats import excludes_one, paired_ratios
 
 REPO = Path(__file__).resolve().parent.parent
@@ -195,6 +195,51 @@ def test_a_table_shows_medians_ranges_and_bold_only_for_ratios_that_exclude_one(
     assert "**0.82 [0.80-0.85]**" in text
     straddling = paired_ratios([1.0, 1.1, 0.9], [1.0, 1.0, 1.0])
     assert not excludes_one(straddling)
+
+
+def _downlink_document(stalls: list[float | None], quiet: bool = True) -> dict[str, Any]:
+    rounds = [
+        {
+            "down_s": 2.0 + n / 10,
+            "stall_s": stall,
+            "other_stall_s": 0.2,
+            "other_smallest": [640, 360],
+            "up_s": 15.0,
+            "foreign_cpu_pct": 2.0 if quiet else 40.0,
+        }
+        for n, stall in enumerate(stalls)
+    ]
+    document = _document()
+    document.update(
+        kind="downlink",
+        noise=results.noise([{"figures": r} for r in rounds]),
+        downlink={
+            "shaped_kbit": 300,
+            "small": [160, 90],
+            "large": [640, 360],
+            "rounds": rounds,
+            "summary": downlink.summarise(rounds),
+            "errors": [],
+        },
+    )
+    return document
+
+
+def test_a_downlink_target_is_met_only_when_its_worst_round_meets_it() -> None:
+    region = docgen.Region("downlink", {"need": "headline"}, 0, 0, 0)
+    good = _downlink_document([0.5, 0.6, 0.7, 0.8, 0.9])
+    assert docgen.qualifies(good, region) is None
+    assert docgen.qualifies(_downlink_document([0.5] * 3), region) == "fewer than 5 rounds"
+    assert docgen.qualifies(_downlink_document([0.5] * 5, quiet=False), region) is not None
+    text = docgen.render_downlink(good, region)
+    row = "| longest time without a new frame, s | 0.70 [0.50-0.90] | ≤ 1 (worst: 0.90) | **met** |"
+    assert row in text
+    assert "| down to 160x90, s | 2.20 [2.00-2.40] | ≤ 5 (worst: 2.40) | **met** |" in text
+    one_slow = docgen.render_downlink(_downlink_document([0.5, 0.6, 1.4, 0.8, 0.9]), region)
+    assert "≤ 1 (worst: 1.40) | **not met** |" in one_slow
+    # A round that never stepped down has no figure: the target is not met.
+    summary = downlink.summarise([{"down_s": None, "stall_s": 0.5, "up_s": None}])
+    assert not summary["targets"]["down_s"]["met"] and summary["targets"]["stall_s"]["met"]
 
 
 def test_status_criteria_print_what_they_are_judged_on() -> None:

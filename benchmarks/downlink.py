@@ -1,0 +1,287 @@
+"""How fast a viewer's video follows its downlink (issue 11): ``--workload downlink``.
+
+Each round is a lesson of its own on one ``lco serve``: a teacher publishes a
+640x360 15 fps camera as three simulcast layers (about 150 kbit/s, 500 kbit/s and
+1.2 Mbit/s, :data:`media.simulcast.DEFAULT_LAYERS`) with a voice, and two viewers
+decode it (aiortc peers in this process). Once both show the large layer, the first
+viewer's downlink is shaped to 300 kbit/s (an HTB class on ``lo`` for its UDP port,
+with a short queue, as a congested home router's: what does not fit is lost). The
+round measures
+
+- **down**: seconds from the shaping until the viewer decodes the smallest layer;
+- **stall**: the longest time between two decoded frames from the shaping until 30
+  frames after that (the picture the viewer sees frozen);
+- **other's stall**: the same for the viewer on the good link, the smallest size it
+  showed meanwhile, and when it shows the large layer (it must not be held down by
+  the slow one);
+- **up**: seconds from lifting the shaping until the viewer decodes the large layer
+  again (the server probes with padding before each step up).
+
+Shaping needs ``tc`` and root in the test namespace: run it under
+``scripts/netns-run``. ``tests/test_downlink.py`` runs one round of the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from media import hooks
+from media.client import LessonClient, ReceivedTrack
+from media.simulcast import DEFAULT_LAYERS
+from media.testsource import PatternVideoTrack
+from signaling.permissions import Role
+
+from . import procstat
+from .encoded import PreEncodedTrack, encode_audio
+from .runner import RunOptions, Stage
+from .stats import spread
+
+LARGE, SMALL = (640, 360), (160, 90)
+SHAPED_KBIT = 300
+# What the issue asks of a viewer whose link drops (seconds): its worst round counts.
+TARGETS = {"down_s": 5.0, "stall_s": 1.0, "up_s": 20.0}
+DOWN_TIMEOUT, UP_TIMEOUT = 30.0, 90.0  # a round that takes longer reports no figure
+FIGURES = ("down_s", "stall_s", "other_stall_s", "up_s")
+
+
+class Shaper:
+    """An HTB class on ``lo`` that one UDP port's incoming traffic goes through."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+
+    @staticmethod
+    def available() -> str | None:
+        """Why shaping cannot work here (None: it can)."""
+        if os.environ.get("LCO_IN_NETNS") != "1":
+            return "shaping traffic needs the test network namespace (scripts/netns-run)"
+        return None
+
+    def tc(self, *args: str) -> None:
+        """Run ``tc`` with ``args``."""
+        subprocess.run(["tc", *args], check=True, capture_output=True)
+
+    def limit(self, port: int, kbit: int) -> None:
+        """Let at most ``kbit`` kbit/s reach UDP ``port``; the rest is lost."""
+        self.port = port
+        self.tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10")
+        self.tc(
+            "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit"
+        )
+        self.tc(
+            "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20",
+            "htb", "rate", f"{kbit}kbit", "ceil", f"{kbit}kbit", "burst", "8k",
+        )  # fmt: skip
+        # A short queue, as a congested home router's: what does not fit is lost.
+        self.tc("qdisc", "add", "dev", "lo", "parent", "1:20", "pfifo", "limit", "20")
+        self.tc(
+            "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32",
+            "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(port), "0xffff",
+            "flowid", "1:20",
+        )  # fmt: skip
+
+    def lift(self) -> None:
+        """Remove the shaping."""
+        if self.port is not None:
+            self.tc("qdisc", "del", "dev", "lo", "root")
+            self.port = None
+
+
+def local_port(client: LessonClient) -> int:
+    """The UDP port the viewer's subscribe connection receives on (ICE host candidate)."""
+    assert client.subscribe_pc is not None
+    transport = client.subscribe_pc.getTransceivers()[0].receiver.transport.transport
+    (candidate,) = transport.iceGatherer.getLocalCandidates()
+    port: int = candidate.port
+    return port
+
+
+async def reaches(track: ReceivedTrack, size: tuple[int, int], timeout: float) -> float | None:
+    """Seconds until ``track`` decodes frames of ``size``; None if not within ``timeout``."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            while (track.width, track.height) != size:
+                track.progress.clear()
+                await track.progress.wait()
+    except TimeoutError:
+        return None
+    return time.monotonic() - started
+
+
+def longest_gap(track: ReceivedTrack, since: float) -> float:
+    """The longest time between two decoded frames after ``since`` (monotonic)."""
+    times = [t for t in track.arrivals if t >= since]
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Lesson:
+    """Where a round's participants join: the signalling URL and who mints tokens."""
+
+    ws: str
+    token: Callable[[str, Role], str]
+
+
+async def measure_round(lesson: Lesson, shaper: Shaper) -> dict[str, Any]:
+    """One round (see the module's docstring): its figures, None where a step did not
+    happen within its time."""
+    teacher, slow, fast = (
+        LessonClient(lesson.ws, lesson.token(name, role))
+        for name, role in (("T", Role.TEACHER), ("Home", Role.STUDENT), ("Room", Role.CLASSROOM))
+    )
+    try:
+        for client in (teacher, slow, fast):
+            await client.connect()
+        camera = PatternVideoTrack(*LARGE, fps=15, detail=0.1)
+        voice = PreEncodedTrack(encode_audio(seconds=2))
+        await teacher.publish([(camera, "camera"), (voice, "microphone")], simulcast=DEFAULT_LAYERS)
+        teacher_id = teacher.participant_id or ""
+        slow_video = await slow.wait_track(teacher_id, "video")
+        fast_video = await fast.wait_track(teacher_id, "video")
+        for video in (slow_video, fast_video):
+            if await reaches(video, LARGE, DOWN_TIMEOUT) is None:
+                raise RuntimeError("a viewer never got the large layer on a good link")
+
+        shaped_at = time.monotonic()
+        shaper.limit(local_port(slow), SHAPED_KBIT)
+        down = await reaches(slow_video, SMALL, DOWN_TIMEOUT)
+        if down is not None:
+            await LessonClient.wait_frames(slow_video, 30)  # it goes on at the small size
+        stall = longest_gap(slow_video, shaped_at)
+        other_stall = longest_gap(fast_video, shaped_at)
+        other_smallest = min(
+            ((w, h) for t, w, h in fast_video.sizes if t >= shaped_at), default=LARGE
+        )
+        # The other viewer is not held down by the slow one (on a busy machine it may
+        # step down a while itself, and climbs back on its own).
+        other_large = await reaches(fast_video, LARGE, UP_TIMEOUT)
+        shaper.lift()
+        lifted_at = time.monotonic()
+        up = await reaches(slow_video, LARGE, UP_TIMEOUT) if down is not None else None
+        return {
+            "down_s": down,
+            "stall_s": stall,
+            "other_stall_s": other_stall,
+            "other_smallest": list(other_smallest),
+            "other_large_s": other_large,
+            "up_s": up,
+            "sizes": [
+                [round(t - shaped_at, 3), w, h] for t, w, h in slow_video.sizes if t >= shaped_at
+            ],
+            "lifted_s": round(lifted_at - shaped_at, 3),
+            "errors": [str(m) for m in (*teacher.errors, *slow.errors, *fast.errors)][:5],
+        }
+    finally:
+        shaper.lift()
+        for client in (teacher, slow, fast):
+            await client.close()
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and range of each figure over rounds, and each target met or not (by
+    the worst round; a round that did not step at all misses it)."""
+    figures: dict[str, Any] = {}
+    for key in FIGURES:
+        found = spread([r.get(key) for r in rounds])
+        figures[key] = found.as_dict() if found else None
+    targets = {}
+    for key, limit in TARGETS.items():
+        values = [r.get(key) for r in rounds]
+        present = [float(v) for v in values if v is not None]
+        worst = max(present) if present and len(present) == len(values) else None
+        targets[key] = {"limit": limit, "worst": worst, "met": worst is not None and worst <= limit}
+    return {"figures": figures, "targets": targets, "rounds": len(rounds)}
+
+
+async def run_downlink(options: RunOptions, rounds: int) -> dict[str, Any]:
+    """``rounds`` rounds on one server; returns the results document's body."""
+    why = Shaper.available()
+    if why:
+        raise RuntimeError(why)
+    # Viewers, teacher and server all on loopback: the shaping on ``lo`` sees the media.
+    options = replace(options, host="127.0.0.1")
+    stage = Stage("ours", "downlink", options, deadline=rounds * 300.0 + 300.0)
+    hooks.install_counting_hooks()
+    hooks.set_host_addresses(["127.0.0.1"])
+    measured: list[dict[str, Any]] = []
+    errors: list[str] = []
+    try:
+        await stage.start()
+        for number in range(rounds):
+            lesson = Lesson(stage.url, _tokens(stage, f"downlink-{number + 1}"))
+            before = (procstat.task_ticks(), procstat.machine_ticks()[1])
+            ours_before, wall_before = procstat.sample(os.getpid()).total, time.time()
+            try:
+                figures = await measure_round(lesson, Shaper())
+            except Exception as exc:
+                errors.append(f"round {number + 1}: {type(exc).__name__}: {exc}")
+                continue
+            figures["foreign_cpu_pct"] = procstat.foreign_cpu_pct(
+                procstat.task_ticks() - before[0],
+                procstat.machine_ticks()[1] - before[1],
+                procstat.sample(os.getpid()).total - ours_before,
+                time.time() - wall_before,
+            )
+            measured.append(figures)
+            print(f"  round {number + 1}: {round_line(figures)}", file=options.progress)
+    finally:
+        exit_code = await stage.stop()
+        hooks.uninstall_hooks()
+        hooks.set_host_addresses(None)
+    return {
+        "system": "ours",
+        "shaped_kbit": SHAPED_KBIT,
+        "large": list(LARGE),
+        "small": list(SMALL),
+        "rounds": measured,
+        "summary": summarise(measured),
+        "errors": errors,
+        "server_exit": exit_code,
+    }
+
+
+def _tokens(stage: Stage, lesson: str) -> Callable[[str, Role], str]:
+    """Who mints a round's tokens: each round is a lesson of its own."""
+
+    def token(name: str, role: Role) -> str:
+        return stage.token(lesson, name, role)
+
+    return token
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def round_line(figures: dict[str, Any]) -> str:
+    """One round, as the progress shows it."""
+    return (
+        f"down {_seconds(figures['down_s'])} s, stall {_seconds(figures['stall_s'])} s, "
+        f"other's stall {_seconds(figures['other_stall_s'])} s, up {_seconds(figures['up_s'])} s"
+    )
+
+
+def summary_lines(document: dict[str, Any]) -> list[str]:
+    """What ``lco bench run --workload downlink`` prints at the end."""
+    body = document["downlink"]
+    summary = body["summary"]
+    lines = [f"a viewer's link drops to {body['shaped_kbit']} kbit/s: {summary['rounds']} rounds"]
+    for key in FIGURES:
+        found = summary["figures"].get(key)
+        if found:
+            lines.append(
+                f"  {key}: median {found['median']:.2f} [{found['low']:.2f}-{found['high']:.2f}]"
+            )
+    for key, target in summary["targets"].items():
+        verdict = "met" if target["met"] else "NOT met"
+        lines.append(f"  {key} <= {target['limit']:g} s (worst round): {verdict}")
+    lines += [f"  error: {e}" for e in body["errors"]]
+    return lines
