@@ -16,8 +16,9 @@ the loss, a window of about half a second).
   each step can take effect before the next; never past the lowest layer at once.
   Loss that receiver reports show at the lowest layer for :data:`VIDEO_OFF_AFTER`
   seconds turns video off.
-- **Up, slowly and safely.** After :data:`HOLD` seconds without loss at a level,
-  the server *probes*: it sends padding (no media) for :data:`PROBE_SECONDS` so that
+- **Up, slowly and safely.** After :data:`HOLD` seconds without loss at a level
+  (:data:`HOLD_AFTER_UP` right after a step up: the probe has just shown that the
+  link carries more than it did), the server *probes*: it sends padding (no media) for :data:`PROBE_SECONDS` so that
   the downlink carries what the next level would need. The first report after the
   probe tells: no loss, one step up; loss, the probe has already stopped (media was
   barely touched) and the next one waits half as long again (up to :data:`MAX_HOLD`).
@@ -41,6 +42,7 @@ NACK_WINDOW_MAX = 4.0  # seconds: a window still short of packets then starts ag
 # still count what was lost before the switch (which waits for a keyframe).
 VIDEO_OFF_AFTER = 4.0
 HOLD = 5.0  # seconds clean at a level before probing the next
+HOLD_AFTER_UP = 2.0  # ... after a step up (a step down brings back at least HOLD)
 MAX_HOLD = 10.0  # the wait between probes grows to at most this after failures
 PROBE_SECONDS = 1.5
 VERDICT_WAIT = 3.0  # a probe without a report this long after it counts as failed
@@ -99,6 +101,7 @@ class DownlinkQuality:
         self.level = max(LOW if self.level > LOW else AUDIO_ONLY, self.level - steps)
         self._changed_at = now
         self._clean_since = None
+        self._hold = max(self._hold, HOLD)  # the link just got worse: no quick probe
         self.loss = 0.0  # judge the new level on its own reports
         return True
 
@@ -127,7 +130,7 @@ class DownlinkQuality:
         self.level += 1
         self._changed_at = now
         self._clean_since = now
-        self._hold = HOLD
+        self._hold = HOLD_AFTER_UP
         return True
 
     def _probe_failed(self, now: float) -> bool:

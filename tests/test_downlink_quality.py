@@ -6,6 +6,7 @@ from media.downlink import (
     AUDIO_ONLY,
     HIGH,
     HOLD,
+    HOLD_AFTER_UP,
     LOW,
     MAX_HOLD,
     NACK_WINDOW_MAX,
@@ -72,8 +73,24 @@ def test_a_clean_level_is_probed_and_a_clean_probe_steps_up() -> None:
     now = reports(quality, 0.0, 1.0, HOLD + 1)
     _, now = probe_until_verdict(quality, now, loss=0.0)
     assert quality.level == LOW + 1 and not quality.probing
-    # The next level up waits for its own hold.
-    assert quality.tick(now + 1.0, 500e3, 1200e3) is None
+    # The next level up waits for its own hold, a shorter one right after a step up.
+    assert quality.tick(now + HOLD_AFTER_UP - 0.1, 500e3, 1200e3) is None
+    reports(quality, 0.0, now + 0.5, HOLD_AFTER_UP)
+    assert quality.tick(now + HOLD_AFTER_UP + 0.1, 500e3, 1200e3) is not None
+    assert HOLD_AFTER_UP < HOLD
+
+
+def test_a_step_down_after_a_step_up_waits_the_full_hold_again() -> None:
+    quality = DownlinkQuality(now=0.0, level=LOW)
+    now = reports(quality, 0.0, 1.0, HOLD + 1)
+    _, now = probe_until_verdict(quality, now, loss=0.0)
+    assert quality.level == LOW + 1
+    assert quality.report(0.9, now + 2.0, since=now + 0.5)  # the link drops again
+    assert quality.level == LOW
+    later = reports(quality, 0.0, now + 2.5, HOLD - 1)
+    assert quality.tick(later, 150e3, 500e3) is None  # not after HOLD_AFTER_UP
+    later = reports(quality, 0.0, later, 2)
+    assert quality.tick(later, 150e3, 500e3) is not None
 
 
 def test_a_probe_that_loses_fails_and_the_next_one_waits_longer() -> None:
@@ -103,9 +120,9 @@ def test_a_level_that_costs_nothing_more_is_taken_without_a_probe() -> None:
     now = reports(quality, 0.0, 1.0, HOLD + 1)
     assert quality.tick(now, 150e3, 150e3) is None
     assert quality.level == LOW + 1 and not quality.probing
-    assert quality.tick(now + 1.0, 150e3, 150e3) is None  # each step waits HOLD again
+    assert quality.tick(now + 1.0, 150e3, 150e3) is None  # each step waits its hold
     assert quality.level == LOW + 1
-    assert quality.tick(now + HOLD + 0.1, 150e3, 150e3) is None
+    assert quality.tick(now + HOLD_AFTER_UP + 0.1, 150e3, 150e3) is None
     assert quality.level == HIGH
     top = DownlinkQuality(now=0.0)
     assert top.tick(100.0, 1e6, 2e6) is None  # already high
