@@ -18,10 +18,11 @@ the loss, a window of about half a second).
   seconds turns video off.
 - **Up, slowly and safely.** After :data:`HOLD` seconds without loss at a level
   (:data:`HOLD_AFTER_UP` right after a step up: the probe has just shown that the
-  link carries more than it did), the server *probes*: it sends padding (no media) for :data:`PROBE_SECONDS` so that
-  the downlink carries what the next level would need. The first report after the
-  probe tells: no loss, one step up; loss, the probe has already stopped (media was
-  barely touched) and the next one waits half as long again (up to :data:`MAX_HOLD`).
+  link carries more than it did), the server *probes*: it sends padding (no media)
+  for :data:`PROBE_SECONDS` so that the downlink carries what the next level would
+  need. The first figure after the probe tells: no loss, one step up; loss, the
+  probe has already stopped (media was barely touched) and the next one waits half
+  as long again (up to :data:`MAX_HOLD`).
 """
 
 from __future__ import annotations

@@ -440,9 +440,6 @@ class RtpSubscriber:
         try:
             record = ring[sequence_number & self.mask] if ring is not None else None
             index = self._index_of(sequence_number)
-            downlink = self.downlink
-            if downlink is not None and self.floor <= index <= self.highest:
-                downlink.nacked(self, index)  # a loss figure well before the next report
             if (
                 record is None
                 or (record[0] + self.ext_offset) & 0xFFFF != sequence_number
@@ -453,6 +450,11 @@ class RtpSubscriber:
             ):
                 stats.retransmissions_missed += 1
                 return
+            # Sent and lost on the way to it (not lost before the server, which every
+            # subscriber would NACK): a loss figure well before its next report.
+            downlink = self.downlink
+            if downlink is not None:
+                downlink.nacked(self, index)
             data = self.packet_for(record)
             if data is None:
                 return
