@@ -882,15 +882,20 @@ class Lesson:
     ) -> tuple[list[p.ChatEntry], bool]:
         """The newest ``limit`` messages this participant may read that were sent
         before message ``before`` (all if None), oldest first, and whether they are
-        all that is left."""
+        all that is left: private messages to the teachers for those who teach and
+        their sender; a breakout group's messages for its members, those who teach
+        and their sender."""
         readable = [
             record.entry
             for record in self._chat
             if (before is None or record.entry.id < before)
             and (
-                record.entry.to != "teachers"
-                or _teaches(participant)
+                _teaches(participant)
                 or record.from_identity == participant.token_id
+                or (
+                    record.entry.to != "teachers"
+                    and record.entry.group in (None, participant.group)
+                )
             )
         ]
         page = readable[-limit:] if limit > 0 else []
@@ -976,7 +981,8 @@ class Lesson:
             return False
         if participant.role is Role.DELEGATE:
             return False
-        if participant.role is Role.CLASSROOM:
+        if participant.role in (Role.CLASSROOM, Role.FIELD_TRIP):
+            # A school's room, or its camera on a trip (WHIP cannot wait in a lobby).
             return participant.school not in self.settings.invited_schools
         return True
 

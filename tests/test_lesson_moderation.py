@@ -105,6 +105,11 @@ def test_invited_classrooms_skip_the_lobby_but_others_wait() -> None:
     stranger, _ = room.join(grant("Room X", Role.CLASSROOM, "xeno"))
     assert invited.id in room.participants
     assert room.is_waiting(stranger.id)
+    # A field-trip camera is its school's too.
+    trip, _ = room.join(grant("Harbour", Role.FIELD_TRIP, "west"))
+    other_trip, _ = room.join(grant("Farm", Role.FIELD_TRIP, "xeno"))
+    assert trip.id in room.participants
+    assert room.is_waiting(other_trip.id)
 
 
 def test_a_delegate_admits_only_its_own_school() -> None:
@@ -338,6 +343,36 @@ def test_automatic_groups_mix_schools_and_media_stays_in_the_group() -> None:
     assert not room.state().breakout and all(x.group is None for x in room.participants.values())
     resubscribed = {(e.subscriber, e.track.id) for e in effects if isinstance(e, Subscribe)}
     assert (a1.id, tracks["B1"].id) in resubscribed or a1.group == people["B1"].group
+
+
+def test_a_groups_chat_is_not_in_the_history_of_another_group() -> None:
+    """A student who joins (or reconnects) during breakouts reads its own group's
+    messages, not the others'; those who teach read every group's."""
+    room = lesson()
+    teacher, _ = room.join(grant("T", Role.TEACHER))
+    a, _ = room.join(grant("A", Role.STUDENT, token_id="link-a"))
+    b, _ = room.join(grant("B", Role.STUDENT, token_id="link-b"))
+    c, _ = room.join(grant("C", Role.STUDENT, token_id="link-c"))
+    room.chat(a.id, "before the groups", "everyone")
+    room.start_breakout(teacher.id, [[a.id, c.id], [b.id]], None)
+    room.chat(a.id, "group one only", "everyone")
+    room.chat(b.id, "group two only", "everyone")
+    room.broadcast(teacher.id, "five minutes left")
+
+    def history(who: Any) -> list[str]:
+        return [entry.text for entry in room.chat_history_for(who)[0]]
+
+    assert history(c) == ["before the groups", "group one only", "five minutes left"]
+    assert history(b) == ["before the groups", "group two only", "five minutes left"]
+    assert history(teacher) == [
+        "before the groups",
+        "group one only",
+        "group two only",
+        "five minutes left",
+    ]
+    room.end_breakout(teacher.id)
+    assert "group one only" in history(a)  # its own message, whatever its group now
+    assert "group one only" not in history(b)
 
 
 def test_groups_by_hand_validate_members() -> None:
