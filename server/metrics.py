@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from media.loop_watch import TICK
+from signaling.permissions import Role
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -30,7 +31,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # How often the event loop's lateness is measured.
 JOIN_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-ROLES = ("teacher", "delegate", "expert", "classroom", "student", "observer")
+ROLES = tuple(role.value for role in Role)  # every role has its series, at 0 when absent
 KINDS = ("audio", "video")
 
 

@@ -58,6 +58,7 @@ async def test_metrics_parse_and_move_during_a_lesson(server: RunningServer, cli
     before = samples(server)
     assert value(before, "lco_accepting") == 1
     assert value(before, "lco_participants", role="teacher") == 0
+    assert value(before, "lco_participants", role="field_trip") == 0  # every role counted
     teacher = await clients("Ms T", Role.TEACHER, "prom")
     student = await clients("Ana", Role.STUDENT, "prom", "south")
     room = await clients("Room 4", Role.CLASSROOM, "prom", "west")
