@@ -5,8 +5,8 @@ older tree from ``git archive`` can be measured the same way), runs the attack
 from separate processes, watches from this one, and prints one JSON object:
 
 - ``inflation``: a student's socket sends WebSocket frames as fast as loopback
-  carries them: permessage-deflate frames that inflate ``--ratio`` times (or plain
-  frames, ``--plain``), rejoining whenever the server closes it; meanwhile
+  carries them: permessage-deflate frames that inflate to ``--inflated`` bytes (or
+  plain frames, ``--plain``), rejoining whenever the server closes it; meanwhile
   ``/healthz`` is timed every 50 ms over new connections.
 - ``slow-headers``: ``--connections`` sockets send a request head one byte a
   second; how many the server still holds after ``--after`` seconds, and whether

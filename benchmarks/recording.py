@@ -5,7 +5,7 @@ tone, encoded by aiortc in this process) and N subscribers (aiortc, not decoding
 in this process. Rounds alternate recording off and on, on the same load: for
 each window the server's CPU seconds (all its threads: the writers too, from
 ``/proc``) are divided by the RTP packets it forwarded in that window (its
-``/metrics``). Disk use per minute and track comes from the recordings'
+``/metrics.json``). Disk use per minute and track comes from the recordings'
 manifests (bytes written over each file's duration). Results are printed and
 written as JSON under ``benchmarks/results/``.
 
@@ -130,12 +130,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     ).raise_for_status()
                     await asyncio.sleep(1.0)  # the files begin on the next keyframe
                 before_cpu = sample(process.pid).total
-                sfu = (await api.get("/metrics")).json()["sfu"]
+                sfu = (await api.get("/metrics.json")).json()["sfu"]
                 before, received_before = sfu["packets_forwarded"], sfu["packets_received"]
                 started = time.monotonic()
                 await asyncio.sleep(args.seconds)
                 after_cpu = sample(process.pid).total
-                sfu = (await api.get("/metrics")).json()["sfu"]
+                sfu = (await api.get("/metrics.json")).json()["sfu"]
                 after, received_after = sfu["packets_forwarded"], sfu["packets_received"]
                 elapsed = time.monotonic() - started
                 if recording:

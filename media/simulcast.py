@@ -1,7 +1,8 @@
 """Publishing one camera as simulcast layers from Python (aiortc sends one stream).
 
-Browsers publish simulcast themselves; this lets ``lco publish``, the tests and the
-benchmarks do the same with aiortc: the transceiver's own sender stays idle, and each
+Browsers publish simulcast themselves; this lets the Python client
+(``LessonClient.publish(..., simulcast=...)``), and so the tests and the benchmarks,
+do the same with aiortc: the transceiver's own sender stays idle, and each
 layer (RID, scale, bitrate) is encoded from the same frames and sent as its own SSRC
 on the transceiver's DTLS transport, with the MID and RID header extensions, as a
 browser does (RFC 8853: the offer says ``a=simulcast:send`` and announces no SSRC).
@@ -37,7 +38,8 @@ class LayerSpec:
     bitrate: int
 
 
-# As browsers send a camera: about 150 kbit/s, 500 kbit/s and 1.2 Mbit/s.
+# About 150 kbit/s, 500 kbit/s and 1.2 Mbit/s: a browser's two lower layers, and a top
+# layer below its 1.7 Mbit/s (web_client/peers.js), enough for the tests' sources.
 DEFAULT_LAYERS = (
     LayerSpec("l", 4, 150_000),
     LayerSpec("m", 2, 500_000),
