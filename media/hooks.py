@@ -143,7 +143,7 @@ import logging
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import aioice
 import aioice.ice
@@ -543,15 +543,23 @@ def has_tap_slot(receiver: RTCRtpReceiver) -> bool:
     return hasattr(receiver, _JITTER_BUFFER)
 
 
+class ReportBlock(NamedTuple):
+    """One receiver report block about a sender's SSRC (RFC 3550 6.4.1)."""
+
+    fraction_lost: float  # since the previous report, 0 to 1
+    packets_lost: int  # cumulative
+    highest_sequence: int  # extended highest sequence number received
+
+
 def hook_sender(
     sender: RTCRtpSender,
     retransmit: Callable[[int], Awaitable[None]],
     keyframe: Callable[[], None],
-    report: Callable[[float], None] | None = None,
+    report: Callable[[ReportBlock], None] | None = None,
 ) -> None:
-    """Route a subscriber's NACKs and PLI/FIR to us, and (``report``) the fraction of
-    our packets it lost, from each receiver report block about the sender's SSRC
-    (hook 21: ``RTCRtpSender._handle_rtcp_packet`` per instance)."""
+    """Route a subscriber's NACKs and PLI/FIR to us, and (``report``) each receiver
+    report block about the sender's SSRC (hook 21: ``RTCRtpSender._handle_rtcp_packet``
+    per instance)."""
     setattr(sender, "_retransmit", retransmit)  # noqa: B010
     setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
     if report is None:
@@ -562,7 +570,11 @@ def hook_sender(
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for block in packet.reports:
                 if block.ssrc == sender._ssrc:
-                    report(block.fraction_lost / 256)
+                    report(
+                        ReportBlock(
+                            block.fraction_lost / 256, block.packets_lost, block.highest_sequence
+                        )
+                    )
         await handle(packet)
 
     setattr(sender, "_handle_rtcp_packet", reporting)  # noqa: B010

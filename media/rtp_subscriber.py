@@ -52,6 +52,12 @@ class Downlink(Protocol):
         """``subscriber`` (one of its videos) was NACKed for output ``index``."""
 
 
+def _signed24(value: int) -> int:
+    """A difference of two 24-bit cumulative loss counts (RFC 3550), as a signed number."""
+    value &= 0xFFFFFF
+    return value - 0x1000000 if value & 0x800000 else value
+
+
 HISTORY = 512  # packets per video subscriber kept for retransmission (power of two)
 PROBE_BURST = 0.05  # seconds between two bursts of probe padding
 PACKET_BUFFER = 2048  # bytes per subscriber: header, payload and SRTP trailer
@@ -139,6 +145,7 @@ class RtpSubscriber:
         "header_size",
         "highest",
         "joined_at",
+        "last_report",
         "layer",
         "length",
         "mask",
@@ -204,6 +211,9 @@ class RtpSubscriber:
         self.resume: StreamState | None = continuation
         self.packets = continuation.packets if continuation else 0
         self.octets = continuation.octets if continuation else 0
+        # At its last receiver report: (its extended highest sequence, its cumulative
+        # loss, our highest output index, our packets sent).
+        self.last_report: tuple[int, int, int, int] | None = None
         self.rtx_seq = continuation.rtx_sequence if continuation else random.getrandbits(16)
         self.final_state: StreamState | None = None  # set when it stops forwarding
         # Bound by resolve() / prepare() and bind(); the hot path reads these.
@@ -541,11 +551,26 @@ class RtpSubscriber:
         if forwarder is not None and layer is not None:
             layer.keyframes.request()
 
-    def receiver_report(self, fraction_lost: float) -> None:
-        """A receiver report block about this stream: what its downlink loses."""
+    def receiver_report(self, block: hooks.ReportBlock) -> None:
+        """A receiver report block about this stream: what its downlink loses.
+
+        The fast path keeps a publisher's gaps as gaps, and the viewer counts them as
+        lost: a publisher on a bad uplink would step every viewer down. So the
+        numbers this subscriber skipped since the last report (output indices it
+        spanned less the packets sent) are taken off what the viewer says it lost."""
         downlink = self.downlink
-        if downlink is not None:
-            downlink.report(fraction_lost)
+        if downlink is None:
+            return
+        fraction = block.fraction_lost
+        now = (block.highest_sequence, block.packets_lost, self.highest, self.packets)
+        last, self.last_report = self.last_report, now
+        if last is not None:
+            expected = (now[0] - last[0]) & 0xFFFFFFFF
+            lost = _signed24(now[1] - last[1])
+            skipped = (now[2] - last[2]) - (now[3] - last[3])
+            if 0 < expected < 0x80000000:
+                fraction = max(0.0, min(1.0, (lost - skipped) / expected))
+        downlink.report(fraction)
 
     def close(self) -> None:
         """Drop every reference this subscriber holds; its sender goes back to aiortc's.

@@ -474,17 +474,18 @@ async def test_receiver_reports_reach_the_senders_report_hook() -> None:
     sender_pc, receiver_pc = await connect(PacketTrack("video", vp8_packets()))
     try:
         (transceiver,) = sender_pc.getTransceivers()
-        reported: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        reported: asyncio.Future[hooks.ReportBlock] = asyncio.get_running_loop().create_future()
 
         async def retransmit(seq: int) -> None:
             return None
 
-        def report(fraction: float) -> None:
-            if not reported.done():
-                reported.set_result(fraction)
+        def report(block: hooks.ReportBlock) -> None:
+            if not reported.done() and block.highest_sequence > 0:
+                reported.set_result(block)
 
         hooks.hook_sender(transceiver.sender, retransmit, lambda: None, report)
-        assert await asyncio.wait_for(reported, 10) == 0.0  # loopback loses nothing
+        block = await asyncio.wait_for(reported, 10)
+        assert (block.fraction_lost, block.packets_lost) == (0.0, 0)  # loopback loses nothing
         hooks.unhook_sender(transceiver.sender)
         assert "_handle_rtcp_packet" not in transceiver.sender.__dict__
     finally:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from media.downlink import AUDIO_ONLY, HIGH, LOW
+from media.hooks import ReportBlock
 from media.rtp_layers import Layer, choose
 from media.viewer import Viewer as Downlink
 
@@ -202,6 +203,37 @@ async def test_what_a_viewer_nacks_steps_it_down_before_any_receiver_report() ->
         await camera.run(90)
         assert subscriber.layer is not None and subscriber.layer.rid == "m"
         assert bench.viewers[subscriber].undecryptable == 0
+    finally:
+        bench.close()
+
+
+async def test_what_a_publisher_lost_is_not_taken_for_the_viewers_own_loss() -> None:
+    """The viewer's receiver reports count the gaps a publisher's network made (the
+    fast path keeps them): the downlink hears only what was lost on the way to it."""
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench)
+        subscriber = bench.subscribe(rtx=True)
+        downlink = FixedDownlink()
+        subscriber.downlink = downlink
+        await camera.run(60)
+        assert subscriber.layer is not None and subscriber.layer.rid == "h"
+        seen, lost = 70_000, 3  # the viewer's own count: extended highest, cumulative
+        subscriber.receiver_report(ReportBlock(0.0, lost, seen))
+        top, sent = subscriber.highest, subscriber.packets
+        for _ in range(20):
+            frame = camera.layers["h"].frame()
+            bench.forward(frame[:1] + frame[4:])  # three of five lost on the way in
+        spanned, gaps = subscriber.highest - top, 60
+        assert subscriber.packets - sent == spanned - gaps
+        # The viewer reports the publisher's gaps as lost, and nothing more.
+        seen, lost = seen + spanned, lost + gaps
+        subscriber.receiver_report(ReportBlock(gaps / spanned, lost, seen))
+        # Then it loses ten of the next hundred packets on its own link.
+        await camera.run(20)
+        seen, lost = seen + 100, lost + 10
+        subscriber.receiver_report(ReportBlock(0.1, lost, seen))
+        assert downlink.reports == [0.0, 0.0, 0.1]
     finally:
         bench.close()
 
