@@ -2,6 +2,8 @@
 // groups. Everything other people wrote (names, schools, chat text) is set
 // with textContent or as text nodes; links are built with DOM APIs, never HTML.
 
+import { roleLabel } from "./roles.js";
+
 const $ = (id) => document.getElementById(id);
 
 export function el(tag, props = {}, ...children) {
@@ -56,15 +58,6 @@ export function linkify(text) {
   return nodes;
 }
 
-const ROLE_NAMES = {
-  teacher: "Teacher",
-  delegate: "School moderator",
-  student: "Student",
-  classroom: "Classroom",
-  expert: "Expert",
-  observer: "Observer",
-};
-
 function timeOf(seconds) {
   const d = new Date(seconds * 1000);
   return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -73,7 +66,7 @@ function timeOf(seconds) {
 /** One chat entry as a list item. */
 export function chatItem(entry, myId) {
   const mine = entry.from_id === myId;
-  const meta = [ROLE_NAMES[entry.role] ?? entry.role];
+  const meta = [roleLabel(entry.role)];
   if (entry.school) meta.push(entry.school);
   const to =
     entry.to === "teachers"
@@ -176,7 +169,7 @@ export function renderLobby(waiting, actions) {
         { dataset: { participantId: p.id } },
         el("span", { className: "name", text: p.name }),
         " ",
-        el("span", { className: "meta", text: [ROLE_NAMES[p.role] ?? p.role, p.school].filter(Boolean).join(", ") }),
+        el("span", { className: "meta", text: [roleLabel(p.role), p.school].filter(Boolean).join(", ") }),
         ...actions(p),
       ),
     ),

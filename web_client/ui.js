@@ -2,21 +2,9 @@
 // they are only ever set with textContent, never parsed as HTML.
 
 import { el } from "./lesson.js";
+import { roleLabel } from "./roles.js";
 
 const $ = (id) => document.getElementById(id);
-
-const ROLE_LABELS = {
-  teacher: "Teacher",
-  delegate: "School moderator",
-  student: "Student",
-  classroom: "Classroom",
-  expert: "Expert",
-  observer: "Observer",
-};
-
-export function roleLabel(role) {
-  return ROLE_LABELS[role] ?? role;
-}
 
 /** "Ana (Student, south)": who a link says one is, for greetings and the header. */
 export function whoLabel({ name, role, school }) {

@@ -7,17 +7,10 @@
 import { Api, ApiError } from "./api.js";
 import { MAX_POINTS, drawChart } from "./chart.js";
 import { $, button, copyText, el, saveBlob, slug, status } from "./dom.js";
+import { roleLabel } from "../roles.js";
 import { readClaims, tokenFromLocation } from "../token.js";
 
 const LIVE_INTERVAL_MS = 2000;
-const ROLE_LABELS = {
-  teacher: "Teacher",
-  delegate: "School moderator",
-  expert: "Guest expert",
-  classroom: "Classroom",
-  student: "Student",
-  observer: "Observer",
-};
 // Links a phone may open: a QR code beside them.
 const QR_ROLES = new Set(["classroom", "student"]);
 
@@ -319,7 +312,7 @@ async function endLesson(lessonId, title) {
 // -- links -----------------------------------------------------------------------------
 
 function linkItem(link) {
-  const who = `${ROLE_LABELS[link.role] ?? link.role}: ${link.name}`;
+  const who = `${roleLabel(link.role)}: ${link.name}`;
   const where = [link.school ? schoolName(link.school) : null, link.headcount != null ? `${link.headcount} students` : null]
     .filter(Boolean)
     .join(", ");
@@ -382,7 +375,7 @@ onSubmit("students-form", async () => {
 
 $("links-copy-all").addEventListener("click", async () => {
   const text = ui.links
-    .map((l) => `${ROLE_LABELS[l.role] ?? l.role}: ${l.name}${l.school ? ` (${schoolName(l.school)})` : ""}\n${l.link}`)
+    .map((l) => `${roleLabel(l.role)}: ${l.name}${l.school ? ` (${schoolName(l.school)})` : ""}\n${l.link}`)
     .join("\n\n");
   const copied = await copyText(text);
   $("links-copy-all").textContent = copied ? "All links copied" : "Copy all links";
@@ -405,7 +398,7 @@ async function showAttendance(lessonId) {
       "tr",
       {},
       el("td", { text: p.name }),
-      el("td", { text: ROLE_LABELS[p.role] ?? p.role }),
+      el("td", { text: roleLabel(p.role) }),
       el("td", { text: schoolName(p.school) }),
       el("td", { text: String(Math.round(p.seconds_present / 60)) }),
       el("td", { text: String(p.sessions) }),
@@ -444,7 +437,7 @@ function liveLesson(lesson) {
       "tr",
       { dataset: { participant: p.id, role: p.role } },
       el("td", { text: p.name }),
-      el("td", { text: ROLE_LABELS[p.role] ?? p.role }),
+      el("td", { text: roleLabel(p.role) }),
       el("td", { text: p.school }),
       el("td", { text: p.tracks.map((t) => `${t.source}${t.muted ? " (muted)" : ""}`).join(", ") || "—" }),
       el("td", { text: p.kbps_in == null ? "…" : `${p.kbps_in}` }),
