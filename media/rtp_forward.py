@@ -206,6 +206,9 @@ class RtpForwarder:
         self._detector: Any = keyframe_detector(codec.name)
         self._sizes = codec.name.upper() == "VP8" and bool(self.rids)  # learn layer sizes
         self._subscribers: tuple[RtpSubscriber, ...] = ()
+        # Subscribers whose downlink dropped: they leave their layer at its next frame
+        # end, not at the smaller layer's keyframe (see :meth:`retarget`).
+        self._draining: set[RtpSubscriber] = set()
         self._layers: dict[int, Layer] = {}  # by SSRC
         self._current: Layer | None = None  # without simulcast: the one stream
         self._retired_ssrcs: tuple[int, ...] = ()  # sources the publisher moved away from
@@ -333,9 +336,15 @@ class RtpForwarder:
         subscriber.video_off = not video and self.kind == "video"
         self.retarget(subscriber)
 
-    def retarget(self, subscriber: RtpSubscriber) -> None:
+    def retarget(self, subscriber: RtpSubscriber, congested: bool = False) -> None:
         """Choose the layer for a subscriber again (its preference, its downlink or the
-        layers changed); a change happens at that layer's next keyframe."""
+        layers changed); a change happens at that layer's next keyframe.
+
+        ``congested``: its downlink just stepped down. Then a smaller layer's keyframe
+        would queue behind the larger layer's packets in a full bottleneck and be
+        lost there: the larger layer stops at its next frame end instead (the viewer
+        could not decode it any more anyway), and the stream goes on, without a gap
+        in its numbering, at the smaller layer's keyframe."""
         if subscriber not in self._subscribers:
             return
         downlink = subscriber.downlink
@@ -351,12 +360,18 @@ class RtpForwarder:
             target = self._current
         if target is None or target is subscriber.layer:
             self._unjoin(subscriber)
+            self._stop_draining(subscriber)
             subscriber.target = subscriber.layer
             return
         if target is not subscriber.target:
             self._unjoin(subscriber)
             subscriber.target = target
             target.joiners = (*target.joiners, subscriber)
+        current = subscriber.layer
+        if congested and current is not None and target.rank() < current.rank():
+            self._draining.add(subscriber)
+            if subscriber not in current.leaving:
+                current.leaving = (*current.leaving, subscriber)
         self._ask_keyframe(target)
 
     def bitrate_of(self, subscriber: RtpSubscriber, steps_down: int) -> float:
@@ -632,6 +647,7 @@ class RtpForwarder:
         """Begin ``sub``'s stream on ``layer`` at this packet, leaving its old layer."""
         old = sub.layer
         min_step = 1
+        self._draining.discard(sub)
         if old is not None:
             sub.resume = sub.state(old.newest_ts, old.newest_wall)
             min_step = max(1, old.frame_step)
@@ -669,6 +685,13 @@ class RtpForwarder:
         for sub in old.leaving:
             layer, pending = sub.target, sub.pending
             sub.pending = None
+            if not pending and sub in self._draining and sub.layer is old:
+                # Congested: nothing more of ``old``; the target's keyframe starts it.
+                self._draining.discard(sub)
+                sub.resume = sub.state(old.newest_ts, old.newest_wall)
+                old.subscribers = tuple(s for s in old.subscribers if s is not sub)
+                sub.layer = None
+                continue
             if layer is None or not pending:
                 continue
             first_index, _, first_ts, _, _ = pending[0]
@@ -765,9 +788,19 @@ class RtpForwarder:
         if target is not None and sub in target.joiners:
             target.joiners = tuple(s for s in target.joiners if s is not sub)
 
+    def _stop_draining(self, sub: RtpSubscriber) -> None:
+        """``sub`` stays on its layer after all (its downlink went back up before
+        the layer's frame ended)."""
+        if sub in self._draining:
+            self._draining.discard(sub)
+            layer = sub.layer
+            if layer is not None and sub.pending is None:
+                layer.leaving = tuple(s for s in layer.leaving if s is not sub)
+
     def _leave(self, sub: RtpSubscriber) -> None:
         """Stop forwarding any layer to ``sub``; its stream waits to continue."""
         self._unjoin(sub)
+        self._stop_draining(sub)
         sub.target = None
         layer = sub.layer
         if layer is not None:

@@ -75,8 +75,9 @@ class Viewer:
 
     def report(self, fraction_lost: float) -> None:
         """A receiver report block about one of its videos."""
+        level = self.quality.level
         if self.quality.report(fraction_lost, self._clock()):
-            self._retarget()
+            self._retarget(congested=self.quality.level < level)
 
     def nacked(self, subscriber: RtpSubscriber, index: int) -> None:
         """One of its videos was NACKed for output ``index``."""
@@ -139,17 +140,19 @@ class Viewer:
             sent += subscriber.packets - self._sent[track_id]
             self._sent[track_id] = subscriber.packets
         figure = self.nacks.close(sent, now)
+        level = self.quality.level
         if figure is not None and self.quality.report(figure[0], now, since=figure[1]):
-            self._retarget()
+            self._retarget(congested=self.quality.level < level)
 
     def _apply(self, track_id: str) -> None:
         forwarder, subscriber = self._videos[track_id]
         width = self._widths.get(track_id)
         forwarder.prefer(subscriber, width or None, width != 0)
 
-    def _retarget(self) -> None:
+    def _retarget(self, congested: bool = False) -> None:
+        """Choose every video's layer again; ``congested``: the downlink stepped down."""
         for forwarder, subscriber in self._videos.values():
-            forwarder.retarget(subscriber)
+            forwarder.retarget(subscriber, congested)
 
     def _notice(self) -> QualityNotice:
         videos = tuple(

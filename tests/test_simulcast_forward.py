@@ -238,6 +238,45 @@ async def test_what_a_publisher_lost_is_not_taken_for_the_viewers_own_loss() -> 
         bench.close()
 
 
+async def test_a_congested_viewer_leaves_its_layer_at_the_frame_end_not_the_keyframe() -> None:
+    """Its downlink stepped down: the large layer stops at the end of the frame being
+    sent (its packets would fill the bottleneck the small keyframe must pass), and the
+    stream goes on at the small layer's keyframe without a gap in its numbering."""
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench)
+        subscriber = bench.subscribe(rtx=True)
+        downlink = FixedDownlink()
+        subscriber.downlink = downlink
+        await camera.run(60)
+        assert subscriber.layer is not None and subscriber.layer.rid == "h"
+        received = bench.viewers[subscriber].streams[0x5EED0000].order
+        large = camera.layers["h"]
+        frame = large.frame()
+        bench.forward(frame[:2])
+        before = len(received)
+        downlink.level = LOW
+        bench.forwarder.retarget(subscriber, congested=True)
+        bench.forward(frame[2:])  # the frame ends: the viewer gets all of it
+        assert len(received) == before + 3
+        for _ in range(3):  # no keyframe of the small layer yet: nothing at all
+            bench.forward(large.frame())
+        assert len(received) == before + 3 and subscriber.layer is None
+        await camera.run(30)  # the small layer's keyframe comes
+        assert subscriber.layer is not None and subscriber.layer.rid == "l"
+        check_stream(bench.viewers[subscriber], 0x5EED0000)
+        # Without congestion (a smaller tile, say) the large layer goes on until then.
+        other = bench.subscribe(rtx=True)
+        await camera.run(60)
+        seen = bench.viewers[other].streams[0x5EED0001].order
+        bench.forwarder.prefer(other, 160, True)
+        count = len(seen)
+        bench.forward(large.frame())
+        assert len(seen) == count + large.per_frame
+    finally:
+        bench.close()
+
+
 async def test_a_layer_the_publisher_stops_sending_is_left_for_one_it_sends() -> None:
     bench = Bench(rids=RIDS)
     try:
