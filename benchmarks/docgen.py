@@ -313,6 +313,7 @@ def render_downlink(document: dict[str, Any], region: Region) -> str:
     summary = body["summary"]
     small, large = body["small"], body["large"]
     names = {
+        "decided_s": "until the server lowers its level (`receive_quality`), s",
         "down_s": f"down to {small[0]}x{small[1]}, s",
         "stall_s": "longest time without a new frame, s",
         "other_stall_s": "the same for the viewer on the good link, s",
@@ -327,6 +328,8 @@ def render_downlink(document: dict[str, Any], region: Region) -> str:
     ]
     for key, name in names.items():
         found = summary["figures"].get(key)
+        if found is None and key not in summary["targets"]:
+            continue  # not measured by the version that wrote the file
         cell = f"{found['median']:.2f} [{found['low']:.2f}-{found['high']:.2f}]" if found else "-"
         target = summary["targets"].get(key)
         if target is None:

@@ -8,7 +8,8 @@ viewer's downlink is shaped to 300 kbit/s (an HTB class on ``lo`` for its UDP po
 with a short queue, as a congested home router's: what does not fit is lost). The
 round measures
 
-- **down**: seconds from the shaping until the viewer decodes the smallest layer;
+- **down**: seconds from the shaping until the viewer decodes the smallest layer (and
+  **decided**: until the server tells it, in `receive_quality`, that its level went down);
 - **stall**: the longest time between two decoded frames from the shaping until 30
   frames after that (the picture the viewer sees frozen);
 - **other's stall**: the same for the viewer on the good link, the smallest size it
@@ -24,6 +25,7 @@ Shaping needs ``tc`` and root in the test namespace: run it under
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import subprocess
@@ -48,7 +50,7 @@ SHAPED_KBIT = 300
 # What the issue asks of a viewer whose link drops (seconds): its worst round counts.
 TARGETS = {"down_s": 5.0, "stall_s": 1.0, "up_s": 20.0}
 DOWN_TIMEOUT, UP_TIMEOUT = 30.0, 90.0  # a round that takes longer reports no figure
-FIGURES = ("down_s", "stall_s", "other_stall_s", "up_s")
+FIGURES = ("decided_s", "down_s", "stall_s", "other_stall_s", "up_s")
 
 
 class Shaper:
@@ -150,9 +152,21 @@ async def measure_round(lesson: Lesson, shaper: Shaper) -> dict[str, Any]:
             if await reaches(video, LARGE, DOWN_TIMEOUT) is None:
                 raise RuntimeError("a viewer never got the large layer on a good link")
 
+        told: list[float] = []  # when the server told the viewer its level went down
+
+        def lowered(message: dict[str, Any]) -> bool:
+            if message["type"] == "receive_quality" and message["level"] != "high":
+                told.append(time.monotonic())
+                return True
+            return False
+
+        waiting = asyncio.ensure_future(slow.wait_for(lowered, DOWN_TIMEOUT))
         shaped_at = time.monotonic()
         shaper.limit(local_port(slow), SHAPED_KBIT)
         down = await reaches(slow_video, SMALL, DOWN_TIMEOUT)
+        with contextlib.suppress(TimeoutError):
+            await waiting
+        decided = told[0] - shaped_at if told else None
         if down is not None:
             await LessonClient.wait_frames(slow_video, 30)  # it goes on at the small size
         stall = longest_gap(slow_video, shaped_at)
@@ -168,6 +182,7 @@ async def measure_round(lesson: Lesson, shaper: Shaper) -> dict[str, Any]:
         up = await reaches(slow_video, LARGE, UP_TIMEOUT) if down is not None else None
         return {
             "down_s": down,
+            "decided_s": decided,
             "stall_s": stall,
             "other_stall_s": other_stall,
             "other_smallest": list(other_smallest),

@@ -29,6 +29,7 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from signaling import protocol as p
@@ -509,6 +510,11 @@ class LessonClient:
                         future.set_result(message)
         except websockets.ConnectionClosed:
             pass
+        except InvalidStateError:
+            if not self._closing:  # leaving closed the peer connection under a message
+                logger.exception("handling a server message failed; leaving")
+                self.failure = "handling a server message failed"
+                raise
         except Exception:
             logger.exception("handling a server message failed; leaving")
             self.failure = "handling a server message failed"
