@@ -369,9 +369,12 @@ class RtpForwarder:
             target.joiners = (*target.joiners, subscriber)
         current = subscriber.layer
         if congested and current is not None and target.rank() < current.rank():
-            self._draining.add(subscriber)
-            if subscriber not in current.leaving:
-                current.leaving = (*current.leaving, subscriber)
+            if current.boundary and subscriber.pending is None:
+                self._drop_layer(subscriber, current)  # between two frames: at once
+            else:
+                self._draining.add(subscriber)
+                if subscriber not in current.leaving:
+                    current.leaving = (*current.leaving, subscriber)
         self._ask_keyframe(target)
 
     def bitrate_of(self, subscriber: RtpSubscriber, steps_down: int) -> float:
@@ -686,11 +689,7 @@ class RtpForwarder:
             layer, pending = sub.target, sub.pending
             sub.pending = None
             if not pending and sub in self._draining and sub.layer is old:
-                # Congested: nothing more of ``old``; the target's keyframe starts it.
-                self._draining.discard(sub)
-                sub.resume = sub.state(old.newest_ts, old.newest_wall)
-                old.subscribers = tuple(s for s in old.subscribers if s is not sub)
-                sub.layer = None
+                self._drop_layer(sub, old)
                 continue
             if layer is None or not pending:
                 continue
@@ -787,6 +786,14 @@ class RtpForwarder:
         target = sub.target
         if target is not None and sub in target.joiners:
             target.joiners = tuple(s for s in target.joiners if s is not sub)
+
+    def _drop_layer(self, sub: RtpSubscriber, old: Layer) -> None:
+        """Congested: nothing more of ``old`` for ``sub``; its target's keyframe starts
+        it again, numbered on from here."""
+        self._draining.discard(sub)
+        sub.resume = sub.state(old.newest_ts, old.newest_wall)
+        old.subscribers = tuple(s for s in old.subscribers if s is not sub)
+        sub.layer = None
 
     def _stop_draining(self, sub: RtpSubscriber) -> None:
         """``sub`` stays on its layer after all (its downlink went back up before

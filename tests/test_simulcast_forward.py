@@ -273,6 +273,18 @@ async def test_a_congested_viewer_leaves_its_layer_at_the_frame_end_not_the_keyf
         count = len(seen)
         bench.forward(large.frame())
         assert len(seen) == count + large.per_frame
+        # Congested between two frames: not one more packet of the large layer.
+        third = bench.subscribe(rtx=True)
+        third_downlink = FixedDownlink()
+        third.downlink = third_downlink
+        await camera.run(60)
+        assert third.layer is not None and third.layer.rid == "h" and third.layer.boundary
+        third_seen = bench.viewers[third].streams[0x5EED0002].order
+        count = len(third_seen)
+        third_downlink.level = LOW
+        bench.forwarder.retarget(third, congested=True)
+        bench.forward(large.frame())
+        assert len(third_seen) == count and third.layer is None
     finally:
         bench.close()
 
