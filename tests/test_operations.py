@@ -86,10 +86,11 @@ async def test_metrics_parse_and_move_during_a_lesson(server: RunningServer, cli
     assert value(during, "lco_frames_decoded_total") == 0
     # Counters of tracks that ended stay counted: they never go back.
     forwarded = value(during, "lco_forwarded_packets_total", kind="video")
-    await teacher.close()
-    await student.wait_for(
+    left = student.wait_for(  # expected before the leave, which may be told at once
         lambda m: m["type"] == "participant_left" and m["participant_id"] == teacher.participant_id
     )
+    await teacher.close()
+    await left
     after = samples(server)
     assert value(after, "lco_forwarded_packets_total", kind="video") >= forwarded
     assert value(after, "lco_participants", role="teacher") == 0
