@@ -79,6 +79,24 @@ class FixedDownlink:
         self.nacks.append(index)
 
 
+async def on_the_large_layer(bench: Bench, camera: Camera) -> tuple[Any, FixedDownlink]:
+    """A new subscriber with a downlink the test sets, once it gets the large layer."""
+    subscriber = bench.subscribe(rtx=True)
+    downlink = FixedDownlink()
+    subscriber.downlink = downlink
+    await camera.run(60)
+    assert subscriber.layer is not None and subscriber.layer.rid == "h"
+    return subscriber, downlink
+
+
+def forward_with_gaps(bench: Bench, camera: Camera, frames: int) -> None:
+    """``frames`` frames of the large layer, three of each five packets lost before
+    the server (a publisher's poor uplink)."""
+    for _ in range(frames):
+        frame = camera.layers["h"].frame()
+        bench.forward(frame[:1] + frame[4:])
+
+
 def layer_of(viewer: Viewer, ssrc: int) -> tuple[int, int] | None:
     """The size of the last keyframe a viewer received on ``ssrc``."""
     record = viewer.streams[ssrc]
@@ -185,8 +203,7 @@ async def test_what_a_viewer_nacks_steps_it_down_before_any_receiver_report() ->
         # nothing about the viewer's own link.
         missed = bench.forwarder.stats.retransmissions_missed
         for _ in range(15):
-            frame = camera.layers["h"].frame()
-            bench.forward(frame[:1] + frame[4:])  # three of five lost on the way in
+            forward_with_gaps(bench, camera, 1)
             for gap in range(1, 4):
                 await subscriber.retransmit((subscriber.highest - gap) & 0xFFFF)
         assert bench.forwarder.stats.retransmissions_missed == missed + 45
@@ -213,17 +230,11 @@ async def test_what_a_publisher_lost_is_not_taken_for_the_viewers_own_loss() -> 
     bench = Bench(rids=RIDS)
     try:
         camera = Camera(bench)
-        subscriber = bench.subscribe(rtx=True)
-        downlink = FixedDownlink()
-        subscriber.downlink = downlink
-        await camera.run(60)
-        assert subscriber.layer is not None and subscriber.layer.rid == "h"
+        subscriber, downlink = await on_the_large_layer(bench, camera)
         seen, lost = 70_000, 3  # the viewer's own count: extended highest, cumulative
         subscriber.receiver_report(ReportBlock(0.0, lost, seen))
         top, sent = subscriber.highest, subscriber.packets
-        for _ in range(20):
-            frame = camera.layers["h"].frame()
-            bench.forward(frame[:1] + frame[4:])  # three of five lost on the way in
+        forward_with_gaps(bench, camera, 20)
         spanned, gaps = subscriber.highest - top, 60
         assert subscriber.packets - sent == spanned - gaps
         # The viewer reports the publisher's gaps as lost, and nothing more.
@@ -245,11 +256,7 @@ async def test_a_congested_viewer_leaves_its_layer_at_the_frame_end_not_the_keyf
     bench = Bench(rids=RIDS)
     try:
         camera = Camera(bench)
-        subscriber = bench.subscribe(rtx=True)
-        downlink = FixedDownlink()
-        subscriber.downlink = downlink
-        await camera.run(60)
-        assert subscriber.layer is not None and subscriber.layer.rid == "h"
+        subscriber, downlink = await on_the_large_layer(bench, camera)
         received = bench.viewers[subscriber].streams[0x5EED0000].order
         large = camera.layers["h"]
         frame = large.frame()
@@ -274,11 +281,8 @@ async def test_a_congested_viewer_leaves_its_layer_at_the_frame_end_not_the_keyf
         bench.forward(large.frame())
         assert len(seen) == count + large.per_frame
         # Congested between two frames: not one more packet of the large layer.
-        third = bench.subscribe(rtx=True)
-        third_downlink = FixedDownlink()
-        third.downlink = third_downlink
-        await camera.run(60)
-        assert third.layer is not None and third.layer.rid == "h" and third.layer.boundary
+        third, third_downlink = await on_the_large_layer(bench, camera)
+        assert third.layer is not None and third.layer.boundary
         third_seen = bench.viewers[third].streams[0x5EED0002].order
         count = len(third_seen)
         third_downlink.level = LOW
