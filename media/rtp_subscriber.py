@@ -51,6 +51,10 @@ class Downlink(Protocol):
     def nacked(self, subscriber: RtpSubscriber, index: int) -> None:
         """``subscriber`` (one of its videos) was NACKed for output ``index``."""
 
+    def estimate(self, subscriber: RtpSubscriber, bitrate: int, streams: int) -> None:
+        """The participant's bandwidth estimator allows ``bitrate`` for ``streams``
+        streams, ``subscriber`` (one of its videos) among them (a REMB)."""
+
 
 def _signed24(value: int) -> int:
     """A difference of two 24-bit cumulative loss counts (RFC 3550), as a signed number."""
@@ -571,6 +575,12 @@ class RtpSubscriber:
             if 0 < expected < 0x80000000:
                 fraction = max(0.0, min(1.0, (lost - skipped) / expected))
         downlink.report(fraction)
+
+    def bandwidth_estimate(self, bitrate: int, streams: int) -> None:
+        """A REMB about this stream (``streams``: how many streams it covers)."""
+        downlink = self.downlink
+        if downlink is not None:
+            downlink.estimate(self, bitrate, streams)
 
     def close(self) -> None:
         """Drop every reference this subscriber holds; its sender goes back to aiortc's.
