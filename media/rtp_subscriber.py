@@ -561,20 +561,21 @@ class RtpSubscriber:
         The fast path keeps a publisher's gaps as gaps, and the viewer counts them as
         lost: a publisher on a bad uplink would step every viewer down. So the
         numbers this subscriber skipped since the last report (output indices it
-        spanned less the packets sent) are taken off what the viewer says it lost."""
+        spanned less the packets sent) are taken off what the viewer says it lost; the
+        first report, with nothing to take them off, only sets where counting starts."""
         downlink = self.downlink
         if downlink is None:
             return
-        fraction = block.fraction_lost
         now = (block.highest_sequence, block.packets_lost, self.highest, self.packets)
         last, self.last_report = self.last_report, now
-        if last is not None:
-            expected = (now[0] - last[0]) & 0xFFFFFFFF
-            lost = _signed24(now[1] - last[1])
-            skipped = (now[2] - last[2]) - (now[3] - last[3])
-            if 0 < expected < 0x80000000:
-                fraction = max(0.0, min(1.0, (lost - skipped) / expected))
-        downlink.report(fraction)
+        if last is None:
+            return  # the first: what it says may be a publisher's gaps, nothing to subtract
+        expected = (now[0] - last[0]) & 0xFFFFFFFF
+        if not 0 < expected < 0x80000000:
+            return  # nothing new reached it (or its count went back): no figure
+        lost = _signed24(now[1] - last[1])
+        skipped = (now[2] - last[2]) - (now[3] - last[3])
+        downlink.report(max(0.0, min(1.0, (lost - skipped) / expected)))
 
     def bandwidth_estimate(self, bitrate: int, streams: int) -> None:
         """A REMB about this stream (``streams``: how many streams it covers)."""

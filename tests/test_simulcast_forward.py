@@ -270,8 +270,11 @@ async def test_what_a_publisher_lost_is_not_taken_for_the_viewers_own_loss() -> 
     try:
         camera = Camera(bench)
         subscriber, downlink = await on_the_large_layer(bench, camera)
-        seen, lost = 70_000, 3  # the viewer's own count: extended highest, cumulative
-        subscriber.receiver_report(ReportBlock(0.0, lost, seen))
+        # The viewer's own count (extended highest, cumulative): the first report may
+        # count a publisher's gaps, which cannot be told apart yet, so it is no figure.
+        seen, lost = 70_000, 3
+        subscriber.receiver_report(ReportBlock(0.3, lost, seen))
+        assert downlink.reports == []
         top, sent = subscriber.highest, subscriber.packets
         forward_with_gaps(bench, camera, 20)
         spanned, gaps = subscriber.highest - top, 60
@@ -283,7 +286,7 @@ async def test_what_a_publisher_lost_is_not_taken_for_the_viewers_own_loss() -> 
         await camera.run(20)
         seen, lost = seen + 100, lost + 10
         subscriber.receiver_report(ReportBlock(0.1, lost, seen))
-        assert downlink.reports == [0.0, 0.0, 0.1]
+        assert downlink.reports == [0.0, 0.1]
     finally:
         bench.close()
 
