@@ -16,14 +16,6 @@ the loss, a window of about half a second).
   each step can take effect before the next; never past the lowest layer at once.
   Loss that receiver reports show at the lowest layer for :data:`VIDEO_OFF_AFTER`
   seconds turns video off.
-- **Down before the loss, when the viewer's estimator says so.** A viewer that
-  estimates its bandwidth from packet delays (REMB: browsers and aiortc do, from the
-  abs-send-time we stamp) lowers its estimate as soon as a queue builds up on its
-  path, before that queue overflows and well before loss shows in NACKs and
-  reports. An estimate that *falls* (the estimator only lowers it when it sees the
-  queue grow) below :data:`ESTIMATE_SHORT` of what the viewer receives steps the level
-  straight down to the highest one that fits in it (:meth:`DownlinkQuality.fits`);
-  never to audio only.
 - **Up, slowly and safely.** After :data:`HOLD` seconds without loss at a level
   (:data:`HOLD_AFTER_UP` right after a step up: the probe has just shown that the
   link carries more than it did), the server *probes*: it sends padding (no media)
@@ -50,11 +42,6 @@ NACK_WINDOW_MAX = 4.0  # seconds: a window still short of packets then starts ag
 # Seconds of loss at the lowest layers before video goes off: the first reports there
 # still count what was lost before the switch (which waits for a keyframe).
 VIDEO_OFF_AFTER = 4.0
-ESTIMATE_FALL = 0.95  # an estimate below this share of the previous one: it fell
-# ... and below this share of what the viewer is sent: step down. An estimator that
-# sees a queue grow offers 0.85 of what it measured arriving: only when less arrives
-# than is sent (a bottleneck) does that fall this far, not on a false alarm.
-ESTIMATE_SHORT = 0.7
 HOLD = 5.0  # seconds clean at a level before probing the next
 HOLD_AFTER_UP = 2.0  # ... after a step up (a step down brings back at least HOLD)
 MAX_HOLD = 10.0  # the wait between probes grows to at most this after failures
@@ -117,23 +104,6 @@ class DownlinkQuality:
         self._clean_since = None
         self._hold = max(self._hold, HOLD)  # the link just got worse: no quick probe
         self.loss = 0.0  # judge the new level on its own reports
-        return True
-
-    def fits(self, level: int, now: float) -> bool:
-        """The viewer's bandwidth estimate fell to what ``level`` (below this one) needs:
-        step down to it at once; True if the level changed. During a probe, the probe
-        is what filled the path: it fails, the level stays."""
-        if self._probe_until is not None:
-            self._probe_failed(now)
-            return False
-        level = max(LOW, level)
-        if level >= self.level:
-            return False
-        self.level = level
-        self._changed_at = now
-        self._clean_since = None
-        self._hold = max(self._hold, HOLD)
-        self.loss = 0.0
         return True
 
     def tick(self, now: float, rate: float, next_rate: float) -> Probe | None:

@@ -65,8 +65,7 @@ by RID in an RTP header extension, none announced in the SDP) needs:
     repaired-RID extension; we learn each RTX SSRC's media SSRC from it.
 
 21. ``RTCRtpSender._handle_rtcp_packet`` (per instance): a subscriber's receiver
-    reports tell how much of what we send it loses, and its REMB what its bandwidth
-    estimator allows; the layer it gets follows both.
+    reports tell how much of what we send it loses; the layer it gets follows that.
 
 Publishing simulcast from Python (``media/simulcast.py``: tests, benchmarks, ``lco
 publish``), which aiortc cannot:
@@ -142,7 +141,6 @@ import contextlib
 import fractions
 import logging
 import socket
-import struct
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -168,7 +166,6 @@ from aiortc.rtp import (
     RtcpSrPacket,
     RtpPacket,
     pack_remb_fci,
-    unpack_remb_fci,
 )
 
 from .keyframes import is_keyframe
@@ -559,39 +556,25 @@ def hook_sender(
     retransmit: Callable[[int], Awaitable[None]],
     keyframe: Callable[[], None],
     report: Callable[[ReportBlock], None] | None = None,
-    estimate: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Route a subscriber's NACKs and PLI/FIR to us, (``report``) each receiver report
-    block about the sender's SSRC, and (``estimate``) each REMB that names it: the
-    bitrate the subscriber's estimator allows and how many SSRCs it covers (hook 21:
-    ``RTCRtpSender._handle_rtcp_packet`` per instance)."""
+    """Route a subscriber's NACKs and PLI/FIR to us, and (``report``) each receiver
+    report block about the sender's SSRC (hook 21: ``RTCRtpSender._handle_rtcp_packet``
+    per instance)."""
     setattr(sender, "_retransmit", retransmit)  # noqa: B010
     setattr(sender, "_send_keyframe", keyframe)  # noqa: B010
-    if report is None and estimate is None:
+    if report is None:
         return
     handle = RTCRtpSender._handle_rtcp_packet.__get__(sender)
 
     async def reporting(packet: Any) -> None:
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
             for block in packet.reports:
-                if block.ssrc == sender._ssrc and report is not None:
+                if block.ssrc == sender._ssrc:
                     report(
                         ReportBlock(
                             block.fraction_lost / 256, block.packets_lost, block.highest_sequence
                         )
                     )
-        elif (
-            estimate is not None
-            and isinstance(packet, RtcpPsfbPacket)
-            and packet.fmt == RTCP_PSFB_APP
-        ):
-            try:
-                bitrate, ssrcs = unpack_remb_fci(packet.fci)
-            except (ValueError, struct.error):
-                pass  # not a REMB, or a truncated one
-            else:
-                if sender._ssrc in ssrcs:
-                    estimate(bitrate, len(ssrcs))
         await handle(packet)
 
     setattr(sender, "_handle_rtcp_packet", reporting)  # noqa: B010

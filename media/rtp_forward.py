@@ -315,7 +315,6 @@ class RtpForwarder:
             subscriber.retransmit,
             subscriber.keyframe_requested,
             subscriber.receiver_report,
-            subscriber.bandwidth_estimate,
         )
         self._subscribers = (*self._subscribers, subscriber)
         self.retarget(subscriber)

@@ -51,10 +51,6 @@ class Downlink(Protocol):
     def nacked(self, subscriber: RtpSubscriber, index: int) -> None:
         """``subscriber`` (one of its videos) was NACKed for output ``index``."""
 
-    def estimate(self, subscriber: RtpSubscriber, bitrate: int, streams: int) -> None:
-        """The participant's bandwidth estimator allows ``bitrate`` for ``streams``
-        streams, ``subscriber`` (one of its videos) among them (a REMB)."""
-
 
 def _signed24(value: int) -> int:
     """A difference of two 24-bit cumulative loss counts (RFC 3550), as a signed number."""
@@ -576,12 +572,6 @@ class RtpSubscriber:
         lost = _signed24(now[1] - last[1])
         skipped = (now[2] - last[2]) - (now[3] - last[3])
         downlink.report(max(0.0, min(1.0, (lost - skipped) / expected)))
-
-    def bandwidth_estimate(self, bitrate: int, streams: int) -> None:
-        """A REMB about this stream (``streams``: how many streams it covers)."""
-        downlink = self.downlink
-        if downlink is not None:
-            downlink.estimate(self, bitrate, streams)
 
     def close(self) -> None:
         """Drop every reference this subscriber holds; its sender goes back to aiortc's.

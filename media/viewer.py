@@ -8,8 +8,8 @@ frame path forwards what the publisher sends):
 - what it asks for: ``auto``, ``low_data`` (the smallest layer of everything) or
   ``audio_only`` (no video);
 - what its downlink carries (:class:`media.downlink.DownlinkQuality`, from the
-  receiver reports of its videos, what it NACKs and its bandwidth estimate (REMB);
-  probed with padding before going up).
+  receiver reports of its videos and what it NACKs; probed with padding before
+  going up).
 
 Every few tenths of a second :meth:`Viewer.tick` probes when it is time, and returns
 a notice for the participant when what it receives changed.
@@ -21,15 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .downlink import (
-    AUDIO_ONLY,
-    ESTIMATE_FALL,
-    ESTIMATE_SHORT,
-    HIGH,
-    LOW,
-    DownlinkQuality,
-    NackLoss,
-)
+from .downlink import AUDIO_ONLY, HIGH, LOW, DownlinkQuality, NackLoss
 from .rtp_forward import RtpForwarder
 from .rtp_subscriber import RtpSubscriber
 
@@ -71,7 +63,6 @@ class Viewer:
         self._widths: dict[str, int] = {}  # track id -> rendered width (0: hidden)
         self._videos: dict[str, tuple[RtpForwarder, RtpSubscriber]] = {}
         self._last: QualityNotice | None = None
-        self._estimates: dict[RtpSubscriber, int] = {}  # the last REMB naming each video
 
     @property
     def level(self) -> int:
@@ -92,27 +83,6 @@ class Viewer:
         """One of its videos was NACKed for output ``index``."""
         self.nacks.nacked(subscriber, index)
 
-    def estimate(self, subscriber: RtpSubscriber, bitrate: int, streams: int) -> None:
-        """A REMB naming one of its videos: the estimate for that video alone (aiortc
-        estimates per stream) or, covering several streams, for the whole downlink (a
-        browser's). A falling estimate short of what it covers steps down to the
-        highest level that fits."""
-        previous = self._estimates.get(subscriber)
-        self._estimates[subscriber] = bitrate
-        if previous is None or bitrate >= previous * ESTIMATE_FALL or self.mode != "auto":
-            return
-        videos = [video for video in self._videos.values() if streams > 1 or video[1] is subscriber]
-
-        def needs(level: int) -> float:
-            return sum(forwarder.bitrate_of(sub, HIGH - level) for forwarder, sub in videos)
-
-        level = self.quality.level
-        if level <= LOW or bitrate >= needs(level) * ESTIMATE_SHORT:
-            return
-        fitting = next((n for n in range(level - 1, LOW, -1) if needs(n) <= bitrate), LOW)
-        if self.quality.fits(fitting, self._clock()):
-            self._retarget(congested=True)
-
     def add(self, track_id: str, forwarder: RtpForwarder, subscriber: RtpSubscriber) -> None:
         """A video it now receives."""
         subscriber.downlink = self
@@ -126,7 +96,6 @@ class Viewer:
         self._sent.pop(track_id, None)
         if video is not None:
             self.nacks.forget(video[1])
-            self._estimates.pop(video[1], None)
 
     def configure(self, mode: Mode, widths: dict[str, int]) -> None:
         """What the viewer asks for: a mode, and the width it renders each track at

@@ -184,17 +184,3 @@ def test_only_receiver_reports_turn_video_off() -> None:
     assert quality.level == LOW
     assert quality.report(0.9, now=VIDEO_OFF_AFTER + 1.5)
     assert quality.level == AUDIO_ONLY
-
-
-def test_a_falling_estimate_steps_straight_to_the_level_that_fits_but_not_during_a_probe() -> None:
-    quality = DownlinkQuality(0.0)
-    assert quality.fits(LOW, 1.0) and quality.level == LOW  # two levels at once
-    assert not quality.fits(HIGH, 2.0) and quality.level == LOW  # never up
-    assert not quality.fits(AUDIO_ONLY, 3.0) and quality.level == LOW  # never video off
-    # Clean long enough: a probe starts; an estimate falling meanwhile fails the probe
-    # (the padding filled the path), and the level stays.
-    now = reports(quality, 0.0, 3.0, HOLD + 1)
-    probe = quality.tick(now, 100_000, 400_000)
-    assert probe is not None and quality.probing
-    assert not quality.fits(LOW, now + 0.5)
-    assert not quality.probing and quality.level == LOW

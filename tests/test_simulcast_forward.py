@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from media.downlink import AUDIO_ONLY, ESTIMATE_SHORT, HIGH, LOW
+from media.downlink import AUDIO_ONLY, HIGH, LOW
 from media.hooks import ReportBlock
 from media.rtp_layers import Layer, choose
 from media.viewer import Viewer as Downlink
@@ -71,16 +71,12 @@ class FixedDownlink:
         self.level = level
         self.reports: list[float] = []
         self.nacks: list[int] = []
-        self.estimates: list[int] = []
 
     def report(self, fraction_lost: float) -> None:
         self.reports.append(fraction_lost)
 
     def nacked(self, subscriber: Any, index: int) -> None:
         self.nacks.append(index)
-
-    def estimate(self, subscriber: Any, bitrate: int, streams: int) -> None:
-        self.estimates.append(bitrate)
 
 
 async def on_the_large_layer(bench: Bench, camera: Camera) -> tuple[Any, FixedDownlink]:
@@ -224,41 +220,6 @@ async def test_what_a_viewer_nacks_steps_it_down_before_any_receiver_report() ->
         await camera.run(90)
         assert subscriber.layer is not None and subscriber.layer.rid == "m"
         assert bench.viewers[subscriber].undecryptable == 0
-    finally:
-        bench.close()
-
-
-async def test_a_falling_bandwidth_estimate_steps_down_to_the_layer_that_fits() -> None:
-    """The viewer's estimator lowers its REMB as a queue builds up on its path: before
-    any loss shows, it gets the largest layer that fits in the new estimate. An
-    estimate that does not fall, or falls but still covers what it receives, changes
-    nothing."""
-    bench = Bench(rids=RIDS)
-    try:
-        camera = Camera(bench)
-        subscriber = bench.subscribe(rtx=True)
-        downlink = Downlink(bench.clock)
-        downlink.add("track-1", bench.forwarder, subscriber)
-        await camera.run(60)
-        assert subscriber.layer is not None and subscriber.layer.rid == "h"
-        high, medium, low = (bench.forwarder.bitrate_of(subscriber, n) for n in range(3))
-        assert high > medium > low > 0
-        subscriber.bandwidth_estimate(int(high * 1.5), 1)
-        # A false alarm: the estimator offers 0.85 of what arrives, and all of it does.
-        subscriber.bandwidth_estimate(int(high * 0.85), 1)
-        subscriber.bandwidth_estimate(int(high * 0.85), 1)  # did not fall
-        assert downlink.level == HIGH
-        between = int((medium + high * ESTIMATE_SHORT) / 2)
-        assert medium < between < high * ESTIMATE_SHORT
-        subscriber.bandwidth_estimate(between, 2)  # for "all its streams": this one here
-        assert downlink.level == HIGH - 1
-        await camera.run(30)
-        assert subscriber.layer is not None and subscriber.layer.rid == "m"
-        subscriber.bandwidth_estimate(int(low * 0.5), 1)  # below everything: the lowest
-        assert downlink.level == LOW
-        await camera.run(30)
-        assert subscriber.layer is not None and subscriber.layer.rid == "l"
-        check_stream(bench.viewers[subscriber], 0x5EED0000)
     finally:
         bench.close()
 
