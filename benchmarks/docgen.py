@@ -366,7 +366,7 @@ class Criterion:
 
     label: str
     value: float | None
-    op: str  # "≤" or "≥"
+    op: str  # "≤", "<" or "≥"
     threshold: float
     unit: str
     digits: int = 1
@@ -375,6 +375,8 @@ class Criterion:
         """Whether it is satisfied (``None``: not measured)."""
         if self.value is None:
             return None
+        if self.op == "<":
+            return self.value < self.threshold
         return self.value <= self.threshold if self.op == "≤" else self.value >= self.threshold
 
     def text(self) -> str:
@@ -413,6 +415,19 @@ def _ratio(
     return None
 
 
+def _ratio_high(
+    document: dict[str, Any] | None, workload: str, baseline: str, size: int, key: str
+) -> float | None:
+    """The highest ratio of any round at ``size``: below 1, every round was below 1."""
+    if document is None or workload not in document.get("workloads", {}):
+        return None
+    for entry in document["workloads"][workload]["summary"]:
+        if entry["subscribers"] == size:
+            found = entry["ratios"].get(baseline, {}).get(key)
+            return float(found[2]) if found else None
+    return None
+
+
 def _raw_capacity(document: dict[str, Any] | None) -> list[Criterion]:
     """The largest raw-mode size at which ours stayed within the CPU and loss limits."""
     best: tuple[float, float, float] | None = None
@@ -432,13 +447,18 @@ def _raw_capacity(document: dict[str, Any] | None) -> list[Criterion]:
     ]
 
 
-def _added_latency(document: dict[str, Any] | None, percentile: str) -> float | None:
-    """ours minus the zero-hop relay, at the largest size both ran (medians)."""
+def _added_latency(
+    document: dict[str, Any] | None, percentile: str, size: int | None = None
+) -> float | None:
+    """ours minus the zero-hop relay (medians), at ``size`` or else at the largest size
+    both ran."""
     if document is None or "w2" not in document.get("workloads", {}):
         return None
     for entry in sorted(
         document["workloads"]["w2"]["summary"], key=lambda e: -int(e["subscribers"])
     ):
+        if size is not None and entry["subscribers"] != size:
+            continue
         ours = entry["systems"].get("ours", {}).get("figures", {}).get(percentile)
         relay = entry["systems"].get("udprelay", {}).get("figures", {}).get(percentile)
         if ours and relay:
@@ -484,7 +504,7 @@ TARGETS: list[Target] = [
         ],
     ),
     (
-        "≥ 40,000 forwarded packets/s at ≤ 80 % CPU, loss ≤ 0.1 % (raw load)",
+        "≥ 40,000 forwarded packets/s at ≤ 80 % CPU, loss ≤ 0.1 % (raw load; issues 5 and 13)",
         "raw",
         lambda d: _raw_capacity(d["raw"]),
     ),
@@ -519,6 +539,33 @@ TARGETS: list[Target] = [
             )
         ],
     ),
+    *[
+        (
+            f"Issue 13: CPU per forwarded packet below Janus's in every round "
+            f"(W2, {n} students: the highest ratio of five rounds)",
+            "w2",
+            lambda d, n=n: [
+                Criterion(
+                    f"ours/Janus at {n}, highest",
+                    _ratio_high(d["w2"], "w2", "janus", n, "cpu_us_per_packet"),
+                    "<",
+                    1,
+                    "",
+                    2,
+                )
+            ],
+        )
+        for n in (8, 16, 32)
+    ],
+    (
+        "Issue 13: added latency p50 ≤ 1 ms, p99 ≤ 10 ms at 16 students "
+        "(ours minus the zero-hop relay, raw load)",
+        "raw",
+        lambda d: [
+            Criterion("p50", _added_latency(d["raw"], "latency_p50_ms", 16), "≤", 1, "ms", 2),
+            Criterion("p99", _added_latency(d["raw"], "latency_p99_ms", 16), "≤", 10, "ms", 2),
+        ],
+    ),
     (
         "A lesson of an hour: no stall, server CPU, memory, descriptors flat",
         "soak",
@@ -536,7 +583,8 @@ def status_word(criteria: list[Criterion]) -> str:
 
 
 def render_status(sources: dict[str, dict[str, Any] | None], paths: dict[str, str]) -> str:
-    """The targets of issue 5 and the soak, each with the numbers it is judged on."""
+    """The targets of issues 5 and 13 and the soak, each with the numbers it is judged
+    on."""
     lines = ["| target | status | numbers (median over rounds) | from |", "|---|---|---|---|"]
     for title, key, evaluate in TARGETS:
         criteria = evaluate(sources)

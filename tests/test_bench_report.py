@@ -63,7 +63,7 @@ def test_the_status_table_feeds_on_the_headline_regions_only() -> None:
 
 # "label: 14.70 µs ≤ 20 µs", "loss: 0.00 % ≤ 0.1 %", "stalls: 0 ≤ 0", "p50: not measured"
 CRITERION = re.compile(
-    r"^(?P<label>[^:]+): (?P<value>-?[\d,.]+) ?[^≤≥]*?(?P<op>[≤≥]) (?P<limit>-?[\d,.]+)"
+    r"^(?P<label>[^:]+): (?P<value>-?[\d,.]+) ?[^≤≥<]*?(?P<op>[≤≥<]) (?P<limit>-?[\d,.]+)"
 )
 
 
@@ -95,7 +95,10 @@ def test_every_status_agrees_with_the_numbers_printed_next_to_it() -> None:
             match = CRITERION.match(criterion)
             assert match, f"{target}: cannot read {criterion!r}"
             value, limit = _number(match["value"]), _number(match["limit"])
-            verdicts.append(value <= limit if match["op"] == "≤" else value >= limit)
+            op = match["op"]
+            verdicts.append(
+                value < limit if op == "<" else value <= limit if op == "≤" else value >= limit
+            )
         if word == "met":
             assert verdicts and all(v is True for v in verdicts), f"'met' but {criteria}"
         elif word == "not met":
@@ -250,6 +253,9 @@ def test_status_criteria_print_what_they_are_judged_on() -> None:
     assert [c.text() for c in criteria] == ["ours: 14.7 µs ≤ 20 µs", "loss: 0.00 % ≤ 0.1 %"]
     assert docgen.status_word(criteria) == "met"
     assert docgen.status_word([docgen.Criterion("x", 21.0, "≤", 20, "µs")]) == "not met"
+    # "below": equal to the threshold is not enough.
+    assert docgen.status_word([docgen.Criterion("ratio", 1.0, "<", 1, "", 2)]) == "not met"
+    assert docgen.Criterion("ratio", 0.99, "<", 1, "", 2).text() == "ratio: 0.99 < 1"
     assert docgen.status_word([*criteria, docgen.Criterion("p99", None, "≤", 15, "ms")]) == (
         "not measured"
     )
