@@ -1,7 +1,8 @@
 """Command line of the benchmarks: ``lco bench`` (the same as ``python -m benchmarks``).
 
 ``run`` is the benchmark (``--workload soak`` the hour-long lesson, ``--workload
-downlink`` a viewer whose link drops to 300 kbit/s), ``report``
+downlink`` a viewer whose link drops to 300 kbit/s, ``--workload failover`` a
+lesson's node killed), ``report``
 fills the generated tables of ``docs/benchmarks.md`` from committed results,
 ``show`` and ``plot`` read a results file, ``media`` encodes the pre-encoded
 streams, ``check`` proves they decode. ``relay-server``, ``udp-relay``,
@@ -18,7 +19,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from .workloads import HEADLINE_ROUNDS, RAMP_CPU_LIMIT, SYSTEMS, Workload, workl
 
 SOAK = "soak"
 DOWNLINK = "downlink"
+FAILOVER = "failover"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workload",
         action="append",
-        choices=[*sorted(workloads(False)), SOAK, DOWNLINK],
-        help="core (default), w1 ... w6, soak (the hour-long lesson) or downlink (a viewer "
-        "whose link drops to 300 kbit/s, under scripts/netns-run); repeat for several",
+        choices=[*sorted(workloads(False)), SOAK, DOWNLINK, FAILOVER],
+        help="core (default), w1 ... w6, soak (the hour-long lesson), downlink (a viewer "
+        "whose link drops to 300 kbit/s, under scripts/netns-run) or failover (a lesson's "
+        "node killed, needs redis-server); repeat for several",
     )
     run.add_argument("--quick", action="store_true", help="small sizes, short windows, 1 round")
     run.add_argument(
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         help=f"interleaved rounds per size (default {HEADLINE_ROUNDS} for the headline "
-        "workloads core and w2 and for downlink, else 1; --quick: 1)",
+        "workloads core and w2 and for downlink and failover, else 1; --quick: 1)",
     )
     run.add_argument(
         "--load",
@@ -223,7 +226,7 @@ def _header(args: argparse.Namespace, options: RunOptions, kind: str) -> dict[st
 
 def _run(args: argparse.Namespace, bar: StepProgress | None = None) -> int:
     names = args.workload or ["core"]
-    for alone, run_alone in ((SOAK, _soak), (DOWNLINK, _downlink)):
+    for alone, run_alone in ((SOAK, _soak), (DOWNLINK, _downlink), (FAILOVER, _failover)):
         if alone in names:
             if len(names) > 1:
                 print(f"lco bench: run the {alone} workload on its own", file=sys.stderr)
@@ -358,16 +361,33 @@ def _soak(args: argparse.Namespace) -> int:
 def _downlink(args: argparse.Namespace) -> int:
     from .downlink import run_downlink, summary_lines
 
+    return _in_rounds(args, DOWNLINK, run_downlink, summary_lines)
+
+
+def _failover(args: argparse.Namespace) -> int:
+    from .failover import run_failover, summary_lines
+
+    return _in_rounds(args, FAILOVER, run_failover, summary_lines)
+
+
+def _in_rounds(
+    args: argparse.Namespace,
+    kind: str,
+    run: Callable[[RunOptions, int], Coroutine[Any, Any, dict[str, Any]]],
+    summary_lines: Callable[[dict[str, Any]], list[str]],
+) -> int:
+    """A workload of rounds on our server alone (downlink, failover): each round's
+    figures, their medians and ranges, the targets by the worst round."""
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else HEADLINE_ROUNDS)
     options = _options(args, ("ours",), "aiortc")
     name = results.stamp()
-    document = _header(args, options, DOWNLINK)
+    document = _header(args, options, kind)
     print(f"logs: {options.log_dir}", file=sys.stderr)
-    body = asyncio.run(run_downlink(options, rounds))
-    document["downlink"] = body
+    body = asyncio.run(run(options, rounds))
+    document[kind] = body
     document["noise"] = results.noise([{"figures": r} for r in body["rounds"]])
     document["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    path, _ = results.write(document, None, f"{name}-downlink", args.results_dir)
+    path, _ = results.write(document, None, f"{name}-{kind}", args.results_dir)
     print("\n".join(summary_lines(document)))
     _print_noise(document["noise"])
     print(f"\nJSON: {path}")
@@ -385,6 +405,11 @@ def _show(args: argparse.Namespace) -> int:
         from .downlink import summary_lines as downlink_lines
 
         print("\n".join(downlink_lines(document)))
+        return 0
+    if document.get("kind") == FAILOVER:
+        from .failover import summary_lines as failover_lines
+
+        print("\n".join(failover_lines(document)))
         return 0
     systems = list(document["options"]["systems"])
     for name, entry in document["workloads"].items():

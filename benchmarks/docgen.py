@@ -19,8 +19,8 @@ satisfies the thresholds printed next to it.
 
 Region kinds: ``status`` (the targets), ``table`` (one workload's main figures with
 ratios), ``soak`` (a soak's stalls, loss and trends), ``downlink`` (how fast a
-viewer follows its link, round by round), ``environment`` (what a run was measured
-on).
+viewer follows its link, round by round), ``failover`` (how fast a lesson moves when
+its node dies, round by round), ``environment`` (what a run was measured on).
 """
 
 from __future__ import annotations
@@ -46,12 +46,14 @@ COMMANDS = {
     "w2": "scripts/netns-run .venv/bin/lco bench run --workload w2 --system ours "
     "--system janus --system pack --subscribers 8 --subscribers 16 --subscribers 32",
     "raw": "scripts/netns-run .venv/bin/lco bench run --workload w2 --load raw --system ours "
-    "--system janus --system udprelay --subscribers 32 --subscribers 64 --subscribers 96",
+    "--system janus --system udprelay --subscribers 8 --subscribers 16 --subscribers 32 "
+    "--subscribers 64 --subscribers 96",
     "soak-ours": "scripts/netns-run .venv/bin/lco bench run --workload soak --system ours "
     "--browsers 1",
     "soak-pack": "scripts/netns-run .venv/bin/lco bench run --workload soak --system pack "
     "--minutes 15",
     "downlink": "scripts/netns-run .venv/bin/lco bench run --workload downlink",
+    "failover": ".venv/bin/lco bench run --workload failover",
 }
 
 
@@ -100,14 +102,14 @@ def _opening(region: Region) -> str:
 def qualifies(document: dict[str, Any], region: Region) -> str | None:
     """Why ``document`` cannot feed ``region`` (``None``: it can)."""
     need = region.attrs.get("need", "pinned")
-    kind = region.kind if region.kind in ("soak", "downlink") else "workloads"
+    kind = region.kind if region.kind in ("soak", "downlink", "failover") else "workloads"
     if document.get("kind") != kind:
         return f"not a {kind} result"
-    if kind == "downlink":
+    if kind in ("downlink", "failover"):
         if need == "headline":
             if document.get("quick"):
                 return "a --quick run"
-            if len(document["downlink"]["rounds"]) < HEADLINE_ROUNDS:
+            if len(document[kind]["rounds"]) < HEADLINE_ROUNDS:
                 return f"fewer than {HEADLINE_ROUNDS} rounds"
             if not document.get("noise", {}).get("quiet"):
                 return "the machine was busy"
@@ -323,22 +325,7 @@ def render_downlink(document: dict[str, Any], region: Region) -> str:
         f"{summary['rounds']} rounds; a viewer's link drops to {body['shaped_kbit']} kbit/s "
         "while another viewer's stays good.",
         "",
-        "| figure | median [min-max] | target (worst round) | status |",
-        "|---|---|---|---|",
-    ]
-    for key, name in names.items():
-        found = summary["figures"].get(key)
-        if found is None and key not in summary["targets"]:
-            continue  # not measured by the version that wrote the file
-        cell = f"{found['median']:.2f} [{found['low']:.2f}-{found['high']:.2f}]" if found else "-"
-        target = summary["targets"].get(key)
-        if target is None:
-            lines.append(f"| {name} | {cell} | - | - |")
-            continue
-        worst = "-" if target["worst"] is None else f"{target['worst']:.2f}"
-        status = "**met**" if target["met"] else "**not met**"
-        lines.append(f"| {name} | {cell} | ≤ {target['limit']:g} (worst: {worst}) | {status} |")
-    lines += [
+        *_figures_table(summary, names),
         "",
         "| round | down, s | longest stall, s | other viewer's stall, s | its smallest size "
         "| up, s |",
@@ -352,6 +339,52 @@ def render_downlink(document: dict[str, Any], region: Region) -> str:
         smallest = "x".join(str(v) for v in found["other_smallest"])
         up = "-" if found["up_s"] is None else f"{found['up_s']:.2f}"
         lines.append(f"| {number} | {' | '.join(seconds)} | {smallest} | {up} |")
+    if body["errors"]:
+        lines += ["", f"{len(body['errors'])} round(s) failed: " + "; ".join(body["errors"][:3])]
+    return "\n".join(lines)
+
+
+def _figures_table(summary: dict[str, Any], names: dict[str, str]) -> list[str]:
+    """Each figure of rounds (``stats.rounds_summary``): median [min-max], and its
+    target met or not by the worst round."""
+    lines = ["| figure | median [min-max] | target (worst round) | status |", "|---|---|---|---|"]
+    for key, name in names.items():
+        found = summary["figures"].get(key)
+        if found is None and key not in summary["targets"]:
+            continue  # not measured by the version that wrote the file
+        cell = f"{found['median']:.2f} [{found['low']:.2f}-{found['high']:.2f}]" if found else "-"
+        target = summary["targets"].get(key)
+        if target is None:
+            lines.append(f"| {name} | {cell} | - | - |")
+            continue
+        worst = "-" if target["worst"] is None else f"{target['worst']:.2f}"
+        status = "**met**" if target["met"] else "**not met**"
+        lines.append(f"| {name} | {cell} | ≤ {target['limit']:g} (worst: {worst}) | {status} |")
+    return lines
+
+
+def render_failover(document: dict[str, Any], region: Region) -> str:
+    """A lesson's node killed: each figure median [min-max] over rounds, each target
+    met or not by the worst round, then every round."""
+    body = document["failover"]
+    summary = body["summary"]
+    names = {
+        "owner_s": "until the other node owns the lesson, s",
+        "seat_s": "until the publisher has its seat back, s",
+        "media_s": "until the viewer decodes the publisher again, s",
+    }
+    lines = [
+        f"{summary['rounds']} rounds; {body['nodes']} nodes on one Redis, the lesson's node "
+        "killed with SIGKILL (times from the kill).",
+        "",
+        *_figures_table(summary, names),
+        "",
+        "| round | owner, s | seat, s | media, s | reconnects |",
+        "|---|---|---|---|---|",
+    ]
+    for number, found in enumerate(body["rounds"], 1):
+        seconds = ["-" if found[k] is None else f"{found[k]:.2f}" for k in names]
+        lines.append(f"| {number} | {' | '.join(seconds)} | {found['reconnects']} |")
     if body["errors"]:
         lines += ["", f"{len(body['errors'])} round(s) failed: " + "; ".join(body["errors"][:3])]
     return "\n".join(lines)
@@ -633,6 +666,8 @@ def render(region: Region) -> str:
         return heading + "\n\n" + render_soak(document, region)
     if region.kind == "downlink":
         return heading + "\n\n" + render_downlink(document, region)
+    if region.kind == "failover":
+        return heading + "\n\n" + render_failover(document, region)
     raise ValueError(f"unknown region kind {region.kind!r}")
 
 

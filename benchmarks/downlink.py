@@ -43,7 +43,7 @@ from signaling.permissions import Role
 from . import procstat
 from .encoded import PreEncodedTrack, encode_audio
 from .runner import RunOptions, Stage
-from .stats import spread
+from .stats import rounds_lines, rounds_summary
 
 LARGE, SMALL = (640, 360), (160, 90)
 SHAPED_KBIT = 300
@@ -203,17 +203,7 @@ async def measure_round(lesson: Lesson, shaper: Shaper) -> dict[str, Any]:
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Median and range of each figure over rounds, and each target met or not (by
     the worst round; a round that did not step at all misses it)."""
-    figures: dict[str, Any] = {}
-    for key in FIGURES:
-        found = spread([r.get(key) for r in rounds])
-        figures[key] = found.as_dict() if found else None
-    targets = {}
-    for key, limit in TARGETS.items():
-        values = [r.get(key) for r in rounds]
-        present = [float(v) for v in values if v is not None]
-        worst = max(present) if present and len(present) == len(values) else None
-        targets[key] = {"limit": limit, "worst": worst, "met": worst is not None and worst <= limit}
-    return {"figures": figures, "targets": targets, "rounds": len(rounds)}
+    return rounds_summary(rounds, FIGURES, TARGETS)
 
 
 async def run_downlink(options: RunOptions, rounds: int) -> dict[str, Any]:
@@ -288,15 +278,5 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
     """What ``lco bench run --workload downlink`` prints at the end."""
     body = document["downlink"]
     summary = body["summary"]
-    lines = [f"a viewer's link drops to {body['shaped_kbit']} kbit/s: {summary['rounds']} rounds"]
-    for key in FIGURES:
-        found = summary["figures"].get(key)
-        if found:
-            lines.append(
-                f"  {key}: median {found['median']:.2f} [{found['low']:.2f}-{found['high']:.2f}]"
-            )
-    for key, target in summary["targets"].items():
-        verdict = "met" if target["met"] else "NOT met"
-        lines.append(f"  {key} <= {target['limit']:g} s (worst round): {verdict}")
-    lines += [f"  error: {e}" for e in body["errors"]]
-    return lines
+    header = f"a viewer's link drops to {body['shaped_kbit']} kbit/s: {summary['rounds']} rounds"
+    return [header, *rounds_lines(summary, body["errors"])]

@@ -118,3 +118,39 @@ def significant(value: float, digits: int = 4) -> float:
     if value == 0 or not math.isfinite(value):
         return value
     return round(value, max(0, digits - 1 - math.floor(math.log10(abs(value)))))
+
+
+def rounds_summary(
+    rounds: Sequence[dict[str, Any]], figures: Sequence[str], targets: dict[str, float]
+) -> dict[str, Any]:
+    """Median and range of each figure over rounds, and each target (an upper limit in
+    seconds) met or not by the worst round; a round without the figure misses it."""
+    spreads: dict[str, Any] = {}
+    for key in figures:
+        found = spread([r.get(key) for r in rounds])
+        spreads[key] = found.as_dict() if found else None
+    verdicts = {}
+    for key, limit in targets.items():
+        values = [r.get(key) for r in rounds]
+        present = [float(v) for v in values if v is not None]
+        worst = max(present) if present and len(present) == len(values) else None
+        verdicts[key] = {
+            "limit": limit,
+            "worst": worst,
+            "met": worst is not None and worst <= limit,
+        }
+    return {"figures": spreads, "targets": verdicts, "rounds": len(rounds)}
+
+
+def rounds_lines(summary: dict[str, Any], errors: Sequence[str]) -> list[str]:
+    """A :func:`rounds_summary` as lines of text: each figure, each target, each error."""
+    lines = []
+    for key, found in summary["figures"].items():
+        if found:
+            lines.append(
+                f"  {key}: median {found['median']:.2f} [{found['low']:.2f}-{found['high']:.2f}]"
+            )
+    for key, target in summary["targets"].items():
+        verdict = "met" if target["met"] else "NOT met"
+        lines.append(f"  {key} <= {target['limit']:g} s (worst round): {verdict}")
+    return lines + [f"  error: {e}" for e in errors]

@@ -1,0 +1,285 @@
+"""How long a lesson takes to move when its node dies (issue 12): ``--workload failover``.
+
+Each round starts a redis-server-backed pair of nodes (``lco serve --redis``, one
+data directory, as two processes of one machine share it) and a lesson on them: an
+observer's join places it on one node, two classrooms join through the other node
+(their signalling is relayed to the lesson's node), one publishes a camera and a
+microphone and the other decodes it. Then the lesson's node is killed with SIGKILL,
+and the round measures, from the kill:
+
+- **owner**: until the surviving node owns the lesson (its ``/metrics.json``);
+- **seat**: until the publisher has a seat again (its ``welcome``);
+- **media**: until the viewer decodes frames of the publisher's new track.
+
+The clients notice the dead node only through silence: their watchdog, then a
+reconnect that waits for the dead node's heartbeat to expire before the lesson can
+be placed again. Runs on loopback; needs ``redis-server`` (``scripts/test`` installs
+it). ``tests/test_bench_failover.py`` runs one round of the same code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from media import hooks
+from media.client import LessonClient
+from media.testsource import PatternVideoTrack, ToneAudioTrack
+from signaling.permissions import Role
+from signaling.tokens import mint_token
+
+from . import procstat
+from .processes import Child, free_port, http_json, server_argv, wait_healthy
+from .runner import RunOptions
+from .stats import rounds_lines, rounds_summary
+
+# What the issue asks (seconds after SIGKILL): its worst round counts.
+TARGETS = {"owner_s": 10.0, "media_s": 10.0}
+FIGURES = ("owner_s", "seat_s", "media_s")
+STEP_TIMEOUT = 60.0  # a round that takes longer reports no figure
+
+
+class Redis:
+    """A redis-server on a free loopback port, in a directory of its own."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        """Where the nodes find it."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @staticmethod
+    def available() -> str | None:
+        """Why it cannot start here (None: it can)."""
+        if shutil.which("redis-server") is None:
+            return "the failover workload needs redis-server (apt-get install redis-server)"
+        return None
+
+    async def start(self) -> None:
+        """Start it and wait until it answers PING."""
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--dir", str(self.directory), "--save", "", "--appendonly", "no"]
+        with (self.directory / "redis.log").open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
+        client = redis.asyncio.Redis.from_url(self.url)
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    if self.process.returncode is not None:
+                        raise RuntimeError((self.directory / "redis.log").read_text())
+                    with contextlib.suppress(redis.ConnectionError):
+                        if await client.ping():
+                            return
+                    await asyncio.sleep(0.05)  # not listening yet: nothing to wait on
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        """Stop it (its keys go with it: nothing is saved)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+
+
+@dataclass
+class Node:
+    """One ``lco serve --redis`` process."""
+
+    child: Child
+    http: str
+
+    @property
+    def ws(self) -> str:
+        """Its signalling URL."""
+        return self.http.replace("http://", "ws://") + "/ws"
+
+    async def cluster(self) -> dict[str, Any] | None:
+        """What it says of itself: its name and the lessons it owns (None: no answer)."""
+        found = await http_json(self.http + "/metrics.json")
+        info = (found or {}).get("cluster")
+        return info if isinstance(info, dict) else None
+
+
+async def start_node(
+    name: str, redis_server: Redis, data_dir: Path, options: RunOptions, secret: str
+) -> Node:
+    """A node on ``redis``, ready to take participants."""
+    port = free_port()
+    argv = server_argv("ours", port, data_dir, options.host)
+    argv += ["--redis", redis_server.url, "--node-name", name, "--no-demo"]
+    child = await Child.start(
+        f"server-{name}", argv, options.log_dir, options.server_dir, env={"LCO_SECRET": secret}
+    )
+    http = f"http://127.0.0.1:{port}"
+    await wait_healthy(child, http + "/healthz")
+    return Node(child, http)
+
+
+async def _until(condition: Callable[[], Any], timeout: float = STEP_TIMEOUT) -> float | None:
+    """Seconds until ``await condition()`` is true, polled; None if not within ``timeout``."""
+    started = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            # Another process's state: nothing to wait on but polling.
+            while not await condition():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        return None
+    return time.monotonic() - started
+
+
+async def measure_round(
+    number: int, redis_server: Redis, options: RunOptions, directory: Path
+) -> dict[str, Any]:
+    """One round (see the module's docstring): its figures, None where a step did not
+    happen within its time."""
+    secret = os.urandom(32).hex()
+    lesson = f"failover-{number}"
+
+    def token(name: str, role: Role) -> str:
+        return mint_token(secret.encode(), lesson=lesson, name=name, role=role, ttl_seconds=3600)
+
+    data_dir = directory / f"data-{number}"
+    nodes = [
+        await start_node(f"r{number}{side}", redis_server, data_dir, options, secret)
+        for side in "ab"
+    ]
+    clients: list[LessonClient] = []
+    try:
+        probe = LessonClient(nodes[0].ws, token("Probe", Role.OBSERVER))
+        clients.append(probe)
+        await probe.connect()
+        infos = [await node.cluster() for node in nodes]
+        owner = next(i for i, info in enumerate(infos) if info and lesson in info["lessons"])
+        dead, survivor = nodes[owner], nodes[1 - owner]
+        room_a, room_b = (
+            LessonClient(survivor.ws, token(name, Role.CLASSROOM), reconnect=True)
+            for name in ("Room A", "Room B")
+        )
+        clients += [room_a, room_b]
+        for client in (room_a, room_b):
+            await client.connect()
+        await room_a.publish([(PatternVideoTrack(), "camera"), (ToneAudioTrack(), "microphone")])
+        before = room_a.participant_id or ""
+        await room_b.wait_frames(await room_b.wait_track(before, "video"), 5)
+
+        seat = asyncio.ensure_future(
+            room_a.wait_for(lambda m: m["type"] == "welcome", STEP_TIMEOUT)
+        )
+        killed = time.monotonic()
+        dead.child.process.kill()
+
+        async def owned() -> bool:
+            info = await survivor.cluster()
+            return info is not None and lesson in info["lessons"]
+
+        owner_s = await _until(owned)
+        seat_s: float | None = None
+        media_s: float | None = None
+        try:
+            welcome = await seat
+            seat_s = time.monotonic() - killed
+            if welcome["participant_id"] != before:
+                track = await room_b.wait_track(room_a.participant_id or "", "video", STEP_TIMEOUT)
+                await room_b.wait_frames(track, 5)
+                media_s = time.monotonic() - killed
+        except TimeoutError:
+            pass
+        return {
+            "owner_s": owner_s,
+            "seat_s": seat_s,
+            "media_s": media_s,
+            "reconnects": room_a.reconnects + room_b.reconnects,
+            "errors": [str(m) for m in (*room_a.errors, *room_b.errors)][:5],
+        }
+    finally:
+        for client in clients:
+            await client.close()
+        for node in nodes:
+            await node.child.stop()
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and range of each figure over rounds, and each target met or not (by
+    the worst round; a round that never got there misses it)."""
+    return rounds_summary(rounds, FIGURES, TARGETS)
+
+
+async def run_failover(options: RunOptions, rounds: int) -> dict[str, Any]:
+    """``rounds`` rounds, each on two new nodes of one redis-server; returns the results
+    document's body."""
+    why = Redis.available()
+    if why:
+        raise RuntimeError(why)
+    # Clients and nodes on loopback, as in one machine's test.
+    options = replace(options, host="127.0.0.1")
+    hooks.install_counting_hooks()
+    hooks.set_host_addresses(["127.0.0.1"])
+    measured: list[dict[str, Any]] = []
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="lco-failover-") as temporary:
+        directory = Path(temporary)
+        redis_server = Redis(directory)
+        try:
+            await redis_server.start()
+            for number in range(1, rounds + 1):
+                before = (procstat.task_ticks(), procstat.machine_ticks()[1])
+                ours_before, wall_before = procstat.sample(os.getpid()).total, time.time()
+                try:
+                    figures = await measure_round(number, redis_server, options, directory)
+                except Exception as exc:
+                    errors.append(f"round {number}: {type(exc).__name__}: {exc}")
+                    continue
+                figures["foreign_cpu_pct"] = procstat.foreign_cpu_pct(
+                    procstat.task_ticks() - before[0],
+                    procstat.machine_ticks()[1] - before[1],
+                    procstat.sample(os.getpid()).total - ours_before,
+                    time.time() - wall_before,
+                )
+                measured.append(figures)
+                print(f"  round {number}: {round_line(figures)}", file=options.progress)
+        finally:
+            await redis_server.stop()
+            hooks.uninstall_hooks()
+            hooks.set_host_addresses(None)
+    return {
+        "system": "ours",
+        "nodes": 2,
+        "rounds": measured,
+        "summary": summarise(measured),
+        "errors": errors,
+    }
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def round_line(figures: dict[str, Any]) -> str:
+    """One round, as the progress shows it."""
+    return (
+        f"owner {_seconds(figures['owner_s'])} s, seat {_seconds(figures['seat_s'])} s, "
+        f"media {_seconds(figures['media_s'])} s after SIGKILL"
+    )
+
+
+def summary_lines(document: dict[str, Any]) -> list[str]:
+    """What ``lco bench run --workload failover`` prints at the end."""
+    body = document["failover"]
+    header = f"a lesson's node is killed: {body['summary']['rounds']} rounds"
+    return [header, *rounds_lines(body["summary"], body["errors"])]
