@@ -1,8 +1,8 @@
 """Command line of the benchmarks: ``lco bench`` (the same as ``python -m benchmarks``).
 
 ``run`` is the benchmark (``--workload soak`` the hour-long lesson, ``--workload
-downlink`` a viewer whose link drops to 300 kbit/s, ``--workload failover`` a
-lesson's node killed), ``report``
+downlink`` a viewer whose link drops to 300 kbit/s, ``--workload mix`` simulcast
+to a mix of viewers, ``--workload failover`` a lesson's node killed), ``report``
 fills the generated tables of ``docs/benchmarks.md`` from committed results,
 ``show`` and ``plot`` read a results file, ``media`` encodes the pre-encoded
 streams, ``check`` proves they decode. ``relay-server``, ``udp-relay``,
@@ -35,6 +35,7 @@ from .workloads import HEADLINE_ROUNDS, RAMP_CPU_LIMIT, SYSTEMS, Workload, workl
 SOAK = "soak"
 DOWNLINK = "downlink"
 FAILOVER = "failover"
+MIX = "mix"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workload",
         action="append",
-        choices=[*sorted(workloads(False)), SOAK, DOWNLINK, FAILOVER],
+        choices=[*sorted(workloads(False)), SOAK, DOWNLINK, FAILOVER, MIX],
         help="core (default), w1 ... w6, soak (the hour-long lesson), downlink (a viewer "
-        "whose link drops to 300 kbit/s, under scripts/netns-run) or failover (a lesson's "
-        "node killed, needs redis-server); repeat for several",
+        "whose link drops to 300 kbit/s), mix (simulcast to a mix of viewers against one "
+        "layer; these two under scripts/netns-run) or failover (a lesson's node killed, "
+        "needs redis-server); repeat for several",
     )
     run.add_argument("--quick", action="store_true", help="small sizes, short windows, 1 round")
     run.add_argument(
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         help=f"interleaved rounds per size (default {HEADLINE_ROUNDS} for the headline "
-        "workloads core and w2 and for downlink and failover, else 1; --quick: 1)",
+        "workloads core and w2 and for downlink, mix and failover, else 1; --quick: 1)",
     )
     run.add_argument(
         "--load",
@@ -226,7 +228,12 @@ def _header(args: argparse.Namespace, options: RunOptions, kind: str) -> dict[st
 
 def _run(args: argparse.Namespace, bar: StepProgress | None = None) -> int:
     names = args.workload or ["core"]
-    for alone, run_alone in ((SOAK, _soak), (DOWNLINK, _downlink), (FAILOVER, _failover)):
+    for alone, run_alone in (
+        (SOAK, _soak),
+        (DOWNLINK, _downlink),
+        (FAILOVER, _failover),
+        (MIX, _viewer_mix),
+    ):
         if alone in names:
             if len(names) > 1:
                 print(f"lco bench: run the {alone} workload on its own", file=sys.stderr)
@@ -370,6 +377,12 @@ def _failover(args: argparse.Namespace) -> int:
     return _in_rounds(args, FAILOVER, run_failover, summary_lines)
 
 
+def _viewer_mix(args: argparse.Namespace) -> int:
+    from .viewer_mix import run_viewer_mix, summary_lines
+
+    return _in_rounds(args, MIX, run_viewer_mix, summary_lines)
+
+
 def _in_rounds(
     args: argparse.Namespace,
     kind: str,
@@ -410,6 +423,11 @@ def _show(args: argparse.Namespace) -> int:
         from .failover import summary_lines as failover_lines
 
         print("\n".join(failover_lines(document)))
+        return 0
+    if document.get("kind") == MIX:
+        from .viewer_mix import summary_lines as mix_lines
+
+        print("\n".join(mix_lines(document)))
         return 0
     systems = list(document["options"]["systems"])
     for name, entry in document["workloads"].items():

@@ -19,8 +19,9 @@ satisfies the thresholds printed next to it.
 
 Region kinds: ``status`` (the targets), ``table`` (one workload's main figures with
 ratios), ``soak`` (a soak's stalls, loss and trends), ``downlink`` (how fast a
-viewer follows its link, round by round), ``failover`` (how fast a lesson moves when
-its node dies, round by round), ``environment`` (what a run was measured on).
+viewer follows its link, round by round), ``mix`` (simulcast to a mix of viewers
+against one layer), ``failover`` (how fast a lesson moves when its node dies, round by
+round), ``environment`` (what a run was measured on).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ COMMANDS = {
     "--minutes 15",
     "downlink": "scripts/netns-run .venv/bin/lco bench run --workload downlink",
     "failover": ".venv/bin/lco bench run --workload failover",
+    "mix": "scripts/netns-run .venv/bin/lco bench run --workload mix",
 }
 
 
@@ -99,17 +101,23 @@ def _opening(region: Region) -> str:
 # -- which results qualify -----------------------------------------------------------
 
 
+# Workloads of rounds on our server alone, each round a lesson of its own.
+ROUND_KINDS = ("downlink", "failover", "mix")
+
+
 def qualifies(document: dict[str, Any], region: Region) -> str | None:
     """Why ``document`` cannot feed ``region`` (``None``: it can)."""
     need = region.attrs.get("need", "pinned")
-    kind = region.kind if region.kind in ("soak", "downlink", "failover") else "workloads"
+    kind = region.kind if region.kind in ("soak", *ROUND_KINDS) else "workloads"
     if document.get("kind") != kind:
         return f"not a {kind} result"
-    if kind in ("downlink", "failover"):
+    if kind in ROUND_KINDS:
         if need == "headline":
             if document.get("quick"):
                 return "a --quick run"
-            if len(document[kind]["rounds"]) < HEADLINE_ROUNDS:
+            # The viewer mix measures two variants a round.
+            runs_a_round = 2 if kind == "mix" else 1
+            if len(document[kind]["rounds"]) < HEADLINE_ROUNDS * runs_a_round:
                 return f"fewer than {HEADLINE_ROUNDS} rounds"
             if not document.get("noise", {}).get("quiet"):
                 return "the machine was busy"
@@ -387,6 +395,58 @@ def render_failover(document: dict[str, Any], region: Region) -> str:
         lines.append(f"| {number} | {' | '.join(seconds)} | {found['reconnects']} |")
     if body["errors"]:
         lines += ["", f"{len(body['errors'])} round(s) failed: " + "; ".join(body["errors"][:3])]
+    return "\n".join(lines)
+
+
+def render_mix(document: dict[str, Any], region: Region) -> str:
+    """Simulcast to a mix of viewers against one layer: per class what it received,
+    its longest freeze and its layer switches; the server's CPU per forwarded packet
+    and the ratio simulcast / one layer, round by round."""
+    body = document["mix"]
+    summary = body["summary"]
+
+    def cell(found: dict[str, Any] | None, digits: int = 0) -> str:
+        if found is None:
+            return "-"
+        low, high = f"{found['low']:,.{digits}f}", f"{found['high']:,.{digits}f}"
+        return f"{found['median']:,.{digits}f} [{low}-{high}]"
+
+    counts = ", ".join(f"{n} {cls.replace('_', ' ')}" for cls, n in body["classes"].items())
+    lines = [
+        f"{summary['simulcast']['rounds']} rounds of each; {body['window_s']:g} s windows; "
+        f"viewers: {counts}; slow links at {body['shaped_kbit']} kbit/s.",
+        "",
+        "| viewers | received, kbit/s (simulcast) | (one layer) | longest freeze, s "
+        "(simulcast) | (one layer) | layer switches per minute (simulcast) | (one layer) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cls in body["classes"]:
+        simulcast, single = (summary[v]["classes"][cls] for v in ("simulcast", "single"))
+        lines.append(
+            f"| {cls.replace('_', ' ')} | {cell(simulcast['kbit_s'])} | {cell(single['kbit_s'])} "
+            f"| {cell(simulcast['longest_gap_s'], 2)} | {cell(single['longest_gap_s'], 2)} "
+            f"| {cell(simulcast['switches_per_min'], 1)} | {cell(single['switches_per_min'], 1)} |"
+        )
+    server = {v: summary[v]["server"] for v in ("simulcast", "single")}
+    ratio = summary.get("cpu_per_packet_ratio")
+    ratio_text = "-"
+    if ratio:
+        ratio_text = f"{ratio['median']:.2f} [{ratio['low']:.2f}-{ratio['high']:.2f}]"
+        if ratio["n"] >= 3 and (ratio["low"] > 1 or ratio["high"] < 1):
+            ratio_text = f"**{ratio_text}**"
+    lines += [
+        "",
+        "| server | simulcast | one layer | simulcast / one layer |",
+        "|---|---|---|---|",
+        f"| CPU, % of one core | {cell(server['simulcast']['server_cpu_pct'], 1)} "
+        f"| {cell(server['single']['server_cpu_pct'], 1)} | - |",
+        f"| forwarded packets/s | {cell(server['simulcast']['forwarded_packets_per_s'])} "
+        f"| {cell(server['single']['forwarded_packets_per_s'])} | - |",
+        f"| CPU per forwarded packet, µs | {cell(server['simulcast']['cpu_us_per_packet'], 1)} "
+        f"| {cell(server['single']['cpu_us_per_packet'], 1)} | {ratio_text} |",
+    ]
+    if body["errors"]:
+        lines += ["", f"{len(body['errors'])} run(s) failed: " + "; ".join(body["errors"][:3])]
     return "\n".join(lines)
 
 
@@ -668,6 +728,8 @@ def render(region: Region) -> str:
         return heading + "\n\n" + render_downlink(document, region)
     if region.kind == "failover":
         return heading + "\n\n" + render_failover(document, region)
+    if region.kind == "mix":
+        return heading + "\n\n" + render_mix(document, region)
     raise ValueError(f"unknown region kind {region.kind!r}")
 
 

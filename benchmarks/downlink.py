@@ -54,10 +54,10 @@ FIGURES = ("decided_s", "down_s", "stall_s", "other_stall_s", "up_s")
 
 
 class Shaper:
-    """An HTB class on ``lo`` that one UDP port's incoming traffic goes through."""
+    """HTB classes on ``lo``, one per UDP port whose incoming traffic is limited."""
 
     def __init__(self) -> None:
-        self.port: int | None = None
+        self.ports: list[int] = []
 
     @staticmethod
     def available() -> str | None:
@@ -72,28 +72,35 @@ class Shaper:
 
     def limit(self, port: int, kbit: int) -> None:
         """Let at most ``kbit`` kbit/s reach UDP ``port``; the rest is lost."""
-        self.port = port
+        self.limit_each([port], kbit)
+
+    def limit_each(self, ports: list[int], kbit: int) -> None:
+        """Let at most ``kbit`` kbit/s reach each of ``ports`` (a link of its own each)."""
+        if not ports:
+            return
+        self.ports = list(ports)
         self.tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10")
         self.tc(
             "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit"
         )
-        self.tc(
-            "class", "add", "dev", "lo", "parent", "1:", "classid", "1:20",
-            "htb", "rate", f"{kbit}kbit", "ceil", f"{kbit}kbit", "burst", "8k",
-        )  # fmt: skip
-        # A short queue, as a congested home router's: what does not fit is lost.
-        self.tc("qdisc", "add", "dev", "lo", "parent", "1:20", "pfifo", "limit", "20")
-        self.tc(
-            "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32",
-            "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(port), "0xffff",
-            "flowid", "1:20",
-        )  # fmt: skip
+        for number, port in enumerate(ports, 20):
+            self.tc(
+                "class", "add", "dev", "lo", "parent", "1:", "classid", f"1:{number}",
+                "htb", "rate", f"{kbit}kbit", "ceil", f"{kbit}kbit", "burst", "8k",
+            )  # fmt: skip
+            # A short queue, as a congested home router's: what does not fit is lost.
+            self.tc("qdisc", "add", "dev", "lo", "parent", f"1:{number}", "pfifo", "limit", "20")
+            self.tc(
+                "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32",
+                "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(port),
+                "0xffff", "flowid", f"1:{number}",
+            )  # fmt: skip
 
     def lift(self) -> None:
         """Remove the shaping."""
-        if self.port is not None:
+        if self.ports:
             self.tc("qdisc", "del", "dev", "lo", "root")
-            self.port = None
+            self.ports = []
 
 
 def local_port(client: LessonClient) -> int:
