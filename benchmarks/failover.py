@@ -9,7 +9,7 @@ and the round measures, from the kill:
 
 - **owner**: until the surviving node owns the lesson (its ``/metrics.json``);
 - **seat**: until the publisher has a seat again (its ``welcome``);
-- **media**: until the viewer decodes frames of the publisher's new track.
+- **media**: until the viewer decodes the first frame of the publisher's new track.
 
 The clients notice the dead node only through silence: their watchdog, then a
 reconnect that waits for the dead node's heartbeat to expire before the lesson can
@@ -178,9 +178,8 @@ async def measure_round(
         before = room_a.participant_id or ""
         await room_b.wait_frames(await room_b.wait_track(before, "video"), 5)
 
-        seat = asyncio.ensure_future(
-            room_a.wait_for(lambda m: m["type"] == "welcome", STEP_TIMEOUT)
-        )
+        # Expected before the kill: the new welcome cannot pass unseen.
+        welcomed = room_a.wait_for(lambda m: m["type"] == "welcome", STEP_TIMEOUT)
         killed = time.monotonic()
         dead.child.process.kill()
 
@@ -188,18 +187,28 @@ async def measure_round(
             info = await survivor.cluster()
             return info is not None and lesson in info["lessons"]
 
-        owner_s = await _until(owned)
-        seat_s: float | None = None
-        media_s: float | None = None
-        try:
-            welcome = await seat
-            seat_s = time.monotonic() - killed
-            if welcome["participant_id"] != before:
+        async def seated() -> float | None:
+            """When the publisher has a seat again, from the kill."""
+            try:
+                welcome = await welcomed
+            except TimeoutError:
+                return None
+            return time.monotonic() - killed if welcome["participant_id"] != before else None
+
+        async def seen(seat: asyncio.Future[float | None]) -> float | None:
+            """When the viewer decoded the publisher's new track: its first frame (once
+            five have come)."""
+            if await seat is None:
+                return None
+            try:
                 track = await room_b.wait_track(room_a.participant_id or "", "video", STEP_TIMEOUT)
-                await room_b.wait_frames(track, 5)
-                media_s = time.monotonic() - killed
-        except TimeoutError:
-            pass
+                await room_b.wait_frames(track, 5, STEP_TIMEOUT)
+            except TimeoutError:
+                return None
+            return track.arrivals[0] - killed
+
+        seat = asyncio.ensure_future(seated())
+        owner_s, seat_s, media_s = await asyncio.gather(_until(owned), seat, seen(seat))
         return {
             "owner_s": owner_s,
             "seat_s": seat_s,
