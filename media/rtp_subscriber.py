@@ -567,8 +567,13 @@ class RtpSubscriber:
         if last is None:
             return  # the first: what it says may be a publisher's gaps, nothing to subtract
         expected = (now[0] - last[0]) & 0xFFFFFFFF
+        if expected == 0 and now[3] == last[3]:
+            # Nothing sent, nothing lost (its video is off): a clean figure, which the
+            # way back from audio only waits for.
+            downlink.report(0.0)
+            return
         if not 0 < expected < 0x80000000:
-            return  # nothing new reached it (or its count went back): no figure
+            return  # sent but nothing new reached it yet (or its count went back)
         lost = _signed24(now[1] - last[1])
         skipped = (now[2] - last[2]) - (now[3] - last[3])
         downlink.report(max(0.0, min(1.0, (lost - skipped) / expected)))

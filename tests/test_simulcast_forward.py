@@ -252,6 +252,49 @@ async def test_what_a_publisher_lost_is_not_taken_for_the_viewers_own_loss() -> 
         bench.close()
 
 
+async def test_a_viewer_whose_video_went_off_gets_it_back_once_its_link_is_clean() -> None:
+    """Heavy loss in its receiver reports takes a viewer to the smallest layer, then
+    to audio only. With nothing sent, its reports still count as clean ones, so after
+    the hold and a probe the smallest layer comes back, and the rest after it."""
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench)
+        subscriber = bench.subscribe(rtx=True)
+        downlink = Downlink(bench.clock)
+        downlink.add("track-1", bench.forwarder, subscriber)
+        await camera.run(60)
+        seen, lost, sent = 70_000, 0, subscriber.packets
+        subscriber.receiver_report(ReportBlock(0.0, lost, seen))
+        levels = []
+
+        async def live(seconds: int, loss: float) -> None:
+            """``seconds`` of media, a look at the downlink every half second and a
+            receiver report every second that loses ``loss`` of what was sent."""
+            nonlocal seen, lost, sent
+            for _ in range(seconds):
+                for _ in range(2):
+                    await camera.run(15)
+                    downlink.tick()
+                count, sent = subscriber.packets - sent, subscriber.packets
+                seen, lost = seen + count, lost + int(count * loss)
+                subscriber.receiver_report(ReportBlock(loss, lost, seen))
+                levels.append(downlink.level)
+
+        await live(8, 0.5)
+        # Down a step at a time to the smallest layer, then video off.
+        assert levels == sorted(levels, reverse=True) and LOW in levels
+        assert levels[-1] == AUDIO_ONLY
+        assert subscriber.layer is None
+        levels.clear()
+        await live(30, 0.0)
+        # Back a step at a time: the smallest layer first, then up from there.
+        assert levels[0] == AUDIO_ONLY and levels == sorted(levels) and LOW in levels
+        assert subscriber.layer is not None
+        check_stream(bench.viewers[subscriber], 0x5EED0000)
+    finally:
+        bench.close()
+
+
 async def test_a_congested_viewer_leaves_its_layer_at_the_frame_end_not_the_keyframe() -> None:
     """Its downlink stepped down: the large layer stops at the end of the frame being
     sent (its packets would fill the bottleneck the small keyframe must pass), and the
