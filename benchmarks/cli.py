@@ -389,8 +389,8 @@ def _in_rounds(
     run: Callable[[RunOptions, int], Coroutine[Any, Any, dict[str, Any]]],
     summary_lines: Callable[[dict[str, Any]], list[str]],
 ) -> int:
-    """A workload of rounds on our server alone (downlink, failover): each round's
-    figures, their medians and ranges, the targets by the worst round."""
+    """A workload of rounds on our server alone (downlink, mix, failover): ``run``
+    measures them and summarises them, ``summary_lines`` prints the summary."""
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else HEADLINE_ROUNDS)
     options = _options(args, ("ours",), "aiortc")
     name = results.stamp()

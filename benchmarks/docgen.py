@@ -36,6 +36,7 @@ from typing import Any
 from . import report, results
 from .processes import REPO_ROOT
 from .soak_analysis import track_name
+from .stats import Spread, excludes_one
 from .workloads import HEADLINE_ROUNDS
 
 BEGIN = re.compile(r"<!-- bench:begin (?P<kind>\w+)(?P<attrs>[^>]*?)\s*-->")
@@ -387,15 +388,19 @@ def render_failover(document: dict[str, Any], region: Region) -> str:
         "",
         *_figures_table(summary, names),
         "",
-        "| round | owner, s | seat, s | media, s | reconnects |",
+        "| round | owner, s | seat, s | media, s | reconnect attempts (publisher, viewer) |",
         "|---|---|---|---|---|",
     ]
     for number, found in enumerate(body["rounds"], 1):
         seconds = ["-" if found[k] is None else f"{found[k]:.2f}" for k in names]
-        lines.append(f"| {number} | {' | '.join(seconds)} | {found['reconnects']} |")
+        attempts = ", ".join(str(n) for n in found["reconnects"])
+        lines.append(f"| {number} | {' | '.join(seconds)} | {attempts} |")
     if body["errors"]:
         lines += ["", f"{len(body['errors'])} round(s) failed: " + "; ".join(body["errors"][:3])]
     return "\n".join(lines)
+
+
+MIX_VARIANTS = {"simulcast": "simulcast", "single": "one layer"}
 
 
 def render_mix(document: dict[str, Any], region: Region) -> str:
@@ -412,27 +417,29 @@ def render_mix(document: dict[str, Any], region: Region) -> str:
         return f"{found['median']:,.{digits}f} [{low}-{high}]"
 
     counts = ", ".join(f"{n} {cls.replace('_', ' ')}" for cls, n in body["classes"].items())
+    runs = " and ".join(f"{summary[v]['rounds']} {name}" for v, name in MIX_VARIANTS.items())
     lines = [
-        f"{summary['simulcast']['rounds']} rounds of each; {body['window_s']:g} s windows; "
+        f"Rounds: {runs}; {body['window_s']:g} s windows; "
         f"viewers: {counts}; slow links at {body['shaped_kbit']} kbit/s.",
         "",
-        "| viewers | received, kbit/s (simulcast) | (one layer) | longest freeze, s "
-        "(simulcast) | (one layer) | layer switches per minute (simulcast) | (one layer) |",
-        "|---|---|---|---|---|---|---|",
+        "| viewers | variant | received, kbit/s | longest freeze, s | freezes over 1 s "
+        "| layer switches per minute |",
+        "|---|---|---|---|---|---|",
     ]
     for cls in body["classes"]:
-        simulcast, single = (summary[v]["classes"][cls] for v in ("simulcast", "single"))
-        lines.append(
-            f"| {cls.replace('_', ' ')} | {cell(simulcast['kbit_s'])} | {cell(single['kbit_s'])} "
-            f"| {cell(simulcast['longest_gap_s'], 2)} | {cell(single['longest_gap_s'], 2)} "
-            f"| {cell(simulcast['switches_per_min'], 1)} | {cell(single['switches_per_min'], 1)} |"
-        )
+        for variant, name in MIX_VARIANTS.items():
+            found = summary[variant]["classes"][cls]
+            lines.append(
+                f"| {cls.replace('_', ' ')} | {name} | {cell(found['kbit_s'])} "
+                f"| {cell(found['longest_gap_s'], 2)} | {cell(found['stalls'])} "
+                f"| {cell(found['switches_per_min'], 1)} |"
+            )
     server = {v: summary[v]["server"] for v in ("simulcast", "single")}
     ratio = summary.get("cpu_per_packet_ratio")
     ratio_text = "-"
     if ratio:
         ratio_text = f"{ratio['median']:.2f} [{ratio['low']:.2f}-{ratio['high']:.2f}]"
-        if ratio["n"] >= 3 and (ratio["low"] > 1 or ratio["high"] < 1):
+        if excludes_one(Spread(**ratio)):
             ratio_text = f"**{ratio_text}**"
     lines += [
         "",
@@ -497,27 +504,21 @@ def _figure(
 
 
 def _ratio(
-    document: dict[str, Any] | None, workload: str, baseline: str, size: int, key: str
+    document: dict[str, Any] | None,
+    workload: str,
+    baseline: str,
+    size: int,
+    key: str,
+    which: int = 0,
 ) -> float | None:
+    """A ratio ours / ``baseline`` at ``size``: its median (``which`` 0), or the lowest
+    (1) or highest (2) of any round; below 1 at 2, every round was below 1."""
     if document is None or workload not in document.get("workloads", {}):
         return None
     for entry in document["workloads"][workload]["summary"]:
         if entry["subscribers"] == size:
             found = entry["ratios"].get(baseline, {}).get(key)
-            return float(found[0]) if found else None
-    return None
-
-
-def _ratio_high(
-    document: dict[str, Any] | None, workload: str, baseline: str, size: int, key: str
-) -> float | None:
-    """The highest ratio of any round at ``size``: below 1, every round was below 1."""
-    if document is None or workload not in document.get("workloads", {}):
-        return None
-    for entry in document["workloads"][workload]["summary"]:
-        if entry["subscribers"] == size:
-            found = entry["ratios"].get(baseline, {}).get(key)
-            return float(found[2]) if found else None
+            return float(found[which]) if found else None
     return None
 
 
@@ -640,7 +641,7 @@ TARGETS: list[Target] = [
             lambda d, n=n: [
                 Criterion(
                     f"ours/Janus at {n}, highest",
-                    _ratio_high(d["w2"], "w2", "janus", n, "cpu_us_per_packet"),
+                    _ratio(d["w2"], "w2", "janus", n, "cpu_us_per_packet", which=2),
                     "<",
                     1,
                     "",

@@ -229,19 +229,13 @@ async def run_downlink(options: RunOptions, rounds: int) -> dict[str, Any]:
         await stage.start()
         for number in range(rounds):
             lesson = Lesson(stage.url, _tokens(stage, f"downlink-{number + 1}"))
-            before = (procstat.task_ticks(), procstat.machine_ticks()[1])
-            ours_before, wall_before = procstat.sample(os.getpid()).total, time.time()
+            other_work = procstat.ForeignWork()
             try:
                 figures = await measure_round(lesson, Shaper())
             except Exception as exc:
                 errors.append(f"round {number + 1}: {type(exc).__name__}: {exc}")
                 continue
-            figures["foreign_cpu_pct"] = procstat.foreign_cpu_pct(
-                procstat.task_ticks() - before[0],
-                procstat.machine_ticks()[1] - before[1],
-                procstat.sample(os.getpid()).total - ours_before,
-                time.time() - wall_before,
-            )
+            figures["foreign_cpu_pct"] = other_work.pct()
             measured.append(figures)
             print(f"  round {number + 1}: {round_line(figures)}", file=options.progress)
     finally:

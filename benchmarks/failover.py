@@ -7,7 +7,8 @@ observer's join places it on one node, two classrooms join through the other nod
 microphone and the other decodes it. Then the lesson's node is killed with SIGKILL,
 and the round measures, from the kill:
 
-- **owner**: until the surviving node owns the lesson (its ``/metrics.json``);
+- **owner**: until the surviving node owns the lesson (its ``/metrics.json``, polled
+  every 50 ms);
 - **seat**: until the publisher has a seat again (its ``welcome``);
 - **media**: until the viewer decodes the first frame of the publisher's new track.
 
@@ -130,9 +131,12 @@ async def start_node(
     return Node(child, http)
 
 
-async def _until(condition: Callable[[], Any], timeout: float = STEP_TIMEOUT) -> float | None:
-    """Seconds until ``await condition()`` is true, polled; None if not within ``timeout``."""
-    started = time.monotonic()
+async def _until(
+    condition: Callable[[], Any], since: float, timeout: float = STEP_TIMEOUT
+) -> float | None:
+    """Seconds from ``since`` (monotonic) until ``await condition()`` is found true,
+    polled every 50 ms (so up to that, and one HTTP request, late); None if not within
+    ``timeout``."""
     try:
         async with asyncio.timeout(timeout):
             # Another process's state: nothing to wait on but polling.
@@ -140,7 +144,7 @@ async def _until(condition: Callable[[], Any], timeout: float = STEP_TIMEOUT) ->
                 await asyncio.sleep(0.05)
     except TimeoutError:
         return None
-    return time.monotonic() - started
+    return time.monotonic() - since
 
 
 async def measure_round(
@@ -155,17 +159,22 @@ async def measure_round(
         return mint_token(secret.encode(), lesson=lesson, name=name, role=role, ttl_seconds=3600)
 
     data_dir = directory / f"data-{number}"
-    nodes = [
-        await start_node(f"r{number}{side}", redis_server, data_dir, options, secret)
-        for side in "ab"
-    ]
+    nodes: list[Node] = []
     clients: list[LessonClient] = []
     try:
+        for side in "ab":
+            nodes.append(
+                await start_node(f"r{number}{side}", redis_server, data_dir, options, secret)
+            )
         probe = LessonClient(nodes[0].ws, token("Probe", Role.OBSERVER))
         clients.append(probe)
         await probe.connect()
         infos = [await node.cluster() for node in nodes]
-        owner = next(i for i, info in enumerate(infos) if info and lesson in info["lessons"])
+        owner = next(
+            (i for i, info in enumerate(infos) if info and lesson in info["lessons"]), None
+        )
+        if owner is None:
+            raise RuntimeError(f"no node says it owns {lesson} after a join")
         dead, survivor = nodes[owner], nodes[1 - owner]
         room_a, room_b = (
             LessonClient(survivor.ws, token(name, Role.CLASSROOM), reconnect=True)
@@ -208,12 +217,14 @@ async def measure_round(
             return track.arrivals[0] - killed
 
         seat = asyncio.ensure_future(seated())
-        owner_s, seat_s, media_s = await asyncio.gather(_until(owned), seat, seen(seat))
+        owner_s, seat_s, media_s = await asyncio.gather(_until(owned, killed), seat, seen(seat))
         return {
             "owner_s": owner_s,
             "seat_s": seat_s,
             "media_s": media_s,
-            "reconnects": room_a.reconnects + room_b.reconnects,
+            # Attempts, each client's: a try refused while the dead node's heartbeat
+            # had not expired yet counts as one.
+            "reconnects": [room_a.reconnects, room_b.reconnects],
             "errors": [str(m) for m in (*room_a.errors, *room_b.errors)][:5],
         }
     finally:
@@ -247,19 +258,13 @@ async def run_failover(options: RunOptions, rounds: int) -> dict[str, Any]:
         try:
             await redis_server.start()
             for number in range(1, rounds + 1):
-                before = (procstat.task_ticks(), procstat.machine_ticks()[1])
-                ours_before, wall_before = procstat.sample(os.getpid()).total, time.time()
+                other_work = procstat.ForeignWork()
                 try:
                     figures = await measure_round(number, redis_server, options, directory)
                 except Exception as exc:
                     errors.append(f"round {number}: {type(exc).__name__}: {exc}")
                     continue
-                figures["foreign_cpu_pct"] = procstat.foreign_cpu_pct(
-                    procstat.task_ticks() - before[0],
-                    procstat.machine_ticks()[1] - before[1],
-                    procstat.sample(os.getpid()).total - ours_before,
-                    time.time() - wall_before,
-                )
+                figures["foreign_cpu_pct"] = other_work.pct()
                 measured.append(figures)
                 print(f"  round {number}: {round_line(figures)}", file=options.progress)
         finally:

@@ -12,6 +12,7 @@ falls back to ticks (``cpu_seconds`` says which it used).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,6 +178,26 @@ def foreign_cpu_pct(
     cores = os.cpu_count() or 1
     machine = 100.0 * cores * task_ticks_delta / total_ticks_delta
     return max(0.0, machine - 100.0 * ours_ticks_seconds / seconds)
+
+
+class ForeignWork:
+    """The machine's other work while something runs (a round), from when it is made:
+    :meth:`pct` is :func:`foreign_cpu_pct` over that time, for this process's tree."""
+
+    def __init__(self) -> None:
+        self._tasks = task_ticks()
+        self._total = machine_ticks()[1]
+        self._ours = sample(os.getpid()).total
+        self._wall = time.time()
+
+    def pct(self) -> float | None:
+        """Other work so far, % of one core."""
+        return foreign_cpu_pct(
+            task_ticks() - self._tasks,
+            machine_ticks()[1] - self._total,
+            sample(os.getpid()).total - self._ours,
+            time.time() - self._wall,
+        )
 
 
 def machine() -> dict[str, object]:

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from media import hooks
@@ -136,9 +135,7 @@ async def measure_round(
         after = [await _received_bytes(v.client) for v in viewers]
 
         seconds = end - start
-        cpu, source = procstat.cpu_seconds(
-            procstat_dict(server_before), procstat_dict(server_after)
-        )
+        cpu, source = procstat.cpu_seconds(asdict(server_before), asdict(server_after))
         packets = forwarded - forwarded_before
         classes: dict[str, dict[str, Any]] = {}
         for cls in CLASSES:
@@ -150,7 +147,6 @@ async def measure_round(
                 "viewers": len(members),
                 "video_frames": sum(f[3] for f in figures),
                 "kbit_s": statistics.median(kbits),
-                "kbit_s_max": max(kbits),
                 "longest_gap_s": None if video_off else max(f[0] for f in figures),
                 "stalls": None if video_off else sum(f[1] for f in figures),
                 "switches_per_min": None
@@ -174,16 +170,6 @@ async def measure_round(
             await participant.close()
 
 
-def procstat_dict(sample: procstat.CpuSample) -> dict[str, float]:
-    """A CPU sample as :func:`procstat.cpu_seconds` reads it."""
-    return {
-        "user": sample.user,
-        "system": sample.system,
-        "cpu_ns": sample.cpu_ns,
-        "processes": sample.processes,
-    }
-
-
 async def run_viewer_mix(options: RunOptions, rounds: int) -> dict[str, Any]:
     """``rounds`` rounds of each variant, interleaved, on one server."""
     why = Shaper.available()
@@ -203,21 +189,14 @@ async def run_viewer_mix(options: RunOptions, rounds: int) -> dict[str, Any]:
             order = VARIANTS if number % 2 == 0 else VARIANTS[::-1]
             for variant in order:
                 lesson = f"mix-{number + 1}-{variant}"
-                wall_before = time.time()
-                ticks = (procstat.task_ticks(), procstat.machine_ticks()[1])
-                ours_before = procstat.sample(os.getpid()).total
+                other_work = procstat.ForeignWork()
                 try:
                     figures = await measure_round(stage, lesson, variant, Shaper(), pid)
                 except Exception as exc:
                     errors.append(f"round {number + 1} {variant}: {type(exc).__name__}: {exc}")
                     continue
                 figures["round"] = number + 1
-                figures["foreign_cpu_pct"] = procstat.foreign_cpu_pct(
-                    procstat.task_ticks() - ticks[0],
-                    procstat.machine_ticks()[1] - ticks[1],
-                    procstat.sample(os.getpid()).total - ours_before,
-                    time.time() - wall_before,
-                )
+                figures["foreign_cpu_pct"] = other_work.pct()
                 measured.append(figures)
                 print(
                     f"  round {number + 1} {variant}: {round_line(figures)}", file=options.progress

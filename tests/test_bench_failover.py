@@ -33,7 +33,7 @@ async def test_a_killed_nodes_lesson_is_owned_seated_and_seen_again(tmp_path: Pa
     assert figures["owner_s"] is not None and figures["seat_s"] is not None
     assert figures["media_s"] is not None, "the viewer never saw the publisher again"
     assert figures["seat_s"] <= figures["media_s"]
-    assert figures["reconnects"] >= 2  # both classrooms took their seats back
+    assert all(n >= 1 for n in figures["reconnects"])  # each classroom tried again
     lines = summary_lines({"failover": body})
     assert lines[0] == "a lesson's node is killed: 1 rounds"
     assert any(line.startswith("  media_s <= 10 s (worst round): ") for line in lines)

@@ -35,7 +35,7 @@ async def test_each_viewer_class_gets_its_layer_and_audio_only_gets_no_video(
     assert set(runs) == {"simulcast", "single"}
     for run in runs.values():
         classes = run["classes"]
-        assert classes["stage"]["sizes"] == ["640x360"]
+        assert "640x360" in classes["stage"]["sizes"]
         # Audio only: not one video frame forwarded to it in the whole window.
         assert classes["audio_only"]["video_frames"] == 0
         assert classes["audio_only"]["kbit_s"] < classes["stage"]["kbit_s"] / 10
