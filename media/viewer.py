@@ -120,12 +120,10 @@ class Viewer:
                     next_rate += forwarder.bitrate_of(subscriber, HIGH - level - 1)
             probe = self.quality.tick(now, rate, next_rate)
             if probe is not None:
-                # On a video being sent if there is one; at audio only, on one that was:
-                # its recent packets are still there to copy, and the link still has to
-                # show that it carries the smallest layers before they come back.
-                videos = sorted(self._videos.values(), key=lambda video: video[1].layer is None)
-                for _, subscriber in videos:
-                    if subscriber.probe(probe.bitrate, probe.seconds):
+                for _, subscriber in self._videos.values():
+                    if subscriber.layer is not None and subscriber.probe(
+                        probe.bitrate, probe.seconds
+                    ):
                         break
             if self.quality.level != level:
                 self._retarget()
