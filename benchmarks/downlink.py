@@ -34,7 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from media import hooks
 from media.client import LessonClient, ReceivedTrack
 from media.simulcast import DEFAULT_LAYERS
 from media.testsource import PatternVideoTrack
@@ -42,8 +41,9 @@ from signaling.permissions import Role
 
 from . import procstat
 from .encoded import PreEncodedTrack, encode_audio
+from .processes import decoding_on_loopback
 from .runner import RunOptions, Stage
-from .stats import rounds_lines, rounds_summary
+from .stats import rounds_lines, rounds_summary, seconds_text
 
 LARGE, SMALL = (640, 360), (160, 90)
 SHAPED_KBIT = 300
@@ -221,27 +221,24 @@ async def run_downlink(options: RunOptions, rounds: int) -> dict[str, Any]:
     # Viewers, teacher and server all on loopback: the shaping on ``lo`` sees the media.
     options = replace(options, host="127.0.0.1")
     stage = Stage("ours", "downlink", options, deadline=rounds * 300.0 + 300.0)
-    hooks.install_counting_hooks()
-    hooks.set_host_addresses(["127.0.0.1"])
     measured: list[dict[str, Any]] = []
     errors: list[str] = []
-    try:
-        await stage.start()
-        for number in range(rounds):
-            lesson = Lesson(stage.url, _tokens(stage, f"downlink-{number + 1}"))
-            other_work = procstat.ForeignWork()
-            try:
-                figures = await measure_round(lesson, Shaper())
-            except Exception as exc:
-                errors.append(f"round {number + 1}: {type(exc).__name__}: {exc}")
-                continue
-            figures["foreign_cpu_pct"] = other_work.pct()
-            measured.append(figures)
-            print(f"  round {number + 1}: {round_line(figures)}", file=options.progress)
-    finally:
-        exit_code = await stage.stop()
-        hooks.uninstall_hooks()
-        hooks.set_host_addresses(None)
+    with decoding_on_loopback():
+        try:
+            await stage.start()
+            for number in range(rounds):
+                lesson = Lesson(stage.url, _tokens(stage, f"downlink-{number + 1}"))
+                other_work = procstat.ForeignWork()
+                try:
+                    figures = await measure_round(lesson, Shaper())
+                except Exception as exc:
+                    errors.append(f"round {number + 1}: {type(exc).__name__}: {exc}")
+                    continue
+                figures["foreign_cpu_pct"] = other_work.pct()
+                measured.append(figures)
+                print(f"  round {number + 1}: {round_line(figures)}", file=options.progress)
+        finally:
+            exit_code = await stage.stop()
     return {
         "system": "ours",
         "shaped_kbit": SHAPED_KBIT,
@@ -263,16 +260,12 @@ def _tokens(stage: Stage, lesson: str) -> Callable[[str, Role], str]:
     return token
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def round_line(figures: dict[str, Any]) -> str:
     """One round, as the progress shows it."""
-    return (
-        f"down {_seconds(figures['down_s'])} s, stall {_seconds(figures['stall_s'])} s, "
-        f"other's stall {_seconds(figures['other_stall_s'])} s, up {_seconds(figures['up_s'])} s"
+    down, stall, other, up = (
+        seconds_text(figures[key]) for key in ("down_s", "stall_s", "other_stall_s", "up_s")
     )
+    return f"down {down} s, stall {stall} s, other's stall {other} s, up {up} s"
 
 
 def summary_lines(document: dict[str, Any]) -> list[str]:

@@ -34,16 +34,22 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from media import hooks
 from media.client import LessonClient
 from media.testsource import PatternVideoTrack, ToneAudioTrack
 from signaling.permissions import Role
 from signaling.tokens import mint_token
 
 from . import procstat
-from .processes import Child, free_port, http_json, server_argv, wait_healthy
+from .processes import (
+    Child,
+    decoding_on_loopback,
+    free_port,
+    http_json,
+    server_argv,
+    wait_healthy,
+)
 from .runner import RunOptions
-from .stats import rounds_lines, rounds_summary
+from .stats import rounds_lines, rounds_summary, seconds_text
 
 # What the issue asks (seconds after SIGKILL): its worst round counts.
 TARGETS = {"owner_s": 10.0, "media_s": 10.0}
@@ -248,11 +254,12 @@ async def run_failover(options: RunOptions, rounds: int) -> dict[str, Any]:
         raise RuntimeError(why)
     # Clients and nodes on loopback, as in one machine's test.
     options = replace(options, host="127.0.0.1")
-    hooks.install_counting_hooks()
-    hooks.set_host_addresses(["127.0.0.1"])
     measured: list[dict[str, Any]] = []
     errors: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="lco-failover-") as temporary:
+    with (
+        decoding_on_loopback(),
+        tempfile.TemporaryDirectory(prefix="lco-failover-") as temporary,
+    ):
         directory = Path(temporary)
         redis_server = Redis(directory)
         try:
@@ -269,8 +276,6 @@ async def run_failover(options: RunOptions, rounds: int) -> dict[str, Any]:
                 print(f"  round {number}: {round_line(figures)}", file=options.progress)
         finally:
             await redis_server.stop()
-            hooks.uninstall_hooks()
-            hooks.set_host_addresses(None)
     return {
         "system": "ours",
         "nodes": 2,
@@ -280,15 +285,11 @@ async def run_failover(options: RunOptions, rounds: int) -> dict[str, Any]:
     }
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def round_line(figures: dict[str, Any]) -> str:
     """One round, as the progress shows it."""
     return (
-        f"owner {_seconds(figures['owner_s'])} s, seat {_seconds(figures['seat_s'])} s, "
-        f"media {_seconds(figures['media_s'])} s after SIGKILL"
+        f"owner {seconds_text(figures['owner_s'])} s, seat {seconds_text(figures['seat_s'])} s, "
+        f"media {seconds_text(figures['media_s'])} s after SIGKILL"
     )
 
 

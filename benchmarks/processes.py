@@ -15,9 +15,11 @@ import signal
 import socket
 import sys
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+
+from media import hooks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -205,3 +207,16 @@ async def wait_healthy(server: Child, health: str, timeout: float = 20.0) -> Non
 def chunks(items: list[str], size: int) -> list[list[str]]:
     """``items`` in lists of at most ``size``."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@contextlib.contextmanager
+def decoding_on_loopback() -> Iterator[None]:
+    """This process's aiortc peers (``LessonClient``) decode and count what they
+    receive, and gather ICE candidates on loopback only, until the block ends."""
+    hooks.install_counting_hooks()
+    hooks.set_host_addresses(["127.0.0.1"])
+    try:
+        yield
+    finally:
+        hooks.uninstall_hooks()
+        hooks.set_host_addresses(None)

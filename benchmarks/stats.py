@@ -154,3 +154,8 @@ def rounds_lines(summary: dict[str, Any], errors: Sequence[str]) -> list[str]:
         verdict = "met" if target["met"] else "NOT met"
         lines.append(f"  {key} <= {target['limit']:g} s (worst round): {verdict}")
     return lines + [f"  error: {e}" for e in errors]
+
+
+def seconds_text(value: float | None) -> str:
+    """A figure in seconds as a round's progress line shows it ("-": none)."""
+    return "-" if value is None else f"{value:.2f}"

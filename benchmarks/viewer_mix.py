@@ -34,7 +34,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from media import hooks
 from media.client import LessonClient, ReceivedTrack
 from media.simulcast import DEFAULT_LAYERS
 from media.testsource import PatternVideoTrack
@@ -43,7 +42,7 @@ from signaling.permissions import Role
 from . import procstat
 from .downlink import SHAPED_KBIT, Shaper, local_port
 from .encoded import PreEncodedTrack, encode_audio
-from .processes import http_json
+from .processes import decoding_on_loopback, http_json
 from .runner import RunOptions, Stage
 
 VARIANTS = ("simulcast", "single")
@@ -177,34 +176,32 @@ async def run_viewer_mix(options: RunOptions, rounds: int) -> dict[str, Any]:
         raise RuntimeError(why)
     options = replace(options, host="127.0.0.1")  # shaping on ``lo`` sees the media
     stage = Stage("ours", "mix", options, deadline=rounds * 240.0 + 300.0)
-    hooks.install_counting_hooks()
-    hooks.set_host_addresses(["127.0.0.1"])
     measured: list[dict[str, Any]] = []
     errors: list[str] = []
-    try:
-        await stage.start()
-        assert stage.server is not None
-        pid = stage.server.process.pid
-        for number in range(rounds):
-            order = VARIANTS if number % 2 == 0 else VARIANTS[::-1]
-            for variant in order:
-                lesson = f"mix-{number + 1}-{variant}"
-                other_work = procstat.ForeignWork()
-                try:
-                    figures = await measure_round(stage, lesson, variant, Shaper(), pid)
-                except Exception as exc:
-                    errors.append(f"round {number + 1} {variant}: {type(exc).__name__}: {exc}")
-                    continue
-                figures["round"] = number + 1
-                figures["foreign_cpu_pct"] = other_work.pct()
-                measured.append(figures)
-                print(
-                    f"  round {number + 1} {variant}: {round_line(figures)}", file=options.progress
-                )
-    finally:
-        exit_code = await stage.stop()
-        hooks.uninstall_hooks()
-        hooks.set_host_addresses(None)
+    with decoding_on_loopback():
+        try:
+            await stage.start()
+            assert stage.server is not None
+            pid = stage.server.process.pid
+            for number in range(rounds):
+                order = VARIANTS if number % 2 == 0 else VARIANTS[::-1]
+                for variant in order:
+                    lesson = f"mix-{number + 1}-{variant}"
+                    other_work = procstat.ForeignWork()
+                    try:
+                        figures = await measure_round(stage, lesson, variant, Shaper(), pid)
+                    except Exception as exc:
+                        errors.append(f"round {number + 1} {variant}: {type(exc).__name__}: {exc}")
+                        continue
+                    figures["round"] = number + 1
+                    figures["foreign_cpu_pct"] = other_work.pct()
+                    measured.append(figures)
+                    print(
+                        f"  round {number + 1} {variant}: {round_line(figures)}",
+                        file=options.progress,
+                    )
+        finally:
+            exit_code = await stage.stop()
     return {
         "system": "ours",
         "classes": dict(CLASSES),

@@ -89,6 +89,16 @@ async def on_the_large_layer(bench: Bench, camera: Camera) -> tuple[Any, FixedDo
     return subscriber, downlink
 
 
+async def watched(bench: Bench, camera: Camera) -> tuple[Any, Downlink]:
+    """A new subscriber whose downlink the server judges (a viewer of its own), once it
+    gets the large layer."""
+    subscriber = bench.subscribe(rtx=True)
+    downlink = Downlink(bench.clock)
+    downlink.add("track-1", bench.forwarder, subscriber)
+    await camera.run(60)
+    return subscriber, downlink
+
+
 def forward_with_gaps(bench: Bench, camera: Camera, frames: int) -> None:
     """``frames`` frames of the large layer, three of each five packets lost before
     the server (a publisher's poor uplink)."""
@@ -192,10 +202,7 @@ async def test_what_a_viewer_nacks_steps_it_down_before_any_receiver_report() ->
     bench = Bench(rids=RIDS)
     try:
         camera = Camera(bench)
-        subscriber = bench.subscribe(rtx=True)
-        downlink = Downlink(bench.clock)
-        downlink.add("track-1", bench.forwarder, subscriber)
-        await camera.run(60)
+        subscriber, downlink = await watched(bench, camera)
         downlink.tick()  # a clean window
         assert downlink.level == HIGH
         assert subscriber.layer is not None and subscriber.layer.rid == "h"
@@ -259,10 +266,7 @@ async def test_a_viewer_whose_video_went_off_gets_it_back_once_its_link_is_clean
     bench = Bench(rids=RIDS)
     try:
         camera = Camera(bench)
-        subscriber = bench.subscribe(rtx=True)
-        downlink = Downlink(bench.clock)
-        downlink.add("track-1", bench.forwarder, subscriber)
-        await camera.run(60)
+        subscriber, downlink = await watched(bench, camera)
         seen, lost, sent = 70_000, 0, subscriber.packets
         subscriber.receiver_report(ReportBlock(0.0, lost, seen))
         levels = []
