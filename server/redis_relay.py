@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 # Close code for a relayed client when its relay breaks (RFC 6455 / IANA: 1012
 # "service restart"): not final, the client reconnects.
 CLOSE_RELAY_LOST = 1012
+# Seconds an entry waits for the last frames of a client whose socket broke under a
+# message to it (it closes right after its ``leave``).
+LAST_WORDS_WAIT = 1.0
 # How often to try subscribing again while Redis is unreachable.
 RETRY_INTERVAL = 0.2
 
@@ -231,15 +234,33 @@ class Relay:
         finally:
             del self._entries[relay_id]
             if reader is not None:
+                if not (owner_closed or here):
+                    # A client that leaves says so and closes at once: while a message to
+                    # it failed, its last frames may be unread, or read and not yet sent.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(reader), LAST_WORDS_WAIT)
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
             if not owner_closed:
                 with contextlib.suppress(RedisError, OSError):
+                    if not here:
+                        await self._send_last_words(owner, relay_id, inbox)
                     await self.publish(owner, {"k": "close", "r": relay_id, "c": code})
             if not here:
                 with contextlib.suppress(Exception):
                     await ws.close(code)
         return False
+
+    async def _send_last_words(
+        self, owner: str, relay_id: str, inbox: asyncio.Queue[dict[str, Any]]
+    ) -> None:
+        """What the client sent and the pump had not passed on yet (a ``leave``, say):
+        to the owner, in order, before the close, so that it leaves rather than drops."""
+        while not inbox.empty():
+            message = inbox.get_nowait()
+            if message["k"] == "sent":
+                await self.publish(owner, {"k": "in", "r": relay_id, "d": message["d"]})
+                self.relayed_in += 1
 
     @staticmethod
     async def _client_to_owner(
