@@ -44,6 +44,7 @@ from .downlink import SHAPED_KBIT, Shaper, local_port
 from .encoded import PreEncodedTrack, encode_audio
 from .processes import decoding_on_loopback, http_json
 from .runner import RunOptions, Stage
+from .stats import paired_ratios, spread
 
 VARIANTS = ("simulcast", "single")
 # Viewer classes and how many of each: a quarter on slow links, one in eight audio only.
@@ -220,8 +221,6 @@ CLASS_FIGURES = ("kbit_s", "longest_gap_s", "stalls", "switches_per_min")
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Per variant: each class's figures and the server's, median [min-max] over rounds;
     and the ratio simulcast / single of CPU per forwarded packet, round by round."""
-    from .stats import paired_ratios, spread
-
     summary: dict[str, Any] = {}
     for variant in VARIANTS:
         mine = [r for r in rounds if r["variant"] == variant]

@@ -75,9 +75,7 @@ class Viewer:
 
     def report(self, fraction_lost: float) -> None:
         """A receiver report block about one of its videos."""
-        level = self.quality.level
-        if self.quality.report(fraction_lost, self._clock()):
-            self._retarget(congested=self.quality.level < level)
+        self._judge(fraction_lost, self._clock())
 
     def nacked(self, subscriber: RtpSubscriber, index: int) -> None:
         """One of its videos was NACKed for output ``index``."""
@@ -140,8 +138,13 @@ class Viewer:
             sent += subscriber.packets - self._sent[track_id]
             self._sent[track_id] = subscriber.packets
         figure = self.nacks.close(sent, now)
+        if figure is not None:
+            self._judge(figure[0], now, since=figure[1])
+
+    def _judge(self, fraction_lost: float, now: float, since: float | None = None) -> None:
+        """One figure of loss for the downlink; every video follows a level it changed."""
         level = self.quality.level
-        if figure is not None and self.quality.report(figure[0], now, since=figure[1]):
+        if self.quality.report(fraction_lost, now, since=since):
             self._retarget(congested=self.quality.level < level)
 
     def _apply(self, track_id: str) -> None:

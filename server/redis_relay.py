@@ -192,7 +192,7 @@ class Relay:
         address = ws.client.host if ws.client else None
         reader: asyncio.Task[None] | None = None
         code = CLOSE_RELAY_LOST
-        owner_closed = here = False
+        owner_closed = here = client_gone = False
         try:
             for _attempt in range(3):
                 opened = await self.publish(
@@ -229,12 +229,15 @@ class Relay:
                         code = int(message.get("c", CLOSE_RELAY_LOST))
                         owner_closed = message.get("from") != "relay"
                         return False
-        except (RedisError, OSError, WebSocketDisconnect):
+        except WebSocketDisconnect:
+            client_gone = True  # a message to it failed: its last frames may be pending
+            logger.info("relay to node %s broke", owner, exc_info=True)
+        except (RedisError, OSError):
             logger.info("relay to node %s broke", owner, exc_info=True)
         finally:
             del self._entries[relay_id]
             if reader is not None:
-                if not (owner_closed or here):
+                if client_gone:
                     # A client that leaves says so and closes at once: while a message to
                     # it failed, its last frames may be unread, or read and not yet sent.
                     with contextlib.suppress(TimeoutError):

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
@@ -31,6 +32,7 @@ from signaling.tokens import mint_token
 from .conformance import Conformance, install
 from .coturn import Coturn, coturn_available, make_test_ca, start_coturn, stop_coturn
 from .logcheck import LogCheck
+from .redis_server import RedisServer
 
 SECRET = "test-secret-" + "x" * 40
 ADMIN_KEY = "test-admin-key-" + "k" * 40
@@ -336,3 +338,20 @@ def coturn() -> Iterator[Coturn]:
             stop_coturn(running)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, on a free loopback port."""
+    server = RedisServer(tmp_path, free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A client of that redis-server, as a node has (strings decoded)."""
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()

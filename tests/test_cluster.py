@@ -18,18 +18,10 @@ from media.testsource import PatternVideoTrack, ToneAudioTrack
 from signaling import protocol as p
 from signaling.permissions import Role
 
-from .conftest import RunningServer, free_port, start_server, stop_server
+from .conftest import RunningServer, start_server, stop_server
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.usefixtures("decoding_clients")
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def start_nodes(tmp: Path, redis: RedisServer, count: int, *extra: str) -> list[RunningServer]:

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from server.redis_nodes import NodeLoad, NodeRegistry
 from server.redis_placement import RedisPlacement
 
-from .conftest import free_port
 from .redis_server import RedisServer
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, free_port())
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 async def node(store: aioredis.Redis, name: str, local: set[str] | None = None) -> RedisPlacement:
