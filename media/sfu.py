@@ -4,12 +4,15 @@ Each participant has up to two peer connections: a publish connection that the
 client offers (the server only answers) and a subscribe connection that the
 server offers (the client only answers). One side always offers, so there is no
 glare. The lesson logic drives this class through a few calls; it never sees
-aiortc objects.
+aiortc objects, and this module never sees the signalling protocol: what a
+participant must be told goes out as a :data:`MediaNotice` (a subscribe offer, a
+change of what it receives), which the server turns into its messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,8 +23,6 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver, RTCSess
 from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-
-from signaling import protocol as p
 
 from . import hooks, ice_restart
 from .candidate_policy import CandidateGate, CandidatePolicy
@@ -47,7 +48,8 @@ VIEWER_TICK = 0.5  # seconds between two looks at each viewer's downlink
 
 logger = logging.getLogger(__name__)
 
-SendMessage = Callable[[p.ServerMessage], Awaitable[None]]
+Kind = Literal["audio", "video"]
+PeerConnectionName = Literal["publish", "subscribe"]
 # "rtp": forward RTP packets (the fast path, default); "frames": reassembled frames
 # re-packetised by aiortc's senders (the stock path, kept as a benchmark baseline).
 ForwardingMode = Literal["rtp", "frames"]
@@ -57,11 +59,50 @@ TrackEnded = Callable[[str, str], None]  # (publisher id, track id)
 NEGOTIATION_TIMEOUT = 15.0  # seconds a subscribe offer waits for its answer
 
 
-class MediaError(p.ProtocolError):
-    """SDP or ICE input that could not be applied; the client is told why."""
+class MediaError(Exception):
+    """Input that could not be applied (SDP, an ICE candidate, a participant who has
+    no media here); ``code`` says which, for the client."""
 
-    def __init__(self, message: str, request_type: str, code: str = "bad_sdp") -> None:
-        super().__init__(code, message, request_type)
+    def __init__(self, message: str, code: str = "bad_sdp") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class PublishLimits:
+    """How much one publish connection may carry: sending tracks, and media sections
+    (m-lines) in its offer, sending or not."""
+
+    tracks: int
+    sections: int
+
+
+@dataclass(frozen=True, slots=True)
+class OfferedTrack:
+    """Which published track one m-line of a subscribe offer carries."""
+
+    mid: str
+    track_id: str
+    publisher_id: str
+    kind: Kind
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeOffer:
+    """An offer of the participant's subscribe connection, to be answered with
+    ``offer_id``; ``new_connection``: on a new connection (close the old one)."""
+
+    sdp: str
+    tracks: tuple[OfferedTrack, ...]
+    offer_id: int
+    new_connection: bool
+
+
+# What the SFU tells one participant: an offer to answer, or what it receives now.
+MediaNotice = SubscribeOffer | QualityNotice
+SendNotice = Callable[[MediaNotice], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -69,8 +110,7 @@ class IncomingTrack:
     """A track a publish offer started sending, before the lesson has named it."""
 
     mid: str
-    kind: p.Kind
-    source: p.Source
+    kind: Kind
     track: MediaStreamTrack
     receiver: RTCRtpReceiver
     codec: RTCRtpCodecParameters
@@ -151,7 +191,7 @@ class ParticipantMediaStats:
 
 @dataclass(slots=True)
 class _Subscription:
-    info: p.SubscribedTrack
+    info: OfferedTrack  # its mid is set when it is offered
     attachment: Attachment
     reuse_key: str
 
@@ -163,7 +203,7 @@ class ParticipantMedia:
     offers wait for the next one."""
 
     participant_id: str
-    send: SendMessage | None
+    send: SendNotice | None
     client_address: str | None = None  # where its signalling comes from
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     gates: dict[str, CandidateGate] = field(default_factory=dict)  # per peer connection
@@ -209,8 +249,10 @@ class Sfu:
         on_negotiation_timeout: Callable[[str], None] | None = None,
         negotiation_timeout: float = NEGOTIATION_TIMEOUT,
         candidate_policy: CandidatePolicy | None = None,
+        limits: PublishLimits = PublishLimits(tracks=4, sections=16),
     ) -> None:
         self._settings = settings
+        self._limits = limits
         self._candidates = candidate_policy or CandidatePolicy(hooks.host_addresses())
         self._refused_by_departed = 0  # candidates refused on closed participants' gates
         self._viewer_timer: asyncio.TimerHandle | None = None
@@ -229,7 +271,7 @@ class Sfu:
     # -- participants --------------------------------------------------------
 
     def open(
-        self, participant_id: str, send: SendMessage, client_address: str | None = None
+        self, participant_id: str, send: SendNotice, client_address: str | None = None
     ) -> None:
         """Prepare media for a participant who joined (signalling from ``client_address``)."""
         self._participants[participant_id] = ParticipantMedia(participant_id, send, client_address)
@@ -246,7 +288,7 @@ class Sfu:
         for media in list(self._participants.values()):
             notice = media.viewer.tick()
             if notice is not None and not media.closed and media.send is not None:
-                task = asyncio.ensure_future(media.send(_quality_message(notice)))
+                task = asyncio.ensure_future(media.send(notice))
                 self._notices.add(task)
                 task.add_done_callback(self._notices.discard)
         self._viewer_timer = asyncio.get_running_loop().call_later(
@@ -254,7 +296,7 @@ class Sfu:
         )
 
     def attach(
-        self, participant_id: str, send: SendMessage, client_address: str | None = None
+        self, participant_id: str, send: SendNotice, client_address: str | None = None
     ) -> bool:
         """A socket took the participant's seat: its media's messages go there now. An
         offer that no socket answered (or none received) is made again. False if the
@@ -353,19 +395,15 @@ class Sfu:
 
     # -- publishing ----------------------------------------------------------
 
-    async def accept_publish_offer(
-        self, participant_id: str, offer: p.PublishOffer
-    ) -> PublishResult:
+    async def accept_publish_offer(self, participant_id: str, offer_sdp: str) -> PublishResult:
         """Apply a client's publish offer and answer it. Raises :class:`MediaError`."""
         media = self._media(participant_id)
-        sources = {spec.mid: spec.source for spec in offer.tracks}
+        limits = self._limits
         async with media.lock:
             try:
-                sdp, sections, sending = restrict_offer_codecs(offer.sdp)
+                sdp, sections, sending = restrict_offer_codecs(offer_sdp)
             except (ValueError, IndexError, KeyError) as exc:
-                raise MediaError(
-                    f"the publish offer is not valid SDP ({exc})", offer.type
-                ) from None
+                raise MediaError(f"the publish offer is not valid SDP ({exc})") from None
             fingerprint = dtls_fingerprint(sdp)
             stopped: list[str] = []
             pc = media.publish_pc
@@ -375,18 +413,16 @@ class Sfu:
                 raise MediaError(
                     "the server no longer has this publish connection (it failed or was "
                     "replaced); offer again on a new one",
-                    offer.type,
                     code="connection_gone",
                 )
             if media.publish_pc is not None and media.publish_fingerprint != fingerprint:
                 # A new connection of the client: the old one's tracks end with it.
                 stopped += self._drop_publish_pc(media)
-            if sections > p.MAX_PUBLISH_MLINES or sending > p.MAX_PUBLISHED_TRACKS:
+            if sections > limits.sections or sending > limits.tracks:
                 raise MediaError(
                     f"the publish offer has {sending} sending of {sections} media sections; "
-                    f"at most {p.MAX_PUBLISHED_TRACKS} tracks in {p.MAX_PUBLISH_MLINES} "
+                    f"at most {limits.tracks} tracks in {limits.sections} "
                     "sections (reuse or stop unused transceivers)",
-                    offer.type,
                     code="too_many_tracks",
                 )
             if media.publish_pc is None:
@@ -396,7 +432,7 @@ class Sfu:
             sdp = self._gate(media, "publish").filter_sdp(sdp)
             # Simulcast layers reach subscribers one by one on the RTP path only. (Read
             # from the client's own text: aiortc's parser drops these attributes.)
-            rids = simulcast_rids(offer.sdp) if self._forwarding == "rtp" else {}
+            rids = simulcast_rids(offer_sdp) if self._forwarding == "rtp" else {}
             try:
                 # An offer with new ICE credentials restarts ICE on this connection.
                 restarting = await ice_restart.prepare_answer(pc, sdp)
@@ -407,7 +443,7 @@ class Sfu:
                     # Refused half applied: a connection never used starts afresh.
                     media.publish_pc = None
                     await close_quietly(pc)
-                raise MediaError(f"the publish offer was refused: {exc}", offer.type) from None
+                raise MediaError(f"the publish offer was refused: {exc}") from None
             if restarting:
                 swap = ice_restart.complete(pc, sdp)
                 if swap is not None:
@@ -440,13 +476,10 @@ class Sfu:
                     stopped.append(media.published.pop(mid))
                 elif mid is not None and mid not in media.published and receiving:
                     assert m is not None and m.codec is not None
-                    kind: p.Kind = "audio" if transceiver.kind == "audio" else "video"
-                    source = sources.get(mid, "microphone" if kind == "audio" else "camera")
                     started.append(
                         IncomingTrack(
                             mid=mid,
-                            kind=kind,
-                            source=source,
+                            kind="audio" if transceiver.kind == "audio" else "video",
                             track=transceiver.receiver.track,
                             receiver=transceiver.receiver,
                             codec=m.codec,
@@ -519,19 +552,22 @@ class Sfu:
 
     # -- subscribing ---------------------------------------------------------
 
-    async def subscribe(self, subscriber_id: str, publisher_id: str, track: p.TrackInfo) -> None:
-        """Forward ``track`` to ``subscriber_id`` and offer it on the subscribe connection."""
+    async def subscribe(
+        self, subscriber_id: str, publisher_id: str, track_id: str, kind: Kind, source: str
+    ) -> None:
+        """Forward a track (of ``kind``, from ``source``: the subscriber is told) to
+        ``subscriber_id`` and offer it on the subscribe connection."""
         media = self._participants.get(subscriber_id)
-        forwarder = self._forwarders.get(track.id)
+        forwarder = self._forwarders.get(track_id)
         if media is None or media.closed or forwarder is None:
             return
-        if track.id in media.subscriptions:
+        if track_id in media.subscriptions:
             return
         async with media.lock:
             if (
                 media.closed
-                or self._forwarders.get(track.id) is not forwarder
-                or track.id in media.subscriptions
+                or self._forwarders.get(track_id) is not forwarder
+                or track_id in media.subscriptions
             ):
                 return  # the track stopped (or was subscribed) while we waited
             if media.subscribe_pc is None:
@@ -543,18 +579,12 @@ class Sfu:
             if reuse is not None and attachment.transceiver is not reuse.transceiver:
                 free.append(reuse)  # declined
             attachment.transceiver.direction = "sendonly"
-            if track.kind == "video" and isinstance(forwarder, RtpForwarder):
+            if kind == "video" and isinstance(forwarder, RtpForwarder):
                 assert isinstance(attachment, RtpSubscriber)
-                media.viewer.add(track.id, forwarder, attachment)
-            media.subscriptions[track.id] = _Subscription(
+                media.viewer.add(track_id, forwarder, attachment)
+            media.subscriptions[track_id] = _Subscription(
                 reuse_key=key,
-                info=p.SubscribedTrack(
-                    mid="",
-                    track_id=track.id,
-                    participant_id=publisher_id,
-                    kind=track.kind,
-                    source=track.source,
-                ),
+                info=OfferedTrack("", track_id, publisher_id, kind, source),
                 attachment=attachment,
             )
         self._schedule_offer(media)
@@ -580,24 +610,19 @@ class Sfu:
             if offer_id is not None and offer_id != media.offer_id:
                 raise MediaError(
                     f"this answers offer {offer_id}; offer {media.offer_id} is the latest",
-                    "subscribe_answer",
                     code="stale_answer",
                 )
             if pc is None or not media.offer_in_flight:
-                raise MediaError("no subscribe offer is waiting for an answer", "subscribe_answer")
+                raise MediaError("no subscribe offer is waiting for an answer")
             try:
                 parse_description(sdp)
             except ValueError as exc:
-                raise MediaError(
-                    f"the subscribe answer is not valid SDP ({exc})", "subscribe_answer"
-                ) from None
+                raise MediaError(f"the subscribe answer is not valid SDP ({exc})") from None
             sdp = self._gate(media, "subscribe").filter_sdp(sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             except Exception as exc:  # aiortc raises many types on bad SDP
-                raise MediaError(
-                    f"the subscribe answer was refused: {exc}", "subscribe_answer"
-                ) from None
+                raise MediaError(f"the subscribe answer was refused: {exc}") from None
             # An offer that restarted ICE: connect with the answer's new credentials;
             # then this subscriber needs a keyframe of everything it receives.
             swap = ice_restart.complete(pc, sdp)
@@ -615,27 +640,34 @@ class Sfu:
         if again:
             self._schedule_offer(media)
 
-    async def add_candidate(self, participant_id: str, message: p.IceCandidate) -> None:
-        """Add a client's trickled ICE candidate. Raises :class:`MediaError`."""
+    async def add_candidate(
+        self,
+        participant_id: str,
+        pc_name: PeerConnectionName,
+        candidate: str | None,
+        sdp_mid: str | None = None,
+        sdp_mline_index: int | None = None,
+    ) -> None:
+        """Add a client's trickled ICE candidate for one of its connections (None: the
+        end of its candidates). Raises :class:`MediaError`."""
         media = self._media(participant_id)
-        pc = media.publish_pc if message.pc == "publish" else media.subscribe_pc
+        pc = media.publish_pc if pc_name == "publish" else media.subscribe_pc
         if pc is None or pc.remoteDescription is None:
-            raise MediaError(f"no {message.pc} connection is being negotiated", message.type)
-        if not message.candidate:
+            raise MediaError(f"no {pc_name} connection is being negotiated")
+        if not candidate:
             return  # end of candidates: aiortc needs no signal
-        refused = self._gate(media, message.pc).admit(message.candidate)
+        refused = self._gate(media, pc_name).admit(candidate)
         if refused == "malformed":
-            raise MediaError("the ICE candidate was refused: it is malformed", message.type)
+            raise MediaError("the ICE candidate was refused: it is malformed")
         if refused is not None:
             # Browsers trickle candidates the server cannot use (a home network's
             # private addresses): not an error, but never a connectivity check.
             logger.debug("ICE candidate of %s not checked: %s", participant_id, refused)
             return
         try:
-            candidate = parse_candidate(message.candidate, message.sdp_mid, message.sdp_mline_index)
-            await pc.addIceCandidate(candidate)
+            await pc.addIceCandidate(parse_candidate(candidate, sdp_mid, sdp_mline_index))
         except Exception as exc:  # bad candidate text or an unknown mid
-            raise MediaError(f"the ICE candidate was refused: {exc}", message.type) from None
+            raise MediaError(f"the ICE candidate was refused: {exc}") from None
 
     # -- introspection -------------------------------------------------------
 
@@ -757,7 +789,7 @@ class Sfu:
     def _media(self, participant_id: str) -> ParticipantMedia:
         media = self._participants.get(participant_id)
         if media is None or media.closed:
-            raise p.ProtocolError("not_joined", "you are not in this lesson")
+            raise MediaError("you are not in this lesson", code="not_joined")
         return media
 
     def _new_publish_pc(self, media: ParticipantMedia) -> RTCPeerConnection:
@@ -914,14 +946,12 @@ class Sfu:
                 mid = transceiver.mid
                 if mid is None or transceiver.stopped:
                     continue
-                tracks.append(subscription.info.model_copy(update={"mid": mid}))
+                tracks.append(dataclasses.replace(subscription.info, mid=mid))
             media.offered_inactive += media.retiring
             media.retiring.clear()
             media.offer_in_flight = True
             media.offer_id += 1
-            offer = p.SubscribeOffer(
-                sdp=sdp, tracks=tracks, offer_id=media.offer_id, new_connection=media.new_connection
-            )
+            offer = SubscribeOffer(sdp, tuple(tracks), media.offer_id, media.new_connection)
             media.new_connection = False
             media.answer_timer = asyncio.get_running_loop().call_later(
                 self._negotiation_timeout, self._answer_timed_out, media
@@ -944,19 +974,6 @@ def _reuse_key(codec: RTCRtpCodecParameters | None) -> str:
         return ""
     profile = codec.parameters.get("profile-level-id", "")
     return f"{codec.mimeType.lower()};{profile}"
-
-
-def _quality_message(notice: QualityNotice) -> p.ReceiveQuality:
-    return p.ReceiveQuality(
-        level=notice.level,  # type: ignore[arg-type]
-        limited_by=notice.limited_by,
-        videos=[
-            p.ReceivedVideo(
-                track_id=v.track_id, forwarded=v.forwarded, width=v.width, height=v.height
-            )
-            for v in notice.videos
-        ],
-    )
 
 
 def _is_closed(pc: RTCPeerConnection) -> bool:

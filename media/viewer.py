@@ -26,7 +26,13 @@ from .rtp_forward import RtpForwarder
 from .rtp_subscriber import RtpSubscriber
 
 Mode = Literal["auto", "low_data", "audio_only"]
-LEVEL_NAMES = {HIGH: "high", HIGH - 1: "medium", LOW: "low", AUDIO_ONLY: "audio_only"}
+LevelName = Literal["high", "medium", "low", "audio_only"]
+LEVEL_NAMES: dict[int, LevelName] = {
+    HIGH: "high",
+    HIGH - 1: "medium",
+    LOW: "low",
+    AUDIO_ONLY: "audio_only",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +51,7 @@ class QualityNotice:
     """What the viewer receives, when it changed: its level, what limits it, and
     each video."""
 
-    level: str
+    level: LevelName
     limited_by: Literal["network", "settings"] | None
     videos: tuple[ReceivedVideo, ...]
 

@@ -22,6 +22,7 @@ from starlette.datastructures import Address
 from starlette.websockets import WebSocketDisconnect
 
 from media.loop_watch import loop_watch
+from media.sfu import MediaError, MediaNotice, SubscribeOffer
 from signaling import protocol as p
 from signaling.bus import InMemoryEventBus, Subscription, participant_topic
 from signaling.effects import (
@@ -53,6 +54,7 @@ from signaling.session import (
 )
 
 from .logs import bind_participant
+from .media_messages import media_message, protocol_error, track_source
 
 if TYPE_CHECKING:
     from .state import ServerState
@@ -306,7 +308,10 @@ class ParticipantConnection:
     async def _apply(self, effects: list[SessionEffect]) -> None:
         for effect in effects:
             try:
-                await self._apply_one(effect)
+                try:
+                    await self._apply_one(effect)
+                except MediaError as exc:
+                    raise protocol_error(exc, _request_type(effect)) from None
             except p.ProtocolError as exc:
                 self._send(
                     p.ErrorMessage(
@@ -352,7 +357,14 @@ class ParticipantConnection:
                 effect.participant_id, effect.sdp, effect.offer_id
             )
         elif isinstance(effect, AddRemoteCandidate):
-            await state.sfu.add_candidate(effect.participant_id, effect.candidate)
+            candidate = effect.candidate
+            await state.sfu.add_candidate(
+                effect.participant_id,
+                candidate.pc,
+                candidate.candidate,
+                candidate.sdp_mid,
+                candidate.sdp_mline_index,
+            )
         elif isinstance(effect, ApplyReceiveSettings):
             settings = effect.settings
             state.sfu.receive_settings(
@@ -369,14 +381,16 @@ class ParticipantConnection:
         state = self._state
         lesson = self._session.lesson
         assert lesson is not None
-        result = await state.sfu.accept_publish_offer(effect.participant_id, effect.offer)
+        offer = effect.offer
+        result = await state.sfu.accept_publish_offer(effect.participant_id, offer.sdp)
         self._send(p.PublishAnswer(sdp=result.answer_sdp))
         for track_id in result.stopped_track_ids:
             await self._apply(
                 list(lesson.remove_track(effect.participant_id, track_id, "unpublished"))
             )
         for incoming in result.started:
-            info, effects = lesson.add_track(effect.participant_id, incoming.kind, incoming.source)
+            source = track_source(offer.tracks, incoming)
+            info, effects = lesson.add_track(effect.participant_id, incoming.kind, source)
             state.sfu.start_forwarding(effect.participant_id, info.id, incoming)
             await self._apply(list(effects))
 
@@ -402,12 +416,12 @@ class ParticipantConnection:
             await asyncio.sleep(interval)
             self._put(ping)
 
-    async def _deliver_to_self(self, message: p.ServerMessage) -> None:
-        if isinstance(message, p.SubscribeOffer):
+    async def _deliver_to_self(self, notice: MediaNotice) -> None:
+        if isinstance(notice, SubscribeOffer):
             # Ahead of the answer in the inbox, whatever the client's pace.
             with contextlib.suppress(asyncio.QueueFull):
                 self._inbox.put_nowait(_OfferSent())
-        self._send(message)
+        self._send(media_message(notice))
 
     def _send(self, message: p.ServerMessage) -> None:
         self._put(p.encode_server_message(message))
@@ -490,7 +504,7 @@ class ParticipantConnection:
         effects = self._session.disconnected(reason, time.time())
         for effect in effects:
             if not isinstance(effect, (Reply, Close, Joined)):
-                with contextlib.suppress(p.ProtocolError):
+                with contextlib.suppress(p.ProtocolError, MediaError):
                     await self._apply_one(effect)
         # Let the writer flush a final bye, then stop every task of this socket.
         self._outbox.close()
@@ -516,7 +530,10 @@ async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
             participant_topic(effect.to), p.encode_server_message(effect.message)
         )
     elif isinstance(effect, Subscribe):
-        await state.sfu.subscribe(effect.subscriber, effect.publisher, effect.track)
+        track = effect.track
+        await state.sfu.subscribe(
+            effect.subscriber, effect.publisher, track.id, track.kind, track.source
+        )
     elif isinstance(effect, Unsubscribe):
         await state.sfu.unsubscribe(effect.subscriber, effect.track_id)
     elif isinstance(effect, StopTrack):
@@ -535,3 +552,18 @@ async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
         await state.recordings.carry_out(effect)
     # The timeline of a recording in progress (server/recordings.py).
     state.recordings.observe(effect)
+
+
+def _request_type(effect: SessionEffect) -> str | None:
+    """The client message that asked for a media effect, named in its errors."""
+    if isinstance(effect, NegotiatePublish):
+        return effect.offer.type
+    if isinstance(effect, AddRemoteCandidate):
+        return effect.candidate.type
+    if isinstance(effect, ApplyReceiveSettings):
+        return effect.settings.type
+    if isinstance(effect, AcceptSubscribeAnswer):
+        return "subscribe_answer"
+    if isinstance(effect, RestartIce):
+        return "ice_restart"
+    return None

@@ -25,6 +25,7 @@ from signaling.sqlite_records import SqliteRecordStore
 
 from .config import Settings
 from .live import LiveView
+from .media_messages import PUBLISH_LIMITS
 from .metrics import ServerMetrics, open_fds, resident_bytes
 from .recordings import RecordingService
 from .seats import SeatKeeper
@@ -113,6 +114,7 @@ class ServerState:
                 ],
                 allowed_networks=settings.ice_allowed_networks,
             ),
+            limits=PUBLISH_LIMITS,
         )
         self.webhooks = Webhooks(
             WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)

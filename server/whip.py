@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from media.sfu import MediaError, MediaNotice
 from signaling import protocol as p
 from signaling.bus import Subscription, participant_topic
 from signaling.lesson import Forbidden, Lesson
@@ -35,6 +36,7 @@ from signaling.placement import PlacementUnavailable
 from signaling.tokens import Grant, TokenError, verify_token
 
 from .connection import execute_lesson_effect
+from .media_messages import track_source
 from .redis_relay import OwnerUnreachable
 
 if TYPE_CHECKING:
@@ -100,14 +102,14 @@ class WhipSession:
         except ValueError as exc:
             raise WhipError(400, f"the offer is not acceptable: {exc}") from None
         try:
-            result = await state.sfu.accept_publish_offer(participant.id, offer)
-        except p.ProtocolError as exc:
+            result = await state.sfu.accept_publish_offer(participant.id, offer.sdp)
+        except MediaError as exc:
             raise WhipError(400, exc.message) from None
         if not result.started:
             raise WhipError(400, "the offer sends no audio or video the server can take")
         for incoming in result.started:
             info, track_effects = self.lesson.add_track(
-                participant.id, incoming.kind, incoming.source
+                participant.id, incoming.kind, track_source(offer.tracks, incoming)
             )
             state.sfu.start_forwarding(participant.id, info.id, incoming)
             for effect in track_effects:
@@ -162,8 +164,8 @@ class WhipSession:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _ignore(self, message: p.ServerMessage) -> None:
-        """The SFU's messages for a publisher that never subscribes."""
+    async def _ignore(self, notice: MediaNotice) -> None:
+        """The SFU's notices for a publisher that never subscribes."""
 
 
 class WhipError(Exception):

@@ -27,9 +27,8 @@ from hypothesis import strategies as st
 from media.peers import IceSettings, configuration
 from media.rtp_rewrite import h264_keyframe_start, vp8_keyframe_start
 from media.rtp_subscriber import MAX_PAYLOAD
-from media.sfu import MediaError, Sfu
+from media.sfu import MediaError, MediaNotice, Sfu
 from media.testsource import PatternVideoTrack, ToneAudioTrack
-from signaling import protocol as p
 
 from .rtp_lab import (
     Bench,
@@ -306,22 +305,18 @@ def offer(loop: asyncio.AbstractEventLoop) -> str:
 async def offer_to_sfu(sdp: str, candidates: list[str]) -> None:
     sfu = Sfu(IceSettings(), on_track_ended=lambda publisher, track: None)
 
-    async def send(message: p.ServerMessage) -> None:
+    async def send(notice: MediaNotice) -> None:
         return None
 
     sfu.open("fuzz", send, "127.0.0.1")
     try:
         try:
-            await sfu.accept_publish_offer(
-                "fuzz", p.PublishOffer.model_construct(sdp=sdp, tracks=[])
-            )
+            await sfu.accept_publish_offer("fuzz", sdp)
         except MediaError:
             pass
         for text in candidates:
             try:
-                await sfu.add_candidate(
-                    "fuzz", p.IceCandidate(pc="publish", candidate=text, sdp_mid="0")
-                )
+                await sfu.add_candidate("fuzz", "publish", text, "0")
             except MediaError:
                 pass
     finally:

@@ -13,20 +13,19 @@ import asyncio
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from media.peers import IceSettings, configuration
-from media.sfu import Sfu
+from media.sfu import MediaNotice, Sfu, SubscribeOffer
 from media.testsource import PatternVideoTrack
-from signaling import protocol as p
 
 
 async def test_an_offer_to_a_connection_aiortc_closed_is_given_up_quietly() -> None:
     sfu = Sfu(IceSettings(), on_track_ended=lambda publisher, track: None)
-    offers: asyncio.Queue[p.SubscribeOffer] = asyncio.Queue()
+    offers: asyncio.Queue[SubscribeOffer] = asyncio.Queue()
 
-    async def to_viewer(message: p.ServerMessage) -> None:
-        if isinstance(message, p.SubscribeOffer):
-            offers.put_nowait(message)
+    async def to_viewer(notice: MediaNotice) -> None:
+        if isinstance(notice, SubscribeOffer):
+            offers.put_nowait(notice)
 
-    async def to_teacher(message: p.ServerMessage) -> None:
+    async def to_teacher(notice: MediaNotice) -> None:
         return None
 
     sfu.open("teacher", to_teacher, "127.0.0.1")
@@ -36,18 +35,10 @@ async def test_an_offer_to_a_connection_aiortc_closed_is_given_up_quietly() -> N
     try:
         camera.addTransceiver(PatternVideoTrack(), direction="sendonly")
         await camera.setLocalDescription(await camera.createOffer())
-        result = await sfu.accept_publish_offer(
-            "teacher",
-            p.PublishOffer(
-                sdp=camera.localDescription.sdp,
-                tracks=[p.PublishedTrackSpec(mid="0", source="camera")],
-            ),
-        )
+        result = await sfu.accept_publish_offer("teacher", camera.localDescription.sdp)
         (incoming,) = result.started
         sfu.start_forwarding("teacher", "teacher-1", incoming)
-        await sfu.subscribe(
-            "viewer", "teacher", p.TrackInfo(id="teacher-1", kind="video", source="camera")
-        )
+        await sfu.subscribe("viewer", "teacher", "teacher-1", "video", "camera")
         offer = await asyncio.wait_for(offers.get(), 10)
         await viewer.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
         await viewer.setLocalDescription(await viewer.createAnswer())
