@@ -251,7 +251,7 @@ def h264_size(frame: bytes) -> tuple[int, int]:
 
 def open_private_file(path: Path) -> BinaryIO:
     """Create ``path`` exclusively, 0600, for writing (the data directory's rule)."""
-    from signaling.private_files import create_private_file
+    from signaling.adapters.private_files import create_private_file
 
     return os.fdopen(create_private_file(path), "wb")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from signaling.private_files import create_private_file, tighten
+from signaling.adapters.private_files import create_private_file, tighten
 from signaling.turn import TurnRest
 
 from .http_limits import ConnectionLimits

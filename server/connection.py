@@ -24,7 +24,7 @@ from starlette.websockets import WebSocketDisconnect
 from media.loop_watch import loop_watch
 from media.sfu import MediaError, MediaNotice, SubscribeOffer
 from signaling import protocol as p
-from signaling.bus import InMemoryEventBus, Subscription, participant_topic
+from signaling.bus import OVERFLOW, Subscription, participant_topic
 from signaling.effects import (
     Announce,
     Deliver,
@@ -476,7 +476,7 @@ class ParticipantConnection:
     async def _pump(self, subscription: Subscription) -> None:
         while True:
             text = await subscription.get()
-            if text == InMemoryEventBus.OVERFLOW:
+            if text == OVERFLOW:
                 with contextlib.suppress(asyncio.QueueFull):
                     self._inbox.put_nowait(_Disconnected("too slow"))
                 return

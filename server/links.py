@@ -12,7 +12,7 @@ import time
 
 from pydantic import BaseModel
 
-from signaling.catalogue import Catalogue
+from signaling.adapters.sqlite_catalogue import Catalogue
 from signaling.permissions import Role
 from signaling.tokens import mint_token
 

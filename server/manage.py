@@ -15,9 +15,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from signaling.adapters.sqlite_catalogue import Catalogue
+from signaling.adapters.sqlite_records import SqliteRecordStore
 from signaling.attendance import attendance_rows, rows_as_csv, rows_as_json
 from signaling.catalogue import (
-    Catalogue,
     CatalogueError,
     CommunityIn,
     EndpointIn,
@@ -26,7 +27,6 @@ from signaling.catalogue import (
     SchoolIn,
 )
 from signaling.permissions import ChatPolicy, Role
-from signaling.sqlite_records import SqliteRecordStore
 
 from .arguments import add_link_lifetime_arg
 from .config import DEFAULT_DATA_DIR, resolve_secret

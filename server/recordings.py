@@ -38,9 +38,9 @@ from media.forwarder import TrackForwarder
 from media.recording import CONTAINERS, TrackRecorder
 from media.rtp_forward import RtpForwarder
 from signaling import protocol as p
+from signaling.adapters.private_files import FILE_MODE, private_directory
 from signaling.effects import Deliver, Effect, PauseTrack
 from signaling.lesson import Lesson
-from signaling.private_files import FILE_MODE, private_directory
 from signaling.recording import RecordingConsent, StartRecording, StopRecording
 from signaling.registry import LessonRegistry
 

@@ -16,12 +16,13 @@ from media.candidate_policy import CandidatePolicy
 from media.peers import IceSettings
 from media.sfu import Sfu
 from signaling import protocol as p
-from signaling.bus import InMemoryEventBus, participant_topic
-from signaling.catalogue import Catalogue
+from signaling.adapters.memory_bus import InMemoryEventBus
+from signaling.adapters.sqlite_catalogue import Catalogue
+from signaling.adapters.sqlite_records import SqliteRecordStore
+from signaling.bus import participant_topic
 from signaling.effects import Effect
 from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
-from signaling.sqlite_records import SqliteRecordStore
 
 from .config import Settings
 from .live import LiveView

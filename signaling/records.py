@@ -3,7 +3,7 @@
 The lesson state machine emits records as effects; the server writes each one to
 a :class:`RecordStore` before it carries out the effects that follow, so nothing
 that was acknowledged is lost if the process is killed. ``InMemoryRecordStore``
-serves tests; ``signaling.sqlite_records.SqliteRecordStore`` is the default.
+serves tests; ``signaling.adapters.sqlite_records.SqliteRecordStore`` is the default.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from signaling.bus import InMemoryEventBus, participant_topic
+from signaling.adapters.memory_bus import InMemoryEventBus
+from signaling.bus import OVERFLOW, participant_topic
 
 
 async def test_messages_reach_every_subscriber_in_order() -> None:
@@ -32,5 +33,5 @@ async def test_a_subscriber_that_falls_behind_is_cut_off() -> None:
     for i in range(5):
         await bus.publish("t", str(i))
     drained = [slow.queue.get_nowait() for _ in range(slow.queue.qsize())]
-    assert drained[-1] == InMemoryEventBus.OVERFLOW
+    assert drained[-1] == OVERFLOW
     assert bus.topic_count() == 0

@@ -8,7 +8,7 @@ import pytest
 
 from server.cli import main
 from signaling import protocol as p
-from signaling.catalogue import Catalogue
+from signaling.adapters.sqlite_catalogue import Catalogue
 from signaling.lesson import Announce, Deliver, Effect, Forbidden, Lesson, LessonSettings
 from signaling.permissions import Role
 from signaling.recording import RecordingConsent, StartRecording, StopRecording

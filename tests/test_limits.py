@@ -20,9 +20,9 @@ import websockets
 
 from media.client import LessonClient
 from signaling import protocol as p
+from signaling.adapters.sqlite_records import SqliteRecordStore
 from signaling.permissions import Role
 from signaling.records import ChatRecord
-from signaling.sqlite_records import SqliteRecordStore
 from signaling.tokens import mint_token
 
 from .conftest import SECRET, RunningServer, lco_publish, start_server, stop_server

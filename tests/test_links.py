@@ -16,7 +16,8 @@ from server.links import (
     LinkError,
     LinkMaker,
 )
-from signaling.catalogue import Catalogue, CommunityIn, LessonIn, LessonPatch, SchoolIn
+from signaling.adapters.sqlite_catalogue import Catalogue
+from signaling.catalogue import CommunityIn, LessonIn, LessonPatch, SchoolIn
 from signaling.permissions import Role
 from signaling.tokens import verify_token
 

@@ -12,9 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from . import protocol as p
-from .private_files import open_database
-from .records import (
+from .. import protocol as p
+from ..records import (
     AttendanceEvent,
     AttendanceKind,
     BanRecord,
@@ -24,6 +23,7 @@ from .records import (
     PublishDecision,
     Record,
 )
+from .private_files import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS attendance (
