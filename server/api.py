@@ -2,7 +2,8 @@
 
 Every route needs credentials: the operator's admin key, or (for one lesson's own
 routes) a teacher's join token for that lesson, as ``Authorization: Bearer ...``.
-Bodies are read as a stream and refused past :data:`MAX_BODY_BYTES` (413), then
+Bodies are read as a stream and refused past ``MAX_BODY_BYTES`` (413; the helpers
+every API module shares are in ``server/api_common.py``), then
 validated by the pydantic models in ``signaling.catalogue``; errors answer 4xx
 with a message that names the field. No input should ever answer 500.
 """
@@ -10,14 +11,11 @@ with a message that names the field. No input should ever answer 500.
 from __future__ import annotations
 
 import hmac
-import json
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -42,6 +40,15 @@ from signaling.placement import PlacementUnavailable
 from signaling.records import LessonEndedRecord
 from signaling.tokens import TokenError, check_identifier, verify_token
 
+from .api_common import (
+    ApiError,
+    Handler,
+    Operation,
+    Principal,
+    check_declared_length,
+    json_response,
+    read_model,
+)
 from .connection import execute_lesson_effect
 from .links import JoinLink, LinkError, LinkMaker
 from .live import LiveLesson
@@ -49,10 +56,6 @@ from .qr import qr_svg_data_uri
 from .recordings_api import RecordingsApi
 from .redis_relay import OwnerUnreachable
 from .state import ServerState
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-MAX_BODY_BYTES = 256 * 1024
 
 
 class LinkRequest(BaseModel):
@@ -65,108 +68,6 @@ class LinkRequest(BaseModel):
     ttl_minutes: int | None = Field(default=None, ge=1, le=7 * 24 * 60)
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, close: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        # Close the connection after answering: the client may still be sending a
-        # body that nobody will read.
-        self.close = close
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """One API operation and its documentation."""
-
-    path: str
-    method: str
-    handler: Handler
-    summary: str
-    body: type[BaseModel] | None = None
-    response: type[BaseModel] | None = None
-    many: bool = False
-    status: int = 200
-    auth: str = "admin key"
-    csv: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who calls: the operator (admin key) or a teacher of one lesson."""
-
-    admin: bool
-    lesson: str | None = None
-    # When the teacher token used expires: no link it mints may outlive it.
-    expires_at: int | None = None
-
-
-def _field_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(x) for x in first["loc"]) or "body"
-    if first["type"] == "extra_forbidden":
-        return f"unknown field {where!r}"
-    if first["type"] == "missing":
-        return f"missing field {where!r}"
-    return f"field {where!r}: {first['msg']}"
-
-
-def _too_large() -> ApiError:
-    return ApiError(413, f"body larger than {MAX_BODY_BYTES // 1024} KiB", close=True)
-
-
-def _check_declared_length(request: Request) -> None:
-    """Refuse at once a body declared too large, before reading any of it."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
-
-
-async def _read_body(request: Request) -> bytes:
-    """The body, read as it arrives and abandoned as soon as it passes the limit."""
-    _check_declared_length(request)
-    received = bytearray()
-    async for chunk in request.stream():
-        received += chunk
-        if len(received) > MAX_BODY_BYTES:
-            raise _too_large()
-    return bytes(received)
-
-
-def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ApiError(400, f"duplicate key {key!r} in the body")
-        result[key] = value
-    return result
-
-
-async def read_model(request: Request, model: type[BaseModel]) -> Any:
-    """The body as ``model``: read within the size limit, strict JSON, validated.
-    Raises :class:`ApiError` (400, 413, 422) naming what is wrong."""
-    raw = await _read_body(request)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "body is not UTF-8 text (JSON must be)") from None
-    try:
-        data = json.loads(text or "null", object_pairs_hook=_refuse_duplicate_keys)
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, f"body is not valid JSON ({exc.msg})") from None
-    except RecursionError:
-        raise ApiError(400, "body is nested too deeply") from None
-    except ValueError:
-        # Python refuses to convert integers of more than 4300 digits.
-        raise ApiError(400, "body holds a number too long") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ApiError(422, _field_error(exc)) from None
-
-
 def _attachment(filename: str) -> str:
     """Content-Disposition for ``filename`` (RFC 6266): an ASCII fallback for old
     clients, the exact name percent-encoded as UTF-8 (headers are Latin-1 only)."""
@@ -174,14 +75,6 @@ def _attachment(filename: str) -> str:
         c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename
     )
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-def _json(value: Any, status: int = 200) -> JSONResponse:
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
-    elif isinstance(value, list):
-        value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
-    return JSONResponse(value, status_code=status)
 
 
 def _with_qr(request: Request, links: list[JoinLink]) -> list[JoinLink]:
@@ -200,7 +93,7 @@ class Api:
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.catalogue = state.catalogue
-        self.recordings = RecordingsApi(self)
+        self.recordings = RecordingsApi(state, self)
 
     # -- auth ----------------------------------------------------------------
 
@@ -236,7 +129,7 @@ class Api:
         if not self._principal(request).admin:
             raise ApiError(403, "this needs the operator's admin key")
 
-    def _lesson_access(self, request: Request, lesson_id: str) -> Principal:
+    def lesson_access(self, request: Request, lesson_id: str) -> Principal:
         principal = self._principal(request)
         try:
             # Ids as tokens carry them: no lesson can have another, and the id may
@@ -252,16 +145,18 @@ class Api:
 
     async def list_communities(self, request: Request) -> Response:
         self._admin(request)
-        return _json(self.catalogue.communities())
+        return json_response(self.catalogue.communities())
 
     async def create_community(self, request: Request) -> Response:
         self._admin(request)
-        return _json(self.catalogue.add_community(await read_model(request, CommunityIn)), 201)
+        return json_response(
+            self.catalogue.add_community(await read_model(request, CommunityIn)), 201
+        )
 
     async def show_community(self, request: Request) -> Response:
         self._admin(request)
         community = self.catalogue.community(request.path_params["community_id"])
-        return _json(
+        return json_response(
             {
                 **community.model_dump(mode="json"),
                 "schools": [
@@ -272,50 +167,50 @@ class Api:
 
     async def list_schools(self, request: Request) -> Response:
         self._admin(request)
-        return _json(self.catalogue.schools(request.path_params["community_id"]))
+        return json_response(self.catalogue.schools(request.path_params["community_id"]))
 
     async def create_school(self, request: Request) -> Response:
         self._admin(request)
         school = self.catalogue.add_school(
             request.path_params["community_id"], await read_model(request, SchoolIn)
         )
-        return _json(school, 201)
+        return json_response(school, 201)
 
     async def list_endpoints(self, request: Request) -> Response:
         self._admin(request)
         school = self.catalogue.school(request.path_params["school_id"])
-        return _json(self.catalogue.endpoints(school.id))
+        return json_response(self.catalogue.endpoints(school.id))
 
     async def create_endpoint(self, request: Request) -> Response:
         self._admin(request)
         endpoint = self.catalogue.add_endpoint(
             request.path_params["school_id"], await read_model(request, EndpointIn)
         )
-        return _json(endpoint, 201)
+        return json_response(endpoint, 201)
 
     # -- lessons -----------------------------------------------------------------
 
     async def list_lessons(self, request: Request) -> Response:
         self._admin(request)
-        return _json(self.catalogue.lessons(request.query_params.get("community")))
+        return json_response(self.catalogue.lessons(request.query_params.get("community")))
 
     async def create_lesson(self, request: Request) -> Response:
         self._admin(request)
-        return _json(self.catalogue.add_lesson(await read_model(request, LessonIn)), 201)
+        return json_response(self.catalogue.add_lesson(await read_model(request, LessonIn)), 201)
 
     async def show_lesson(self, request: Request) -> Response:
         lesson_id = request.path_params["lesson_id"]
-        self._lesson_access(request, lesson_id)
+        self.lesson_access(request, lesson_id)
         lesson = self.catalogue.lesson(lesson_id)
         live = self.state.registry.find(lesson_id)
         summary = (
             {"participants": len(live.participants), "waiting": len(live.waiting)}
             if live is not None
-            else await self._ask_owner(lesson_id, "summary")
+            else await self.ask_owner(lesson_id, "summary")
         )
-        return _json({**lesson.model_dump(mode="json"), "live": summary})
+        return json_response({**lesson.model_dump(mode="json"), "live": summary})
 
-    async def _ask_owner(self, lesson_id: str, question: str, details: Any = None) -> Any:
+    async def ask_owner(self, lesson_id: str, question: str, details: Any = None) -> Any:
         """What the node that serves a lesson not served here answers (None: no node
         serves it, or there are no other nodes)."""
         cluster = self.state.cluster
@@ -329,21 +224,21 @@ class Api:
 
     async def update_lesson(self, request: Request) -> Response:
         lesson_id = request.path_params["lesson_id"]
-        self._lesson_access(request, lesson_id)
+        self.lesson_access(request, lesson_id)
         patch = await read_model(request, LessonPatch)
-        return _json(self.catalogue.update_lesson(lesson_id, patch))
+        return json_response(self.catalogue.update_lesson(lesson_id, patch))
 
     async def end_lesson(self, request: Request) -> Response:
         lesson_id = request.path_params["lesson_id"]
-        self._lesson_access(request, lesson_id)
+        self.lesson_access(request, lesson_id)
         lesson = self.catalogue.end_lesson(lesson_id)
         live = self.state.registry.find(lesson_id)
         if live is not None:
             for effect in live.close("the lesson was ended by its organiser"):
                 await execute_lesson_effect(self.state, effect)
-        elif not await self._ask_owner(lesson_id, "end"):
+        elif not await self.ask_owner(lesson_id, "end"):
             self.state.record(LessonEndedRecord(lesson_id, time.time()))
-        return _json(lesson)
+        return json_response(lesson)
 
     # -- links -------------------------------------------------------------------
 
@@ -360,17 +255,17 @@ class Api:
     async def lesson_links(self, request: Request) -> Response:
         """The standard set: teacher, expert guest, one per invited classroom endpoint."""
         lesson_id = request.path_params["lesson_id"]
-        principal = self._lesson_access(request, lesson_id)
+        principal = self.lesson_access(request, lesson_id)
         try:
             links = self._links(request, principal).standard(lesson_id)
         except LinkError as exc:
             raise ApiError(422, str(exc)) from None
-        return _json(_with_qr(request, links))
+        return json_response(_with_qr(request, links))
 
     async def create_links(self, request: Request) -> Response:
         """Links for named people of one role (students, co-teachers, delegates...)."""
         lesson_id = request.path_params["lesson_id"]
-        principal = self._lesson_access(request, lesson_id)
+        principal = self.lesson_access(request, lesson_id)
         body: LinkRequest = await read_model(request, LinkRequest)
         ttl = body.ttl_minutes * 60 if body.ttl_minutes else None
         try:
@@ -379,7 +274,7 @@ class Api:
             )
         except LinkError as exc:
             raise ApiError(422, str(exc)) from None
-        return _json(_with_qr(request, links), 201)
+        return json_response(_with_qr(request, links), 201)
 
     # -- live view ---------------------------------------------------------------
 
@@ -395,25 +290,25 @@ class Api:
                     lessons += answer or []
             except PlacementUnavailable as exc:
                 raise ApiError(503, f"the other servers cannot be reached now ({exc})") from None
-        return _json(lessons)
+        return json_response(lessons)
 
     async def live_lesson(self, request: Request) -> Response:
         """One running lesson's live view; 404 while nobody is in it."""
         lesson_id = request.path_params["lesson_id"]
-        self._lesson_access(request, lesson_id)
+        self.lesson_access(request, lesson_id)
         live = self.state.registry.find(lesson_id)
         if live is None:
-            elsewhere = await self._ask_owner(lesson_id, "live")
+            elsewhere = await self.ask_owner(lesson_id, "live")
             if elsewhere is None:
                 raise ApiError(404, f"nobody is in lesson {lesson_id!r} now")
-            return _json(elsewhere)
-        return _json(await self.state.live.lesson(live))
+            return json_response(elsewhere)
+        return json_response(await self.state.live.lesson(live))
 
     # -- attendance --------------------------------------------------------------
 
     async def attendance(self, request: Request) -> Response:
         lesson_id = request.path_params["lesson_id"]
-        self._lesson_access(request, lesson_id)
+        self.lesson_access(request, lesson_id)
         fmt: Literal["json", "csv"] | str = request.query_params.get("format", "json")
         if fmt not in ("json", "csv"):
             raise ApiError(422, "query 'format' must be json or csv")
@@ -586,7 +481,7 @@ class Api:
             async def endpoint(request: Request) -> Response:
                 try:
                     # Every route, with a body or not, refuses one declared too large.
-                    _check_declared_length(request)
+                    check_declared_length(request)
                     return await handler(request)
                 except ApiError as exc:
                     headers = {"Connection": "close"} if exc.close else None

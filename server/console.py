@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .api import ApiError, read_model
+from .api_common import ApiError, read_model
 from .sessions import (
     ConsoleSessions,
     clear_session_cookie,

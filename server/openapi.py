@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .api import MAX_BODY_BYTES, Api
+from .api import Api
+from .api_common import MAX_BODY_BYTES
 
 ERROR_SCHEMA = {
     "type": "object",

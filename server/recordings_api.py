@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
@@ -23,11 +23,10 @@ from starlette.routing import Route
 
 from signaling.tokens import check_identifier
 
+from .api_common import ApiError, LessonAccess, Operation, json_response, read_model
 from .connection import execute_lesson_effect
 from .recordings import RecordingBusy
-
-if TYPE_CHECKING:
-    from .api import Api, Operation
+from .state import ServerState
 
 LINK_LIFETIME = 4 * 3600  # seconds a signed file link works
 MEDIA_TYPES = {".webm": "video/webm", ".mkv": "video/x-matroska", ".mp4": "video/mp4"}
@@ -76,15 +75,13 @@ def sign(secret: bytes, path: str, expires: int) -> str:
 class RecordingsApi:
     """Recordings' handlers, sharing the API's credentials and error handling."""
 
-    def __init__(self, api: Api) -> None:
-        self.api = api
-        self.state = api.state
+    def __init__(self, state: ServerState, access: LessonAccess) -> None:
+        self.access = access
+        self.state = state
         # With --redis, another node's API asks the lesson's node (server/cluster.py).
         self.state.answers["recording"] = self._answer
 
     def operations(self) -> list[Operation]:
-        from .api import Operation
-
         scope = "admin key, or a teacher token for this lesson"
         return [
             Operation(
@@ -122,10 +119,8 @@ class RecordingsApi:
     # -- handlers --------------------------------------------------------------
 
     async def list_recordings(self, request: Request) -> Response:
-        from .api import _json
-
         lesson_id = request.path_params["lesson_id"]
-        self.api._lesson_access(request, lesson_id)
+        self.access.lesson_access(request, lesson_id)
         service = self.state.recordings
         expires = int(time.time()) + LINK_LIFETIME
         result = []
@@ -148,26 +143,24 @@ class RecordingsApi:
                     manifest=service.manifest(lesson_id, item["id"]),
                 )
             )
-        return _json(result)
+        return json_response(result)
 
     async def control(self, request: Request) -> Response:
-        from .api import ApiError, _json, read_model
-
         lesson_id = request.path_params["lesson_id"]
-        principal = self.api._lesson_access(request, lesson_id)
+        principal = self.access.lesson_access(request, lesson_id)
         body: RecordingControl = await read_model(request, RecordingControl)
         by = "the operator" if principal.admin else "a teacher (through the API)"
         if self.state.registry.find(lesson_id) is None:
             # With --redis the lesson may live on another node: it decides there.
-            elsewhere = await self.api._ask_owner(
+            elsewhere = await self.access.ask_owner(
                 lesson_id, "recording", {"recording": body.recording, "by": by}
             )
             if elsewhere is not None:
-                return _json(RecordingState(lesson=lesson_id, recording=bool(elsewhere)))
+                return json_response(RecordingState(lesson=lesson_id, recording=bool(elsewhere)))
         active = await self.apply(lesson_id, body.recording, by)
         if active is None:
             raise ApiError(409, "the lesson is not live: nobody is in it")
-        return _json(RecordingState(lesson=lesson_id, recording=active))
+        return json_response(RecordingState(lesson=lesson_id, recording=active))
 
     async def _answer(self, lesson_id: str, details: Any) -> bool | None:
         return await self.apply(lesson_id, bool(details["recording"]), str(details["by"]))
@@ -188,10 +181,8 @@ class RecordingsApi:
         return lesson.recording.active
 
     async def delete(self, request: Request) -> Response:
-        from .api import ApiError
-
         lesson_id = request.path_params["lesson_id"]
-        self.api._lesson_access(request, lesson_id)
+        self.access.lesson_access(request, lesson_id)
         try:
             deleted = self.state.recordings.delete(lesson_id, request.path_params["recording_id"])
         except RecordingBusy as exc:
@@ -202,15 +193,13 @@ class RecordingsApi:
 
     async def download(self, request: Request) -> Response:
         """A recording's file; answers range requests (206) so players can seek."""
-        from .api import ApiError
-
         lesson_id = request.path_params["lesson_id"]
         recording_id = request.path_params["recording_id"]
         name = request.path_params["name"]
         try:
             check_identifier("path 'lesson_id'", lesson_id)
             if not self._signed(request, f"{lesson_id}/{recording_id}/{name}"):
-                self.api._lesson_access(request, lesson_id)
+                self.access.lesson_access(request, lesson_id)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         except ApiError as exc:
