@@ -49,7 +49,7 @@ from .api_common import (
     json_response,
     read_model,
 )
-from .connection import execute_lesson_effect
+from .lesson_effects import execute_lesson_effect
 from .links import JoinLink, LinkError, LinkMaker
 from .live import LiveLesson
 from .qr import qr_svg_data_uri

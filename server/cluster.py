@@ -28,7 +28,8 @@ from signaling.placement import PlacementUnavailable
 from signaling.tokens import TokenError, verify_token
 
 from . import redis_keys
-from .connection import ParticipantConnection, execute_lesson_effect
+from .connection import ParticipantConnection
+from .lesson_effects import execute_lesson_effect
 from .redis_nodes import CpuMeter, NodeRegistry
 from .redis_placement import RedisPlacement
 from .redis_relay import OwnerUnreachable, Relay, RelayedSocket

@@ -25,20 +25,6 @@ from media.loop_watch import loop_watch
 from media.sfu import MediaError, MediaNotice, SubscribeOffer
 from signaling import protocol as p
 from signaling.bus import OVERFLOW, Subscription, participant_topic
-from signaling.effects import (
-    Announce,
-    Deliver,
-    Effect,
-    EndMedia,
-    HoldSeat,
-    PauseTrack,
-    Record,
-    ResetMedia,
-    StopTrack,
-    Subscribe,
-    Unsubscribe,
-)
-from signaling.recording import RecordingConsent, StartRecording, StopRecording
 from signaling.session import (
     AcceptSubscribeAnswer,
     AddRemoteCandidate,
@@ -53,6 +39,7 @@ from signaling.session import (
     SignalingSession,
 )
 
+from .lesson_effects import execute_lesson_effect
 from .logs import bind_participant
 from .media_messages import media_message, protocol_error, track_source
 
@@ -518,40 +505,6 @@ class ParticipantConnection:
             await asyncio.wait_for(self._ws.close(self._close_code), 2.0)
         if pid is not None:
             state.remove_connection(pid, self)
-
-
-async def execute_lesson_effect(state: ServerState, effect: Effect) -> None:
-    """Carry out one effect of the lesson state machine, in order."""
-    if isinstance(effect, Record):
-        # Durable before anything that follows is delivered (acknowledged).
-        state.record(effect.data)
-    elif isinstance(effect, Deliver):
-        await state.bus.publish(
-            participant_topic(effect.to), p.encode_server_message(effect.message)
-        )
-    elif isinstance(effect, Subscribe):
-        track = effect.track
-        await state.sfu.subscribe(
-            effect.subscriber, effect.publisher, track.id, track.kind, track.source
-        )
-    elif isinstance(effect, Unsubscribe):
-        await state.sfu.unsubscribe(effect.subscriber, effect.track_id)
-    elif isinstance(effect, StopTrack):
-        await state.sfu.stop_track(effect.track_id)
-    elif isinstance(effect, PauseTrack):
-        state.sfu.set_paused(effect.track_id, effect.paused)
-    elif isinstance(effect, Announce):
-        state.webhooks.notify(effect.event, effect.data)
-    elif isinstance(effect, HoldSeat):
-        state.seats.hold(effect)
-    elif isinstance(effect, ResetMedia):
-        await state.sfu.reset(effect.participant_id)
-    elif isinstance(effect, EndMedia):
-        await state.sfu.close(effect.participant_id)
-    elif isinstance(effect, (StartRecording, StopRecording, RecordingConsent)):
-        await state.recordings.carry_out(effect)
-    # The timeline of a recording in progress (server/recordings.py).
-    state.recordings.observe(effect)
 
 
 def _request_type(effect: SessionEffect) -> str | None:

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from signaling.tokens import check_identifier
 
 from .api_common import ApiError, LessonAccess, Operation, json_response, read_model
-from .connection import execute_lesson_effect
+from .lesson_effects import execute_lesson_effect
 from .recordings import RecordingBusy
 from .state import ServerState
 

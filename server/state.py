@@ -25,6 +25,7 @@ from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
 
 from .config import Settings
+from .lesson_effects import execute_lesson_effect
 from .live import LiveView
 from .media_messages import PUBLISH_LIMITS
 from .metrics import ServerMetrics, open_fds, resident_bytes
@@ -167,8 +168,6 @@ class ServerState:
 
     async def execute(self, effects: list[Effect]) -> None:
         """Carry out lesson effects in order (for changes made outside any socket)."""
-        from .connection import execute_lesson_effect
-
         for effect in effects:
             await execute_lesson_effect(self, effect)
 

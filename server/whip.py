@@ -35,7 +35,7 @@ from signaling.permissions import Permission, is_allowed
 from signaling.placement import PlacementUnavailable
 from signaling.tokens import Grant, TokenError, verify_token
 
-from .connection import execute_lesson_effect
+from .lesson_effects import execute_lesson_effect
 from .media_messages import track_source
 from .redis_relay import OwnerUnreachable
 
