@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from starlette.datastructures import Address
 from starlette.websockets import WebSocketDisconnect
@@ -39,12 +39,10 @@ from signaling.session import (
     SignalingSession,
 )
 
+from .host import ConnectionHost
 from .lesson_effects import execute_lesson_effect
 from .logs import bind_participant
 from .media_messages import media_message, protocol_error, track_source
-
-if TYPE_CHECKING:
-    from .state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +156,7 @@ class ParticipantConnection:
 
     def __init__(
         self,
-        state: ServerState,
+        state: ConnectionHost,
         websocket: Socket,
         first_frame: str | bytes | None = None,
         opened_at: float | None = None,

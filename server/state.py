@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCIceServer
 
@@ -25,6 +25,7 @@ from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
 
 from .config import Settings
+from .host import Connection
 from .lesson_effects import execute_lesson_effect
 from .live import LiveView
 from .media_messages import PUBLISH_LIMITS
@@ -37,18 +38,6 @@ from .webhooks import Webhooks, WebhookSettings
 if TYPE_CHECKING:
     from .cluster import Cluster
     from .whip import WhipSession
-
-
-class Connection(Protocol):
-    """What owns a participant: a signalling socket, or a WHIP session."""
-
-    def post_track_ended(self, track_id: str) -> None: ...
-
-    def post_negotiation_failed(self) -> None: ...
-
-    def post_replaced(self) -> None: ...
-
-    def post_moved(self) -> None: ...
 
 
 logger = logging.getLogger(__name__)
