@@ -14,7 +14,8 @@ import contextlib
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import jwt
 import redis.asyncio as aioredis
@@ -29,13 +30,12 @@ from signaling.tokens import TokenError, verify_token
 
 from . import redis_keys
 from .connection import ParticipantConnection
+from .host import Connection, ConnectionHost
 from .lesson_effects import execute_lesson_effect
+from .live import LiveView
 from .redis_nodes import CpuMeter, NodeRegistry
 from .redis_placement import RedisPlacement
 from .redis_relay import OwnerUnreachable, Relay, RelayedSocket
-
-if TYPE_CHECKING:
-    from .state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,21 @@ logger = logging.getLogger(__name__)
 HEARTBEAT_INTERVAL = 1.0
 # Close code after an ``unavailable`` bye (IANA: 1013 "try again later").
 CLOSE_TRY_AGAIN = 1013
+
+
+class ClusterHost(ConnectionHost, Protocol):
+    """The server as this node's membership sees it (``ServerState`` fulfils it)."""
+
+    @property
+    def connections(self) -> Mapping[str, Connection]: ...
+
+    @property
+    def answers(self) -> Mapping[str, Callable[[str, Any], Awaitable[Any]]]:
+        """What routes answer when another node asks about a lesson served here."""
+        ...
+
+    @property
+    def live(self) -> LiveView: ...
 
 
 class NodeNameTaken(Exception):
@@ -67,7 +82,7 @@ def lesson_of_join(first: str | bytes, secret: bytes) -> str | None:
 class Cluster:
     """This node's membership: heartbeat, placement, relay, and where sockets go."""
 
-    def __init__(self, url: str, state: ServerState, node_id: str) -> None:
+    def __init__(self, url: str, state: ClusterHost, node_id: str) -> None:
         self._state = state
         # No retries inside redis-py: an unreachable Redis must fail a join at once
         # with a clear error, not after a backoff.

@@ -11,16 +11,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from media.sfu import ParticipantMediaStats
+from media.sfu import ParticipantMediaStats, Sfu
+from signaling.adapters.sqlite_catalogue import Catalogue
 from signaling.lesson import Lesson
 from signaling.permissions import Role
-
-if TYPE_CHECKING:
-    from .state import ServerState
+from signaling.registry import LessonRegistry
 
 # Loss above this share of the packets of an interval earns a warning.
 LOSS_WARNING = 0.05
@@ -104,19 +102,21 @@ def _loss(received: int, lost: int) -> float | None:
 class LiveView:
     """Figures for the live view, from the SFU's counters sampled on each look."""
 
-    def __init__(self, state: ServerState) -> None:
-        self._state = state
+    def __init__(self, registry: LessonRegistry, catalogue: Catalogue, sfu: Sfu) -> None:
+        self._registry = registry
+        self._catalogue = catalogue
+        self._sfu = sfu
         self._samples: dict[str, _Sample] = {}
 
     async def lessons(self) -> list[LiveLesson]:
         """Every live lesson on this server."""
-        return [await self.lesson(lesson) for lesson in self._state.registry.lessons()]
+        return [await self.lesson(lesson) for lesson in self._registry.lessons()]
 
     async def lesson(self, lesson: Lesson) -> LiveLesson:
         """One live lesson."""
         now = time.time()
         self._forget_departed()
-        scheduled = self._state.catalogue.find_lesson(lesson.id)
+        scheduled = self._catalogue.find_lesson(lesson.id)
         people: list[LiveParticipant] = []
         schools: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         for participant in lesson.participants.values():
@@ -175,7 +175,7 @@ class LiveView:
         previous = self._samples.get(participant_id)
         if previous is not None and now - previous.at < MIN_INTERVAL:
             return previous
-        stats = await self._state.sfu.participant_stats(participant_id)
+        stats = await self._sfu.participant_stats(participant_id)
         if stats is None:
             return _Sample(now, ParticipantMediaStats(0, 0, 0, 0, ()))
         sample = _Sample(now, stats)
@@ -202,7 +202,7 @@ class LiveView:
         return sample
 
     def _forget_departed(self) -> None:
-        present = {pid for lesson in self._state.registry.lessons() for pid in lesson.participants}
+        present = {pid for lesson in self._registry.lessons() for pid in lesson.participants}
         for participant_id in list(self._samples):
             if participant_id not in present:
                 del self._samples[participant_id]

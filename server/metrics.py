@@ -12,20 +12,23 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from importlib.metadata import version
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from media.loop_watch import TICK
+from media.sfu import Sfu
 from signaling.permissions import Role
+from signaling.registry import LessonRegistry
 
-if TYPE_CHECKING:
-    from .cluster import Cluster
-    from .state import ServerState
+from .cluster import Cluster
+from .config import Settings
+from .seats import SeatKeeper
+from .webhooks import Webhooks
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # How often the event loop's lateness is measured.
@@ -35,10 +38,38 @@ ROLES = tuple(role.value for role in Role)  # every role has its series, at 0 wh
 KINDS = ("audio", "video")
 
 
+class Observed(Protocol):
+    """What a scrape reads of the server (``ServerState`` fulfils it)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def accepting(self) -> bool: ...
+
+    @property
+    def registry(self) -> LessonRegistry: ...
+
+    @property
+    def connections(self) -> Sized: ...
+
+    @property
+    def sfu(self) -> Sfu: ...
+
+    @property
+    def seats(self) -> SeatKeeper: ...
+
+    @property
+    def webhooks(self) -> Webhooks: ...
+
+    @property
+    def cluster(self) -> Cluster | None: ...
+
+
 class ServerMetrics:
     """The Prometheus registry of one server: its collector and histograms."""
 
-    def __init__(self, state: ServerState, node: str) -> None:
+    def __init__(self, state: Observed, node: str) -> None:
         self.node = node
         self.registry = CollectorRegistry(auto_describe=True)
         self.join_latency = Histogram(
@@ -72,7 +103,7 @@ class ServerMetrics:
 class _StateCollector(Collector):
     """Reads lessons, connections and the SFU's counters at each scrape."""
 
-    def __init__(self, state: ServerState, node: str) -> None:
+    def __init__(self, state: Observed, node: str) -> None:
         self._state = state
         self._node = node
 

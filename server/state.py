@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiortc import RTCIceServer
 
@@ -24,6 +24,7 @@ from signaling.effects import Effect
 from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
 
+from .cluster import Cluster
 from .config import Settings
 from .host import Connection
 from .lesson_effects import execute_lesson_effect
@@ -34,11 +35,6 @@ from .recordings import RecordingService
 from .seats import SeatKeeper
 from .sessions import ConsoleSessions
 from .webhooks import Webhooks, WebhookSettings
-
-if TYPE_CHECKING:
-    from .cluster import Cluster
-    from .whip import WhipSession
-
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +77,6 @@ class ServerState:
             on_discard=self._lesson_discarded,
         )
         if settings.redis_url is not None:
-            from .cluster import Cluster
-
             self.cluster = Cluster(settings.redis_url, self, settings.node_name)
         self.bus = InMemoryEventBus()
         self.sfu = Sfu(
@@ -120,10 +114,9 @@ class ServerState:
         self.connections: dict[str, Connection] = {}
         # The web console's signed-in browsers (server/sessions.py).
         self.console_sessions = ConsoleSessions(settings.admin_key)
-        self.live = LiveView(self)
+        self.live = LiveView(self.registry, self.catalogue, self.sfu)
         self.prometheus = ServerMetrics(self, settings.node_name)
         self.seats = SeatKeeper(self.registry, self.execute)
-        self.whip: dict[str, WhipSession] = {}  # resource id -> WHIP publisher
         # With --redis: what this node answers when another node asks about a lesson it
         # serves, by question (server/cluster.py); routes add theirs.
         self.answers: dict[str, Callable[[str, Any], Awaitable[Any]]] = {}

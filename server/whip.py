@@ -21,7 +21,7 @@ import functools
 import logging
 import secrets
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -35,12 +35,11 @@ from signaling.permissions import Permission, is_allowed
 from signaling.placement import PlacementUnavailable
 from signaling.tokens import Grant, TokenError, verify_token
 
+from .host import ConnectionHost
 from .lesson_effects import execute_lesson_effect
 from .media_messages import track_source
 from .redis_relay import OwnerUnreachable
-
-if TYPE_CHECKING:
-    from .state import ServerState
+from .state import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +50,21 @@ MAX_OFFER_BYTES = p.MAX_SDP_CHARS
 class WhipSession:
     """One WHIP publisher: a lesson participant whose only channel is HTTP."""
 
-    def __init__(self, state: ServerState, grant: Grant, lesson: Lesson, resource: str) -> None:
+    def __init__(
+        self,
+        state: ConnectionHost,
+        grant: Grant,
+        lesson: Lesson,
+        resource: str,
+        sessions: dict[str, WhipSession],
+    ) -> None:
+        """``sessions``: the endpoint's sessions by resource id; this one leaves it as it
+        ends."""
         self.state = state
         self.grant = grant
         self.lesson = lesson
         self.resource = resource
+        self._sessions = sessions
         self.participant_id = ""
         self._subscription: Subscription | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -137,7 +146,7 @@ class WhipSession:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
-        state.whip.pop(self.resource, None)
+        self._sessions.pop(self.resource, None)
 
     async def _track_ended(self, track_id: str) -> None:
         if self._ended:
@@ -180,6 +189,7 @@ class WhipEndpoint:
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
+        self.sessions: dict[str, WhipSession] = {}  # resource id -> WHIP publisher
         # With --redis, WHIP requests another node relays here (server/cluster.py).
         for question in ("whip_publish", "whip_end"):
             state.answers[question] = functools.partial(self.answer, question)
@@ -270,7 +280,7 @@ class WhipEndpoint:
             if question == "whip_publish":
                 answer, resource = await self.publish_here(grant, str(details["offer"]))
                 return {"status": 201, "sdp": answer, "resource": resource}
-            session = self.state.whip.get(str(details["resource"]))
+            session = self.sessions.get(str(details["resource"]))
             if session is None or session.grant.token_id != grant.token_id:
                 raise WhipError(404, "no such WHIP session")
             await session.end("left")
@@ -283,12 +293,12 @@ class WhipEndpoint:
         state = self.state
         lesson = state.registry.lesson(grant.lesson)
         # The same link publishing again (OBS reconnecting) replaces the old session.
-        for other in list(state.whip.values()):
+        for other in list(self.sessions.values()):
             if other.grant.token_id == grant.token_id:
                 await other.end("rejoined")
         resource = secrets.token_urlsafe(16)
-        session = WhipSession(state, grant, lesson, resource)
-        state.whip[resource] = session
+        session = WhipSession(state, grant, lesson, resource, self.sessions)
+        self.sessions[resource] = session
         try:
             if lesson.ended:
                 raise WhipError(403, "this lesson has ended")
@@ -304,7 +314,7 @@ class WhipEndpoint:
         return answer, resource
 
     async def resource(self, request: Request) -> Response:
-        session = self.state.whip.get(request.path_params["resource"])
+        session = self.sessions.get(request.path_params["resource"])
         if request.method == "PATCH":
             # RFC 9725 4.3.1: no trickle ICE and no ICE restart here.
             return PlainTextResponse(
