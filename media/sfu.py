@@ -358,6 +358,13 @@ class Sfu:
         media.restart_ice = True
         self._schedule_offer(media)
 
+    async def new_subscribe_connection(self, participant_id: str) -> None:
+        """Offer the participant's subscriptions on a new subscribe connection (the one
+        its client has ends: another node served it, say)."""
+        media = self._participants.get(participant_id)
+        if media is not None and not media.closed:
+            await self._new_subscribe_connection(media)
+
     async def close(self, participant_id: str) -> None:
         """Release everything a participant held: peer connections, forwarders, tasks."""
         media = self._participants.pop(participant_id, None)
@@ -881,7 +888,9 @@ class Sfu:
                     attachment = forwarder.attach(pc)
                     attachment.transceiver.direction = "sendonly"
                     subscription.attachment = attachment
-                media.new_connection = True
+            # Also when nothing is subscribed yet: the client's connection ends all the
+            # same, and the next offer (whenever) starts a new one.
+            media.new_connection = True
         self._schedule_offer(media)
 
     def _forwarder_ended(self, participant_id: str, track_id: str) -> None:

@@ -240,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         "env LCO_WORKERS; default 1)",
     )
     serve.add_argument(
+        "--cascade",
+        action="store_true",
+        default=os.environ.get("LCO_CASCADE", "") not in ("", "0"),
+        help="spread lessons over the nodes their sockets land on: each node serves its "
+        "sockets' subscriptions and gets each track once (needs --redis; env LCO_CASCADE=1)",
+    )
+    serve.add_argument(
         "--no-demo",
         action="store_true",
         default=os.environ.get("LCO_NO_DEMO", "") not in ("", "0"),
@@ -354,6 +361,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         else b"",
         node_name=args.node_name,
         redis_url=args.redis or None,
+        cascade=args.cascade,
     )
 
 
@@ -385,6 +393,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(
             "lco serve: --workers needs --redis (or LCO_REDIS_URL): the workers place "
             "lessons and relay sockets through Redis"
+        )
+    if settings.cascade and settings.redis_url is None:
+        raise SystemExit(
+            "lco serve: --cascade needs --redis (or LCO_REDIS_URL): the nodes a lesson "
+            "spreads over reach each other through Redis"
         )
     banner = None
     if not args.no_demo:

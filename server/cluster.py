@@ -59,6 +59,10 @@ class ClusterHost(ConnectionHost, Protocol):
     @property
     def live(self) -> LiveView: ...
 
+    async def forget_stopped_nodes(self, live: set[str]) -> None:
+        """Let go of what crossed to or from nodes that stopped (``--cascade``)."""
+        ...
+
 
 class NodeNameTaken(Exception):
     """Another live node uses this node's name."""
@@ -150,6 +154,9 @@ class Cluster:
                 lost = await self.placement.renew([i for i in local if i not in self._lost])
                 for lesson_id in lost:
                     self._give_up(lesson_id)
+                if self._state.settings.cascade:
+                    live = {node.node_id for node in await self.nodes.live_nodes()}
+                    await self._state.forget_stopped_nodes(live)
                 if not self.reachable and self._lost_redis:
                     logger.info("Redis answers again")
                     # Redis may have lost its keys: every node claims its lessons
@@ -297,7 +304,7 @@ class Cluster:
         return None
 
     async def _serve_relayed(self, socket: RelayedSocket, first: str) -> None:
-        await ParticipantConnection(self._state, socket, first).run()
+        await ParticipantConnection(self._state, socket, first, entry_node=socket.entry).run()
 
     async def _claim_for(self, first: str) -> str:
         lesson_id = lesson_of_join(first, self._state.settings.secret)

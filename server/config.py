@@ -84,6 +84,9 @@ class Settings:
     # Redis (``redis://host:port/db``): lessons are placed on, and sockets relayed to,
     # several nodes. None: every lesson lives in this process.
     redis_url: str | None = field(default=None, repr=False)
+    # With Redis: a participant's subscriptions are served by the node its socket came
+    # through, and each track crosses once to each such node (server/cascade.py).
+    cascade: bool = False
     # Seconds after which a finished recording is deleted (None: kept until deleted).
     recording_retention: float | None = None
 

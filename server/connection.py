@@ -160,11 +160,14 @@ class ParticipantConnection:
         websocket: Socket,
         first_frame: str | bytes | None = None,
         opened_at: float | None = None,
+        entry_node: str | None = None,
     ) -> None:
         """``first_frame``: the socket's first message, already read by whoever chose
-        this node for it (``opened_at``, monotonic, is when the socket opened)."""
+        this node for it (``opened_at``, monotonic, is when the socket opened);
+        ``entry_node``: the node a relayed socket came through."""
         self._state = state
         self._ws = websocket
+        self._entry_node = entry_node
         self._session = SignalingSession(secret=state.settings.secret, registry=state.registry)
         self._inbox: asyncio.Queue[_InboxItem] = asyncio.Queue(256)
         self._outbox = Outbox()
@@ -333,17 +336,21 @@ class ParticipantConnection:
             client = self._ws.client
             address = client.host if client else None
             # The seat's media outlives its sockets: a resumed seat gets it back.
-            if not effect.resumed or not state.sfu.attach(pid, self._deliver_to_self, address):
-                state.sfu.open(pid, self._deliver_to_self, address)
+            # With --cascade its subscriptions are served where its socket came in.
+            media, deliver = state.media, self._deliver_to_self
+            if not effect.resumed or not await media.attach(
+                pid, deliver, address, lesson_id, self._entry_node
+            ):
+                await media.open(pid, deliver, address, lesson_id, self._entry_node)
         elif isinstance(effect, NegotiatePublish):
             await self._negotiate_publish(effect)
         elif isinstance(effect, AcceptSubscribeAnswer):
-            await state.sfu.accept_subscribe_answer(
+            await state.media.accept_subscribe_answer(
                 effect.participant_id, effect.sdp, effect.offer_id
             )
         elif isinstance(effect, AddRemoteCandidate):
             candidate = effect.candidate
-            await state.sfu.add_candidate(
+            await state.media.add_candidate(
                 effect.participant_id,
                 candidate.pc,
                 candidate.candidate,
@@ -352,13 +359,13 @@ class ParticipantConnection:
             )
         elif isinstance(effect, ApplyReceiveSettings):
             settings = effect.settings
-            state.sfu.receive_settings(
+            await state.media.receive_settings(
                 effect.participant_id,
                 settings.mode,
                 {view.track_id: view.width for view in settings.tracks},
             )
         elif isinstance(effect, RestartIce):
-            await state.sfu.restart_ice(effect.participant_id)
+            await state.media.restart_ice(effect.participant_id)
         else:
             await execute_lesson_effect(state, effect)
 
@@ -367,7 +374,7 @@ class ParticipantConnection:
         lesson = self._session.lesson
         assert lesson is not None
         offer = effect.offer
-        result = await state.sfu.accept_publish_offer(effect.participant_id, offer.sdp)
+        result = await state.media.accept_publish_offer(effect.participant_id, offer.sdp)
         self._send(p.PublishAnswer(sdp=result.answer_sdp))
         for track_id in result.stopped_track_ids:
             await self._apply(
@@ -376,7 +383,7 @@ class ParticipantConnection:
         for incoming in result.started:
             source = track_source(offer.tracks, incoming)
             info, effects = lesson.add_track(effect.participant_id, incoming.kind, source)
-            state.sfu.start_forwarding(effect.participant_id, info.id, incoming)
+            state.media.start_forwarding(effect.participant_id, info.id, incoming)
             await self._apply(list(effects))
 
     async def _renew_ice_servers(self, participant_id: str, interval: float) -> None:
@@ -485,7 +492,7 @@ class ParticipantConnection:
         holds_seat = self._session.holds_seat
         if pid is not None and holds_seat:
             # No socket to send its media's messages to until the seat is taken again.
-            state.sfu.detach(pid)
+            state.media.detach(pid)
         effects = self._session.disconnected(reason, time.time())
         for effect in effects:
             if not isinstance(effect, (Reply, Close, Joined)):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from media.sfu import Sfu
 from signaling import protocol as p
 from signaling import records
 from signaling.bus import EventBus, participant_topic
@@ -29,6 +28,7 @@ from signaling.effects import (
 )
 from signaling.recording import RecordingConsent, StartRecording, StopRecording
 
+from .cascade import MediaRouter
 from .recordings import RecordingService
 from .seats import SeatKeeper
 from .webhooks import Webhooks
@@ -41,7 +41,7 @@ class EffectTargets(Protocol):
     def bus(self) -> EventBus: ...
 
     @property
-    def sfu(self) -> Sfu: ...
+    def media(self) -> MediaRouter: ...
 
     @property
     def webhooks(self) -> Webhooks: ...
@@ -68,23 +68,23 @@ async def execute_lesson_effect(targets: EffectTargets, effect: Effect) -> None:
         )
     elif isinstance(effect, Subscribe):
         track = effect.track
-        await targets.sfu.subscribe(
+        await targets.media.subscribe(
             effect.subscriber, effect.publisher, track.id, track.kind, track.source
         )
     elif isinstance(effect, Unsubscribe):
-        await targets.sfu.unsubscribe(effect.subscriber, effect.track_id)
+        await targets.media.unsubscribe(effect.subscriber, effect.track_id)
     elif isinstance(effect, StopTrack):
-        await targets.sfu.stop_track(effect.track_id)
+        await targets.media.stop_track(effect.track_id)
     elif isinstance(effect, PauseTrack):
-        targets.sfu.set_paused(effect.track_id, effect.paused)
+        targets.media.set_paused(effect.track_id, effect.paused)
     elif isinstance(effect, Announce):
         targets.webhooks.notify(effect.event, effect.data)
     elif isinstance(effect, HoldSeat):
         targets.seats.hold(effect)
     elif isinstance(effect, ResetMedia):
-        await targets.sfu.reset(effect.participant_id)
+        await targets.media.reset(effect.participant_id)
     elif isinstance(effect, EndMedia):
-        await targets.sfu.close(effect.participant_id)
+        await targets.media.close(effect.participant_id)
     elif isinstance(effect, (StartRecording, StopRecording, RecordingConsent)):
         await targets.recordings.carry_out(effect)
     # The timeline of a recording in progress (server/recordings.py).

@@ -78,6 +78,11 @@ class RelayedSocket:
         self._closed = False
         self.client = Address(address, 0) if address else None
 
+    @property
+    def entry(self) -> str:
+        """The node the client's socket is connected to."""
+        return self._entry
+
     def feed(self, text: str) -> None:
         self._incoming.put_nowait({"type": "websocket.receive", "text": text})
 

@@ -24,6 +24,7 @@ from signaling.effects import Effect
 from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
 
+from .cascade import CascadeHost, MediaRouter
 from .cluster import Cluster
 from .config import Settings
 from .host import Connection
@@ -79,15 +80,16 @@ class ServerState:
         if settings.redis_url is not None:
             self.cluster = Cluster(settings.redis_url, self, settings.node_name)
         self.bus = InMemoryEventBus()
-        self.sfu = Sfu(
-            IceSettings(
-                ice_servers=tuple(
-                    RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
-                    for s in settings.ice_servers
-                    if not s.is_turn
-                ),
-                public_ip=settings.public_ip,
+        ice = IceSettings(
+            ice_servers=tuple(
+                RTCIceServer(urls=s.url, username=s.username, credential=s.credential)
+                for s in settings.ice_servers
+                if not s.is_turn
             ),
+            public_ip=settings.public_ip,
+        )
+        self.sfu = Sfu(
+            ice,
             on_track_ended=self._track_ended,
             forwarding=settings.forwarding,
             on_negotiation_timeout=self._negotiation_timed_out,
@@ -101,6 +103,14 @@ class ServerState:
             ),
             limits=PUBLISH_LIMITS,
         )
+        # Where each participant's media is served: here, or with --cascade its
+        # subscriptions on the node its socket came through (server/cascade.py).
+        self.media = MediaRouter(self.sfu)
+        self.cascade: CascadeHost | None = None
+        if self.cluster is not None and settings.cascade:
+            ask = self.cluster.relay.ask
+            self.media = MediaRouter(self.sfu, settings.node_name, ask, self._negotiation_timed_out)
+            self.cascade = CascadeHost(self.sfu, ice, settings.node_name, ask)
         self.webhooks = Webhooks(
             WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)
         )
@@ -120,9 +130,32 @@ class ServerState:
         # With --redis: what this node answers when another node asks about a lesson it
         # serves, by question (server/cluster.py); routes add theirs.
         self.answers: dict[str, Callable[[str, Any], Awaitable[Any]]] = {}
+        if self.cascade is not None:
+            self._answer_cascade(self.cascade)
         self.accepting = True
         self._no_connections = asyncio.Event()
         self._no_connections.set()
+
+    def _answer_cascade(self, host: CascadeHost) -> None:
+        """Take the calls other nodes make about the media they cascade here."""
+        media = self.media
+
+        async def call(lesson_id: str, details: Any) -> Any:
+            return await host.call(lesson_id, details)
+
+        async def upstream_offer(lesson_id: str, details: Any) -> Any:
+            return await host.upstream_offer(details)
+
+        async def notice(lesson_id: str, details: Any) -> Any:
+            return await media.notice(details)
+
+        self.answers.update(media=call, upstream_offer=upstream_offer, media_notice=notice)
+
+    async def forget_stopped_nodes(self, live: set[str]) -> None:
+        """With --cascade: let go of what crossed to or from nodes that stopped."""
+        await self.media.sweep(live)
+        if self.cascade is not None:
+            await self.cascade.sweep(live)
 
     def ice_servers_for(self, participant_id: str) -> list[p.IceServer]:
         """The STUN/TURN servers for one participant: the configured ones and, with
@@ -190,6 +223,8 @@ class ServerState:
         connection = self.connections.get(participant_id)
         if connection is not None:
             connection.post_negotiation_failed()
+        elif self.cascade is not None:
+            self.cascade.negotiation_timed_out(participant_id)  # its socket is elsewhere
 
     async def shutdown(self) -> None:
         """Tell every participant, close every peer connection; refuse new joins."""
@@ -203,6 +238,9 @@ class ServerState:
             await self.bus.publish(participant_topic(participant_id), bye)
         await self.seats.close()
         await self.recordings.close()
+        await self.media.close_all()
+        if self.cascade is not None:
+            await self.cascade.close_all()
         await self.sfu.close_all()
         # Each connection leaves once its writer has sent the bye; wait for that,
         # bounded, before uvicorn closes the sockets.
@@ -252,6 +290,9 @@ class ServerState:
             "open_fds": open_fds(),
             "rss_bytes": resident_bytes(),
             "sfu": self.sfu.stats(),
+            "cascade": None
+            if self.cascade is None
+            else {**self.media.counts(), **self.cascade.counts()},
             "recordings": self.recordings.metrics(),
             "cluster": None
             if self.cluster is None

@@ -103,7 +103,7 @@ class WhipSession:
         state.add_connection(participant.id, self)
         self._subscription = state.bus.subscribe(participant_topic(participant.id))
         self._pump = asyncio.create_task(self._watch(self._subscription), name="whip-pump")
-        state.sfu.open(participant.id, self._ignore)
+        await state.media.open(participant.id, self._ignore, None)
         for effect in effects:
             await execute_lesson_effect(state, effect)
         try:
@@ -111,7 +111,7 @@ class WhipSession:
         except ValueError as exc:
             raise WhipError(400, f"the offer is not acceptable: {exc}") from None
         try:
-            result = await state.sfu.accept_publish_offer(participant.id, offer.sdp)
+            result = await state.media.accept_publish_offer(participant.id, offer.sdp)
         except MediaError as exc:
             raise WhipError(400, exc.message) from None
         if not result.started:
@@ -120,7 +120,7 @@ class WhipSession:
             info, track_effects = self.lesson.add_track(
                 participant.id, incoming.kind, track_source(offer.tracks, incoming)
             )
-            state.sfu.start_forwarding(participant.id, info.id, incoming)
+            state.media.start_forwarding(participant.id, info.id, incoming)
             for effect in track_effects:
                 await execute_lesson_effect(state, effect)
         return result.answer_sdp
@@ -135,7 +135,7 @@ class WhipSession:
         pid = self.participant_id
         if pid:
             effects = self.lesson.leave(pid, reason)
-            await state.sfu.close(pid)
+            await state.media.close(pid)
             for effect in effects:
                 await execute_lesson_effect(state, effect)
             state.registry.discard_if_empty(self.lesson.id)

@@ -355,3 +355,22 @@ async def store(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def joined() -> AsyncIterator[Any]:
+    """``join(node, name, role, lesson)``: a connected :class:`LessonClient` of a
+    node (of several), closed after the test."""
+    opened: list[LessonClient] = []
+
+    async def join(
+        node: RunningServer, name: str, role: Role, lesson: str, reconnect: bool = False
+    ) -> LessonClient:
+        client = LessonClient(node.ws, node.token(name, role, lesson=lesson), reconnect=reconnect)
+        opened.append(client)
+        await client.connect()
+        return client
+
+    yield join
+    for client in opened:
+        await client.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,23 +38,6 @@ def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[RunningSer
     yield running
     for node in running:
         stop_server(node)
-
-
-@pytest.fixture
-async def joined() -> AsyncIterator[Any]:
-    opened: list[LessonClient] = []
-
-    async def join(
-        node: RunningServer, name: str, role: Role, lesson: str, reconnect: bool = False
-    ) -> LessonClient:
-        client = LessonClient(node.ws, node.token(name, role, lesson=lesson), reconnect=reconnect)
-        opened.append(client)
-        await client.connect()
-        return client
-
-    yield join
-    for client in opened:
-        await client.close()
 
 
 def prometheus(node: RunningServer, name: str) -> dict[tuple[tuple[str, str], ...], float]:
