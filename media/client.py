@@ -613,7 +613,12 @@ class LessonClient:
     def _end_track(self, track_id: str) -> None:
         consumer = self._consumers.pop(track_id, None)
         if consumer is not None:
-            consumer.cancel()  # its ``finally`` marks the track ended
+            consumer.cancel()
+        received = self.received.get(track_id)
+        if received is not None:
+            # Here, not only in the consumer's ``finally``: a consumer cancelled before
+            # it ever ran (an offer replaced at once) runs no ``finally``.
+            received.ended.set()
 
     async def _consume(self, track: MediaStreamTrack, received: ReceivedTrack) -> None:
         try:
@@ -673,14 +678,33 @@ class LessonClient:
                 await track.progress.wait()
 
     async def wait_track(
-        self, participant_id: str, kind: str, timeout: float = 15.0
+        self,
+        participant_id: str,
+        kind: str,
+        timeout: float = 15.0,
+        replacing: ReceivedTrack | None = None,
     ) -> ReceivedTrack:
-        """Wait until a track of ``kind`` from ``participant_id`` delivers its first frame."""
+        """Wait until a track of ``kind`` from ``participant_id`` delivers its first frame
+        (another than ``replacing``: received anew, on a new connection). A track that
+        ends before its first frame (its connection was replaced at once) is passed
+        over for the one that replaces it."""
         async with asyncio.timeout(timeout):
             while True:
                 track = self.track_from(participant_id, kind)
-                if track is not None:
-                    await track.first_frame.wait()
-                    return track
+                if (
+                    track is not None
+                    and track is not replacing
+                    and (track.first_frame.is_set() or not track.ended.is_set())
+                ):
+                    waits = [
+                        asyncio.ensure_future(track.first_frame.wait()),
+                        asyncio.ensure_future(track.ended.wait()),
+                    ]
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    for wait in waits:
+                        wait.cancel()
+                    if track.first_frame.is_set():
+                        return track
+                    continue
                 self._tracks_changed.clear()
                 await self._tracks_changed.wait()

@@ -3,12 +3,14 @@ real aiortc peers on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from media.client import LessonClient
 from media.sfu import OfferedTrack, SubscribeOffer
 from media.viewer import QualityNotice, ReceivedVideo
 from server.cascade import decode_notice, encode_notice
@@ -35,6 +37,25 @@ def cascade(node: RunningServer) -> dict[str, Any]:
     return info
 
 
+def node_name(node: RunningServer) -> str:
+    return str(node.metrics()["cluster"]["node"])
+
+
+async def teacher_on_the_lessons_node(
+    nodes: list[RunningServer], joined: Any
+) -> tuple[RunningServer, RunningServer, LessonClient]:
+    """(the lesson's node, the other node, a teacher whose socket is on the first): a
+    first participant places the lesson wherever the nodes' load says, then leaves."""
+    placer = await joined(nodes[0], "Placer", Role.TEACHER, "trip")
+    (owner_name,) = owners(nodes, "trip")
+    owner = next(n for n in nodes if node_name(n) == owner_name)
+    home = next(n for n in nodes if n is not owner)
+    teacher = await joined(owner, "Ms T", Role.TEACHER, "trip")
+    await placer.close()
+    await wait_until(lambda: cascade(owner)["homed_elsewhere"] == 0)
+    return owner, home, teacher
+
+
 def subscriptions(node: RunningServer) -> int:
     """Subscribers of every track this node's SFU forwards (one per copy it sends)."""
     return int(node.metrics()["sfu"]["subscriptions"])
@@ -43,11 +64,8 @@ def subscriptions(node: RunningServer) -> int:
 async def test_each_track_crosses_once_to_the_node_of_its_subscribers(
     two_nodes: list[RunningServer], joined: Any
 ) -> None:
-    teacher = await joined(two_nodes[0], "Ms T", Role.TEACHER, "trip")
-    (owner_name,) = owners(two_nodes, "trip")
-    owner = next(n for n in two_nodes if n.metrics()["cluster"]["node"] == owner_name)
-    home = next(n for n in two_nodes if n is not owner)
-    home_name = home.metrics()["cluster"]["node"]
+    owner, home, teacher = await teacher_on_the_lessons_node(two_nodes, joined)
+    owner_name, home_name = node_name(owner), node_name(home)
     students = [await joined(home, f"Student {i}", Role.STUDENT, "trip") for i in range(3)]
     await teacher.publish(camera_and_microphone())
     teacher_id = teacher.participant_id or ""
@@ -58,8 +76,7 @@ async def test_each_track_crosses_once_to_the_node_of_its_subscribers(
 
     # Three students on the other node, two tracks: the lesson's node sends one copy
     # of each there, and that node forwards six.
-    crossing = cascade(owner)["crossing"]
-    assert crossing == {home_name: 2}
+    assert cascade(owner)["crossing"] == {home_name: 2}
     assert cascade(owner)["homed_elsewhere"] == 3
     assert cascade(home)["upstream"] == {owner_name: 2}
     assert cascade(home)["homed_here"] == 3
@@ -107,3 +124,30 @@ def test_media_notices_cross_between_nodes_unchanged() -> None:
 def test_cascade_needs_redis(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="--cascade needs --redis"):
         start_server(tmp_path, "--cascade")
+
+
+async def test_a_student_whose_node_dies_gets_the_lesson_again_through_another(
+    two_nodes: list[RunningServer], joined: Any
+) -> None:
+    owner, home, teacher = await teacher_on_the_lessons_node(two_nodes, joined)
+    student = await joined(home, "Student", Role.STUDENT, "trip", reconnect=True)
+    await teacher.publish(camera_and_microphone())
+    teacher_id = teacher.participant_id or ""
+    before = await student.wait_track(teacher_id, "video")
+    await student.wait_frames(before, 5)
+    assert cascade(owner)["homed_elsewhere"] == 1
+
+    # Its node is killed; the student comes back through the lesson's node, which
+    # now serves its subscriptions itself, on a new connection.
+    received = {kind: student.track_from(teacher_id, kind) for kind in ("video", "audio")}
+    student.url = owner.ws
+    home.process.kill()
+    home.process.wait()
+    async with asyncio.timeout(30):
+        await student.resumed.wait()
+    for kind, old in received.items():
+        track = await student.wait_track(teacher_id, kind, timeout=30, replacing=old)
+        await student.wait_frames(track, 5)
+    assert cascade(owner)["homed_elsewhere"] == 0
+    # Nothing crosses to the dead node once its heartbeat has expired.
+    await wait_until(lambda: cascade(owner)["crossing"] == {})
