@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,7 +74,7 @@ class Redis:
     def available() -> str | None:
         """Why it cannot start here (None: it can)."""
         if shutil.which("redis-server") is None:
-            return "the failover workload needs redis-server (apt-get install redis-server)"
+            return "this workload needs redis-server (apt-get install redis-server)"
         return None
 
     async def start(self) -> None:
@@ -115,20 +115,29 @@ class Node:
         """Its signalling URL."""
         return self.http.replace("http://", "ws://") + "/ws"
 
+    async def metrics(self) -> dict[str, Any]:
+        """Its ``/metrics.json`` (empty: no answer)."""
+        return await http_json(self.http + "/metrics.json") or {}
+
     async def cluster(self) -> dict[str, Any] | None:
         """What it says of itself: its name and the lessons it owns (None: no answer)."""
-        found = await http_json(self.http + "/metrics.json")
-        info = (found or {}).get("cluster")
+        info = (await self.metrics()).get("cluster")
         return info if isinstance(info, dict) else None
 
 
 async def start_node(
-    name: str, redis_server: Redis, data_dir: Path, options: RunOptions, secret: str
+    name: str,
+    redis_server: Redis,
+    data_dir: Path,
+    options: RunOptions,
+    secret: str,
+    extra: Sequence[str] = (),
 ) -> Node:
-    """A node on ``redis``, ready to take participants."""
+    """A node on ``redis``, ready to take participants; ``extra``: more options of
+    ``lco serve`` (the cascade workload's ``--cascade``)."""
     port = free_port()
     argv = server_argv("ours", port, data_dir, options.host)
-    argv += ["--redis", redis_server.url, "--node-name", name, "--no-demo"]
+    argv += ["--redis", redis_server.url, "--node-name", name, "--no-demo", *extra]
     child = await Child.start(
         f"server-{name}", argv, options.log_dir, options.server_dir, env={"LCO_SECRET": secret}
     )

@@ -220,3 +220,18 @@ def decoding_on_loopback() -> Iterator[None]:
     finally:
         hooks.uninstall_hooks()
         hooks.set_host_addresses(None)
+
+
+@contextlib.contextmanager
+def receiving_on_loopback() -> Iterator[None]:
+    """This process's aiortc receivers hand on encoded frames without decoding them
+    (cheap subscribers, for a workload that measures the server's cost alone; its
+    publishers still encode), and its peers gather ICE candidates on loopback only,
+    until the block ends."""
+    hooks.install_forwarding_hooks()
+    hooks.set_host_addresses(["127.0.0.1"])
+    try:
+        yield
+    finally:
+        hooks.uninstall_hooks()
+        hooks.set_host_addresses(None)
