@@ -2,7 +2,8 @@
 
 ``run`` is the benchmark (``--workload soak`` the hour-long lesson, ``--workload
 downlink`` a viewer whose link drops to 300 kbit/s, ``--workload mix`` simulcast
-to a mix of viewers, ``--workload failover`` a lesson's node killed), ``report``
+to a mix of viewers, ``--workload failover`` a lesson's node killed, ``--workload
+cascade`` what cascading costs per delivered packet), ``report``
 fills the generated tables of ``docs/benchmarks.md`` from committed results,
 ``show`` and ``plot`` read a results file, ``media`` encodes the pre-encoded
 streams, ``check`` proves they decode. ``relay-server``, ``udp-relay``,
@@ -36,6 +37,7 @@ SOAK = "soak"
 DOWNLINK = "downlink"
 FAILOVER = "failover"
 MIX = "mix"
+CASCADE = "cascade"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,11 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workload",
         action="append",
-        choices=[*sorted(workloads(False)), SOAK, DOWNLINK, FAILOVER, MIX],
+        choices=[*sorted(workloads(False)), SOAK, DOWNLINK, FAILOVER, MIX, CASCADE],
         help="core (default), w1 ... w6, soak (the hour-long lesson), downlink (a viewer "
         "whose link drops to 300 kbit/s), mix (simulcast to a mix of viewers against one "
-        "layer; these two under scripts/netns-run) or failover (a lesson's node killed, "
-        "needs redis-server); repeat for several",
+        "layer; these two under scripts/netns-run), failover (a lesson's node killed) or "
+        "cascade (students on another node than their lesson's, with and without "
+        "--cascade; these two need redis-server); repeat for several",
     )
     run.add_argument("--quick", action="store_true", help="small sizes, short windows, 1 round")
     run.add_argument(
@@ -66,14 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--subscribers",
         type=int,
         action="append",
-        help="override the workload's subscriber counts; repeat for several",
+        help="override the workload's subscriber counts; repeat for several (cascade: "
+        "one, its students, default 8)",
     )
-    run.add_argument("--duration", type=float, help="measurement window per run, seconds")
+    run.add_argument(
+        "--duration",
+        type=float,
+        help="measurement window per run, seconds (cascade: per variant, default 20, --quick 5)",
+    )
     run.add_argument(
         "--rounds",
         type=int,
         help=f"interleaved rounds per size (default {HEADLINE_ROUNDS} for the headline "
-        "workloads core and w2 and for downlink, mix and failover, else 1; --quick: 1)",
+        "workloads core and w2 and for downlink, mix, failover and cascade, else 1; "
+        "--quick: 1)",
     )
     run.add_argument(
         "--load",
@@ -233,6 +242,7 @@ def _run(args: argparse.Namespace, bar: StepProgress | None = None) -> int:
         (DOWNLINK, _downlink),
         (FAILOVER, _failover),
         (MIX, _viewer_mix),
+        (CASCADE, _cascade),
     ):
         if alone in names:
             if len(names) > 1:
@@ -383,13 +393,28 @@ def _viewer_mix(args: argparse.Namespace) -> int:
     return _in_rounds(args, MIX, run_viewer_mix, summary_lines)
 
 
+def _cascade(args: argparse.Namespace) -> int:
+    from .cascade import QUICK_WINDOW, STUDENTS, WINDOW, run_cascade, summary_lines
+
+    if args.subscribers and len(args.subscribers) > 1:
+        print("lco bench: the cascade workload takes one --subscribers", file=sys.stderr)
+        return 2
+    students = args.subscribers[0] if args.subscribers else STUDENTS
+    window = args.duration or (QUICK_WINDOW if args.quick else WINDOW)
+
+    async def run(options: RunOptions, rounds: int) -> dict[str, Any]:
+        return await run_cascade(options, rounds, students, window)
+
+    return _in_rounds(args, CASCADE, run, summary_lines)
+
+
 def _in_rounds(
     args: argparse.Namespace,
     kind: str,
     run: Callable[[RunOptions, int], Coroutine[Any, Any, dict[str, Any]]],
     summary_lines: Callable[[dict[str, Any]], list[str]],
 ) -> int:
-    """A workload of rounds on our server alone (downlink, mix, failover): ``run``
+    """A workload of rounds on our server alone (downlink, mix, failover, cascade): ``run``
     measures them and summarises them, ``summary_lines`` prints the summary."""
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else HEADLINE_ROUNDS)
     options = _options(args, ("ours",), "aiortc")
@@ -428,6 +453,11 @@ def _show(args: argparse.Namespace) -> int:
         from .viewer_mix import summary_lines as mix_lines
 
         print("\n".join(mix_lines(document)))
+        return 0
+    if document.get("kind") == CASCADE:
+        from .cascade import summary_lines as cascade_lines
+
+        print("\n".join(cascade_lines(document)))
         return 0
     systems = list(document["options"]["systems"])
     for name, entry in document["workloads"].items():
