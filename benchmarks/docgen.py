@@ -21,7 +21,8 @@ Region kinds: ``status`` (the targets), ``table`` (one workload's main figures w
 ratios), ``soak`` (a soak's stalls, loss and trends), ``downlink`` (how fast a
 viewer follows its link, round by round), ``mix`` (simulcast to a mix of viewers
 against one layer), ``failover`` (how fast a lesson moves when its node dies, round by
-round), ``environment`` (what a run was measured on).
+round), ``cascade`` (what cascading costs per delivered packet, against relaying),
+``environment`` (what a run was measured on).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ COMMANDS = {
     "downlink": "scripts/netns-run .venv/bin/lco bench run --workload downlink",
     "failover": ".venv/bin/lco bench run --workload failover",
     "mix": "scripts/netns-run .venv/bin/lco bench run --workload mix",
+    "cascade": ".venv/bin/lco bench run --workload cascade",
 }
 
 
@@ -103,7 +105,7 @@ def _opening(region: Region) -> str:
 
 
 # Workloads of rounds on our server alone, each round a lesson of its own.
-ROUND_KINDS = ("downlink", "failover", "mix")
+ROUND_KINDS = ("downlink", "failover", "mix", "cascade")
 
 
 def qualifies(document: dict[str, Any], region: Region) -> str | None:
@@ -457,6 +459,76 @@ def render_mix(document: dict[str, Any], region: Region) -> str:
     return "\n".join(lines)
 
 
+def render_cascade(document: dict[str, Any], region: Region) -> str:
+    """Students on another node than their lesson's, with and without cascading: each
+    node's CPU, the packets delivered and the CPU per delivered packet of both nodes,
+    median [min-max] over rounds, with the ratio and the difference cascade / relay
+    taken round by round; then every round."""
+    body = document["cascade"]
+    summary = body["summary"]
+    figures = summary["figures"]
+
+    def cell(key: str, digits: int = 1) -> str:
+        found = figures.get(key)
+        if found is None:
+            return "-"
+        low, high = f"{found['low']:,.{digits}f}", f"{found['high']:,.{digits}f}"
+        return f"{found['median']:,.{digits}f} [{low}-{high}]"
+
+    ratio = figures.get("cpu_per_packet_ratio")
+    ratio_text = "-"
+    if ratio:
+        ratio_text = f"{ratio['median']:.2f} [{ratio['low']:.2f}-{ratio['high']:.2f}]"
+        if excludes_one(Spread(**ratio)):
+            ratio_text = f"**{ratio_text}**"
+    width, height, fps = body["camera"]
+    rows = {
+        "lesson_node_cpu_pct": ("CPU of the lesson's node, % of one core", 1),
+        "students_node_cpu_pct": ("CPU of the students' node, % of one core", 1),
+        "server_cpu_pct": ("CPU of both, % of one core", 1),
+        "delivered_packets_per_s": ("packets delivered to the students per second", 0),
+    }
+    lines = [
+        f"{summary['rounds']} rounds, each variant on two new nodes of one Redis; "
+        f"{body['window_s']:g} s windows; a {width}x{height} {fps} fps camera and a "
+        f"microphone from the teacher on the lesson's node to {body['students']} students "
+        "on the other node.",
+        "",
+        "| figure | cascade | relay | cascade / relay |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {cell(f'cascade_{key}', digits)} | {cell(f'relay_{key}', digits)} | - |"
+            for key, (name, digits) in rows.items()
+        ),
+        f"| CPU per delivered packet, both nodes, µs | {cell('cascade_cpu_us_per_packet')} "
+        f"| {cell('relay_cpu_us_per_packet')} | {ratio_text} |",
+        f"| cascading's extra CPU per delivered packet, µs | {cell('extra_us_per_packet')} "
+        "| - | - |",
+        "",
+        "| round | order | cascade, µs per packet | relay, µs per packet | cascade / relay "
+        "| copies crossing with cascade |",
+        "|---|---|---|---|---|---|",
+    ]
+    for found in body["rounds"]:
+        costs = [_pct(found[v]["cpu_us_per_packet"]) for v in ("cascade", "relay")]
+        crossing = found["cascade"]["crossing"]
+        copies = "-" if crossing is None else str(sum(crossing.values()))
+        lines.append(
+            f"| {found['round']} | {', '.join(found['order'])} | {' | '.join(costs)} "
+            f"| {_pct(found['cpu_per_packet_ratio'], 2)} | {copies} |"
+        )
+    lines += [
+        "",
+        f"In {summary['topology_ok_rounds']} of {summary['rounds']} rounds the copies went "
+        f"where their variant sends them: with cascade {body['tracks']} (one per track) "
+        "crossed to the students' node, which forwarded one per student and track; with "
+        "relay the lesson's node forwarded them all.",
+    ]
+    if body["errors"]:
+        lines += ["", f"{len(body['errors'])} error(s): " + "; ".join(body["errors"][:3])]
+    return "\n".join(lines)
+
+
 # -- the status table ------------------------------------------------------------------
 
 
@@ -731,6 +803,8 @@ def render(region: Region) -> str:
         return heading + "\n\n" + render_failover(document, region)
     if region.kind == "mix":
         return heading + "\n\n" + render_mix(document, region)
+    if region.kind == "cascade":
+        return heading + "\n\n" + render_cascade(document, region)
     raise ValueError(f"unknown region kind {region.kind!r}")
 
 
