@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
@@ -20,17 +21,32 @@ from .sfu import IncomingTrack, MediaNotice, Sfu, SubscribeOffer, close_quietly
 
 logger = logging.getLogger(__name__)
 
+# (track id): a track is forwarded here now.
+TrackStarted = Callable[[str], None]
+# (track id, for good): a track is no longer forwarded here; for good unless its
+# connection is being replaced (it comes back on the new one).
+TrackStopped = Callable[[str, bool], None]
+
 
 class UpstreamLink:
     """One peer connection on which another node forwards tracks to this one."""
 
-    def __init__(self, sfu: Sfu, settings: IceSettings, participant_id: str) -> None:
+    def __init__(
+        self,
+        sfu: Sfu,
+        settings: IceSettings,
+        participant_id: str,
+        on_started: TrackStarted,
+        on_stopped: TrackStopped,
+    ) -> None:
         self._sfu = sfu
-        self._settings = settings
+        # Node to node: host candidates only, no STUN round trips before answering.
+        self._settings = IceSettings(public_ip=settings.public_ip)
         self.participant_id = participant_id  # the pseudo-participant in the local SFU
+        self._on_started = on_started
+        self._on_stopped = on_stopped
         self._pc: RTCPeerConnection | None = None
         self._tracks: dict[str, str] = {}  # mid -> track id forwarded here
-        self._arrived: dict[str, asyncio.Event] = {}  # track id -> forwarded here
         self._lock = asyncio.Lock()
         sfu.open(participant_id, self._ignore)
 
@@ -41,7 +57,9 @@ class UpstreamLink:
 
     async def answer(self, offer: SubscribeOffer) -> str:
         """Apply the upstream node's offer; the answer's SDP. Tracks the offer no longer
-        carries stop here (their local subscribers renegotiate); new ones start."""
+        carries stop here (their local subscribers renegotiate); new ones start. An
+        offer that cannot be applied drops the connection (the next one starts anew)
+        and raises."""
         async with self._lock:
             if offer.new_connection and self._pc is not None:
                 await self._drop_connection()
@@ -53,10 +71,14 @@ class UpstreamLink:
                 now = offered.get(mid)
                 if now is None or now.track_id != track_id:
                     del self._tracks[mid]
-                    self._arrived.pop(track_id, None)
                     await self._sfu.stop_track(track_id)
-            await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
-            await pc.setLocalDescription(await pc.createAnswer())
+                    self._on_stopped(track_id, True)
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+                await pc.setLocalDescription(await pc.createAnswer())
+            except Exception:
+                await self._drop_connection()
+                raise
             answer = pc.localDescription.sdp
             negotiated = {m.mid: m for m in negotiated_media(answer)}
             for transceiver in pc.getTransceivers():
@@ -77,37 +99,20 @@ class UpstreamLink:
                     ),
                 )
                 self._tracks[mid] = track.track_id
-                self._arrival(track.track_id).set()
+                self._on_started(track.track_id)
             return answer
-
-    async def arrived(self, track_id: str, timeout: float) -> bool:
-        """Wait until ``track_id`` is forwarded here (False: not within ``timeout``)."""
-        event = self._arrival(track_id)
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            if self._arrived.get(track_id) is event:
-                del self._arrived[track_id]  # nobody waits for it any more
-            return False
-        return True
 
     async def close(self) -> None:
         """Stop every track this link brought (the upstream node is gone or done)."""
         async with self._lock:
-            await self._drop_connection()
+            await self._drop_connection(for_good=True)
         await self._sfu.close(self.participant_id)
 
-    def _arrival(self, track_id: str) -> asyncio.Event:
-        event = self._arrived.get(track_id)
-        if event is None:
-            event = self._arrived[track_id] = asyncio.Event()
-        return event
-
-    async def _drop_connection(self) -> None:
+    async def _drop_connection(self, for_good: bool = False) -> None:
         pc, self._pc = self._pc, None
         for track_id in self._tracks.values():
-            self._arrived.pop(track_id, None)
             await self._sfu.stop_track(track_id)
+            self._on_stopped(track_id, for_good)
         self._tracks.clear()
         if pc is not None:
             await close_quietly(pc)

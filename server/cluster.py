@@ -29,6 +29,7 @@ from signaling.placement import PlacementUnavailable
 from signaling.tokens import TokenError, verify_token
 
 from . import redis_keys
+from .cascade import SWEEP_INTERVAL
 from .connection import ParticipantConnection
 from .host import Connection, ConnectionHost
 from .lesson_effects import execute_lesson_effect
@@ -128,6 +129,8 @@ class Cluster:
             asyncio.create_task(self._beat(), name="cluster-heartbeat"),
             asyncio.create_task(self.relay.listen(), name="cluster-relay"),
         ]
+        if self._state.settings.cascade:
+            self._tasks.append(asyncio.create_task(self._sweep(), name="cluster-sweep"))
         # Ready to relay before taking sockets (bounded: Redis may be down).
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.relay.listening.wait(), 2.0)
@@ -154,9 +157,7 @@ class Cluster:
                 lost = await self.placement.renew([i for i in local if i not in self._lost])
                 for lesson_id in lost:
                     self._give_up(lesson_id)
-                if self._state.settings.cascade:
-                    live = {node.node_id for node in await self.nodes.live_nodes()}
-                    await self._state.forget_stopped_nodes(live)
+
                 if not self.reachable and self._lost_redis:
                     logger.info("Redis answers again")
                     # Redis may have lost its keys: every node claims its lessons
@@ -169,6 +170,19 @@ class Cluster:
                 self.reachable = False
                 self._lost_redis = True
             await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _sweep(self) -> None:
+        """With --cascade: every few seconds, let go of what crossed to or from nodes
+        that stopped (apart from the heartbeat, which nothing may hold up)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                live = {node.node_id for node in await self.nodes.live_nodes()}
+                await self._state.forget_stopped_nodes(live)
+            except (RedisError, OSError):
+                pass  # the heartbeat reports Redis; nothing is let go meanwhile
+            except Exception:
+                logger.exception("letting go of stopped nodes failed")
 
     def _give_up(self, lesson_id: str) -> None:
         """Another node owns ``lesson_id``: one node serves a lesson, so every socket of

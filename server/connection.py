@@ -299,7 +299,9 @@ class ParticipantConnection:
                 try:
                     await self._apply_one(effect)
                 except MediaError as exc:
-                    raise protocol_error(exc, _request_type(effect)) from None
+                    # "Not joined" names no request, as before the SFU had its own errors.
+                    request = None if exc.code == "not_joined" else _request_type(effect)
+                    raise protocol_error(exc, request) from None
             except p.ProtocolError as exc:
                 self._send(
                     p.ErrorMessage(

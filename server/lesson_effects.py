@@ -28,7 +28,7 @@ from signaling.effects import (
 )
 from signaling.recording import RecordingConsent, StartRecording, StopRecording
 
-from .cascade import MediaRouter
+from .media_router import MediaRouter
 from .recordings import RecordingService
 from .seats import SeatKeeper
 from .webhooks import Webhooks

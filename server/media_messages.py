@@ -53,8 +53,8 @@ def media_message(notice: MediaNotice) -> p.ServerMessage:
 
 def track_source(tracks: list[p.PublishedTrackSpec], incoming: IncomingTrack) -> p.Source:
     """What a track a publish offer started comes from: as the offer says of its
-    m-line, else a microphone or a camera."""
-    for spec in tracks:
+    m-line (the last word, if it says it twice), else a microphone or a camera."""
+    for spec in reversed(tracks):
         if spec.mid == incoming.mid:
             return spec.source
     return "microphone" if incoming.kind == "audio" else "camera"

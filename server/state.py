@@ -24,13 +24,14 @@ from signaling.effects import Effect
 from signaling.records import Record
 from signaling.registry import InMemoryLessonRegistry
 
-from .cascade import CascadeHost, MediaRouter
+from .cascade_host import CascadeHost
 from .cluster import Cluster
 from .config import Settings
 from .host import Connection
 from .lesson_effects import execute_lesson_effect
 from .live import LiveView
 from .media_messages import PUBLISH_LIMITS
+from .media_router import MediaRouter
 from .metrics import ServerMetrics, open_fds, resident_bytes
 from .recordings import RecordingService
 from .seats import SeatKeeper

@@ -42,15 +42,15 @@ def node_name(node: RunningServer) -> str:
 
 
 async def teacher_on_the_lessons_node(
-    nodes: list[RunningServer], joined: Any
+    nodes: list[RunningServer], joined: Any, lesson: str = "trip"
 ) -> tuple[RunningServer, RunningServer, LessonClient]:
     """(the lesson's node, the other node, a teacher whose socket is on the first): a
     first participant places the lesson wherever the nodes' load says, then leaves."""
-    placer = await joined(nodes[0], "Placer", Role.TEACHER, "trip")
-    (owner_name,) = owners(nodes, "trip")
+    placer = await joined(nodes[0], "Placer", Role.TEACHER, lesson)
+    (owner_name,) = owners(nodes, lesson)
     owner = next(n for n in nodes if node_name(n) == owner_name)
     home = next(n for n in nodes if n is not owner)
-    teacher = await joined(owner, "Ms T", Role.TEACHER, "trip")
+    teacher = await joined(owner, "Ms T", Role.TEACHER, lesson)
     await placer.close()
     await wait_until(lambda: cascade(owner)["homed_elsewhere"] == 0)
     return owner, home, teacher
@@ -151,3 +151,26 @@ async def test_a_student_whose_node_dies_gets_the_lesson_again_through_another(
     assert cascade(owner)["homed_elsewhere"] == 0
     # Nothing crosses to the dead node once its heartbeat has expired.
     await wait_until(lambda: cascade(owner)["crossing"] == {})
+
+
+async def test_two_lessons_cross_both_ways_between_two_nodes(
+    two_nodes: list[RunningServer], joined: Any
+) -> None:
+    """Each node is the lesson's node of one lesson and the home of the other's
+    students: tracks cross both ways, each way on a connection of its own."""
+    node_a, node_b, teacher_a = await teacher_on_the_lessons_node(two_nodes, joined, "trip")
+    await teacher_a.publish(camera_and_microphone())
+    # The second lesson goes to the less loaded node: the other one.
+    second, first, teacher_b = await teacher_on_the_lessons_node([node_b, node_a], joined, "maths")
+    assert second is node_b and first is node_a
+    await teacher_b.publish(camera_and_microphone())
+    on_b = [await joined(node_b, f"Trip {i}", Role.STUDENT, "trip") for i in range(2)]
+    on_a = [await joined(node_a, f"Maths {i}", Role.STUDENT, "maths") for i in range(2)]
+    for students, teacher in ((on_b, teacher_a), (on_a, teacher_b)):
+        for student in students:
+            track = await student.wait_track(teacher.participant_id or "", "video")
+            await student.wait_frames(track, 5)
+    assert cascade(node_a)["crossing"] == {node_name(node_b): 2}
+    assert cascade(node_a)["upstream"] == {node_name(node_b): 2}
+    assert cascade(node_b)["crossing"] == {node_name(node_a): 2}
+    assert cascade(node_b)["upstream"] == {node_name(node_a): 2}
