@@ -174,3 +174,12 @@ async def test_two_lessons_cross_both_ways_between_two_nodes(
     assert cascade(node_a)["upstream"] == {node_name(node_b): 2}
     assert cascade(node_b)["crossing"] == {node_name(node_a): 2}
     assert cascade(node_b)["upstream"] == {node_name(node_a): 2}
+    # Both ways still take new tracks: an expert of each lesson starts publishing.
+    for lesson, node, students in (("trip", node_a, on_b), ("maths", node_b, on_a)):
+        expert = await joined(node, f"Dr {lesson}", Role.EXPERT, lesson)
+        await expert.publish(camera_and_microphone())
+        for student in students:
+            track = await student.wait_track(expert.participant_id or "", "video")
+            await student.wait_frames(track, 5)
+    assert cascade(node_a)["crossing"] == {node_name(node_b): 4}
+    assert cascade(node_b)["crossing"] == {node_name(node_a): 4}
