@@ -138,6 +138,7 @@ async def measure_variant(
     data_dir = directory / f"data-{number}-{variant}"
     nodes: list[Node] = []
     clients: list[LessonClient] = []
+    await redis_server.forget_everything()
     try:
         for side in "ab":
             name = f"r{number}{variant[0]}{side}"

@@ -96,6 +96,15 @@ class Redis:
         finally:
             await client.aclose()
 
+    async def forget_everything(self) -> None:
+        """Start from empty: nodes stopped a moment ago may still look alive for their
+        heartbeat's lifetime (5 s), and the next lesson must not be placed on one."""
+        client = redis.asyncio.Redis.from_url(self.url)
+        try:
+            await client.flushdb()
+        finally:
+            await client.aclose()
+
     async def stop(self) -> None:
         """Stop it (its keys go with it: nothing is saved)."""
         if self.process is not None and self.process.returncode is None:
