@@ -10,7 +10,8 @@ committed results file the opening marker names::
 ``lco bench report`` re-renders every region. Unless ``--keep-sources``, a region
 with ``need=headline`` first takes the newest results file under
 ``benchmarks/results/`` that qualifies (:func:`qualifies`: a full run, at least
-five rounds, a quiet machine; a soak of at least the region's ``minutes``);
+five rounds, a quiet machine; a soak of at least the region's ``minutes``; a round
+workload with the region's number of ``students``, if it names one);
 ``need=pinned`` regions keep their file. With no qualifying file a region says so
 and gives the command that produces one. The prose around the regions is left
 alone. ``tests/test_bench_report.py`` re-renders every region from its named file
@@ -115,6 +116,9 @@ def qualifies(document: dict[str, Any], region: Region) -> str | None:
     if document.get("kind") != kind:
         return f"not a {kind} result"
     if kind in ROUND_KINDS:
+        students = region.attrs.get("students")
+        if students is not None and str(document[kind].get("students")) != students:
+            return f"not {students} students"
         if need == "headline":
             if document.get("quick"):
                 return "a --quick run"

@@ -247,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
         "sockets' subscriptions and gets each track once (needs --redis; env LCO_CASCADE=1)",
     )
     serve.add_argument(
+        "--cascade-by-school",
+        action="store_true",
+        default=os.environ.get("LCO_CASCADE_BY_SCHOOL", "") not in ("", "0"),
+        help="with --cascade: serve the participants of one school in a lesson on one "
+        "node, the one its first participant came through (env LCO_CASCADE_BY_SCHOOL=1)",
+    )
+    serve.add_argument(
         "--no-demo",
         action="store_true",
         default=os.environ.get("LCO_NO_DEMO", "") not in ("", "0"),
@@ -361,7 +368,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         else b"",
         node_name=args.node_name,
         redis_url=args.redis or None,
-        cascade=args.cascade,
+        cascade=args.cascade or args.cascade_by_school,
+        cascade_by_school=args.cascade_by_school,
     )
 
 

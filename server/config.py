@@ -87,6 +87,9 @@ class Settings:
     # With Redis: a participant's subscriptions are served by the node its socket came
     # through, and each track crosses once to each such node (server/cascade.py).
     cascade: bool = False
+    # With --cascade: the participants of one school in a lesson are all served on the
+    # node the first of them came through.
+    cascade_by_school: bool = False
     # Seconds after which a finished recording is deleted (None: kept until deleted).
     recording_retention: float | None = None
 

@@ -343,7 +343,9 @@ class ParticipantConnection:
             if not effect.resumed or not await media.attach(
                 pid, deliver, address, lesson_id, self._entry_node
             ):
-                await media.open(pid, deliver, address, lesson_id, self._entry_node)
+                await media.open(
+                    pid, deliver, address, lesson_id, self._entry_node, effect.participant.school
+                )
         elif isinstance(effect, NegotiatePublish):
             await self._negotiate_publish(effect)
         elif isinstance(effect, AcceptSubscribeAnswer):

@@ -65,11 +65,17 @@ class MediaRouter:
         node_id: str = "",
         ask: Ask | None = None,
         on_negotiation_timeout: Callable[[str], None] | None = None,
+        by_school: bool = False,
     ) -> None:
         self.sfu = sfu
         self._node_id = node_id
         self._ask = ask
         self._on_negotiation_timeout = on_negotiation_timeout
+        # --cascade-by-school: (lesson, school) -> the node its participants are served
+        # on, that of the first one to join; and each participant's (lesson, school).
+        self._by_school = by_school
+        self._school_homes: dict[tuple[str, str], str] = {}
+        self._school_of: dict[str, tuple[str, str]] = {}
         self._homes: dict[str, _Home] = {}  # participants served on another node
         self._senders: dict[str, SendNotice] = {}  # their sockets' connections
         self._subscribed: dict[str, dict[str, _Subscription]] = {}  # homed only
@@ -103,13 +109,16 @@ class MediaRouter:
         client_address: str | None,
         lesson_id: str = "",
         home: str | None = None,
+        school: str = "",
     ) -> None:
         """Media for a participant who joined; with ``home`` (another node, the one its
-        socket came through) its subscribe side is served there."""
+        socket came through) its subscribe side is served there, or with
+        ``--cascade-by-school`` where its school's first participant's is."""
         self.sfu.open(participant_id, send, client_address)
         if not self.cascading:
             return
         self._senders[participant_id] = send
+        home = self._school_home(participant_id, lesson_id, school, home)
         if home is not None and home != self._node_id:
             async with self._lock(participant_id):
                 await self._home_at(participant_id, _Home(home, lesson_id, client_address))
@@ -163,6 +172,9 @@ class MediaRouter:
             return
         self._senders.pop(participant_id, None)
         self._receive_settings.pop(participant_id, None)
+        school = self._school_of.pop(participant_id, None)
+        if school is not None and school not in self._school_of.values():
+            self._school_homes.pop(school, None)  # its school's last participant
         async with self._lock(participant_id):
             await self._let_go(participant_id)
         self._locks.pop(participant_id, None)
@@ -288,6 +300,9 @@ class MediaRouter:
         participants they served are served here, on a new subscribe connection."""
         for node_id in [n for n in self._crossing if n not in live]:
             await self._close_crossing(node_id)
+        for school, node_id in list(self._school_homes.items()):
+            if node_id not in live and node_id != self._node_id:
+                del self._school_homes[school]
         for participant_id, home in list(self._homes.items()):
             if home.node_id in live:
                 continue
@@ -302,6 +317,17 @@ class MediaRouter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- a participant's home (called with its lock held) --------------------
+
+    def _school_home(
+        self, participant_id: str, lesson_id: str, school: str, entry: str | None
+    ) -> str | None:
+        """Where a joining participant is served: its socket's node, or with
+        ``--cascade-by-school`` its school's node in this lesson (the first one's)."""
+        if not self._by_school or not school:
+            return entry
+        key = (lesson_id, school)
+        self._school_of[participant_id] = key
+        return self._school_homes.setdefault(key, entry or self._node_id)
 
     async def _home_at(
         self, participant_id: str, home: _Home, new_connection: bool = False

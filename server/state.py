@@ -110,7 +110,13 @@ class ServerState:
         self.cascade: CascadeHost | None = None
         if self.cluster is not None and settings.cascade:
             ask = self.cluster.relay.ask
-            self.media = MediaRouter(self.sfu, settings.node_name, ask, self._negotiation_timed_out)
+            self.media = MediaRouter(
+                self.sfu,
+                settings.node_name,
+                ask,
+                self._negotiation_timed_out,
+                by_school=settings.cascade_by_school,
+            )
             self.cascade = CascadeHost(self.sfu, ice, settings.node_name, ask)
         self.webhooks = Webhooks(
             WebhookSettings(urls=settings.webhook_urls, secret=settings.webhook_secret)

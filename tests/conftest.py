@@ -364,9 +364,15 @@ async def joined() -> AsyncIterator[Any]:
     opened: list[LessonClient] = []
 
     async def join(
-        node: RunningServer, name: str, role: Role, lesson: str, reconnect: bool = False
+        node: RunningServer,
+        name: str,
+        role: Role,
+        lesson: str,
+        reconnect: bool = False,
+        school: str = "north",
     ) -> LessonClient:
-        client = LessonClient(node.ws, node.token(name, role, lesson=lesson), reconnect=reconnect)
+        token = node.token(name, role, lesson=lesson, school=school)
+        client = LessonClient(node.ws, token, reconnect=reconnect)
         opened.append(client)
         await client.connect()
         return client

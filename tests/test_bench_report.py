@@ -190,6 +190,16 @@ def test_headline_regions_refuse_quick_short_busy_or_other_mode_runs() -> None:
     assert docgen.qualifies(_document(quick=True, rounds=1, quiet=False), pinned) is None
 
 
+def test_a_round_region_that_names_its_students_takes_only_runs_with_that_many() -> None:
+    (region,) = docgen.regions(
+        "<!-- bench:begin cascade id=c need=pinned students=32 source=none -->\n<!-- bench:end -->"
+    )
+    document: dict[str, Any] = {"kind": "cascade", "cascade": {"students": 8, "rounds": []}}
+    assert docgen.qualifies(document, region) == "not 32 students"
+    document["cascade"]["students"] = 32
+    assert docgen.qualifies(document, region) is None
+
+
 def test_a_table_shows_medians_ranges_and_bold_only_for_ratios_that_exclude_one() -> None:
     text = docgen.render_table(_document(), _region())
     # ours 12.0-12.4 against Janus 14.6-15.0: every round below 1, so bold.

@@ -46,11 +46,12 @@ async def teacher_on_the_lessons_node(
 ) -> tuple[RunningServer, RunningServer, LessonClient]:
     """(the lesson's node, the other node, a teacher whose socket is on the first): a
     first participant places the lesson wherever the nodes' load says, then leaves."""
-    placer = await joined(nodes[0], "Placer", Role.TEACHER, lesson)
+    # Schools of their own, none of the students' (--cascade-by-school).
+    placer = await joined(nodes[0], "Placer", Role.TEACHER, lesson, school="placer")
     (owner_name,) = owners(nodes, lesson)
     owner = next(n for n in nodes if node_name(n) == owner_name)
     home = next(n for n in nodes if n is not owner)
-    teacher = await joined(owner, "Ms T", Role.TEACHER, lesson)
+    teacher = await joined(owner, "Ms T", Role.TEACHER, lesson, school="host")
     await placer.close()
     await wait_until(lambda: cascade(owner)["homed_elsewhere"] == 0)
     return owner, home, teacher
@@ -131,11 +132,14 @@ async def test_a_student_whose_node_dies_gets_the_lesson_again_through_another(
 ) -> None:
     owner, home, teacher = await teacher_on_the_lessons_node(two_nodes, joined)
     student = await joined(home, "Student", Role.STUDENT, "trip", reconnect=True)
+    # Another student on that node does not come back: its seat is held meanwhile.
+    away = await joined(home, "Away", Role.STUDENT, "trip")
     await teacher.publish(camera_and_microphone())
     teacher_id = teacher.participant_id or ""
     before = await student.wait_track(teacher_id, "video")
     await student.wait_frames(before, 5)
-    assert cascade(owner)["homed_elsewhere"] == 1
+    await away.wait_track(teacher_id, "video")
+    assert cascade(owner)["homed_elsewhere"] == 2
 
     # Its node is killed; the student comes back through the lesson's node, which
     # now serves its subscriptions itself, on a new connection.
@@ -148,8 +152,9 @@ async def test_a_student_whose_node_dies_gets_the_lesson_again_through_another(
     for kind, old in received.items():
         track = await student.wait_track(teacher_id, kind, timeout=30, replacing=old)
         await student.wait_frames(track, 5)
-    assert cascade(owner)["homed_elsewhere"] == 0
-    # Nothing crosses to the dead node once its heartbeat has expired.
+    # Once the dead node's heartbeat has expired, the lesson's node serves the other
+    # student here too, and nothing crosses there any more.
+    await wait_until(lambda: cascade(owner)["homed_elsewhere"] == 0)
     await wait_until(lambda: cascade(owner)["crossing"] == {})
 
 
@@ -183,3 +188,34 @@ async def test_two_lessons_cross_both_ways_between_two_nodes(
             await student.wait_frames(track, 5)
     assert cascade(node_a)["crossing"] == {node_name(node_b): 4}
     assert cascade(node_b)["crossing"] == {node_name(node_a): 4}
+
+
+@pytest.fixture
+def two_school_nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[list[RunningServer]]:
+    running = start_nodes(tmp_path, redis_server, 2, "--cascade-by-school")
+    yield running
+    for node in running:
+        stop_server(node)
+
+
+async def test_by_school_a_schools_students_are_served_on_one_node(
+    two_school_nodes: list[RunningServer], joined: Any
+) -> None:
+    """With --cascade-by-school the first student of a school decides its node: the
+    next ones of that school are served there whatever node their socket came
+    through, so the school's copy of each track crosses once."""
+    owner, other, teacher = await teacher_on_the_lessons_node(two_school_nodes, joined)
+    await teacher.publish(camera_and_microphone())
+    first = await joined(other, "North 1", Role.STUDENT, "trip", school="north")
+    second = await joined(owner, "North 2", Role.STUDENT, "trip", school="north")
+    south = await joined(owner, "South 1", Role.STUDENT, "trip", school="south")
+    for student in (first, second, south):
+        track = await student.wait_track(teacher.participant_id or "", "video")
+        await student.wait_frames(track, 5)
+    # Both north students on the other node (one copy of each track crosses), the
+    # south student (and the teacher) on the lesson's node.
+    assert cascade(owner)["homed_elsewhere"] == 2
+    assert cascade(owner)["crossing"] == {node_name(other): 2}
+    assert cascade(other)["homed_here"] == 2
+    assert subscriptions(other) == 4
+    assert subscriptions(owner) == 2 + 2  # the crossing and the south student
