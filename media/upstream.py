@@ -23,9 +23,6 @@ logger = logging.getLogger(__name__)
 
 # (track id): a track is forwarded here now.
 TrackStarted = Callable[[str], None]
-# (track id, for good): a track is no longer forwarded here; for good unless its
-# connection is being replaced (it comes back on the new one).
-TrackStopped = Callable[[str, bool], None]
 
 
 class UpstreamLink:
@@ -37,15 +34,14 @@ class UpstreamLink:
         settings: IceSettings,
         participant_id: str,
         on_started: TrackStarted,
-        on_stopped: TrackStopped,
     ) -> None:
         self._sfu = sfu
         # Node to node: host candidates only, no STUN round trips before answering.
         self._settings = IceSettings(public_ip=settings.public_ip)
         self.participant_id = participant_id  # the pseudo-participant in the local SFU
         self._on_started = on_started
-        self._on_stopped = on_stopped
         self._pc: RTCPeerConnection | None = None
+        self._closed = False
         self._tracks: dict[str, str] = {}  # mid -> track id forwarded here
         self._lock = asyncio.Lock()
         sfu.open(participant_id, self._ignore)
@@ -59,8 +55,13 @@ class UpstreamLink:
         """Apply the upstream node's offer; the answer's SDP. Tracks the offer no longer
         carries stop here (their local subscribers renegotiate); new ones start. An
         offer that cannot be applied drops the connection (the next one starts anew)
-        and raises."""
+        and raises; so does a renegotiation of a connection this link does not have (it
+        was closed, or this node restarted): the upstream node then starts anew."""
         async with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.participant_id} is closed")
+            if not offer.new_connection and self._pc is None:
+                raise RuntimeError("a renegotiation of a connection this node does not have")
             if offer.new_connection and self._pc is not None:
                 await self._drop_connection()
             if self._pc is None:
@@ -72,7 +73,6 @@ class UpstreamLink:
                 if now is None or now.track_id != track_id:
                     del self._tracks[mid]
                     await self._sfu.stop_track(track_id)
-                    self._on_stopped(track_id, True)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
                 await pc.setLocalDescription(await pc.createAnswer())
@@ -105,14 +105,14 @@ class UpstreamLink:
     async def close(self) -> None:
         """Stop every track this link brought (the upstream node is gone or done)."""
         async with self._lock:
-            await self._drop_connection(for_good=True)
+            self._closed = True
+            await self._drop_connection()
         await self._sfu.close(self.participant_id)
 
-    async def _drop_connection(self, for_good: bool = False) -> None:
+    async def _drop_connection(self) -> None:
         pc, self._pc = self._pc, None
         for track_id in self._tracks.values():
             await self._sfu.stop_track(track_id)
-            self._on_stopped(track_id, for_good)
         self._tracks.clear()
         if pc is not None:
             await close_quietly(pc)

@@ -4,8 +4,9 @@ It serves the subscribe sides of participants whose sockets came through this no
 while their lesson lives elsewhere (``server/cascade.py`` has the design), on this
 node's SFU, and takes the tracks that cross to here (one
 :class:`media.upstream.UpstreamLink` per lesson's node). A participant's
-subscriptions are kept as *wanted* until it drops them: a track that stops crossing
-for a while (its connection replaced) is subscribed again when it is back.
+subscriptions are kept as *wanted* until the lesson's node drops them (the
+participant unsubscribes, or the track ends): a track that stops crossing for a while
+(its crossing replaced) is subscribed again when it is back.
 """
 
 from __future__ import annotations
@@ -170,10 +171,6 @@ class CascadeHost:
                 )
             )
 
-    def _track_stopped(self, track_id: str, for_good: bool) -> None:
-        if for_good:
-            self._wanted.pop(track_id, None)
-
     def _link(self, node_id: str) -> UpstreamLink:
         link = self._links.get(node_id)
         if link is None:
@@ -182,7 +179,6 @@ class CascadeHost:
                 self._settings,
                 from_node(node_id),
                 self._track_started,
-                self._track_stopped,
             )
         return link
 
@@ -197,9 +193,8 @@ class CascadeHost:
         if owner is None:
             return
         try:
-            await self._ask(
-                owner[0], "media_notice", owner[1], {"pid": participant_id, **what}, ASK_TIMEOUT
-            )
+            details = {"pid": participant_id, "from": self._node_id, **what}
+            await self._ask(owner[0], "media_notice", owner[1], details, ASK_TIMEOUT)
         except Exception as exc:  # OwnerUnreachable: its lesson's node stopped
             logger.info("could not tell %s's node: %s", participant_id, exc)
 

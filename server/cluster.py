@@ -157,7 +157,6 @@ class Cluster:
                 lost = await self.placement.renew([i for i in local if i not in self._lost])
                 for lesson_id in lost:
                     self._give_up(lesson_id)
-
                 if not self.reachable and self._lost_redis:
                     logger.info("Redis answers again")
                     # Redis may have lost its keys: every node claims its lessons

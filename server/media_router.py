@@ -33,9 +33,12 @@ from .cascade import ASK_TIMEOUT, OFFER_TIMEOUT, Ask, decode_notice, encode_noti
 
 logger = logging.getLogger(__name__)
 
-# Refused offers of crossing tracks in a row after which a node gets no more until
-# one of its participants moves or a new track crosses.
+# Crossings to one node started over in a row (an offer refused or unanswered) after
+# which it gets no more until a participant there subscribes to something again.
 MAX_REFUSALS = 3
+# Sweeps in a row that must miss a home node before its participants move: one late
+# heartbeat is not a death.
+MISSED_SWEEPS = 2
 
 
 class NodeGone(Exception):
@@ -85,6 +88,7 @@ class MediaRouter:
         self._crossing: dict[str, set[str]] = {}
         self._generation: dict[str, int] = {}
         self._refusals: dict[str, int] = {}
+        self._missed: dict[str, int] = {}  # home node -> sweeps in a row it was not live
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -148,7 +152,8 @@ class MediaRouter:
             except (NodeGone, MediaError):
                 attached = False
             if not attached:
-                await self._move(participant_id, home, lesson_id, client_address)
+                target = self._school_homes.get(self._school_of.get(participant_id, ("", "")))
+                await self._move(participant_id, target or home, lesson_id, client_address)
         return True
 
     def detach(self, participant_id: str) -> None:
@@ -167,8 +172,8 @@ class MediaRouter:
 
     async def close(self, participant_id: str) -> None:
         """Release everything the participant held, here and on its home node."""
-        await self.sfu.close(participant_id)
         if not self.cascading:
+            await self.sfu.close(participant_id)
             return
         self._senders.pop(participant_id, None)
         self._receive_settings.pop(participant_id, None)
@@ -176,6 +181,7 @@ class MediaRouter:
         if school is not None and school not in self._school_of.values():
             self._school_homes.pop(school, None)  # its school's last participant
         async with self._lock(participant_id):
+            await self.sfu.close(participant_id)
             await self._let_go(participant_id)
         self._locks.pop(participant_id, None)
 
@@ -195,8 +201,11 @@ class MediaRouter:
         await self.sfu.stop_track(track_id)
         for tracks in self._crossing.values():
             tracks.discard(track_id)
-        for subscriptions in self._subscribed.values():
-            subscriptions.pop(track_id, None)
+        # Their homes keep what they want until told: the track is gone for good.
+        for participant_id, subscriptions in list(self._subscribed.items()):
+            if subscriptions.pop(track_id, None) is not None:
+                async with self._lock(participant_id):
+                    await self._quietly(participant_id, "unsubscribe", track=track_id)
 
     def set_paused(self, track_id: str, paused: bool) -> None:
         """Pause a track at its source: every node's subscribers stop getting it."""
@@ -286,8 +295,9 @@ class MediaRouter:
         """A home node's SFU tells a participant something (``media_notice``)."""
         participant_id = str(details.get("pid", ""))
         send = self._senders.get(participant_id)
-        if send is None or participant_id not in self._homes:
-            return False
+        home = self._homes.get(participant_id)
+        if send is None or home is None or details.get("from") != home.node_id:
+            return False  # not (or no longer) served there
         if details.get("timeout"):
             if self._on_negotiation_timeout is not None:
                 self._on_negotiation_timeout(participant_id)
@@ -298,17 +308,34 @@ class MediaRouter:
     async def sweep(self, live: set[str]) -> None:
         """Let go of nodes that stopped: nothing crosses to them any more, and the
         participants they served are served here, on a new subscribe connection."""
-        for node_id in [n for n in self._crossing if n not in live]:
-            await self._close_crossing(node_id)
+        if self._node_id not in live:
+            return  # Redis lost the keys, or this node's own beat is late: judge nothing
+        known = {home.node_id for home in self._homes.values()} | set(self._crossing)
+        for node_id in known:
+            self._missed[node_id] = 0 if node_id in live else self._missed.get(node_id, 0) + 1
+        gone = {node for node, missed in self._missed.items() if missed >= MISSED_SWEEPS}
+        for node_id in list(self._missed):
+            if node_id in gone or node_id not in known:
+                del self._missed[node_id]
+        for node_id in gone:
+            self._refusals.pop(node_id, None)
+            if node_id in self._crossing:
+                await self._close_crossing(node_id)
+            self._generation.pop(node_id, None)
         for school, node_id in list(self._school_homes.items()):
-            if node_id not in live and node_id != self._node_id:
+            if node_id in gone:
                 del self._school_homes[school]
         for participant_id, home in list(self._homes.items()):
-            if home.node_id in live:
+            if home.node_id not in gone:
                 continue
-            async with self._lock(participant_id):
-                if self._homes.get(participant_id) is home:
-                    await self._move(participant_id, None, home.lesson_id, home.client_address)
+            try:
+                async with self._lock(participant_id):
+                    if self._homes.get(participant_id) is home:
+                        await self._move(
+                            participant_id, None, home.lesson_id, home.client_address, gone=True
+                        )
+            except Exception:
+                logger.exception("moving %s off node %s failed", participant_id, home.node_id)
 
     async def close_all(self) -> None:
         """Stop calls in flight (server shutdown; the SFU closes by itself)."""
@@ -344,6 +371,9 @@ class MediaRouter:
         except (NodeGone, MediaError) as exc:
             # Its socket's node just stopped: served here until a socket comes back.
             del self._homes[participant_id]
+            school = self._school_of.get(participant_id)
+            if school is not None and self._school_homes.get(school) == home.node_id:
+                del self._school_homes[school]  # the school's next one decides again
             logger.warning(
                 "node %s cannot serve %s (%s): served here", home.node_id, participant_id, exc
             )
@@ -354,16 +384,17 @@ class MediaRouter:
         node_id: str | None,
         lesson_id: str,
         client_address: str | None,
+        gone: bool = False,
     ) -> None:
         """Its home no longer serves the participant: serve its subscribe side on
         ``node_id`` (or here), on a new connection, with what it subscribed to and
-        asked for."""
+        asked for (``gone``: the old home stopped, nothing to tell it)."""
         old = self._homes[participant_id]
         subscriptions = dict(self._subscribed.get(participant_id, {}))
         logger.info(
             "node %s no longer serves %s: moving its subscriptions", old.node_id, participant_id
         )
-        await self._let_go(participant_id)
+        await self._let_go(participant_id, tell=not gone)
         if node_id is not None and node_id != self._node_id:
             await self._home_at(
                 participant_id, _Home(node_id, lesson_id, client_address), new_connection=True
@@ -371,20 +402,27 @@ class MediaRouter:
         if participant_id not in self._homes:
             await self.sfu.new_subscribe_connection(participant_id)
         settings = self._receive_settings.get(participant_id)
-        if settings is not None:
-            await self._apply_settings(participant_id, *settings)
+        try:
+            if settings is not None:
+                await self._apply_settings(participant_id, *settings)
+        except MediaError as exc:
+            logger.info("the receive settings of %s did not follow it: %s", participant_id, exc)
         for track_id, subscription in subscriptions.items():
-            await self._subscribe(participant_id, track_id, subscription)
+            try:
+                await self._subscribe(participant_id, track_id, subscription)
+            except MediaError as exc:
+                logger.info("%s did not follow %s: %s", track_id, participant_id, exc)
 
-    async def _let_go(self, participant_id: str) -> None:
-        """Forget the participant's home (which lets go of it, if it still listens)
-        and what crossed there for it alone."""
+    async def _let_go(self, participant_id: str, tell: bool = True) -> None:
+        """Forget the participant's home (which lets go of it if ``tell``, and if it
+        still listens) and what crossed there for it alone."""
         home = self._homes.pop(participant_id, None)
         subscriptions = self._subscribed.pop(participant_id, {})
         if home is None:
             return
-        with contextlib.suppress(NodeGone, MediaError):
-            await self._call(home, participant_id, "close")
+        if tell:
+            with contextlib.suppress(NodeGone, MediaError):
+                await self._call(home, participant_id, "close")
         for track_id in subscriptions:
             await self._uncross_if_unused(track_id, home.node_id)
 
@@ -427,21 +465,51 @@ class MediaRouter:
 
     async def _cross(self, track_id: str, node_id: str, subscription: _Subscription) -> None:
         """Forward ``track_id`` to ``node_id`` unless it crosses there already."""
-        pseudo = to_node(node_id)
         tracks = self._crossing.get(node_id)
         if tracks is None:
-            tracks = self._crossing[node_id] = set()
-            generation = self._generation[node_id] = self._generation.get(node_id, 0) + 1
-            self.sfu.open(pseudo, self._to_node(node_id, generation), None)
-            # Its first offer asks the other node for a new connection: one it may
-            # still hold from an earlier crossing ends.
-            await self.sfu.new_subscribe_connection(pseudo)
-        if track_id in tracks:
+            await self._open_crossing(node_id)
+            tracks = self._crossing.get(node_id)
+        if tracks is None or track_id in tracks:
             return
         tracks.add(track_id)
         await self.sfu.subscribe(
-            pseudo, subscription.publisher_id, track_id, subscription.kind, subscription.source
+            to_node(node_id),
+            subscription.publisher_id,
+            track_id,
+            subscription.kind,
+            subscription.source,
         )
+
+    async def _open_crossing(self, node_id: str) -> None:
+        """Start crossing to ``node_id``, with every track its participants receive."""
+        pseudo = to_node(node_id)
+        tracks = self._crossing[node_id] = set()
+        generation = self._generation[node_id] = self._generation.get(node_id, 0) + 1
+        self.sfu.open(pseudo, self._to_node(node_id, generation), None)
+        # Its first offer asks the other node for a new connection: one it may still
+        # hold from an earlier crossing ends.
+        await self.sfu.new_subscribe_connection(pseudo)
+        for track_id, subscription in self._wanted_on(node_id).items():
+            if self._crossing.get(node_id) is not tracks:
+                return  # closed meanwhile
+            if track_id in tracks or self.sfu.forwarder(track_id) is None:
+                continue
+            tracks.add(track_id)
+            await self.sfu.subscribe(
+                pseudo,
+                subscription.publisher_id,
+                track_id,
+                subscription.kind,
+                subscription.source,
+            )
+
+    def _wanted_on(self, node_id: str) -> dict[str, _Subscription]:
+        """The tracks the participants homed on ``node_id`` receive."""
+        wanted: dict[str, _Subscription] = {}
+        for participant_id, home in self._homes.items():
+            if home.node_id == node_id:
+                wanted.update(self._subscribed.get(participant_id, {}))
+        return wanted
 
     async def _uncross_if_unused(self, track_id: str, node_id: str) -> None:
         """Stop forwarding ``track_id`` to ``node_id`` once nobody there receives it."""
@@ -477,9 +545,8 @@ class MediaRouter:
         try:
             answer = await self._ask(node_id, "upstream_offer", "", details, OFFER_TIMEOUT)
         except Exception as exc:  # OwnerUnreachable: it stopped, or did not answer
-            logger.warning("node %s did not take the tracks offered to it: %s", node_id, exc)
             if self._generation.get(node_id) == generation:
-                await self._close_crossing(node_id)
+                await self._recross(node_id, f"no answer: {exc}")
             return
         if self._generation.get(node_id) != generation:
             return  # answers an offer of a crossing closed since
@@ -488,9 +555,8 @@ class MediaRouter:
                 raise MediaError(f"node {node_id} could not answer the offer")
             await self.sfu.accept_subscribe_answer(to_node(node_id), answer, offer.offer_id)
         except MediaError as exc:
-            if exc.code == "stale_answer":
-                return  # a newer offer is on its way
-            await self._recross(node_id, exc.message)
+            if exc.code != "stale_answer" and self._generation.get(node_id) == generation:
+                await self._recross(node_id, exc.message)  # (stale: a newer offer is out)
             return
         self._refusals.pop(node_id, None)
 
@@ -500,14 +566,8 @@ class MediaRouter:
         refusals = self._refusals[node_id] = self._refusals.get(node_id, 0) + 1
         logger.warning("crossing to node %s failed (%s), attempt %d", node_id, reason, refusals)
         await self._close_crossing(node_id)
-        if refusals > MAX_REFUSALS:
-            return
-        for participant_id, home in list(self._homes.items()):
-            if home.node_id != node_id:
-                continue
-            for track_id, subscription in list(self._subscribed.get(participant_id, {}).items()):
-                if self.sfu.forwarder(track_id) is not None:
-                    await self._cross(track_id, node_id, subscription)
+        if refusals <= MAX_REFUSALS and self._wanted_on(node_id):
+            await self._open_crossing(node_id)
 
     # -- calls to a home -------------------------------------------------------
 

@@ -154,8 +154,9 @@ async def test_a_student_whose_node_dies_gets_the_lesson_again_through_another(
         await student.wait_frames(track, 5)
     # Once the dead node's heartbeat has expired, the lesson's node serves the other
     # student here too, and nothing crosses there any more.
-    await wait_until(lambda: cascade(owner)["homed_elsewhere"] == 0)
-    await wait_until(lambda: cascade(owner)["crossing"] == {})
+    # (Heartbeats expire after 5 s; two looks 2 s apart must miss the node.)
+    await wait_until(lambda: cascade(owner)["homed_elsewhere"] == 0, timeout=30)
+    await wait_until(lambda: cascade(owner)["crossing"] == {}, timeout=30)
 
 
 async def test_two_lessons_cross_both_ways_between_two_nodes(
