@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
@@ -51,7 +50,7 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 
 from . import procstat
-from .failover import Node, Redis, start_node
+from .failover import Node, Redis, redis_on_loopback, start_node
 from .processes import receiving_on_loopback
 from .runner import RunOptions
 from .stats import rounds_summary
@@ -249,21 +248,12 @@ async def run_cascade(
     """``rounds`` rounds of both variants, in alternating order, each variant on two
     new nodes of one redis-server; returns the results document's body. A round
     counts only when both its variants were measured (its figures are a pair)."""
-    why = Redis.available()
-    if why:
-        raise RuntimeError(why)
     # Clients and nodes on loopback, as in one machine's test.
     options = replace(options, host="127.0.0.1")
     measured: list[dict[str, Any]] = []
     errors: list[str] = []
-    with (
-        receiving_on_loopback(),
-        tempfile.TemporaryDirectory(prefix="lco-cascade-") as temporary,
-    ):
-        directory = Path(temporary)
-        redis_server = Redis(directory)
-        try:
-            await redis_server.start()
+    with receiving_on_loopback():
+        async with redis_on_loopback("lco-cascade-") as (directory, redis_server):
             for number in range(1, rounds + 1):
                 order = VARIANTS if number % 2 == 1 else VARIANTS[::-1]
                 other_work = procstat.ForeignWork()
@@ -286,8 +276,6 @@ async def run_cascade(
                 record["foreign_cpu_pct"] = other_work.pct()
                 measured.append(record)
                 print(f"  round {number}: {round_line(record)}", file=options.progress)
-        finally:
-            await redis_server.stop()
     return {
         "system": "ours",
         "nodes": 2,

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,24 @@ class Redis:
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def redis_on_loopback(prefix: str) -> AsyncIterator[tuple[Path, Redis]]:
+    """A temporary directory (named ``prefix``...) and a redis-server started in it,
+    for a workload's nodes; both go when the block ends. Raises ``RuntimeError`` when
+    there is no redis-server here."""
+    why = Redis.available()
+    if why:
+        raise RuntimeError(why)
+    with tempfile.TemporaryDirectory(prefix=prefix) as temporary:
+        directory = Path(temporary)
+        redis_server = Redis(directory)
+        try:
+            await redis_server.start()
+            yield directory, redis_server
+        finally:
+            await redis_server.stop()
 
 
 @dataclass
@@ -267,21 +285,12 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 async def run_failover(options: RunOptions, rounds: int) -> dict[str, Any]:
     """``rounds`` rounds, each on two new nodes of one redis-server; returns the results
     document's body."""
-    why = Redis.available()
-    if why:
-        raise RuntimeError(why)
     # Clients and nodes on loopback, as in one machine's test.
     options = replace(options, host="127.0.0.1")
     measured: list[dict[str, Any]] = []
     errors: list[str] = []
-    with (
-        decoding_on_loopback(),
-        tempfile.TemporaryDirectory(prefix="lco-failover-") as temporary,
-    ):
-        directory = Path(temporary)
-        redis_server = Redis(directory)
-        try:
-            await redis_server.start()
+    with decoding_on_loopback():
+        async with redis_on_loopback("lco-failover-") as (directory, redis_server):
             for number in range(1, rounds + 1):
                 other_work = procstat.ForeignWork()
                 try:
@@ -292,8 +301,6 @@ async def run_failover(options: RunOptions, rounds: int) -> dict[str, Any]:
                 figures["foreign_cpu_pct"] = other_work.pct()
                 measured.append(figures)
                 print(f"  round {number}: {round_line(figures)}", file=options.progress)
-        finally:
-            await redis_server.stop()
     return {
         "system": "ours",
         "nodes": 2,

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,26 +209,23 @@ def chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-@contextlib.contextmanager
-def decoding_on_loopback() -> Iterator[None]:
+def decoding_on_loopback() -> contextlib.AbstractContextManager[None]:
     """This process's aiortc peers (``LessonClient``) decode and count what they
     receive, and gather ICE candidates on loopback only, until the block ends."""
-    hooks.install_counting_hooks()
-    hooks.set_host_addresses(["127.0.0.1"])
-    try:
-        yield
-    finally:
-        hooks.uninstall_hooks()
-        hooks.set_host_addresses(None)
+    return _peers_on_loopback(hooks.install_counting_hooks)
 
 
-@contextlib.contextmanager
-def receiving_on_loopback() -> Iterator[None]:
+def receiving_on_loopback() -> contextlib.AbstractContextManager[None]:
     """This process's aiortc receivers hand on encoded frames without decoding them
     (cheap subscribers, for a workload that measures the server's cost alone; its
     publishers still encode), and its peers gather ICE candidates on loopback only,
     until the block ends."""
-    hooks.install_forwarding_hooks()
+    return _peers_on_loopback(hooks.install_forwarding_hooks)
+
+
+@contextlib.contextmanager
+def _peers_on_loopback(install_hooks: Callable[[], None]) -> Iterator[None]:
+    install_hooks()
     hooks.set_host_addresses(["127.0.0.1"])
     try:
         yield
