@@ -57,6 +57,10 @@ CLOSE_TOO_BIG = 1009
 # when its unread messages pass either bound, so each socket costs at most this.
 MAX_OUTBOX_MESSAGES = 1024
 MAX_OUTBOX_BYTES = 2 * 1024 * 1024
+# How long a failed write waits for the reader to hand over what the client sent
+# before it went; a socket whose reads never end (a relay whose Redis is gone) is
+# reported closed after this.
+READER_DRAIN_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,8 +468,13 @@ class ParticipantConnection:
                     await self._ws.close(self._close_code)
                     break
                 await self._ws.send_text(text)
-        except Exception:  # the peer went away; the reader reports it
+        except Exception:  # the peer went away
             logger.debug("socket write failed", exc_info=True)
+            # A client that sends "leave" and closes makes our next write fail while
+            # its leave is still on the way through the reader: let the reader hand
+            # over everything first, or the leave reads as a broken network (and
+            # the seat is held for the grace period).
+            await asyncio.wait([self._tasks[0]], timeout=READER_DRAIN_SECONDS)
         with contextlib.suppress(asyncio.QueueFull):
             self._inbox.put_nowait(_Disconnected("closed"))
 

@@ -46,13 +46,21 @@ async def cycle(server: RunningServer, teacher: LessonClient, number: int) -> No
 
 async def quiet(server: RunningServer) -> dict[str, Any]:
     """The server's metrics once only the teacher is left (every leave processed)."""
-    async with asyncio.timeout(30):
-        while True:
-            metrics = server.metrics()
-            if metrics["connections"] == 1 and metrics["sfu"]["participants"] == 1:
-                return metrics
-            # Polling /metrics: the server offers no event for "cleanup finished".
-            await asyncio.sleep(0.05)
+    metrics: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                metrics = server.metrics()
+                if metrics["connections"] == 1 and metrics["sfu"]["participants"] == 1:
+                    return metrics
+                # Polling /metrics: the server offers no event for "cleanup finished".
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(
+            f"30 s after the last leave: {metrics['connections']} connections, "
+            f"{metrics['sfu']['participants']} SFU participants (1 and 1 expected); "
+            f"metrics {metrics}"
+        )
 
 
 @pytest.mark.timeout(600)
