@@ -155,8 +155,9 @@ def derive(workload: Workload, raw: dict[str, Any], subscribers: int) -> dict[st
     }
 
 
-def ramp_stop_reason(run: dict[str, Any]) -> str | None:
-    """Why a ramp stops after this run, or ``None``."""
+def ramp_stop_reason(run: dict[str, Any], cpu_limit: float | None = RAMP_CPU_LIMIT) -> str | None:
+    """Why a ramp stops after this run, or ``None``; ``cpu_limit`` None: only loss and
+    frames stop it (a ramp that compares how much several processes forward)."""
     figures = run.get("figures")
     if not figures:
         return "run failed"
@@ -164,8 +165,8 @@ def ramp_stop_reason(run: dict[str, Any]) -> str | None:
     cpu = figures.get("server_cpu_pct") or 0.0
     if loss > RAMP_LOSS_LIMIT:
         return f"loss {loss:.2f} % > {RAMP_LOSS_LIMIT:.0f} %"
-    if cpu > RAMP_CPU_LIMIT:
-        return f"server CPU {cpu:.0f} % > {RAMP_CPU_LIMIT:.0f} % of one core"
+    if cpu_limit is not None and cpu > cpu_limit:
+        return f"server CPU {cpu:.0f} % > {cpu_limit:.0f} % of one core"
     # A transcoding server loses no packets when saturated: it sends fewer frames.
     fps, source = figures.get("video_fps_mean"), figures.get("video_fps_source")
     if fps is not None and source and fps < RAMP_FPS_FRACTION * source:

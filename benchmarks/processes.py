@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +148,20 @@ def server_argv(system: str, port: int, data_dir: Path, host: str) -> list[str]:
 
 
 async def start_server(
-    system: str, tag: str, host: str, log_dir: Path, server_dir: Path, secret: str
+    system: str,
+    tag: str,
+    host: str,
+    log_dir: Path,
+    server_dir: Path,
+    secret: str,
+    extra: Sequence[str] = (),
 ) -> tuple[Child, str, str]:
     """Start the system under test from ``server_dir``; returns it, the URL the load
     uses (signalling, Janus's API or the relay's UDP address) and a health URL
-    (``None`` for the relay, which answers no HTTP)."""
+    (``None`` for the relay, which answers no HTTP). ``extra``: more options of our
+    server's command line (``--redis``, ``--workers``); the other systems take none."""
+    if extra and system not in ("ours", "pack"):
+        raise ValueError(f"{system} takes no extra server options")
     port = free_port()
     if system == "janus":
         from . import janus
@@ -185,7 +194,7 @@ async def start_server(
         return server, f"udp://{host}:{port}", ""
     server = await Child.start(
         f"server-{tag}",
-        server_argv(system, port, log_dir / f"data-{tag}", host),
+        [*server_argv(system, port, log_dir / f"data-{tag}", host), *extra],
         log_dir,
         server_dir,
         env={"LCO_SECRET": secret},

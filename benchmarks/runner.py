@@ -27,7 +27,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -125,11 +125,18 @@ class Stage:
         key = self.secret.encode()
         return mint_token(key, lesson=lesson, name=name, role=role, ttl_seconds=6 * 3600)
 
-    async def start(self) -> None:
-        """Start the system under test and wait until it answers."""
+    async def start(self, extra: Sequence[str] = ()) -> None:
+        """Start the system under test (``extra``: more options of our server's command
+        line) and wait until it answers."""
         options = self.options
         self.server, self.url, self.health = await start_server(
-            self.system, self.tag, options.host, options.log_dir, options.server_dir, self.secret
+            self.system,
+            self.tag,
+            options.host,
+            options.log_dir,
+            options.server_dir,
+            self.secret,
+            extra,
         )
         await wait_healthy(self.server, self.health)
 
@@ -283,61 +290,26 @@ def supported(workload: Workload, system: str, options: RunOptions) -> str | Non
     return None
 
 
+def load_deadline(workload: Workload, options: RunOptions, lessons: int = 1) -> float:
+    """Seconds a load process lives at most: its set-up, the window and the results
+    (each lesson more adds its publishers' set-up, one after another)."""
+    return workload.duration + 3 * options.ready_timeout + 30 + 5 * (lessons - 1)
+
+
 async def run_one(
     workload: Workload, system: str, subscribers: int, options: RunOptions
 ) -> dict[str, Any]:
     """One system under one workload size; returns raw samples and derived figures."""
     tag = f"{workload.name}-{system}-{subscribers}-{int(time.time() * 1000) % 100000}"
-    lesson = f"bench-{workload.name}"
-    deadline = workload.duration + 3 * options.ready_timeout + 30
     result: dict[str, Any] = {"system": system, "subscribers": subscribers, "errors": []}
     why = supported(workload, system, options)
     if why:
         result["skipped"] = why
         return result
-    stage = Stage(system, tag, options, deadline)
+    stage = Stage(system, tag, options, load_deadline(workload, options))
     try:
         await stage.start()
-        assert stage.server is not None
-        publisher_tokens = [
-            stage.token(lesson, f"pub{index}", workload.publisher_role)
-            for index in range(workload.publishers)
-        ]
-        readies = await stage.add_publishers(
-            publisher_tokens,
-            workload.video,
-            workload.audio,
-            hear_each_other=workload.publishers if workload.publishers_hear_each_other else 0,
-        )
-        result["negotiated"] = [codecs for r in readies for codecs in r.get("codecs", [])]
-        profiles = {p for r in readies for p in r.get("srtp_profiles", []) if p}
-        # Wait until the server receives media, then note its memory with no subscriber.
-        await stage.wait_server_receives()
-        await asyncio.sleep(options.settle)
-        idle = procstat.sample(stage.server.process.pid)
-        tokens = [
-            stage.token(lesson, f"sub{i}", workload.subscriber_role) for i in range(subscribers)
-        ]
-        expect = expectations(workload)
-        readies = await stage.add_subscribers(tokens, expect) if tokens else []
-        if workload.churn:
-            churners = [
-                stage.token(lesson, f"churn{i}", workload.subscriber_role)
-                for i in range(workload.churn)
-            ]
-            readies += await stage.add_subscribers(churners, expect, first_index=1000, churn=True)
-        for entry in readies:
-            result["errors"] += entry.get("errors", [])
-            profiles.update(p for p in entry.get("srtp_profiles", []) if p and p != "None")
-        result["srtp_profiles"] = sorted(profiles)
-        result["raw"] = await _measure(stage, workload, idle)
-        arrivals = result["raw"].pop("arrivals")
-        result["figures"] = derive(workload, result["raw"], subscribers)
-        result["figures"].update(packet_latency(result["raw"]["publishers"], arrivals))
-        # The send logs are only needed for the latency: keep the JSON small.
-        for publisher in result["raw"]["publishers"]:
-            for track in publisher["tracks"]:
-                track.pop("sent", None)
+        await load_and_measure(stage, workload, [f"bench-{workload.name}"], subscribers, result)
     except Exception as exc:  # one failed run must not lose the others
         result["errors"].append(f"run failed: {type(exc).__name__}: {exc}")
     finally:
@@ -345,8 +317,76 @@ async def run_one(
     return result
 
 
-async def _measure(stage: Stage, workload: Workload, idle: procstat.CpuSample) -> dict[str, Any]:
-    """The measurement window: samples at both ends, what every process counted."""
+async def load_and_measure(
+    stage: Stage,
+    workload: Workload,
+    lessons: Sequence[str],
+    subscribers: int,
+    result: dict[str, Any],
+    placed: Callable[[str], Awaitable[None]] | None = None,
+    pids: Sequence[int] = (),
+) -> None:
+    """On a started ``stage``: the workload's publishers and ``subscribers`` subscribers
+    in each of ``lessons`` (churners in the first), then the measurement window; fills
+    ``result`` with what was negotiated, the raw samples and the figures of every
+    lesson together. ``placed(lesson)`` is awaited once a lesson's publishers are up,
+    before the next lesson's join; ``pids``: processes of the server whose CPU the
+    window also samples one by one (``raw["pids_cpu_s"]``)."""
+    assert stage.server is not None
+    readies = []
+    for number, lesson in enumerate(lessons):
+        publisher_tokens = [
+            stage.token(lesson, f"pub{index}", workload.publisher_role)
+            for index in range(workload.publishers)
+        ]
+        readies += await stage.add_publishers(
+            publisher_tokens,
+            workload.video,
+            workload.audio,
+            first_index=number * workload.publishers,
+            hear_each_other=workload.publishers if workload.publishers_hear_each_other else 0,
+        )
+        if placed is not None:
+            await placed(lesson)
+    result["negotiated"] = [codecs for r in readies for codecs in r.get("codecs", [])]
+    profiles = {p for r in readies for p in r.get("srtp_profiles", []) if p}
+    # Wait until the server receives media, then note its memory with no subscriber.
+    await stage.wait_server_receives()
+    await asyncio.sleep(stage.options.settle)
+    idle = procstat.sample(stage.server.process.pid)
+    expect = expectations(workload)
+    readies = []
+    for number, lesson in enumerate(lessons):
+        tokens = [
+            stage.token(lesson, f"sub{i}", workload.subscriber_role) for i in range(subscribers)
+        ]
+        if tokens:
+            readies += await stage.add_subscribers(tokens, expect, first_index=number * subscribers)
+    if workload.churn:
+        churners = [
+            stage.token(lessons[0], f"churn{i}", workload.subscriber_role)
+            for i in range(workload.churn)
+        ]
+        readies += await stage.add_subscribers(churners, expect, first_index=1000, churn=True)
+    for entry in readies:
+        result["errors"] += entry.get("errors", [])
+        profiles.update(p for p in entry.get("srtp_profiles", []) if p and p != "None")
+    result["srtp_profiles"] = sorted(profiles)
+    result["raw"] = await _measure(stage, workload, idle, pids)
+    arrivals = result["raw"].pop("arrivals")
+    result["figures"] = derive(workload, result["raw"], subscribers * len(lessons))
+    result["figures"].update(packet_latency(result["raw"]["publishers"], arrivals))
+    # The send logs are only needed for the latency: keep the JSON small.
+    for publisher in result["raw"]["publishers"]:
+        for track in publisher["tracks"]:
+            track.pop("sent", None)
+
+
+async def _measure(
+    stage: Stage, workload: Workload, idle: procstat.CpuSample, pids: Sequence[int] = ()
+) -> dict[str, Any]:
+    """The measurement window: samples at both ends (``pids`` one by one too), what
+    every process counted."""
     assert stage.server is not None
     options = stage.options
     children = stage.children
@@ -363,6 +403,7 @@ async def _measure(stage: Stage, workload: Workload, idle: procstat.CpuSample) -
     # This process and every child (server, load, Janus): what the run itself used.
     ours_start = procstat.sample(os.getpid())
     load_start = [procstat.sample(c.process.pid) for c in children]
+    pids_start = [procstat.sample(pid) for pid in pids]
     t_start = time.time()
     metrics_start = await stage.metrics()
     await asyncio.sleep(max(0.0, end - time.time()))
@@ -371,6 +412,7 @@ async def _measure(stage: Stage, workload: Workload, idle: procstat.CpuSample) -
     tasks_end = procstat.task_ticks()
     ours_end = procstat.sample(os.getpid())
     load_end = [procstat.sample(c.process.pid) for c in children]
+    pids_end = [procstat.sample(pid) for pid in pids]
     t_end = time.time()
     metrics_end = await stage.metrics()
     results = await asyncio.gather(
@@ -400,6 +442,10 @@ async def _measure(stage: Stage, workload: Workload, idle: procstat.CpuSample) -
             t_end - t_start,
         ),
         "load_cpu_s": load_cpu,
+        "pids_cpu_s": {
+            str(pid): procstat.cpu_seconds(asdict(s), asdict(e))[0]
+            for pid, s, e in zip(pids, pids_start, pids_end, strict=True)
+        },
         "publishers": [p for r in results[:count] for p in r.get("publishers", [])],
         "publishers_received": [w for r in results[:count] for w in r.get("received", [])],
         "subscribers": [s for r in results[count:] for s in r.get("subscribers", [])],
