@@ -3,7 +3,8 @@
 ``run`` is the benchmark (``--workload soak`` the hour-long lesson, ``--workload
 downlink`` a viewer whose link drops to 300 kbit/s, ``--workload mix`` simulcast
 to a mix of viewers, ``--workload failover`` a lesson's node killed, ``--workload
-cascade`` what cascading costs per delivered packet), ``report``
+cascade`` what cascading costs per delivered packet, ``--workload workers`` what
+``lco serve --workers 2`` forwards against one process), ``report``
 fills the generated tables of ``docs/benchmarks.md`` from committed results,
 ``show`` and ``plot`` read a results file, ``media`` encodes the pre-encoded
 streams, ``check`` proves they decode. ``relay-server``, ``udp-relay``,
@@ -38,6 +39,7 @@ DOWNLINK = "downlink"
 FAILOVER = "failover"
 MIX = "mix"
 CASCADE = "cascade"
+WORKERS = "workers"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,12 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--workload",
         action="append",
-        choices=[*sorted(workloads(False)), SOAK, DOWNLINK, FAILOVER, MIX, CASCADE],
+        choices=[*sorted(workloads(False)), SOAK, DOWNLINK, FAILOVER, MIX, CASCADE, WORKERS],
         help="core (default), w1 ... w6, soak (the hour-long lesson), downlink (a viewer "
         "whose link drops to 300 kbit/s), mix (simulcast to a mix of viewers against one "
         "layer; these two under scripts/netns-run), failover (a lesson's node killed) or "
         "cascade (students on another node than their lesson's, with and without "
-        "--cascade; these two need redis-server); repeat for several",
+        "--cascade) or workers (W1 and W3 in several lessons on --workers 2 against one "
+        "process; these three need redis-server); repeat for several",
     )
     run.add_argument("--quick", action="store_true", help="small sizes, short windows, 1 round")
     run.add_argument(
@@ -70,18 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         action="append",
         help="override the workload's subscriber counts; repeat for several (cascade: "
-        "one, its students, default 8)",
+        "one, its students, default 8; workers: W1's classrooms per lesson, its ramp)",
     )
     run.add_argument(
         "--duration",
         type=float,
-        help="measurement window per run, seconds (cascade: per variant, default 20, --quick 5)",
+        help="measurement window per run, seconds (cascade: per variant, default 20, --quick "
+        "5; workers: per variant and step, default 10, --quick 3)",
     )
     run.add_argument(
         "--rounds",
         type=int,
         help=f"interleaved rounds per size (default {HEADLINE_ROUNDS} for the headline "
-        "workloads core and w2 and for downlink, mix, failover and cascade, else 1; "
+        "workloads core and w2 and for downlink, mix, failover, cascade and workers, else 1; "
         "--quick: 1)",
     )
     run.add_argument(
@@ -243,6 +247,7 @@ def _run(args: argparse.Namespace, bar: StepProgress | None = None) -> int:
         (FAILOVER, _failover),
         (MIX, _viewer_mix),
         (CASCADE, _cascade),
+        (WORKERS, _workers),
     ):
         if alone in names:
             if len(names) > 1:
@@ -408,16 +413,30 @@ def _cascade(args: argparse.Namespace) -> int:
     return _in_rounds(args, CASCADE, run, summary_lines)
 
 
+def _workers(args: argparse.Namespace) -> int:
+    from .workers import QUICK_WINDOW, WINDOW, run_workers
+    from .workers_summary import summary_lines
+
+    window = args.duration or (QUICK_WINDOW if args.quick else WINDOW)
+
+    async def run(options: RunOptions, rounds: int) -> dict[str, Any]:
+        return await run_workers(options, rounds, args.quick, window, args.subscribers or ())
+
+    return _in_rounds(args, WORKERS, run, summary_lines, load="raw")
+
+
 def _in_rounds(
     args: argparse.Namespace,
     kind: str,
     run: Callable[[RunOptions, int], Coroutine[Any, Any, dict[str, Any]]],
     summary_lines: Callable[[dict[str, Any]], list[str]],
+    load: str = "aiortc",
 ) -> int:
-    """A workload of rounds on our server alone (downlink, mix, failover, cascade): ``run``
-    measures them and summarises them, ``summary_lines`` prints the summary."""
+    """A workload of rounds on our server alone (downlink, mix, failover, cascade,
+    workers): ``run`` measures them and summarises them, ``summary_lines`` prints the
+    summary; ``load``: the load mode the results file names."""
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else HEADLINE_ROUNDS)
-    options = _options(args, ("ours",), "aiortc")
+    options = _options(args, ("ours",), load)
     name = results.stamp()
     document = _header(args, options, kind)
     print(f"logs: {options.log_dir}", file=sys.stderr)
@@ -458,6 +477,11 @@ def _show(args: argparse.Namespace) -> int:
         from .cascade import summary_lines as cascade_lines
 
         print("\n".join(cascade_lines(document)))
+        return 0
+    if document.get("kind") == WORKERS:
+        from .workers_summary import summary_lines as workers_lines
+
+        print("\n".join(workers_lines(document)))
         return 0
     systems = list(document["options"]["systems"])
     for name, entry in document["workloads"].items():
