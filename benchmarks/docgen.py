@@ -23,7 +23,8 @@ ratios), ``soak`` (a soak's stalls, loss and trends), ``downlink`` (how fast a
 viewer follows its link, round by round), ``mix`` (simulcast to a mix of viewers
 against one layer), ``failover`` (how fast a lesson moves when its node dies, round by
 round), ``cascade`` (what cascading costs per delivered packet, against relaying),
-``environment`` (what a run was measured on).
+``workers`` (what ``--workers 2`` forwards against one process, W1 or W3 as its
+``workload`` says), ``environment`` (what a run was measured on).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from . import report, results
 from .processes import REPO_ROOT
 from .soak_analysis import track_name
 from .stats import Spread, excludes_one
+from .workers_summary import LABELS, STEP_HEADER, VARIANTS, spread_text, step_rows
 from .workloads import HEADLINE_ROUNDS
 
 BEGIN = re.compile(r"<!-- bench:begin (?P<kind>\w+)(?P<attrs>[^>]*?)\s*-->")
@@ -60,6 +62,8 @@ COMMANDS = {
     "failover": ".venv/bin/lco bench run --workload failover",
     "mix": "scripts/netns-run .venv/bin/lco bench run --workload mix",
     "cascade": ".venv/bin/lco bench run --workload cascade",
+    "workers-w1": "scripts/netns-run .venv/bin/lco bench run --workload workers",
+    "workers-w3": "scripts/netns-run .venv/bin/lco bench run --workload workers",
 }
 
 
@@ -112,9 +116,11 @@ ROUND_KINDS = ("downlink", "failover", "mix", "cascade")
 def qualifies(document: dict[str, Any], region: Region) -> str | None:
     """Why ``document`` cannot feed ``region`` (``None``: it can)."""
     need = region.attrs.get("need", "pinned")
-    kind = region.kind if region.kind in ("soak", *ROUND_KINDS) else "workloads"
+    kind = region.kind if region.kind in ("soak", "workers", *ROUND_KINDS) else "workloads"
     if document.get("kind") != kind:
         return f"not a {kind} result"
+    if kind == "workers":
+        return _workers_qualifies(document, region)
     if kind in ROUND_KINDS:
         students = region.attrs.get("students")
         if students is not None and str(document[kind].get("students")) != students:
@@ -157,6 +163,21 @@ def qualifies(document: dict[str, Any], region: Region) -> str | None:
         wanted = set(region.attrs.get("systems", "ours").split(","))
         if not wanted <= set(document.get("options", {}).get("systems", [])):
             return f"not every system of {sorted(wanted)}"
+    return None
+
+
+def _workers_qualifies(document: dict[str, Any], region: Region) -> str | None:
+    """Why a workers result cannot feed ``region`` (its ``workload``: w1 or w3)."""
+    workload = document["workers"]["workloads"].get(region.attrs.get("workload", ""))
+    if workload is None:
+        return f"no {region.attrs.get('workload')}"
+    if region.attrs.get("need", "pinned") == "headline":
+        if document.get("quick"):
+            return "a --quick run"
+        if workload["summary"]["rounds"] < HEADLINE_ROUNDS:
+            return f"fewer than {HEADLINE_ROUNDS} valid rounds"
+        if not document.get("noise", {}).get("quiet"):
+            return "the machine was busy"
     return None
 
 
@@ -533,6 +554,53 @@ def render_cascade(document: dict[str, Any], region: Region) -> str:
     return "\n".join(lines)
 
 
+def render_workers(document: dict[str, Any], region: Region) -> str:
+    """One workload on ``--workers 2`` against one process: the most each forwarded at
+    loss ≤ 1 % and the ratio, median [min-max] over valid rounds; then each step of
+    the ramp (both variants' figures and the ratio there) and why each round's ramps
+    stopped."""
+    body = document["workers"]
+    name = region.attrs["workload"]
+    workload = body["workloads"][name]
+    summary = workload["summary"]
+    capacity = summary["capacity"]
+    verdict = "met" if summary["met"] else "not met"
+    lines = [
+        f"{workload['description']}, in several lessons at once ({name.upper()}'s ramp: "
+        f"lessons x subscribers per lesson). Each round runs {LABELS['one']} (`lco serve "
+        f"--redis`) and {LABELS['workers']} (`--workers {body['workers']}`) in alternating "
+        "order, at each step on a new server and an empty Redis, until more than 1 % loss "
+        f"or fewer than 90 % of the frames; {body['window_s']:g} s windows, "
+        f"{body['load']} load on the same machine; {summary['rounds']} valid round(s)"
+        + (f", {summary['invalid_rounds']} invalid" if summary["invalid_rounds"] else "")
+        + ": median [min-max].",
+        "",
+        f"| most forwarded packets/s at loss ≤ 1 % | {LABELS['one']} | {LABELS['workers']} "
+        f"| {LABELS['workers']} / {LABELS['one']} (target ≥ {summary['target_ratio']:g}) |",
+        "|---|---|---|---|",
+        f"| {name.upper()} | {spread_text(capacity['one'])} | {spread_text(capacity['workers'])} "
+        f"| {spread_text(summary['ratio'], 2)}: **{verdict}** |",
+        "",
+        report.markdown_table(STEP_HEADER, step_rows(summary)),
+        "",
+    ]
+    lower = [LABELS[v] for v, n in summary["ran_out_of_steps"].items() if n]
+    if lower:
+        lines += [
+            f"The ramp ran out of steps before {' and '.join(lower)} stopped in some rounds: "
+            "there the most forwarded is a lower bound.",
+            "",
+        ]
+    for found in body["rounds"]:
+        if found["workload"] == name:
+            stops = "; ".join(
+                f"{LABELS[v]}: {found['ramp_stops'][v] or 'ran out of steps'}" for v in VARIANTS
+            )
+            invalid = f" **Invalid**: {found['invalid']}." if found["invalid"] else ""
+            lines.append(f"- round {found['round']}, stops: {stops}.{invalid}")
+    return "\n".join(lines)
+
+
 # -- the status table ------------------------------------------------------------------
 
 
@@ -809,6 +877,8 @@ def render(region: Region) -> str:
         return heading + "\n\n" + render_mix(document, region)
     if region.kind == "cascade":
         return heading + "\n\n" + render_cascade(document, region)
+    if region.kind == "workers":
+        return heading + "\n\n" + render_workers(document, region)
     raise ValueError(f"unknown region kind {region.kind!r}")
 
 

@@ -5,8 +5,8 @@ The quick run of ``lco bench run --workload workers`` (``benchmarks/workers.py``
 runs end to end on a real redis-server: W1 and W3 in two lessons each, on one
 process and on two workers. What the workers gain, ramped on a quiet machine, is
 for ``docs/benchmarks.md``; here only that every variant forwarded and that the
-lessons were where each variant needs them. The arithmetic of rounds is checked
-on made-up rounds.
+lessons were where each variant needs them. The arithmetic of rounds and the
+region ``lco bench report`` renders are checked on made-up rounds.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import results
+from benchmarks import docgen, results
 from benchmarks.failover import Redis
 from benchmarks.processes import REPO_ROOT
 from benchmarks.workers import placement_problem
@@ -81,6 +81,9 @@ def test_one_process_and_two_workers_forward_two_lessons_each_on_its_own_worker(
     for name in ("w1", "w3"):
         summary = body["workloads"][name]["summary"]
         assert summary["rounds"] == 1 and summary["ratio"] is not None
+        region = docgen.Region("workers", {"workload": name, "need": "pinned"}, 0, 0, 0)
+        assert docgen.qualifies(document, region) is None
+        assert "| 2 x " in docgen.render_workers(document, region)
     assert "most forwarded packets/s at loss <= 1 %" in completed.stdout
 
 
@@ -165,6 +168,36 @@ def test_the_ratio_takes_each_variants_most_before_its_ramp_stopped_and_skips_in
     assert at_90["workers"]["process_cpu_pct"][0]["median"] == pytest.approx(75.0)
     # At 120 classrooms only the workers ran: no ratio there.
     assert "one" not in summary["steps"][3] and summary["steps"][3]["forwarded_ratio"] is None
+
+    document = {
+        "kind": "workers",
+        "quick": False,
+        "noise": results.noise([{"figures": r} for r in rounds]),
+        "workers": {
+            "workers": 2,
+            "load": "raw",
+            "window_s": 10.0,
+            "workloads": {"w1": {"description": "W1", "summary": summary}},
+            "rounds": rounds,
+            "errors": [],
+        },
+    }
+    region = docgen.Region("workers", {"workload": "w1", "need": "headline"}, 0, 0, 0)
+    assert docgen.qualifies(document, region) == "fewer than 5 valid rounds"
+    assert docgen.qualifies(document, docgen.Region("workers", {"workload": "w3"}, 0, 0, 0))
+    text = docgen.render_workers(document, region)
+    assert (
+        "| W1 | 20,000 [19,000-21,000] | 30,000 [29,000-31,000] | 1.50 [1.48-1.53]: **not met** |"
+        in text
+    )
+    assert (
+        "| 2 x 90 | workers 2 | 30,000 [29,000-31,000] | 0.00 | 30.0 | 150 | 75 / 75 | 0.5 | 300 "
+        "| 1 | 20.0 | 1.20 [1.19-1.21] |" in text
+    )
+    assert (
+        "- round 4, stops: one process: loss 3.00 % > 1 %; workers 2: invalid placement: " in text
+    )
+    assert "**Invalid**: workers 2 at 2x30" in text
 
 
 def test_a_placement_is_valid_only_with_the_lessons_spread_evenly_over_the_workers() -> None:
