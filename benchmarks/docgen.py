@@ -40,7 +40,7 @@ from . import report, results
 from .processes import REPO_ROOT
 from .soak_analysis import track_name
 from .stats import Spread, excludes_one
-from .workers_summary import LABELS, STEP_HEADER, VARIANTS, spread_text, step_rows
+from .workers_summary import LABELS, STEP_HEADER, VARIANTS, spread_text, step_rows, verdict
 from .workloads import HEADLINE_ROUNDS
 
 BEGIN = re.compile(r"<!-- bench:begin (?P<kind>\w+)(?P<attrs>[^>]*?)\s*-->")
@@ -564,7 +564,6 @@ def render_workers(document: dict[str, Any], region: Region) -> str:
     workload = body["workloads"][name]
     summary = workload["summary"]
     capacity = summary["capacity"]
-    verdict = "met" if summary["met"] else "not met"
     lines = [
         f"{workload['description']}, in several lessons at once ({name.upper()}'s ramp: "
         f"lessons x subscribers per lesson). Each round runs {LABELS['one']} (`lco serve "
@@ -579,7 +578,7 @@ def render_workers(document: dict[str, Any], region: Region) -> str:
         f"| {LABELS['workers']} / {LABELS['one']} (target ≥ {summary['target_ratio']:g}) |",
         "|---|---|---|---|",
         f"| {name.upper()} | {spread_text(capacity['one'])} | {spread_text(capacity['workers'])} "
-        f"| {spread_text(summary['ratio'], 2)}: **{verdict}** |",
+        f"| {spread_text(summary['ratio'], 2)}: **{verdict(summary)}** |",
         "",
         report.markdown_table(STEP_HEADER, step_rows(summary)),
         "",

@@ -159,9 +159,28 @@ def summarise(rounds: Sequence[dict[str, Any]]) -> dict[str, Any]:
         },
         "ratio": ratio,
         "target_ratio": TARGET_RATIO,
-        "met": ratio is not None and ratio["median"] >= TARGET_RATIO,
+        "met": target_met(ratio, valid),
         "steps": by_step,
     }
+
+
+def target_met(ratio: dict[str, Any] | None, rounds: Sequence[dict[str, Any]]) -> bool | None:
+    """Whether the median ratio reaches :data:`TARGET_RATIO`; None when the rounds
+    cannot say: no ratio, one process never stopped (its most is unknown), or the
+    workers never stopped in some round (their most, so the ratio, is a lower bound:
+    it says "met" but never "not met")."""
+    if ratio is None or any(r["ramp_stops"]["one"] is None for r in rounds):
+        return None
+    met = bool(ratio["median"] >= TARGET_RATIO)
+    if not met and any(r["ramp_stops"]["workers"] is None for r in rounds):
+        return None
+    return met
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """The target's status in words."""
+    met = summary["met"]
+    return "not measured (a ramp never stopped)" if met is None else "met" if met else "not met"
 
 
 # -- text ------------------------------------------------------------------------------
@@ -221,11 +240,11 @@ def headline(summary: dict[str, Any]) -> str:
     capacity = summary["capacity"]
     parts = [f"{LABELS[v]} {spread_text(capacity[v])}" for v in VARIANTS]
     ratio = summary["ratio"]
-    verdict = "met" if summary["met"] else "not met"
     lower = [LABELS[v] for v, n in summary["ran_out_of_steps"].items() if n]
     return (
         f"most forwarded packets/s at loss <= 1 %: {', '.join(parts)}; workers / one "
-        f"process {spread_text(ratio, 2)} (target >= {summary['target_ratio']:g}: {verdict})"
+        f"process {spread_text(ratio, 2)} (target >= {summary['target_ratio']:g}: "
+        f"{verdict(summary)})"
         + (f"; never stopped in some rounds (a lower bound): {', '.join(lower)}" if lower else "")
     )
 

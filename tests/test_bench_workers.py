@@ -22,7 +22,13 @@ from benchmarks import docgen, results
 from benchmarks.failover import Redis
 from benchmarks.processes import REPO_ROOT
 from benchmarks.workers import placement_problem
-from benchmarks.workers_summary import VARIANTS, round_figures, step_ratios, summarise
+from benchmarks.workers_summary import (
+    VARIANTS,
+    round_figures,
+    step_ratios,
+    summarise,
+    target_met,
+)
 
 
 @pytest.mark.timeout(240)
@@ -212,3 +218,20 @@ def test_a_placement_is_valid_only_with_the_lessons_spread_evenly_over_the_worke
     assert placement_problem("workers", {"a": "w1", "b": None}, ["w1", "w2"]) == "no node owns b"
     four = {"a": "w1", "b": "w2", "c": "w2", "d": "w1"}
     assert placement_problem("workers", four, ["w1", "w2"]) is None
+
+
+def test_the_target_is_judged_only_on_ramps_that_stopped_except_a_lower_bound_that_meets_it() -> (
+    None
+):
+    def rounds(one: str | None, workers: str | None) -> list[dict[str, Any]]:
+        return [{"ramp_stops": {"one": one, "workers": workers}}]
+
+    low, high = {"median": 1.2}, {"median": 1.8}
+    assert target_met(low, rounds("loss", "loss")) is False
+    assert target_met(high, rounds("loss", "loss")) is True
+    # One process never stopped: what it can forward is unknown.
+    assert target_met(high, rounds(None, "loss")) is None
+    # The workers never stopped: their ratio is a lower bound, enough to meet it only.
+    assert target_met(high, rounds("loss", None)) is True
+    assert target_met(low, rounds("loss", None)) is None
+    assert target_met(None, rounds("loss", "loss")) is None
