@@ -132,8 +132,10 @@ async def wait_counted(
     client: redis.asyncio.Redis, lessons: Sequence[str], each: int, timeout: float
 ) -> None:
     """Until every node's heartbeat counts the ``each`` participants of every lesson
-    placed on it: the next lesson's placement, which goes by those counts, then sees
-    this one (without it, two lessons joined within a heartbeat can land on one node)."""
+    placed on it: the next lesson's placement, which goes by those counts (and by the
+    lessons placed, counted at once), then sees this one. Without it a third lesson
+    can go to a node whose last beat did not count its first lesson's participants
+    yet, and the lessons end up uneven: three on one worker, one on the other."""
     registry = NodeRegistry(client, "lco-bench")
     async with asyncio.timeout(timeout):
         while True:
