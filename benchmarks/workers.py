@@ -196,7 +196,12 @@ async def measure_variant(
     tag = f"{workload.name}-r{number}-{variant}-{step.lessons}x{step.subscribers}"
     lessons = [f"{workload.name}-{k}" for k in range(1, step.lessons + 1)]
     stage = Stage("ours", tag, options, load_deadline(workload, options, step.lessons))
-    extra = ["--redis", redis_server.url, "--node-name", tag, "--no-demo"]
+    # Every load process connects from one address: the per-address limit (200 by
+    # default) would refuse one process's sockets past it, but not two workers'.
+    extra = [
+        *("--redis", redis_server.url, "--node-name", tag, "--no-demo"),
+        *("--max-connections-per-address", "0"),
+    ]
     if variant == "workers":
         extra += ["--workers", str(WORKERS)]
     result: dict[str, Any] = {"system": "ours", "subscribers": step.subscribers, "errors": []}
