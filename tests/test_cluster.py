@@ -229,6 +229,13 @@ async def test_two_workers_serve_two_lessons_in_two_processes(
         assert {maths, art} == {"box-w1", "box-w2"}
         pids = {int(store.hget(f"lco:node:{node}", "pid") or 0) for node in (maths, art)}
         assert len(pids) == 2 and server.process.pid not in pids
+        # The shared port's metrics are one worker's, named as that worker.
+        cluster = server.metrics()["cluster"]
+        assert isinstance(cluster, dict) and cluster["node"] in {"box-w1", "box-w2"}
+        owned = [
+            lesson for lesson, owner in (("maths", maths), ("art", art)) if owner == cluster["node"]
+        ]
+        assert cluster["lessons"] == owned
     finally:
         stop_server(server)
     assert redis_server.keys() == []
