@@ -135,6 +135,11 @@ class Cluster:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.relay.listening.wait(), 2.0)
 
+    async def drain(self) -> None:
+        """Shutting down: no new lesson is placed here meanwhile (Redis may be down)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.nodes.drain()
+
     async def stop(self) -> None:
         """Leave: close relayed sockets, release this node's lessons, forget the node."""
         await self.relay.close()

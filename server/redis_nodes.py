@@ -23,6 +23,7 @@ class NodeLoad:
     participants: int
     cpu: float  # fraction of one core used since the previous heartbeat
     lessons: int  # lessons placed on it (including ones whose first socket is on its way)
+    draining: bool = False  # shutting down: keeps its lessons, takes no new ones
 
     @property
     def score(self) -> tuple[int, float, str]:
@@ -51,6 +52,7 @@ class NodeRegistry:
     def __init__(self, client: aioredis.Redis, node_id: str) -> None:
         self._redis = client
         self.node_id = node_id
+        self.draining = False
 
     async def beat(self, participants: int, cpu: float) -> None:
         """Say this node lives and how loaded it is (expires after ``NODE_TTL_MS``)."""
@@ -63,6 +65,7 @@ class NodeRegistry:
                     "cpu": cpu,
                     "pid": os.getpid(),
                     "at": time.time(),
+                    "draining": int(self.draining),
                 },
             )
             pipe.pexpire(key, NODE_TTL_MS)
@@ -92,6 +95,7 @@ class NodeRegistry:
                     participants=int(load.get("participants", 0)),
                     cpu=float(load.get("cpu", 0.0)),
                     lessons=int(lessons),
+                    draining=load.get("draining") == "1",
                 )
             )
         if gone:
@@ -99,11 +103,19 @@ class NodeRegistry:
         return live
 
     async def least_loaded(self) -> str:
-        """The node a new lesson should go to (this node if no other is known)."""
+        """The node a new lesson should go to (this node if no other is known): never
+        one that is shutting down while another is not."""
         nodes = await self.live_nodes()
-        if not nodes:
+        taking = [node for node in nodes if not node.draining] or nodes
+        if not taking:
             return self.node_id
-        return min(nodes, key=lambda n: n.score).node_id
+        return min(taking, key=lambda n: n.score).node_id
+
+    async def drain(self) -> None:
+        """This node is shutting down: from now on no new lesson is placed on it
+        (its lessons stay its own until it leaves)."""
+        self.draining = True
+        await self._redis.hset(keys.node(self.node_id), "draining", 1)
 
     async def leave(self) -> None:
         """This node stops: forget it at once rather than when its heartbeat expires."""

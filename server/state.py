@@ -238,6 +238,9 @@ class ServerState:
         if not self.accepting:
             return
         self.accepting = False
+        if self.cluster is not None:
+            # A lesson that starts while this node drains goes to another node.
+            await self.cluster.drain()
         bye = p.encode_server_message(
             p.Bye(reason="server_shutdown", message="the server is shutting down; rejoin shortly")
         )

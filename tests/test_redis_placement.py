@@ -97,3 +97,23 @@ def test_load_orders_by_people_and_lessons_then_cpu_then_name() -> None:
     ]
     # e carries 2, the others 4 each: then the least CPU, then the name.
     assert [n.node_id for n in sorted(loads, key=lambda n: n.score)] == ["e", "d", "c", "a", "b"]
+
+
+async def test_a_draining_node_keeps_its_lessons_and_takes_no_new_one(
+    store: aioredis.Redis,
+) -> None:
+    a_nodes, b_nodes = NodeRegistry(store, "a"), NodeRegistry(store, "b")
+    await a_nodes.beat(participants=0, cpu=0.0)
+    await b_nodes.beat(participants=40, cpu=0.9)  # b is far busier than a
+    a = RedisPlacement(store, a_nodes, lambda lesson: lesson == "maths")
+    b = RedisPlacement(store, b_nodes, lambda lesson: False)
+    assert await b.owner("maths") == "a"
+    await a_nodes.drain()
+    await a_nodes.beat(participants=0, cpu=0.0)  # its heartbeat goes on saying so
+    assert await b.owner("art") == "b"
+    assert await a.owner("music") == "b"
+    assert await store.get("lco:lesson:maths:owner") == "a"  # its own lesson stays
+    assert await a.renew(["maths"]) == []
+    # Every node draining (the whole service stops): lessons still go somewhere.
+    await b_nodes.drain()
+    assert await b.owner("drama") == "a"
