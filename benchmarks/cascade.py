@@ -50,7 +50,7 @@ from signaling.permissions import Role
 from signaling.tokens import mint_token
 
 from . import procstat
-from .failover import Node, Redis, redis_on_loopback, start_node
+from .failover import Node, Redis, placed_by_a_join, redis_on_loopback, start_node
 from .processes import receiving_on_loopback
 from .runner import RunOptions
 from .stats import rounds_summary
@@ -146,13 +146,7 @@ async def measure_variant(
         # socket then goes to that node and the students' to the other.
         probe = LessonClient(nodes[0].ws, token("Probe", Role.OBSERVER))
         clients.append(probe)
-        await probe.connect()
-        infos = [await node.cluster() for node in nodes]
-        owner = next(
-            (i for i, info in enumerate(infos) if info and lesson in info["lessons"]), None
-        )
-        if owner is None:
-            raise RuntimeError(f"no node says it owns {lesson} after a join")
+        owner = await placed_by_a_join(nodes, lesson, probe)
         lesson_node, students_node = nodes[owner], nodes[1 - owner]
         teacher = LessonClient(lesson_node.ws, token("Teacher", Role.TEACHER))
         clients.append(teacher)

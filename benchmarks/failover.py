@@ -173,6 +173,17 @@ async def start_node(
     return Node(child, http)
 
 
+async def placed_by_a_join(nodes: Sequence[Node], lesson: str, probe: LessonClient) -> int:
+    """Connect ``probe`` (its socket on the first node): its join places ``lesson`` where
+    the nodes' load says. The index of the node that owns the lesson then."""
+    await probe.connect()
+    infos = [await node.cluster() for node in nodes]
+    owner = next((i for i, info in enumerate(infos) if info and lesson in info["lessons"]), None)
+    if owner is None:
+        raise RuntimeError(f"no node says it owns {lesson} after a join")
+    return owner
+
+
 async def _until(
     condition: Callable[[], Any], since: float, timeout: float = STEP_TIMEOUT
 ) -> float | None:
@@ -210,13 +221,7 @@ async def measure_round(
             )
         probe = LessonClient(nodes[0].ws, token("Probe", Role.OBSERVER))
         clients.append(probe)
-        await probe.connect()
-        infos = [await node.cluster() for node in nodes]
-        owner = next(
-            (i for i, info in enumerate(infos) if info and lesson in info["lessons"]), None
-        )
-        if owner is None:
-            raise RuntimeError(f"no node says it owns {lesson} after a join")
+        owner = await placed_by_a_join(nodes, lesson, probe)
         dead, survivor = nodes[owner], nodes[1 - owner]
         room_a, room_b = (
             LessonClient(survivor.ws, token(name, Role.CLASSROOM), reconnect=True)

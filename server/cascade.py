@@ -37,6 +37,27 @@ Ask = Callable[[str, str, str, Any, float], Awaitable[Any]]
 ASK_TIMEOUT = 5.0  # a media call
 OFFER_TIMEOUT = 20.0  # an offer of crossing tracks: the answer gathers ICE first
 SWEEP_INTERVAL = 2.0  # seconds between two looks for nodes that stopped
+# Sweeps in a row that must miss a node before it counts as stopped: one late
+# heartbeat is not a death.
+MISSED_SWEEPS = 2
+
+
+class MissedNodes:
+    """Which of the nodes a sweep cares about have stopped: those missing from
+    :data:`MISSED_SWEEPS` sweeps in a row."""
+
+    def __init__(self) -> None:
+        self._missed: dict[str, int] = {}  # node -> sweeps in a row it was not live
+
+    def gone(self, known: set[str], live: set[str]) -> set[str]:
+        """One sweep: ``known`` the nodes that matter now, ``live`` those that beat."""
+        for node_id in known:
+            self._missed[node_id] = 0 if node_id in live else self._missed.get(node_id, 0) + 1
+        gone = {node for node, missed in self._missed.items() if missed >= MISSED_SWEEPS}
+        for node_id in list(self._missed):
+            if node_id in gone or node_id not in known:
+                del self._missed[node_id]
+        return gone
 
 
 def to_node(node_id: str) -> str:

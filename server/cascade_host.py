@@ -21,13 +21,9 @@ from media.peers import IceSettings
 from media.sfu import Kind, MediaError, MediaNotice, SendNotice, Sfu, SubscribeOffer
 from media.upstream import UpstreamLink
 
-from .cascade import ASK_TIMEOUT, Ask, decode_notice, encode_notice, from_node
+from .cascade import ASK_TIMEOUT, Ask, MissedNodes, decode_notice, encode_notice, from_node
 
 logger = logging.getLogger(__name__)
-
-# Sweeps in a row that must miss a lesson's node before what it left here goes: one
-# late heartbeat is not a death.
-MISSED_SWEEPS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +44,7 @@ class CascadeHost:
         self._owners: dict[str, tuple[str, str]] = {}  # participant -> (node, lesson)
         self._links: dict[str, UpstreamLink] = {}  # lesson's node -> its link here
         self._wanted: dict[str, dict[str, _Wanted]] = {}  # track -> participant -> ...
-        self._missed: dict[str, int] = {}  # node -> sweeps in a row it was not live
+        self._missed = MissedNodes()  # lessons' nodes
         self._tasks: set[asyncio.Future[None]] = set()
 
     def counts(self) -> dict[str, Any]:
@@ -82,12 +78,7 @@ class CascadeHost:
     async def sweep(self, live: set[str]) -> None:
         """Close what lessons of nodes that stopped left here."""
         known = {node for node, _ in self._owners.values()} | set(self._links)
-        for node_id in known:
-            self._missed[node_id] = 0 if node_id in live else self._missed.get(node_id, 0) + 1
-        gone = {node for node, missed in self._missed.items() if missed >= MISSED_SWEEPS}
-        for node_id in list(self._missed):
-            if node_id in gone or node_id not in known:
-                del self._missed[node_id]
+        gone = self._missed.gone(known, live)
         for participant_id, (node_id, _) in list(self._owners.items()):
             if node_id in gone:
                 await self._close(participant_id)

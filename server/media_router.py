@@ -29,16 +29,21 @@ from media.sfu import (
 )
 from media.viewer import Mode
 
-from .cascade import ASK_TIMEOUT, OFFER_TIMEOUT, Ask, decode_notice, encode_notice, to_node
+from .cascade import (
+    ASK_TIMEOUT,
+    OFFER_TIMEOUT,
+    Ask,
+    MissedNodes,
+    decode_notice,
+    encode_notice,
+    to_node,
+)
 
 logger = logging.getLogger(__name__)
 
 # Crossings to one node started over in a row (an offer refused or unanswered) after
 # which it gets no more until a participant there subscribes to something again.
 MAX_REFUSALS = 3
-# Sweeps in a row that must miss a home node before its participants move: one late
-# heartbeat is not a death.
-MISSED_SWEEPS = 2
 
 
 class NodeGone(Exception):
@@ -88,7 +93,7 @@ class MediaRouter:
         self._crossing: dict[str, set[str]] = {}
         self._generation: dict[str, int] = {}
         self._refusals: dict[str, int] = {}
-        self._missed: dict[str, int] = {}  # home node -> sweeps in a row it was not live
+        self._missed = MissedNodes()  # home nodes and nodes tracks cross to
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -311,12 +316,7 @@ class MediaRouter:
         if self._node_id not in live:
             return  # Redis lost the keys, or this node's own beat is late: judge nothing
         known = {home.node_id for home in self._homes.values()} | set(self._crossing)
-        for node_id in known:
-            self._missed[node_id] = 0 if node_id in live else self._missed.get(node_id, 0) + 1
-        gone = {node for node, missed in self._missed.items() if missed >= MISSED_SWEEPS}
-        for node_id in list(self._missed):
-            if node_id in gone or node_id not in known:
-                del self._missed[node_id]
+        gone = self._missed.gone(known, live)
         for node_id in gone:
             self._refusals.pop(node_id, None)
             if node_id in self._crossing:
