@@ -16,6 +16,12 @@ the loss, a window of about half a second).
   each step can take effect before the next; never past the lowest layer at once.
   Loss that receiver reports show at the lowest layer for :data:`VIDEO_OFF_AFTER`
   seconds turns video off.
+- **Down before the loss, when the viewer tells when packets arrived.** A browser
+  with transport-wide feedback (:mod:`media.transport_wide`) shows a queue building
+  on its path within a few hundred milliseconds, long before that queue overflows
+  and its loss reaches us: the level drops at once to the highest one that fits in
+  what reached the viewer meanwhile (:meth:`DownlinkQuality.fits`); never to audio
+  only, which waits for the viewer's own account of its loss.
 - **Up, slowly and safely.** After :data:`HOLD` seconds without loss at a level
   (:data:`HOLD_AFTER_UP` right after a step up: the probe has just shown that the
   link carries more than it did), the server *probes*: it sends padding (no media)
@@ -104,6 +110,23 @@ class DownlinkQuality:
         self._clean_since = None
         self._hold = max(self._hold, HOLD)  # the link just got worse: no quick probe
         self.loss = 0.0  # judge the new level on its own reports
+        return True
+
+    def fits(self, level: int, now: float) -> bool:
+        """A queue builds up on the downlink and only ``level`` (below this one) fits
+        in what gets through: step down to it at once; True if the level changed.
+        During a probe, the probe is what filled the queue: it fails, the level stays."""
+        if self._probe_until is not None:
+            self._probe_failed(now)
+            return False
+        level = max(LOW, level)
+        if level >= self.level:
+            return False
+        self.level = level
+        self._changed_at = now
+        self._clean_since = None
+        self._hold = max(self._hold, HOLD)  # the link just got worse: no quick probe
+        self.loss = 0.0  # judge the new level on its own figures
         return True
 
     def tick(self, now: float, rate: float, next_rate: float) -> Probe | None:

@@ -132,6 +132,13 @@ Whether a peer connection is closing:
     public state tells it: the connection state turns "closed" only at the end of
     ``close()``, and the signalling state, "closed" at its start, goes back to
     "stable" when a description being applied meanwhile completes.
+
+Transport-wide feedback from a browser viewer (``media/transport_wide.py``):
+
+32. ``RTCDtlsTransport._handle_rtcp_data`` per instance: aiortc parses a transport-wide
+    feedback packet (RTPFB, FMT 15) as if it were a NACK and routes it by a media
+    SSRC the browser may take from any stream, and its raw bytes are gone by then;
+    we see each decrypted RTCP datagram of a subscribe connection first.
 """
 
 from __future__ import annotations
@@ -455,6 +462,23 @@ async def send_rtp(transport: RTCDtlsTransport, packet: RtpPacket) -> None:
 def route_rtcp_to(transport: RTCDtlsTransport, ssrc: int, handler: Any) -> None:
     """Give RTCP packets about ``ssrc`` to ``handler._handle_rtcp_packet`` (hook 23)."""
     transport._rtp_router.register_sender(handler, ssrc)
+
+
+def listen_transport_feedback(
+    transport: RTCDtlsTransport, listener: Callable[[bytes], None]
+) -> None:
+    """Give ``listener`` every decrypted RTCP datagram ``transport`` receives, before
+    aiortc handles it (hook 32); a later listener replaces an earlier one."""
+    handle = RTCDtlsTransport._handle_rtcp_data.__get__(transport)
+
+    async def handle_rtcp_data(data: bytes) -> None:
+        try:
+            listener(data)
+        except Exception:
+            logger.exception("transport-wide feedback failed")
+        await handle(data)
+
+    setattr(transport, "_handle_rtcp_data", handle_rtcp_data)  # noqa: B010
 
 
 def host_addresses() -> list[str]:

@@ -16,6 +16,8 @@ from aiortc.rtcicetransport import RTCIceCandidate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
+from .transport_wide import TRANSPORT_WIDE_URI
+
 # Codecs the SFU forwards. Others (G.711, G.722) are refused so that publishers
 # and subscribers land on codecs every browser decodes.
 FORWARDED_CODECS = frozenset({"vp8", "h264", "opus", "rtx"})
@@ -272,6 +274,36 @@ def announce_public_ip(sdp: str, public_ip: str | None) -> str:
                     f"{int(priority) // 2} {public_ip} {port} typ srflx "
                     f"raddr {address} rport {port}"
                 )
+    return "\r\n".join(out) + "\r\n"
+
+
+def offer_transport_wide(sdp: str) -> str:
+    """Offer transport-wide congestion control feedback on every video section of a
+    subscribe offer: the transport-wide sequence number header extension, under one
+    id for the whole BUNDLE group, and ``transport-cc`` feedback for each video codec
+    that has NACK (not RTX). aiortc offers neither; a browser that accepts tells
+    when each packet arrived, and its downlink steps down before its queue
+    overflows (:mod:`media.transport_wide`). A viewer that does not (aiortc) answers
+    without them, and nothing changes for it."""
+    ids = [int(number) for number in re.findall(r"^a=extmap:(\d+)", sdp, re.MULTILINE)]
+    ext_id = max(ids, default=0) + 1
+    if ext_id > 14:  # one-byte header extensions only (RFC 8285)
+        return sdp
+    out: list[str] = []
+    video = False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            video = line.startswith("m=video")
+            extmap_added = False
+        out.append(line)
+        if not video:
+            continue
+        feedback = re.fullmatch(r"a=rtcp-fb:(\d+) nack", line)
+        if feedback:
+            out.append(f"a=rtcp-fb:{feedback.group(1)} transport-cc")
+        elif line.startswith("a=mid:") and not extmap_added:
+            out.append(f"a=extmap:{ext_id} {TRANSPORT_WIDE_URI}")
+            extmap_added = True
     return "\r\n".join(out) + "\r\n"
 
 

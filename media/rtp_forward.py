@@ -86,6 +86,7 @@ from .rtp_rewrite import (
     abs_send_time,
     keyframe_detector,
     vp8_keyframe_size,
+    write_transport_sequence,
     write_varying,
 )
 from .rtp_subscriber import (
@@ -589,6 +590,9 @@ class RtpForwarder:
             )
             if sub.send_time_at:
                 buffer[sub.send_time_at : sub.send_time_at + 3] = send_time
+            wide = sub.transport_wide
+            if wide is not None:
+                write_transport_sequence(buffer, sub.twcc_at, wide.stamp(now, end))
             buffer[sub.header_size : end] = payload
             length[0] = end
             try:

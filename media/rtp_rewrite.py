@@ -152,6 +152,10 @@ rewrite, in place, the only header bytes that change per packet (1 to 7) of a
 header whose constant bytes (V/P/X/CC, SSRC, extension block) are already there
 (:meth:`HeaderWriter.header` with any values writes them)."""
 
+write_transport_sequence = struct.Struct("!H").pack_into
+"""``write_transport_sequence(buffer, offset, number)``: the transport-wide sequence
+number's two bytes, in place, in a header whose extension block has room for them."""
+
 
 class HeaderWriter:
     """Writes one outgoing stream's fixed RTP header (RFC 3550 5.1) plus a constant

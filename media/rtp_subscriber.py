@@ -33,10 +33,12 @@ from .rtp_rewrite import (
     one_byte_extension,
     rtx_packet,
 )
+from .transport_wide import TRANSPORT_WIDE_URI
 
 if TYPE_CHECKING:
     from .rtp_forward import RtpForwarder
     from .rtp_layers import Layer
+    from .transport_wide import TransportWide
 
 
 class Downlink(Protocol):
@@ -50,6 +52,10 @@ class Downlink(Protocol):
 
     def nacked(self, subscriber: RtpSubscriber, index: int) -> None:
         """``subscriber`` (one of its videos) was NACKed for output ``index``."""
+
+    def transport_wide(self, transport: Any) -> TransportWide:
+        """The transport-wide numbering of the subscribe connection ``transport``
+        (its DTLS transport), whose feedback the downlink listens to."""
 
 
 def _signed24(value: int) -> int:
@@ -167,7 +173,9 @@ class RtpSubscriber:
         "target",
         "track",
         "transceiver",
+        "transport_wide",
         "ts_offset",
+        "twcc_at",
         "video_off",
         "writer",
     )
@@ -201,6 +209,10 @@ class RtpSubscriber:
         self.video_off = False
         self.downlink: Downlink | None = None
         self.send_time_at = 0  # where abs-send-time's 3 bytes go in its header (0: none)
+        # Where the transport-wide sequence number's 2 bytes go, and the connection's
+        # numbering (None: the viewer did not negotiate transport-wide feedback).
+        self.twcc_at = 0
+        self.transport_wide: TransportWide | None = None
         self.probe_timer: asyncio.TimerHandle | None = None
         self.ext_offset = 0
         self.ts_offset = 0
@@ -248,7 +260,7 @@ class RtpSubscriber:
             negotiated = _negotiated(description.sdp, self.transceiver.mid, codec)
             if negotiated is None:
                 return False
-            payload_type, rtx_payload_type, nack, mid_id, send_time_id = negotiated
+            payload_type, rtx_payload_type, nack, mid_id, send_time_id, twcc_id = negotiated
             ssrc, rtx_ssrc = hooks.sender_ssrcs(self.sender)
             mid = self.transceiver.mid or ""
             elements = []
@@ -256,9 +268,17 @@ class RtpSubscriber:
                 elements.append((mid_id, mid.encode()))
             if send_time_id is not None:
                 elements.append((send_time_id, b"\x00\x00\x00"))  # written per packet
+            wide = None
+            if twcc_id is not None and self.downlink is not None:
+                wide = self.downlink.transport_wide(self.sender.transport)
+                elements.append((twcc_id, b"\x00\x00"))  # written per packet
             ext = one_byte_extension(elements)
+            offsets = extension_value_offsets(elements)
             if send_time_id is not None:
-                self.send_time_at = 12 + extension_value_offsets(elements)[-1]
+                self.send_time_at = 12 + offsets[-2 if wide is not None else -1]
+            if wide is not None:
+                self.twcc_at = 12 + offsets[-1]
+                self.transport_wide = wide
             rtx_writer = (
                 HeaderWriter(rtx_payload_type, rtx_ssrc, ext)
                 if rtx_payload_type is not None
@@ -471,13 +491,23 @@ class RtpSubscriber:
             if self.rtx_writer is not None and self.writer is not None:
                 data = rtx_packet(self.rtx_writer, self.rtx_seq, data, self.writer.header_size)
                 self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
-            if self.send_time_at:
-                at = self.send_time_at
-                data = data[:at] + abs_send_time(time.time()) + data[at + 3 :]
-            if self.send_protected(data):
+            if self.send_protected(self._stamped(data)):
                 stats.retransmissions += 1
         except Exception:
             stats.errors += 1
+
+    def _stamped(self, data: bytes) -> bytes:
+        """A packet off the hot path (a retransmission, padding) with its send time
+        and transport-wide number written as it goes out."""
+        now = time.time()
+        if self.send_time_at:
+            at = self.send_time_at
+            data = data[:at] + abs_send_time(now) + data[at + 3 :]
+        wide = self.transport_wide
+        if wide is not None:
+            at = self.twcc_at
+            data = data[:at] + wide.stamp(now, len(data)).to_bytes(2, "big") + data[at + 2 :]
+        return data
 
     def _index_of(self, sequence_number: int) -> int:
         """The output index nearest ``highest`` whose low 16 bits are ``sequence_number``."""
@@ -524,10 +554,7 @@ class RtpSubscriber:
                 return
             data = rtx_packet(rtx, self.rtx_seq, data, writer.header_size)
             self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
-            if self.send_time_at:
-                at = self.send_time_at
-                data = data[:at] + abs_send_time(time.time()) + data[at + 3 :]
-            if not self.send_protected(data):
+            if not self.send_protected(self._stamped(data)):
                 return
             sent += len(data)
 
@@ -611,9 +638,9 @@ def _copying_sendto(sendto: Callable[[Any, Any], Any]) -> Callable[[Any, Any], A
 
 def _negotiated(
     sdp: str, mid: str | None, codec: RTCRtpCodecParameters
-) -> tuple[int, int | None, bool, int | None, int | None] | None:
-    """(payload type, RTX payload type, NACK, MID and abs-send-time extension ids) for
-    ``mid`` in ``sdp``."""
+) -> tuple[int, int | None, bool, int | None, int | None, int | None] | None:
+    """(payload type, RTX payload type, NACK, MID, abs-send-time and transport-wide
+    sequence number extension ids) for ``mid`` in ``sdp``."""
     for media in SessionDescription.parse(sdp).media:
         if media.rtp.muxId != mid:
             continue
@@ -640,5 +667,8 @@ def _negotiated(
         send_time_id = next(
             (x.id for x in media.rtp.headerExtensions if x.uri == _SEND_TIME_URI), None
         )
-        return chosen.payloadType, rtx, nack, mid_id, send_time_id
+        twcc_id = next(
+            (x.id for x in media.rtp.headerExtensions if x.uri == TRANSPORT_WIDE_URI), None
+        )
+        return chosen.payloadType, rtx, nack, mid_id, send_time_id, twcc_id
     return None

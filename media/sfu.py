@@ -34,6 +34,7 @@ from .peers import (
     dtls_fingerprint,
     negotiated_media,
     new_peer_connection,
+    offer_transport_wide,
     parse_candidate,
     parse_description,
     reject_like_offer,
@@ -701,6 +702,10 @@ class Sfu:
             # Remote ICE candidates never checked (media/candidate_policy.py).
             "ice_candidates_refused": self._refused_by_departed
             + sum(gate.refused for m in self._participants.values() for gate in m.gates.values()),
+            # Viewers whose browser tells when each packet arrived (media/transport_wide.py).
+            "transport_feedback_connections": sum(
+                m.viewer.transport_feedback for m in self._participants.values()
+            ),
             "forwarded_tracks": len(self._forwarders),
             "subscriptions": sum(f.subscriber_count for f in self._forwarders.values()),
             **totals,
@@ -948,7 +953,9 @@ class Sfu:
                 if _is_closed(pc):  # it closed while the offer was being made
                     return
                 raise
-            sdp = announce_public_ip(pc.localDescription.sdp, self._settings.public_ip)
+            sdp = offer_transport_wide(
+                announce_public_ip(pc.localDescription.sdp, self._settings.public_ip)
+            )
             tracks = []
             for subscription in media.subscriptions.values():
                 transceiver = subscription.attachment.transceiver

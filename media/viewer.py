@@ -8,8 +8,9 @@ frame path forwards what the publisher sends):
 - what it asks for: ``auto``, ``low_data`` (the smallest layer of everything) or
   ``audio_only`` (no video);
 - what its downlink carries (:class:`media.downlink.DownlinkQuality`, from the
-  receiver reports of its videos and what it NACKs; probed with padding before
-  going up).
+  receiver reports of its videos, what it NACKs and, from a browser, the queue its
+  transport-wide feedback shows building (:mod:`media.transport_wide`); probed with
+  padding before going up).
 
 Every few tenths of a second :meth:`Viewer.tick` probes when it is time, and returns
 a notice for the participant when what it receives changed.
@@ -19,14 +20,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from . import hooks
 from .downlink import AUDIO_ONLY, HIGH, LOW, DownlinkQuality, NackLoss
 from .rtp_forward import RtpForwarder
 from .rtp_subscriber import RtpSubscriber
+from .transport_wide import TransportWide
+from .twcc import feedback_in
 
 Mode = Literal["auto", "low_data", "audio_only"]
 LevelName = Literal["high", "medium", "low", "audio_only"]
+# A level fits what reached the viewer through a queue if it needs at most this share
+# of it: the queue drains meanwhile, and the estimate is of a congested moment.
+FIT_SHARE = 0.85
 LEVEL_NAMES: dict[int, LevelName] = {
     HIGH: "high",
     HIGH - 1: "medium",
@@ -69,6 +76,8 @@ class Viewer:
         self._widths: dict[str, int] = {}  # track id -> rendered width (0: hidden)
         self._videos: dict[str, tuple[RtpForwarder, RtpSubscriber]] = {}
         self._last: QualityNotice | None = None
+        # The subscribe connection's DTLS transport and its transport-wide numbering.
+        self._wide: tuple[Any, TransportWide] | None = None
 
     @property
     def level(self) -> int:
@@ -86,6 +95,52 @@ class Viewer:
     def nacked(self, subscriber: RtpSubscriber, index: int) -> None:
         """One of its videos was NACKed for output ``index``."""
         self.nacks.nacked(subscriber, index)
+
+    def transport_wide(self, transport: Any) -> TransportWide:
+        """The transport-wide numbering of the subscribe connection whose DTLS
+        transport is ``transport``; a new connection starts a new one, and its
+        feedback is listened to from then on."""
+        if self._wide is not None and self._wide[0] is transport:
+            return self._wide[1]
+        wide = TransportWide()
+        self._wide = (transport, wide)
+
+        def heard(datagram: bytes) -> None:
+            if self._wide is None or self._wide[1] is not wide:
+                return  # an old connection's late feedback
+            for packet in feedback_in(datagram):
+                delivered = wide.feedback(packet)
+                if delivered is not None:
+                    self.queue_building(delivered)
+
+        hooks.listen_transport_feedback(transport, heard)
+        return wide
+
+    @property
+    def transport_feedback(self) -> bool:
+        """Whether its subscribe connection's transport-wide feedback reaches us."""
+        return self._wide is not None and self._wide[1].feedback_packets > 0
+
+    def queue_building(self, delivered: float) -> None:
+        """A queue builds up on the downlink and ``delivered`` bits per second reach
+        the viewer: if its level sends more than that, step down at once to the
+        highest level that fits."""
+        level = self.quality.level
+        if self.mode != "auto" or level <= LOW:
+            return
+
+        def needs(level: int) -> float:
+            return sum(
+                forwarder.bitrate_of(subscriber, HIGH - level)
+                for forwarder, subscriber in self._videos.values()
+            )
+
+        if needs(level) <= delivered and not self.quality.probing:
+            return  # what it sends gets through: the queue is someone else's
+        budget = delivered * FIT_SHARE
+        fitting = next((n for n in range(level - 1, LOW, -1) if needs(n) <= budget), LOW)
+        if self.quality.fits(fitting, self._clock()):
+            self._retarget(congested=True)
 
     def add(self, track_id: str, forwarder: RtpForwarder, subscriber: RtpSubscriber) -> None:
         """A video it now receives."""

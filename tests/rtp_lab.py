@@ -24,12 +24,19 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from media.rtp_forward import RtpForwarder, RtpSubscriber
-from media.rtp_rewrite import HeaderWriter, one_byte_extension, vp8_keyframe_start
+from media.rtp_rewrite import (
+    HeaderWriter,
+    extension_value_offsets,
+    one_byte_extension,
+    vp8_keyframe_start,
+)
+from media.transport_wide import TransportWide
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, payloadType=111, channels=2)
 PROFILE = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM
 KEY_LENGTH = 16 + 12  # AES-128 key and GCM salt
+TRANSPORT_WIDE_ID = 3  # the header extension id a browser's answer might give it
 
 
 def keyframe_payload(tag: bytes, size: tuple[int, int] = (320, 240)) -> bytes:
@@ -163,6 +170,8 @@ class Viewer:
         self.drop_next: set[int] = set()  # output sequence numbers the network loses
         self.rtx: dict[int, int] = {}  # RTX SSRC -> media SSRC
         self.payload_octets: dict[int, int] = {}
+        # (transport-wide sequence number, octets) of each packet that carried one.
+        self.transport_wide: list[tuple[int, int]] = []
 
     @property
     def address(self) -> tuple[str, int]:
@@ -195,7 +204,11 @@ class Viewer:
         timestamp = int.from_bytes(plain[4:8], "big")
         offset = 12 + 4 * (plain[0] & 0x0F)
         if plain[0] & 0x10:  # RFC 3550 5.3.1: extension header and its length in words
-            offset += 4 + 4 * int.from_bytes(plain[offset + 2 : offset + 4], "big")
+            words = int.from_bytes(plain[offset + 2 : offset + 4], "big")
+            for ext_id, value in one_byte_elements(plain[offset + 4 : offset + 4 + 4 * words]):
+                if ext_id == TRANSPORT_WIDE_ID:
+                    self.transport_wide.append((int.from_bytes(value, "big"), len(plain)))
+            offset += 4 + 4 * words
         payload = plain[offset:]
         record = self.streams.setdefault(ssrc, StreamRecord())
         index = record.extend(seq)
@@ -223,6 +236,20 @@ class Viewer:
     def close(self) -> None:
         self.sock.close()
         self.srtp = None  # type: ignore[assignment]
+
+
+def one_byte_elements(block: bytes) -> list[tuple[int, bytes]]:
+    """The (id, value) elements of an RFC 8285 one-byte header extension block."""
+    elements = []
+    at = 0
+    while at < len(block):
+        if block[at] == 0:  # padding
+            at += 1
+            continue
+        ext_id, length = block[at] >> 4, (block[at] & 0x0F) + 1
+        elements.append((ext_id, block[at + 1 : at + 1 + length]))
+        at += 1 + length
+    return elements
 
 
 def fake_pair(sock: socket.socket, remote: tuple[str, int]) -> Any:
@@ -263,8 +290,14 @@ class Bench:
         self.send_sock.bind(("127.0.0.1", 0))
         self.viewers: dict[RtpSubscriber, Viewer] = {}
 
-    def subscribe(self, rtx: bool = False, previous: RtpSubscriber | None = None) -> RtpSubscriber:
-        """A subscriber bound as aiortc would after negotiation, with its viewer."""
+    def subscribe(
+        self,
+        rtx: bool = False,
+        previous: RtpSubscriber | None = None,
+        transport_wide: TransportWide | None = None,
+    ) -> RtpSubscriber:
+        """A subscriber bound as aiortc would after negotiation, with its viewer; with
+        ``transport_wide``, its packets carry that connection's numbers."""
         sender = types.SimpleNamespace()
         transceiver: Any = types.SimpleNamespace(sender=sender, mid="0")
         subscriber = self.forwarder.add_subscriber(
@@ -280,7 +313,12 @@ class Bench:
         policy.allow_repeat_tx = True
         policy.window_size = 1024
         srtp = pylibsrtp.Session(policy)
-        ext = one_byte_extension([(1, b"0")])
+        elements = [(1, b"0")]
+        if transport_wide is not None:
+            elements.append((TRANSPORT_WIDE_ID, b"\x00\x00"))
+            subscriber.twcc_at = 12 + extension_value_offsets(elements)[-1]
+            subscriber.transport_wide = transport_wide
+        ext = one_byte_extension(elements)
         writer = HeaderWriter(96 if self.codec is VP8 else 111, 0x5EED0000 + len(self.viewers), ext)
         rtx_writer = HeaderWriter(97, 0x5EED1000 + len(self.viewers), ext) if rtx else None
         viewer = Viewer(key)

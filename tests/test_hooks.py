@@ -493,6 +493,47 @@ async def test_receiver_reports_reach_the_senders_report_hook() -> None:
         await receiver_pc.close()
 
 
+async def test_rtcp_datagrams_reach_a_transport_feedback_listener_first() -> None:
+    """A viewer's transport-wide feedback, as it sent it, before aiortc parses it into
+    something else (hook 32); aiortc still handles the datagram afterwards."""
+    sender_pc, receiver_pc = await connect(PacketTrack("video", vp8_packets()))
+    try:
+        (transceiver,) = sender_pc.getTransceivers()
+        heard: list[bytes] = []
+        arrived = asyncio.Event()
+
+        def listener(datagram: bytes) -> None:
+            heard.append(datagram)
+            if datagram == FEEDBACK:
+                arrived.set()
+
+        hooks.listen_transport_feedback(transceiver.sender.transport, listener)
+        reported: asyncio.Future[hooks.ReportBlock] = asyncio.get_running_loop().create_future()
+
+        def report(block: hooks.ReportBlock) -> None:
+            if not reported.done() and block.highest_sequence > 0:
+                reported.set_result(block)
+
+        async def retransmit(seq: int) -> None:
+            return None
+
+        hooks.hook_sender(transceiver.sender, retransmit, lambda: None, report)
+        # The viewer's receiver reports come once its transport is up: send then.
+        await asyncio.wait_for(reported, 10)
+        await receiver_of(receiver_pc).transport._send_rtp(FEEDBACK)
+        await asyncio.wait_for(arrived.wait(), 10)
+        # Every datagram, and aiortc went on with each: the reports reached hook 21.
+        assert any(datagram[1] in (200, 201) for datagram in heard)
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+# One transport-wide feedback packet (RTPFB, FMT 15): sequence number 7 arrived 1 ms
+# after the reference time (a run of one "small delta", then the delta and padding).
+FEEDBACK = bytes.fromhex("8fcd00050000000100000002000700010000000020010400")
+
+
 # --- ICE restart (hooks 27 to 30) ----------------------------------------------
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import struct
+import types
 from typing import Any
 
 import pytest
@@ -373,3 +375,74 @@ def test_choosing_a_layer() -> None:
     assert choose(layers, None, steps_down=5) is small
     assert choose(layers, 160, steps_down=1) is small
     assert choose([], None) is None
+
+
+def feedback_datagram(base: int, arrivals: list[float], count: int) -> bytes:
+    """A browser's transport-wide feedback (RTPFB, FMT 15) saying that the packets
+    numbered ``base`` onwards arrived at ``arrivals`` (each within 64 ms of the one
+    before: a run-length chunk of small deltas)."""
+    reference = int(arrivals[0] / 0.064)
+    deltas = []
+    at = reference * 0.064
+    for arrival in arrivals:
+        ticks = round((arrival - at) / 0.00025)
+        assert 0 <= ticks <= 255
+        deltas.append(ticks)
+        at += ticks * 0.00025
+    fci = struct.pack("!HHI", base, len(arrivals), (reference & 0xFFFFFF) << 8 | count & 0xFF)
+    fci += struct.pack("!H", 0x2000 | len(arrivals)) + bytes(deltas)
+    fci += b"\x00" * (-len(fci) % 4)
+    body = struct.pack("!II", 1, 2) + fci
+    return struct.pack("!BBH", 0x80 | 15, 205, len(body) // 4) + body
+
+
+async def test_a_queue_a_browser_reports_steps_it_down_before_any_loss() -> None:
+    """A browser viewer has lost nothing yet, but its transport-wide feedback shows the
+    packets queueing behind a link that carries 30 % of the large layer: its downlink
+    steps straight down to the small layer (the one that fits), with no NACK and no
+    receiver report, and every packet the server sent it carried the next number."""
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench)
+        downlink = Downlink(bench.clock)
+        handled: list[Any] = []
+        transport = types.SimpleNamespace(
+            _rtp_router=types.SimpleNamespace(
+                route_rtcp=lambda packet: handled.append(packet) or set()
+            )
+        )
+        subscriber = bench.subscribe(rtx=True, transport_wide=downlink.transport_wide(transport))
+        downlink.add("track-1", bench.forwarder, subscriber)
+        await camera.run(60)
+        assert subscriber.layer is not None and subscriber.layer.rid == "h"
+        numbered = bench.viewers[subscriber].transport_wide
+        assert [number for number, _ in numbered] == list(range(len(numbered)))
+        free_at, told, link = 0.0, len(numbered), 100 * bench.forwarder.bitrate_of(subscriber, 0)
+        for frame in itertools.count():
+            if frame == 10:
+                link = 0.3 * bench.forwarder.bitrate_of(subscriber, 0)  # the link drops
+                assert bench.forwarder.bitrate_of(subscriber, 2) < 0.85 * link
+            elif frame > 10 and downlink.level < HIGH:
+                break
+            assert frame < 100, "the queue was never seen"
+            await camera.run(1)
+            sent_at = bench.clock.now - 1 / 30
+            new, told = numbered[told:], len(numbered)
+            arrivals = []
+            for _, octets in new:  # a FIFO, and 5 ms of path
+                free_at = max(sent_at, free_at) + octets * 8 / link
+                arrivals.append(free_at + 0.005)
+            await transport._handle_rtcp_data(feedback_datagram(new[0][0], arrivals, frame))
+        assert downlink.level < HIGH and frame > 10
+        downlink.tick()
+        assert downlink.level == LOW  # straight to what fits in 300 kbit/s
+        assert subscriber.layer is None  # the large layer stopped at its frame end
+        queued = free_at - bench.clock.now
+        assert 0.1 < queued < 0.3  # seen early, long before a home router's queue fills
+        assert not downlink.nacks._nacked and subscriber.last_report is None
+        await camera.run(30)
+        assert subscriber.layer is not None and subscriber.layer.rid == "l"
+        assert [n for n, _ in numbered] == list(range(len(numbered)))
+        assert handled  # aiortc still got the datagram
+    finally:
+        bench.close()
