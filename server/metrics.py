@@ -170,6 +170,11 @@ class _StateCollector(Collector):
             sfu["relayed_peer_connections"],
         )
         yield gauge(
+            "lco_transport_feedback_connections",
+            "Subscribe connections whose viewer reports when each packet arrived",
+            sfu["transport_feedback_connections"],
+        )
+        yield gauge(
             "lco_forwarded_tracks", "Published tracks being forwarded", sfu["forwarded_tracks"]
         )
         yield gauge(

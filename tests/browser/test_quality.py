@@ -9,8 +9,10 @@ and "Best my connection allows" again.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, expect
 
@@ -89,3 +91,24 @@ def test_a_viewer_chooses_low_data_or_audio_only_and_the_tile_says_so(
     student.page.select_option("#quality-select", "auto")
     assert width_becomes(student, teacher_id, f"w >= {large}") >= large > small
     assert not teacher.errors and not student.errors
+
+
+def test_the_viewers_browser_reports_when_each_packet_arrived(
+    pages: tuple[Participant, Participant], server: Server
+) -> None:
+    """Chromium accepts transport-wide congestion control feedback on the teacher's
+    video and sends it: the server sees a queue on its downlink before any loss."""
+    teacher, student = pages
+    width_becomes(student, teacher.id, "w > 0")
+    offer = student.page.evaluate("() => window.lco.page.subscriber.pc.remoteDescription.sdp")
+    answer = student.page.evaluate("() => window.lco.page.subscriber.pc.localDescription.sdp")
+    uri = "draft-holmer-rmcat-transport-wide-cc-extensions-01"
+    video = answer.split("m=video")[1].split("m=")[0]
+    assert uri in offer and uri in video and " transport-cc" in video
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while True:  # feedback comes every 50 to 250 ms; the gauge reads it
+        metrics = httpx.get(f"{server.url}/metrics.json", timeout=5).json()
+        if metrics["sfu"]["transport_feedback_connections"] >= 1:
+            break
+        assert time.monotonic() < deadline, "no transport-wide feedback reached the server"
+        student.page.wait_for_timeout(200)
