@@ -39,7 +39,8 @@ FIRST_FRAME_TIMEOUT = 30.0
 
 # Installed once per page with the publisher's id: follows the tile of its camera
 # (looked up again every 200 ms, should the tile's element change), the level, and
-# every 40 ms the frames the page decoded (getStats), a check on the frames shown.
+# every 40 ms the frames the page decoded (getStats), a check on the frames shown,
+# with Chromium's own counters of that video (what it asked for, lost and froze).
 RECORDER = """(pid) => {
   if (window.__lcoDownlink) return;
   const rec = { frames: [], levels: [], decoded: [], video: null, generation: 0 };
@@ -65,16 +66,33 @@ RECORDER = """(pid) => {
   rec.finder = setInterval(find, 200);
   let last = -1;
   let busy = false;
+  let mid = null; // of the camera's inbound-rtp on the subscribe connection
   rec.poller = setInterval(async () => {
     if (busy) return;
     busy = true;
     try {
       const at = performance.now();
-      const s = (await window.lco.inboundStats()).find(
-        (s) => s.participant_id === pid && s.source === "camera");
-      if (s && s.framesDecoded !== last) {
+      if (mid === null) {
+        const s = (await window.lco.inboundStats()).find(
+          (s) => s.participant_id === pid && s.source === "camera");
+        if (!s) return;
+        mid = s.mid;
+      }
+      let s = null;
+      (await window.lco.page.subscriber.pc.getStats()).forEach((r) => {
+        if (r.type === "inbound-rtp" && r.mid === mid) s = r;
+      });
+      if (!s) {
+        mid = null; // another connection: look the camera up again
+        return;
+      }
+      if (s.framesDecoded !== last) {
         last = s.framesDecoded;
-        rec.decoded.push([at, s.framesDecoded, s.frameWidth, s.frameHeight]);
+        rec.decoded.push([at, s.framesDecoded ?? 0, s.frameWidth ?? 0, s.frameHeight ?? 0, {
+          plis: s.pliCount, nacks: s.nackCount, firs: s.firCount, lost: s.packetsLost,
+          keyframes: s.keyFramesDecoded, dropped: s.framesDropped, freezes: s.freezeCount,
+          frozen_s: s.totalFreezesDuration,
+        }]);
       }
     } catch (error) {
       // the connection is being replaced: the next poll reads the new one
@@ -120,6 +138,24 @@ CANDIDATES = """async () => {
 }"""
 
 
+# What the page's answer agreed to for video on the subscribe connection: the RTCP
+# feedback (transport-cc, goog-remb, nack, ccm fir...) and the header extensions,
+# so that a results file says what the server could hear from Chromium.
+NEGOTIATED = """() => {
+  const sdp = window.lco.page.subscriber.pc.localDescription?.sdp ?? "";
+  const video = sdp.split(/\\r?\\nm=/).find((section) => section.startsWith("video")) ?? "";
+  const feedback = new Set();
+  const extensions = new Set();
+  for (const line of video.split(/\\r?\\n/)) {
+    let found = line.match(/^a=rtcp-fb:\\S+ (.+)$/);
+    if (found) feedback.add(found[1].trim());
+    found = line.match(/^a=extmap:\\S+ (\\S+)/);
+    if (found) extensions.add(found[1]);
+  }
+  return { rtcp_fb: [...feedback].sort(), extmap: [...extensions].sort() };
+}"""
+
+
 class ChromiumViewer:
     """One page of ``browsers`` as the viewer on the slow link (see the module)."""
 
@@ -139,8 +175,9 @@ class ChromiumViewer:
         self._first_error = 0
         self._own_errors: list[str] = []
         self._candidates: dict[str, Any] = {}
-        # (monotonic, frames decoded so far, width, height) when the count changed.
-        self.decoded: list[tuple[float, int, int, int]] = []
+        # (monotonic, frames decoded so far, width, height, Chromium's counters) when
+        # the count changed.
+        self.decoded: list[tuple[float, int, int, int, dict[str, float | None]]] = []
 
     async def join(self, lesson: Lesson, name: str, role: Role) -> None:
         self._first_error = len(self.browsers.errors)
@@ -178,26 +215,34 @@ class ChromiumViewer:
                 await asyncio.wait_for(self._levels_seen.wait(), deadline - time.monotonic())
 
     async def details(self, shaped_at: float, stall_until: float) -> dict[str, Any]:
-        """The ports shaped, the one in use then and at the end, how often Chromium
-        changed its selected candidate pair meanwhile; and the figures again from the
-        frames the page decoded (getStats, read every 40 ms) rather than those its
-        tile showed, with how many of each from the shaping to ``stall_until``."""
+        """What the page agreed to for video (RTCP feedback, header extensions); the
+        ports shaped, the one in use then and at the end, how often Chromium changed
+        its selected candidate pair meanwhile; and the figures again from the frames
+        the page decoded (getStats, read every 40 ms) rather than those its tile
+        showed, with how many of each from the shaping to ``stall_until`` and how much
+        Chromium's own counters of the video grew then (PLIs and NACKs it sent, packets
+        lost, key frames decoded, frames dropped, freezes and their length)."""
         assert self.track is not None
         before = self._candidates
         after = await self.page.evaluate(CANDIDATES)
         changes = None
         if before.get("changes") is not None and after.get("changes") is not None:
             changes = after["changes"] - before["changes"]
-        times = [t for t, _, _, _ in self.decoded if shaped_at <= t <= stall_until]
+        window = [d for d in self.decoded if shaped_at <= d[0] <= stall_until]
+        before_shaping = [d for d in self.decoded if d[0] < shaped_at]
+        times = [t for t, *_ in window]
         small_at = next(
-            (t for t, _, w, h in self.decoded if t >= shaped_at and (w, h) == SMALL), None
+            (t for t, _, w, h, _ in self.decoded if t >= shaped_at and (w, h) == SMALL), None
         )
-        # Frames decoded and frames shown in the same window as the stall.
-        counts = [count for t, count, _, _ in self.decoded if t <= stall_until]
-        before_shaping = [count for t, count, _, _ in self.decoded if t < shaped_at]
-        decoded = counts[-1] - before_shaping[-1] if counts and before_shaping else None
+        # Frames decoded and frames shown in the same window as the stall, and what
+        # Chromium counted meanwhile.
+        decoded = counters = None
+        if window and before_shaping:
+            decoded = window[-1][1] - before_shaping[-1][1]
+            counters = _differences(before_shaping[-1][4], window[-1][4])
         shown = sum(1 for t in self.track.arrivals if shaped_at <= t <= stall_until)
         return {
+            "negotiated": await self.page.evaluate(NEGOTIATED),
             "shaped_ports": sorted(set(before.get("ports", []))),
             "selected_port": before.get("selected"),
             "selected_port_after": after.get("selected"),
@@ -208,6 +253,7 @@ class ChromiumViewer:
             ),
             "frames_decoded": decoded,
             "frames_shown": shown,
+            "chromium_counters": counters,
         }
 
     @property
@@ -273,5 +319,17 @@ class ChromiumViewer:
             self.levels.append((page_ms / 1000 + self.offset, str(level)))
         if levels:
             self._levels_seen.set()
-        for page_ms, count, width, height in decoded:
-            self.decoded.append((page_ms / 1000 + self.offset, count, width, height))
+        for page_ms, count, width, height, counters in decoded:
+            at = page_ms / 1000 + self.offset
+            self.decoded.append((at, count, width, height, counters))
+
+
+def _differences(
+    before: dict[str, float | None], after: dict[str, float | None]
+) -> dict[str, float | None]:
+    """How much each of Chromium's counters grew (None where it has none)."""
+    out: dict[str, float | None] = {}
+    for key, value in after.items():
+        start = before.get(key)
+        out[key] = None if value is None or start is None else round(value - start, 3)
+    return out

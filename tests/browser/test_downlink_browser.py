@@ -57,7 +57,8 @@ async def test_a_chromium_viewer_on_a_slow_link_steps_down_and_climbs_back(
         f"{figures['sizes']}; ports {figures['shaped_ports']}, selected "
         f"{figures['selected_port']} then {figures['selected_port_after']}, "
         f"{figures['pair_changes']} pair change(s); {figures['frames_shown']} frames shown "
-        f"of {figures['frames_decoded']} decoded"
+        f"of {figures['frames_decoded']} decoded; Chromium counted "
+        f"{figures['chromium_counters']}; negotiated {figures['negotiated']}"
     )
     assert figures["down_s"] is not None, "the Chromium viewer never got the small layer"
     assert figures["other_large_s"] is not None, "the other viewer was held down"
