@@ -39,8 +39,9 @@ FIRST_FRAME_TIMEOUT = 30.0
 
 # Installed once per page with the publisher's id: follows the tile of its camera
 # (looked up again every 200 ms, should the tile's element change), the level, and
-# every 40 ms the frames the page decoded (getStats), a check on the frames shown,
-# with Chromium's own counters of that video (what it asked for, lost and froze).
+# every 40 ms the frames the page decoded (getStats, ``read()``), a check on the
+# frames shown, with Chromium's own counters of that video (what it asked for, lost
+# and froze).
 RECORDER = """(pid) => {
   if (window.__lcoDownlink) return;
   const rec = { frames: [], levels: [], decoded: [], video: null, generation: 0 };
@@ -64,35 +65,40 @@ RECORDER = """(pid) => {
   };
   find();
   rec.finder = setInterval(find, 200);
+  let mid = null; // of the camera's inbound-rtp on the subscribe connection
+  // [when, frames decoded, width, height, Chromium's counters] now, or null.
+  rec.read = async () => {
+    const at = performance.now();
+    if (mid === null) {
+      const s = (await window.lco.inboundStats()).find(
+        (s) => s.participant_id === pid && s.source === "camera");
+      if (!s) return null;
+      mid = s.mid;
+    }
+    let s = null;
+    (await window.lco.page.subscriber.pc.getStats()).forEach((r) => {
+      if (r.type === "inbound-rtp" && r.mid === mid) s = r;
+    });
+    if (!s) {
+      mid = null; // another connection: look the camera up again
+      return null;
+    }
+    return [at, s.framesDecoded ?? 0, s.frameWidth ?? 0, s.frameHeight ?? 0, {
+      plis: s.pliCount, nacks: s.nackCount, firs: s.firCount, lost: s.packetsLost,
+      keyframes: s.keyFramesDecoded, dropped: s.framesDropped, freezes: s.freezeCount,
+      frozen_s: s.totalFreezesDuration,
+    }];
+  };
   let last = -1;
   let busy = false;
-  let mid = null; // of the camera's inbound-rtp on the subscribe connection
   rec.poller = setInterval(async () => {
     if (busy) return;
     busy = true;
     try {
-      const at = performance.now();
-      if (mid === null) {
-        const s = (await window.lco.inboundStats()).find(
-          (s) => s.participant_id === pid && s.source === "camera");
-        if (!s) return;
-        mid = s.mid;
-      }
-      let s = null;
-      (await window.lco.page.subscriber.pc.getStats()).forEach((r) => {
-        if (r.type === "inbound-rtp" && r.mid === mid) s = r;
-      });
-      if (!s) {
-        mid = null; // another connection: look the camera up again
-        return;
-      }
-      if (s.framesDecoded !== last) {
-        last = s.framesDecoded;
-        rec.decoded.push([at, s.framesDecoded ?? 0, s.frameWidth ?? 0, s.frameHeight ?? 0, {
-          plis: s.pliCount, nacks: s.nackCount, firs: s.firCount, lost: s.packetsLost,
-          keyframes: s.keyFramesDecoded, dropped: s.framesDropped, freezes: s.freezeCount,
-          frozen_s: s.totalFreezesDuration,
-        }]);
+      const now = await rec.read();
+      if (now && now[1] !== last) {
+        last = now[1];
+        rec.decoded.push(now);
       }
     } catch (error) {
       // the connection is being replaced: the next poll reads the new one
@@ -175,6 +181,7 @@ class ChromiumViewer:
         self._first_error = 0
         self._own_errors: list[str] = []
         self._candidates: dict[str, Any] = {}
+        self._baseline: list[Any] | None = None  # the recorder's read() before the shaping
         # (monotonic, frames decoded so far, width, height, Chromium's counters) when
         # the count changed.
         self.decoded: list[tuple[float, int, int, int, dict[str, float | None]]] = []
@@ -193,6 +200,8 @@ class ChromiumViewer:
         return self.track
 
     async def ports(self) -> list[int]:
+        # Chromium's counters as the shaping begins: what the round's are counted from.
+        self._baseline = await self.page.evaluate("() => window.__lcoDownlink.read()")
         found = await self.page.evaluate(CANDIDATES)
         self._candidates = found
         ports = sorted(set(found["ports"]))
@@ -229,7 +238,6 @@ class ChromiumViewer:
         if before.get("changes") is not None and after.get("changes") is not None:
             changes = after["changes"] - before["changes"]
         window = [d for d in self.decoded if shaped_at <= d[0] <= stall_until]
-        before_shaping = [d for d in self.decoded if d[0] < shaped_at]
         times = [t for t, *_ in window]
         small_at = next(
             (t for t, _, w, h, _ in self.decoded if t >= shaped_at and (w, h) == SMALL), None
@@ -237,9 +245,9 @@ class ChromiumViewer:
         # Frames decoded and frames shown in the same window as the stall, and what
         # Chromium counted meanwhile.
         decoded = counters = None
-        if window and before_shaping:
-            decoded = window[-1][1] - before_shaping[-1][1]
-            counters = _differences(before_shaping[-1][4], window[-1][4])
+        if window and self._baseline is not None:
+            decoded = window[-1][1] - self._baseline[1]
+            counters = _differences(self._baseline[4], window[-1][4])
         shown = sum(1 for t in self.track.arrivals if shaped_at <= t <= stall_until)
         return {
             "negotiated": await self.page.evaluate(NEGOTIATED),
