@@ -9,6 +9,10 @@ level the server says it receives (``receive_quality``, which the page writes in
 ``body[data-receive-level]``). Python reads what the recorder noted every
 :data:`POLL` seconds into a :class:`media.client.ReceivedTrack`, the same record an
 aiortc viewer keeps, so that the round measures both viewers with the same code.
+Every 40 ms the recorder also reads the frames the page decoded (``getStats``) with
+Chromium's own counters of that video (PLIs, NACKs, losses, freezes): a check on
+the frames shown (Chromium decodes frames it never shows when they come in a burst)
+and what the server heard from it, in each round's results.
 
 Page times are ``performance.now()``; they become this process's ``time.monotonic()``
 through an offset measured when the recorder starts (the round trip to the page that
