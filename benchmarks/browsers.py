@@ -1,4 +1,5 @@
-"""Real Chromium students for the soak (``lco bench run --workload soak --browsers N``).
+"""Real Chromium students for the soak (``lco bench run --workload soak --browsers N``)
+and the downlink workload's Chromium viewer (``--viewer browser``).
 
 Debian's ``chromium`` driven by Playwright, headless, with the flags the browser
 tests use (``tests/browser/conftest.py``): fake camera and microphone, no GPU, no
@@ -72,23 +73,32 @@ class BrowserStudents:
 
     async def start(self, links: list[str]) -> None:
         """Launch Chromium and join with every link (students click Join)."""
+        await self.launch()
+        for link in links:
+            self.pages.append((f"browser{len(self.pages)}", await self.join(link)))
+
+    async def launch(self) -> None:
+        """Launch Chromium (no page yet)."""
         from playwright.async_api import async_playwright
 
         self._playwright = await async_playwright().start()
         self._browser = await self._playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
         )
-        for number, link in enumerate(links):
-            name = f"browser{number}"
-            context = await self._browser.new_context(viewport={"width": 1280, "height": 720})
-            page = await context.new_page()
-            page.on("pageerror", lambda error, name=name: self.errors.append(f"{name}: {error}"))
-            await page.goto(link)
-            join = page.get_by_role("button", name="Join")
-            await join.wait_for(timeout=TIMEOUT_MS)
-            await join.click()
-            await page.wait_for_function("() => window.lco.state().connected", timeout=TIMEOUT_MS)
-            self.pages.append((name, page))
+
+    async def join(self, link: str, name: str = "") -> Any:
+        """A page of its own (a fresh context) that opens ``link``, clicks Join and is
+        connected; its uncaught errors go to :attr:`errors` under ``name``."""
+        name = name or f"browser{len(self.pages)}"
+        context = await self._browser.new_context(viewport={"width": 1280, "height": 720})
+        page = await context.new_page()
+        page.on("pageerror", lambda error: self.errors.append(f"{name}: {error}"))
+        await page.goto(link)
+        join = page.get_by_role("button", name="Join")
+        await join.wait_for(timeout=TIMEOUT_MS)
+        await join.click()
+        await page.wait_for_function("() => window.lco.state().connected", timeout=TIMEOUT_MS)
+        return page
 
     async def wait_tracks(self, video: int, audio: int, timeout_ms: int = TIMEOUT_MS) -> None:
         """Until every page receives ``video`` and ``audio`` tracks with packets."""

@@ -1,7 +1,8 @@
 """Command line of the benchmarks: ``lco bench`` (the same as ``python -m benchmarks``).
 
 ``run`` is the benchmark (``--workload soak`` the hour-long lesson, ``--workload
-downlink`` a viewer whose link drops to 300 kbit/s, ``--workload mix`` simulcast
+downlink`` a viewer whose link drops to 300 kbit/s, an aiortc peer or with ``--viewer
+browser`` a Chromium page, ``--workload mix`` simulcast
 to a mix of viewers, ``--workload failover`` a lesson's node killed, ``--workload
 cascade`` what cascading costs per delivered packet, ``--workload workers`` what
 ``lco serve --workers 2`` forwards against one process), ``report``
@@ -108,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--classrooms", type=int, default=8, help="classrooms (default 8)")
     soak.add_argument(
         "--browsers", type=int, default=0, help="Chromium students too (under scripts/netns-run)"
+    )
+    downlink = run.add_argument_group("downlink")
+    downlink.add_argument(
+        "--viewer",
+        choices=["aiortc", "browser"],
+        help="the viewer whose link drops: an aiortc peer (default) or a headless Chromium "
+        "page (under scripts/netns-run); the results file says which",
     )
     run.add_argument("--cache-dir", type=Path, help=f"media cache (default {default_cache_dir()})")
     run.add_argument("--results-dir", type=Path, help="where to write the compact JSON")
@@ -241,6 +249,9 @@ def _header(args: argparse.Namespace, options: RunOptions, kind: str) -> dict[st
 
 def _run(args: argparse.Namespace, bar: StepProgress | None = None) -> int:
     names = args.workload or ["core"]
+    if args.viewer and DOWNLINK not in names:
+        print("lco bench: --viewer is the downlink workload's", file=sys.stderr)
+        return 2
     for alone, run_alone in (
         (SOAK, _soak),
         (DOWNLINK, _downlink),
@@ -383,7 +394,14 @@ def _soak(args: argparse.Namespace) -> int:
 def _downlink(args: argparse.Namespace) -> int:
     from .downlink import run_downlink, summary_lines
 
-    return _in_rounds(args, DOWNLINK, run_downlink, summary_lines)
+    viewer = args.viewer or "aiortc"
+
+    async def run(options: RunOptions, rounds: int) -> dict[str, Any]:
+        return await run_downlink(options, rounds, viewer)
+
+    # A browser's results file is named apart: the two are different figures.
+    tag = DOWNLINK if viewer == "aiortc" else f"{DOWNLINK}-{viewer}"
+    return _in_rounds(args, DOWNLINK, run, summary_lines, tag=tag)
 
 
 def _failover(args: argparse.Namespace) -> int:
@@ -431,10 +449,12 @@ def _in_rounds(
     run: Callable[[RunOptions, int], Coroutine[Any, Any, dict[str, Any]]],
     summary_lines: Callable[[dict[str, Any]], list[str]],
     load: str = "aiortc",
+    tag: str | None = None,
 ) -> int:
     """A workload of rounds on our server alone (downlink, mix, failover, cascade,
     workers): ``run`` measures them and summarises them, ``summary_lines`` prints the
-    summary; ``load``: the load mode the results file names."""
+    summary; ``load``: the load mode the results file names; ``tag``: the end of the
+    results file's name (default ``kind``)."""
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else HEADLINE_ROUNDS)
     options = _options(args, ("ours",), load)
     name = results.stamp()
@@ -444,7 +464,7 @@ def _in_rounds(
     document[kind] = body
     document["noise"] = results.noise([{"figures": r} for r in body["rounds"]])
     document["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    path, _ = results.write(document, None, f"{name}-{kind}", args.results_dir)
+    path, _ = results.write(document, None, f"{name}-{tag or kind}", args.results_dir)
     print("\n".join(summary_lines(document)))
     _print_noise(document["noise"])
     print(f"\nJSON: {path}")

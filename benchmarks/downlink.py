@@ -3,10 +3,11 @@
 Each round is a lesson of its own on one ``lco serve``: a teacher publishes a
 640x360 15 fps camera as three simulcast layers (about 150 kbit/s, 500 kbit/s and
 1.2 Mbit/s, :data:`media.simulcast.DEFAULT_LAYERS`) with a voice, and two viewers
-decode it (aiortc peers in this process). Once both show the large layer, the first
-viewer's downlink is shaped to 300 kbit/s (an HTB class on ``lo`` for its UDP port,
-with a short queue, as a congested home router's: what does not fit is lost). The
-round measures
+decode it (aiortc peers in this process; with ``--viewer browser`` the first is a
+headless Chromium page instead, :mod:`benchmarks.chromium_viewer`). Once both show
+the large layer, the first viewer's downlink is shaped to 300 kbit/s (an HTB class on
+``lo`` for its UDP port, with a short queue, as a congested home router's: what does
+not fit is lost). The round measures
 
 - **down**: seconds from the shaping until the viewer decodes the smallest layer (and
   **decided**: until the server tells it, in `receive_quality`, that its level went down);
@@ -18,8 +19,11 @@ round measures
 - **up**: seconds from lifting the shaping until the viewer decodes the large layer
   again (the server probes with padding before each step up).
 
-Shaping needs ``tc`` and root in the test namespace: run it under
-``scripts/netns-run``. ``tests/test_downlink.py`` runs one round of the same code.
+An aiortc viewer gives the server only loss signals (NACKs, receiver reports);
+Chromium can also send transport-wide congestion-control feedback, which is why the
+round is measured with both. Shaping needs ``tc`` and root in the test namespace: run
+it under ``scripts/netns-run``. ``tests/test_downlink.py`` runs one round of the same
+code, ``tests/browser/test_downlink_browser.py`` one with the Chromium viewer.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from media.client import LessonClient, ReceivedTrack
 from media.simulcast import DEFAULT_LAYERS
@@ -40,8 +44,9 @@ from media.testsource import PatternVideoTrack
 from signaling.permissions import Role
 
 from . import procstat
+from .browsers import BrowserStudents, unavailable
 from .encoded import PreEncodedTrack, encode_audio
-from .processes import decoding_on_loopback
+from .processes import decoding_at, decoding_on_loopback
 from .runner import RunOptions, Stage
 from .stats import rounds_lines, rounds_summary, seconds_text
 
@@ -76,25 +81,36 @@ class Shaper:
 
     def limit_each(self, ports: list[int], kbit: int) -> None:
         """Let at most ``kbit`` kbit/s reach each of ``ports`` (a link of its own each)."""
-        if not ports:
+        self._shape([[port] for port in ports], kbit)
+
+    def limit_together(self, ports: list[int], kbit: int) -> None:
+        """Let at most ``kbit`` kbit/s reach ``ports`` together: one viewer's link, all
+        the ports its connection may receive on (a browser has a candidate per address
+        and may move to another pair of them)."""
+        self._shape([ports] if ports else [], kbit)
+
+    def _shape(self, links: list[list[int]], kbit: int) -> None:
+        """One HTB class of ``kbit`` per list of ``links``, matching its ports."""
+        if not links:
             return
-        self.ports = list(ports)
+        self.ports = [port for ports in links for port in ports]
         self.tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "10")
         self.tc(
             "class", "add", "dev", "lo", "parent", "1:", "classid", "1:10", "htb", "rate", "10gbit"
         )
-        for number, port in enumerate(ports, 20):
+        for number, ports in enumerate(links, 20):
             self.tc(
                 "class", "add", "dev", "lo", "parent", "1:", "classid", f"1:{number}",
                 "htb", "rate", f"{kbit}kbit", "ceil", f"{kbit}kbit", "burst", "8k",
             )  # fmt: skip
             # A short queue, as a congested home router's: what does not fit is lost.
             self.tc("qdisc", "add", "dev", "lo", "parent", f"1:{number}", "pfifo", "limit", "20")
-            self.tc(
-                "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32",
-                "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(port),
-                "0xffff", "flowid", f"1:{number}",
-            )  # fmt: skip
+            for port in ports:
+                self.tc(
+                    "filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "u32",
+                    "match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", str(port),
+                    "0xffff", "flowid", f"1:{number}",
+                )  # fmt: skip
 
     def lift(self) -> None:
         """Remove the shaping."""
@@ -113,7 +129,10 @@ def local_port(client: LessonClient) -> int:
 
 
 async def reaches(track: ReceivedTrack, size: tuple[int, int], timeout: float) -> float | None:
-    """Seconds until ``track`` decodes frames of ``size``; None if not within ``timeout``."""
+    """Seconds until ``track`` decodes frames of ``size``; None if not within ``timeout``.
+
+    Counted to the first frame of that size as the track noted it (a browser's frames
+    are read from its page a moment after it showed them)."""
     started = time.monotonic()
     try:
         async with asyncio.timeout(timeout):
@@ -122,13 +141,22 @@ async def reaches(track: ReceivedTrack, size: tuple[int, int], timeout: float) -
                 await track.progress.wait()
     except TimeoutError:
         return None
-    return time.monotonic() - started
+    at = next((t for t, w, h in reversed(track.sizes) if (w, h) == size), started)
+    return max(0.0, at - started)
 
 
 def longest_gap(track: ReceivedTrack, since: float) -> float:
     """The longest time between two decoded frames after ``since`` (monotonic)."""
+    return longest_gap_at(track, since)[0]
+
+
+def longest_gap_at(track: ReceivedTrack, since: float) -> tuple[float, float | None]:
+    """The longest time between two decoded frames after ``since`` (monotonic), and
+    when it began (seconds after ``since``; None without two frames)."""
     times = [t for t in track.arrivals if t >= since]
-    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+    gaps = [(b - a, a - since) for a, b in itertools.pairwise(times)]
+    gap, began = max(gaps, default=(0.0, None))
+    return gap, began
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,45 +166,135 @@ class Lesson:
     ws: str
     token: Callable[[str, Role], str]
 
+    def link(self, name: str, role: Role) -> str:
+        """A join link for a browser: the page served next to the signalling."""
+        base = self.ws.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+        return f"{base.removesuffix('/ws')}/join#token={self.token(name, role)}"
 
-async def measure_round(lesson: Lesson, shaper: Shaper) -> dict[str, Any]:
-    """One round (see the module's docstring): its figures, None where a step did not
-    happen within its time."""
-    teacher, slow, fast = (
+
+class Viewer(Protocol):
+    """The viewer whose link drops: an aiortc peer or a Chromium page."""
+
+    kind: str  # what the results call it: "aiortc" or "browser"
+
+    async def join(self, lesson: Lesson, name: str, role: Role) -> None:
+        """Join ``lesson`` (connected, not yet receiving anything in particular)."""
+
+    async def video(self, publisher_id: str) -> ReceivedTrack:
+        """The camera of ``publisher_id`` as this viewer decodes it, once it has a frame."""
+
+    async def ports(self) -> list[int]:
+        """The UDP ports its subscribe connection receives on (the one in use first)."""
+
+    def watch_level(self) -> None:
+        """From now on, note when the server says (``receive_quality``) that this
+        viewer's level went down."""
+
+    async def lowered_at(self) -> float | None:
+        """When (monotonic) the server first said so since :meth:`watch_level`, waiting
+        for it up to :data:`DOWN_TIMEOUT` from then; None if it did not."""
+
+    async def details(self, shaped_at: float, stall_until: float) -> dict[str, Any]:
+        """More of the round, for its results (what only this kind of viewer knows);
+        the stall was measured from ``shaped_at`` to ``stall_until`` (monotonic)."""
+
+    @property
+    def errors(self) -> list[str]:
+        """What went wrong on its side."""
+
+    async def close(self) -> None:
+        """Leave the lesson."""
+
+
+class AiortcViewer:
+    """An aiortc peer (``LessonClient``) in this process, as the other viewer is."""
+
+    kind = "aiortc"
+
+    def __init__(self) -> None:
+        self.client: LessonClient | None = None
+        self._told: list[float] = []
+        self._waiting: asyncio.Future[dict[str, Any]] | None = None
+
+    async def join(self, lesson: Lesson, name: str, role: Role) -> None:
+        self.client = LessonClient(lesson.ws, lesson.token(name, role))
+        await self.client.connect()
+
+    async def video(self, publisher_id: str) -> ReceivedTrack:
+        assert self.client is not None
+        return await self.client.wait_track(publisher_id, "video")
+
+    async def ports(self) -> list[int]:
+        assert self.client is not None
+        return [local_port(self.client)]
+
+    def watch_level(self) -> None:
+        assert self.client is not None
+
+        def lowered(message: dict[str, Any]) -> bool:
+            if message["type"] == "receive_quality" and message["level"] != "high":
+                self._told.append(time.monotonic())
+                return True
+            return False
+
+        self._waiting = asyncio.ensure_future(self.client.wait_for(lowered, DOWN_TIMEOUT))
+
+    async def lowered_at(self) -> float | None:
+        if self._waiting is not None:
+            with contextlib.suppress(TimeoutError):
+                await self._waiting
+        return self._told[0] if self._told else None
+
+    async def details(self, shaped_at: float, stall_until: float) -> dict[str, Any]:
+        return {}
+
+    @property
+    def errors(self) -> list[str]:
+        return [str(m) for m in self.client.errors] if self.client is not None else []
+
+    async def close(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+        if self.client is not None:
+            await self.client.close()
+
+
+async def measure_round(
+    lesson: Lesson, shaper: Shaper, slow: Viewer | None = None
+) -> dict[str, Any]:
+    """One round (see the module's docstring) with ``slow`` on the link that drops (an
+    aiortc peer unless told): its figures, None where a step did not happen within
+    its time."""
+    slow = slow if slow is not None else AiortcViewer()
+    teacher, fast = (
         LessonClient(lesson.ws, lesson.token(name, role))
-        for name, role in (("T", Role.TEACHER), ("Home", Role.STUDENT), ("Room", Role.CLASSROOM))
+        for name, role in (("T", Role.TEACHER), ("Room", Role.CLASSROOM))
     )
     try:
-        for client in (teacher, slow, fast):
-            await client.connect()
+        await teacher.connect()
+        await slow.join(lesson, "Home", Role.STUDENT)
+        await fast.connect()
         camera = PatternVideoTrack(*LARGE, fps=15, detail=0.1)
         voice = PreEncodedTrack(encode_audio(seconds=2))
         await teacher.publish([(camera, "camera"), (voice, "microphone")], simulcast=DEFAULT_LAYERS)
         teacher_id = teacher.participant_id or ""
-        slow_video = await slow.wait_track(teacher_id, "video")
+        slow_video = await slow.video(teacher_id)
         fast_video = await fast.wait_track(teacher_id, "video")
         for video in (slow_video, fast_video):
             if await reaches(video, LARGE, DOWN_TIMEOUT) is None:
                 raise RuntimeError("a viewer never got the large layer on a good link")
 
-        told: list[float] = []  # when the server told the viewer its level went down
-
-        def lowered(message: dict[str, Any]) -> bool:
-            if message["type"] == "receive_quality" and message["level"] != "high":
-                told.append(time.monotonic())
-                return True
-            return False
-
-        waiting = asyncio.ensure_future(slow.wait_for(lowered, DOWN_TIMEOUT))
+        slow.watch_level()
+        ports = await slow.ports()
         shaped_at = time.monotonic()
-        shaper.limit(local_port(slow), SHAPED_KBIT)
+        shaper.limit_together(ports, SHAPED_KBIT)
         down = await reaches(slow_video, SMALL, DOWN_TIMEOUT)
-        with contextlib.suppress(TimeoutError):
-            await waiting
-        decided = told[0] - shaped_at if told else None
+        told = await slow.lowered_at()
+        decided = told - shaped_at if told is not None else None
         if down is not None:
             await LessonClient.wait_frames(slow_video, 30)  # it goes on at the small size
-        stall = longest_gap(slow_video, shaped_at)
+        stall, stall_from = longest_gap_at(slow_video, shaped_at)
+        stall_until = time.monotonic()
         other_stall = longest_gap(fast_video, shaped_at)
         other_smallest = min(
             ((w, h) for t, w, h in fast_video.sizes if t >= shaped_at), default=LARGE
@@ -191,6 +309,7 @@ async def measure_round(lesson: Lesson, shaper: Shaper) -> dict[str, Any]:
             "down_s": down,
             "decided_s": decided,
             "stall_s": stall,
+            "stall_from_s": None if stall_from is None else round(stall_from, 3),
             "other_stall_s": other_stall,
             "other_smallest": list(other_smallest),
             "other_large_s": other_large,
@@ -199,12 +318,14 @@ async def measure_round(lesson: Lesson, shaper: Shaper) -> dict[str, Any]:
                 [round(t - shaped_at, 3), w, h] for t, w, h in slow_video.sizes if t >= shaped_at
             ],
             "lifted_s": round(lifted_at - shaped_at, 3),
+            **await slow.details(shaped_at, stall_until),
             "errors": [str(m) for m in (*teacher.errors, *slow.errors, *fast.errors)][:5],
         }
     finally:
         shaper.lift()
-        for client in (teacher, slow, fast):
-            await client.close()
+        await teacher.close()
+        await slow.close()
+        await fast.close()
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -213,24 +334,50 @@ def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return rounds_summary(rounds, FIGURES, TARGETS)
 
 
-async def run_downlink(options: RunOptions, rounds: int) -> dict[str, Any]:
-    """``rounds`` rounds on one server; returns the results document's body."""
+VIEWERS = ("aiortc", "browser")
+
+
+async def run_downlink(options: RunOptions, rounds: int, viewer: str = "aiortc") -> dict[str, Any]:
+    """``rounds`` rounds on one server, the viewer whose link drops an aiortc peer or
+    (``viewer`` "browser") a Chromium page; returns the results document's body."""
+    if viewer not in VIEWERS:
+        raise ValueError(f"the viewer is one of {', '.join(VIEWERS)}")
     why = Shaper.available()
     if why:
         raise RuntimeError(why)
-    # Viewers, teacher and server all on loopback: the shaping on ``lo`` sees the media.
-    options = replace(options, host="127.0.0.1")
+    browsers: BrowserStudents | None = None
+    new_viewer: Callable[[], Viewer] = AiortcViewer
+    if viewer == "browser":
+        # Chromium gathers no candidates on loopback: everyone on the namespace's veth
+        # address, whose traffic still goes through ``lo``, where the shaping is.
+        why = unavailable(options.host)
+        if why:
+            raise RuntimeError(why)
+        from .chromium_viewer import ChromiumViewer
+
+        peers = decoding_at(options.host)
+        browsers = chromium = BrowserStudents()
+
+        def new_viewer() -> Viewer:
+            return ChromiumViewer(chromium)
+
+    else:
+        # Viewers, teacher and server all on loopback: the shaping on ``lo`` sees the media.
+        options = replace(options, host="127.0.0.1")
+        peers = decoding_on_loopback()
     stage = Stage("ours", "downlink", options, deadline=rounds * 300.0 + 300.0)
     measured: list[dict[str, Any]] = []
     errors: list[str] = []
-    with decoding_on_loopback():
+    with peers:
         try:
             await stage.start()
+            if browsers is not None:
+                await browsers.launch()
             for number in range(rounds):
                 lesson = Lesson(stage.url, _tokens(stage, f"downlink-{number + 1}"))
                 other_work = procstat.ForeignWork()
                 try:
-                    figures = await measure_round(lesson, Shaper())
+                    figures = await measure_round(lesson, Shaper(), new_viewer())
                 except Exception as exc:
                     errors.append(f"round {number + 1}: {type(exc).__name__}: {exc}")
                     continue
@@ -238,9 +385,12 @@ async def run_downlink(options: RunOptions, rounds: int) -> dict[str, Any]:
                 measured.append(figures)
                 print(f"  round {number + 1}: {round_line(figures)}", file=options.progress)
         finally:
+            if browsers is not None:
+                await browsers.close()
             exit_code = await stage.stop()
     return {
         "system": "ours",
+        "viewer": viewer,
         "shaped_kbit": SHAPED_KBIT,
         "large": list(LARGE),
         "small": list(SMALL),
@@ -272,5 +422,6 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
     """What ``lco bench run --workload downlink`` prints at the end."""
     body = document["downlink"]
     summary = body["summary"]
-    header = f"a viewer's link drops to {body['shaped_kbit']} kbit/s: {summary['rounds']} rounds"
+    who = "a Chromium viewer" if body.get("viewer") == "browser" else "a viewer"
+    header = f"{who}'s link drops to {body['shaped_kbit']} kbit/s: {summary['rounds']} rounds"
     return [header, *rounds_lines(summary, body["errors"])]

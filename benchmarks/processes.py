@@ -221,7 +221,13 @@ def chunks(items: list[str], size: int) -> list[list[str]]:
 def decoding_on_loopback() -> contextlib.AbstractContextManager[None]:
     """This process's aiortc peers (``LessonClient``) decode and count what they
     receive, and gather ICE candidates on loopback only, until the block ends."""
-    return _peers_on_loopback(hooks.install_counting_hooks)
+    return _peers_on(hooks.install_counting_hooks, "127.0.0.1")
+
+
+def decoding_at(address: str) -> contextlib.AbstractContextManager[None]:
+    """As :func:`decoding_on_loopback`, with ICE candidates on ``address`` only: the
+    namespace's veth address, where a server that Chromium reaches announces itself."""
+    return _peers_on(hooks.install_counting_hooks, address)
 
 
 def receiving_on_loopback() -> contextlib.AbstractContextManager[None]:
@@ -229,13 +235,13 @@ def receiving_on_loopback() -> contextlib.AbstractContextManager[None]:
     (cheap subscribers, for a workload that measures the server's cost alone; its
     publishers still encode), and its peers gather ICE candidates on loopback only,
     until the block ends."""
-    return _peers_on_loopback(hooks.install_forwarding_hooks)
+    return _peers_on(hooks.install_forwarding_hooks, "127.0.0.1")
 
 
 @contextlib.contextmanager
-def _peers_on_loopback(install_hooks: Callable[[], None]) -> Iterator[None]:
+def _peers_on(install_hooks: Callable[[], None], address: str) -> Iterator[None]:
     install_hooks()
-    hooks.set_host_addresses(["127.0.0.1"])
+    hooks.set_host_addresses([address])
     try:
         yield
     finally:

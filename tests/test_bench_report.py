@@ -255,6 +255,27 @@ def test_a_downlink_target_is_met_only_when_its_worst_round_meets_it() -> None:
     assert not summary["targets"]["down_s"]["met"] and summary["targets"]["stall_s"]["met"]
 
 
+def test_a_downlink_region_takes_the_results_of_its_own_viewer() -> None:
+    aiortc_region = docgen.Region("downlink", {"need": "headline"}, 0, 0, 0)
+    browser_region = docgen.Region("downlink", {"need": "headline", "viewer": "browser"}, 0, 0, 0)
+    aiortc = _downlink_document([0.5] * 5)  # written before there was a choice: aiortc
+    browser = _downlink_document([0.5] * 5)
+    browser["downlink"]["viewer"] = "browser"
+    for found in browser["downlink"]["rounds"]:
+        found["decoded_stall_s"] = 0.55
+    assert docgen.qualifies(aiortc, aiortc_region) is None
+    assert docgen.qualifies(browser, aiortc_region) == "not the aiortc viewer"
+    assert docgen.qualifies(aiortc, browser_region) == "not the browser viewer"
+    assert docgen.qualifies(browser, browser_region) is None
+    text = docgen.render_downlink(browser, browser_region)
+    assert "a Chromium viewer's link drops to 300 kbit/s" in text
+    assert "| round | down, s | longest stall, s | between frames decoded, s |" in text
+    assert "| 1 | 2.00 | 0.50 | 0.55 | 0.20 | 640x360 | 15.00 |" in text
+    assert "| 1 | 2.00 | 0.50 | 0.20 | 640x360 | 15.00 |" in docgen.render_downlink(
+        aiortc, aiortc_region
+    )
+
+
 def test_status_criteria_print_what_they_are_judged_on() -> None:
     criteria = [
         docgen.Criterion("ours", 14.7, "≤", 20, "µs"),
