@@ -31,15 +31,16 @@ from .twcc import TransportFeedback
 TRANSPORT_WIDE_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 LOG_SIZE = 8192  # packets whose send time is kept (power of two): seconds of video
 BASE_WINDOW = 10.0  # seconds over which the smallest delay stands for an empty queue
-# Seconds the newest packets waited in a queue before we call it congestion: far
-# above the jitter of a home network, far below what a full 20-packet queue of a slow
-# link holds (0.7 s at 300 kbit/s).
-QUEUE_LIMIT = 0.1
+# Seconds the newest packets waited in a queue before we call it congestion: above the
+# jitter of most home networks (and a queue alone steps nothing down: less must also
+# arrive than the level sends), far below what a full 20-packet queue of a slow link
+# holds (0.64 s at 300 kbit/s).
+QUEUE_LIMIT = 0.06
 # A packet that waited longer than this found the link busy. While every packet does,
 # the link sends all the time: what arrives per second is what it carries.
 BUSY = 0.02
 DELIVERY_WINDOW = 0.5  # seconds of arrivals over which the delivered bitrate is measured
-MIN_DELIVERY_SPAN = 0.1  # ... at least this long, or the figure says nothing yet
+MIN_DELIVERY_SPAN = 0.06  # ... at least this long, or the figure says nothing yet
 
 
 class TransportWide:

@@ -32,8 +32,9 @@ from .twcc import feedback_in
 Mode = Literal["auto", "low_data", "audio_only"]
 LevelName = Literal["high", "medium", "low", "audio_only"]
 # A level fits what reached the viewer through a queue if it needs at most this share
-# of it: the queue drains meanwhile, and the estimate is of a congested moment.
-FIT_SHARE = 0.85
+# of it: the rest drains the queue (a level that fills the link leaves it full), and
+# the figure, from a few packets, is rough.
+FIT_SHARE = 0.7
 LEVEL_NAMES: dict[int, LevelName] = {
     HIGH: "high",
     HIGH - 1: "medium",
