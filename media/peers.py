@@ -278,29 +278,30 @@ def announce_public_ip(sdp: str, public_ip: str | None) -> str:
 
 
 def offer_transport_wide(sdp: str) -> str:
-    """Offer transport-wide congestion control feedback on every video section of a
-    subscribe offer: the transport-wide sequence number header extension, under one
-    id for the whole BUNDLE group, and ``transport-cc`` feedback for each video codec
-    that has NACK (not RTX). aiortc offers neither; a browser that accepts tells
-    when each packet arrived, and its downlink steps down before its queue
-    overflows (:mod:`media.transport_wide`). A viewer that does not (aiortc) answers
-    without them, and nothing changes for it."""
+    """Offer transport-wide congestion control feedback on every audio and video
+    section of a subscribe offer: the transport-wide sequence number header
+    extension, under one id for the whole BUNDLE group, and ``transport-cc`` feedback
+    for each codec but RTX. aiortc offers neither; a browser that accepts tells when
+    each packet arrived, and its downlink steps down before its queue overflows
+    (:mod:`media.transport_wide`; audio, which goes on meanwhile, shows when the
+    queue has drained). A viewer that does not (aiortc) answers without them, and
+    nothing changes for it."""
     ids = [int(number) for number in re.findall(r"^a=extmap:(\d+)", sdp, re.MULTILINE)]
     ext_id = max(ids, default=0) + 1
     if ext_id > 14:  # one-byte header extensions only (RFC 8285)
         return sdp
     out: list[str] = []
-    video = False
+    media = False
     for line in sdp.splitlines():
         if line.startswith("m="):
-            video = line.startswith("m=video")
+            media = line.startswith(("m=audio", "m=video"))
             extmap_added = False
         out.append(line)
-        if not video:
+        if not media:
             continue
-        feedback = re.fullmatch(r"a=rtcp-fb:(\d+) nack", line)
-        if feedback:
-            out.append(f"a=rtcp-fb:{feedback.group(1)} transport-cc")
+        codec = re.fullmatch(r"a=rtpmap:(\d+) ([^/]+)/.*", line)
+        if codec and codec.group(2).lower() != "rtx":
+            out.append(f"a=rtcp-fb:{codec.group(1)} transport-cc")
         elif line.startswith("a=mid:") and not extmap_added:
             out.append(f"a=extmap:{ext_id} {TRANSPORT_WIDE_URI}")
             extmap_added = True

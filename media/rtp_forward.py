@@ -337,7 +337,9 @@ class RtpForwarder:
         subscriber.video_off = not video and self.kind == "video"
         self.retarget(subscriber)
 
-    def retarget(self, subscriber: RtpSubscriber, congested: bool = False) -> None:
+    def retarget(
+        self, subscriber: RtpSubscriber, congested: bool = False, hold: bool = False
+    ) -> None:
         """Choose the layer for a subscriber again (its preference, its downlink or the
         layers changed); a change happens at that layer's next keyframe.
 
@@ -345,7 +347,9 @@ class RtpForwarder:
         would queue behind the larger layer's packets in a full bottleneck and be
         lost there: the larger layer stops at its next frame end instead (the viewer
         could not decode it any more anyway), and the stream goes on, without a gap
-        in its numbering, at the smaller layer's keyframe."""
+        in its numbering, at the smaller layer's keyframe. ``hold`` (its downlink
+        sees the queue): that keyframe is asked for only once the queue has drained
+        (:meth:`release`), and none starts the smaller layer before."""
         if subscriber not in self._subscribers:
             return
         downlink = subscriber.downlink
@@ -363,6 +367,7 @@ class RtpForwarder:
             self._unjoin(subscriber)
             self._stop_draining(subscriber)
             subscriber.target = subscriber.layer
+            subscriber.held = False
             return
         if target is not subscriber.target:
             self._unjoin(subscriber)
@@ -376,7 +381,24 @@ class RtpForwarder:
                 self._draining.add(subscriber)
                 if subscriber not in current.leaving:
                     current.leaving = (*current.leaving, subscriber)
+        if hold:
+            subscriber.held = True
+            return
         self._ask_keyframe(target)
+
+    def release(self, subscriber: RtpSubscriber) -> None:
+        """The queue ahead of a held subscriber has drained (or was heard of no more):
+        its next layer may start, at a keyframe asked for now."""
+        if not subscriber.held:
+            return
+        subscriber.held = False
+        target = subscriber.target
+        if (
+            subscriber in self._subscribers
+            and target is not None
+            and target is not subscriber.layer
+        ):
+            self._ask_keyframe(target)
 
     def bitrate_of(self, subscriber: RtpSubscriber, steps_down: int) -> float:
         """The bitrate a subscriber would receive with its downlink ``steps_down``
@@ -625,6 +647,8 @@ class RtpForwarder:
         for sub in layer.joiners:
             if sub.pending is not None:
                 continue  # capturing: _capture keeps its packets
+            if sub.held:
+                continue  # the queue ahead of it has not drained yet
             if sub.writer is None:
                 if sub.resolve(self.codec):
                     # Its transport is up only now: a keyframe sent earlier could not

@@ -53,6 +53,11 @@ class Downlink(Protocol):
     def nacked(self, subscriber: RtpSubscriber, index: int) -> None:
         """``subscriber`` (one of its videos) was NACKed for output ``index``."""
 
+
+class Numbering(Protocol):
+    """Who numbers a subscribe connection's packets transport-wide
+    (:class:`media.viewer.Viewer`)."""
+
     def transport_wide(self, transport: Any) -> TransportWide:
         """The transport-wide numbering of the subscribe connection ``transport``
         (its DTLS transport), whose feedback the downlink listens to."""
@@ -149,6 +154,7 @@ class RtpSubscriber:
         "floor",
         "forwarder",
         "header_size",
+        "held",
         "highest",
         "joined_at",
         "last_report",
@@ -156,6 +162,7 @@ class RtpSubscriber:
         "length",
         "mask",
         "max_width",
+        "numbering",
         "octets",
         "packets",
         "payload_type",
@@ -208,6 +215,11 @@ class RtpSubscriber:
         self.max_width: int | None = None
         self.video_off = False
         self.downlink: Downlink | None = None
+        # Its connection's transport-wide numbering comes from here (audio and video).
+        self.numbering: Numbering | None = None
+        # Its downlink stepped down on a queue: the next layer waits until the queue
+        # has drained (its keyframe would be lost at the tail of a full one).
+        self.held = False
         self.send_time_at = 0  # where abs-send-time's 3 bytes go in its header (0: none)
         # Where the transport-wide sequence number's 2 bytes go, and the connection's
         # numbering (None: the viewer did not negotiate transport-wide feedback).
@@ -269,8 +281,8 @@ class RtpSubscriber:
             if send_time_id is not None:
                 elements.append((send_time_id, b"\x00\x00\x00"))  # written per packet
             wide = None
-            if twcc_id is not None and self.downlink is not None:
-                wide = self.downlink.transport_wide(self.sender.transport)
+            if twcc_id is not None and self.numbering is not None:
+                wide = self.numbering.transport_wide(self.sender.transport)
                 elements.append((twcc_id, b"\x00\x00"))  # written per packet
             ext = one_byte_extension(elements)
             offsets = extension_value_offsets(elements)

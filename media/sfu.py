@@ -587,9 +587,7 @@ class Sfu:
             if reuse is not None and attachment.transceiver is not reuse.transceiver:
                 free.append(reuse)  # declined
             attachment.transceiver.direction = "sendonly"
-            if kind == "video" and isinstance(forwarder, RtpForwarder):
-                assert isinstance(attachment, RtpSubscriber)
-                media.viewer.add(track_id, forwarder, attachment)
+            _follow_downlink(media, track_id, forwarder, attachment)
             media.subscriptions[track_id] = _Subscription(
                 reuse_key=key,
                 info=OfferedTrack("", track_id, publisher_id, kind, source),
@@ -892,6 +890,7 @@ class Sfu:
                         continue
                     attachment = forwarder.attach(pc)
                     attachment.transceiver.direction = "sendonly"
+                    _follow_downlink(media, track_id, forwarder, attachment)
                     subscription.attachment = attachment
             # Also when nothing is subscribed yet: the client's connection ends all the
             # same, and the next offer (whenever) starts a new one.
@@ -981,6 +980,19 @@ class Sfu:
             # next one gets a new subscribe connection.
             media.subscribe_stuck = True
             self._on_negotiation_timeout(media.participant_id)
+
+
+def _follow_downlink(
+    media: ParticipantMedia, track_id: str, forwarder: Forwarder, attachment: Attachment
+) -> None:
+    """A new subscriber on the fast path follows the participant's downlink: a video's
+    layer, and the subscribe connection's transport-wide numbering (audio too)."""
+    if not isinstance(forwarder, RtpForwarder) or not isinstance(attachment, RtpSubscriber):
+        return
+    if forwarder.kind == "video":
+        media.viewer.add(track_id, forwarder, attachment)
+    else:
+        attachment.numbering = media.viewer
 
 
 def _reuse_key(codec: RTCRtpCodecParameters | None) -> str:

@@ -58,6 +58,10 @@ class TransportWide:
         self._arrivals: deque[tuple[float, int]] = deque()
         self._delivered = 0  # octets in _arrivals
         self._newest_arrival: float | None = None
+        # How long the newest packet reported waited in a queue (None: none yet), and
+        # its unwrapped number.
+        self.queue_delay: float | None = None
+        self.queue_delay_of = -1
 
     def stamp(self, now: float, octets: int) -> int:
         """Number one packet of ``octets`` sent at ``now``: its 16-bit transport-wide
@@ -73,11 +77,12 @@ class TransportWide:
         :data:`QUEUE_LIMIT`, else None."""
         self.feedback_packets += 1
         waited: float | None = None
+        index = -1
         for sequence, arrival in packet.received:
             sent = self._sent[self._index_of(sequence) & self._mask]
             if sent is None or sent[0] & 0xFFFF != sequence:
                 continue  # older than the log, or never ours
-            _, sent_at, octets = sent
+            index, sent_at, octets = sent
             delay = arrival - sent_at
             base = self._base
             while base and base[-1][1] >= delay:
@@ -87,7 +92,10 @@ class TransportWide:
                 base.popleft()
             waited = delay - base[0][1]
             self._arrived(arrival, octets, busy=waited > BUSY)
-        if waited is None or waited <= QUEUE_LIMIT:
+        if waited is None:
+            return None
+        self.queue_delay, self.queue_delay_of = waited, index
+        if waited <= QUEUE_LIMIT:
             return None
         return self.delivered()
 

@@ -31,6 +31,12 @@ from .twcc import feedback_in
 
 Mode = Literal["auto", "low_data", "audio_only"]
 LevelName = Literal["high", "medium", "low", "audio_only"]
+# Seconds of queue left when a layer held back by a step down may start: its keyframe
+# comes about a tenth of a second after we ask, the queue drains meanwhile.
+DRAINED = 0.15
+# A hold that hears nothing of the queue (no audio numbered, feedback lost) ends
+# after this many seconds: the queue that was full has drained by then.
+MAX_HOLD = 2.0
 # A level fits what reached the viewer through a queue if it needs at most this share
 # of it: the rest drains the queue (a level that fills the link leaves it full), and
 # the figure, from a few packets, is rough.
@@ -79,6 +85,9 @@ class Viewer:
         self._last: QualityNotice | None = None
         # The subscribe connection's DTLS transport and its transport-wide numbering.
         self._wide: tuple[Any, TransportWide] | None = None
+        # Since when its videos wait for the queue to drain, and the first number sent
+        # after the wait began: only packets from then on show what is left of it.
+        self._held: tuple[float, int] | None = None
 
     @property
     def level(self) -> int:
@@ -113,6 +122,7 @@ class Viewer:
                 delivered = wide.feedback(packet)
                 if delivered is not None:
                     self.queue_building(delivered)
+            self._release(wide)
 
         hooks.listen_transport_feedback(transport, heard)
         return wide
@@ -140,12 +150,38 @@ class Viewer:
             return  # what it sends gets through: the queue is someone else's
         budget = delivered * FIT_SHARE
         fitting = next((n for n in range(level - 1, LOW, -1) if needs(n) <= budget), LOW)
-        if self.quality.fits(fitting, self._clock()):
-            self._retarget(congested=True)
+        now = self._clock()
+        if self.quality.fits(fitting, now):
+            # The queue is full: the smaller layers wait until it has drained, or
+            # their keyframe would be lost at its tail and the picture stay frozen.
+            wide = self._wide[1] if self._wide is not None else None
+            self._held = (now, wide.next_index if wide is not None else 0)
+            self._retarget(congested=True, hold=True)
+
+    def _release(self, wide: TransportWide | None) -> None:
+        """Let held videos start their next layer once a packet sent after the wait
+        began found at most :data:`DRAINED` of queue (or nothing was heard of it for
+        :data:`MAX_HOLD`)."""
+        held = self._held
+        if held is None:
+            return
+        since, first = held
+        drained = (
+            wide is not None
+            and wide.queue_delay is not None
+            and wide.queue_delay <= DRAINED
+            and wide.queue_delay_of >= first
+        )
+        if not drained and self._clock() - since < MAX_HOLD:
+            return
+        self._held = None
+        for forwarder, subscriber in self._videos.values():
+            forwarder.release(subscriber)
 
     def add(self, track_id: str, forwarder: RtpForwarder, subscriber: RtpSubscriber) -> None:
         """A video it now receives."""
         subscriber.downlink = self
+        subscriber.numbering = self
         self._videos[track_id] = (forwarder, subscriber)
         self._sent[track_id] = subscriber.packets
         self._apply(track_id)
@@ -168,6 +204,7 @@ class Viewer:
     def tick(self) -> QualityNotice | None:
         """Probe the downlink when it is time; a notice when what it receives changed."""
         now = self._clock()
+        self._release(None)
         self._judge_nacks(now)
         if self.mode == "auto" and self._videos:
             level = self.quality.level
@@ -214,10 +251,11 @@ class Viewer:
         width = self._widths.get(track_id)
         forwarder.prefer(subscriber, width or None, width != 0)
 
-    def _retarget(self, congested: bool = False) -> None:
-        """Choose every video's layer again; ``congested``: the downlink stepped down."""
+    def _retarget(self, congested: bool = False, hold: bool = False) -> None:
+        """Choose every video's layer again; ``congested``: the downlink stepped down;
+        ``hold``: ... on a queue, which the next layers wait to drain."""
         for forwarder, subscriber in self._videos.values():
-            forwarder.retarget(subscriber, congested)
+            forwarder.retarget(subscriber, congested, hold)
 
     def _notice(self) -> QualityNotice:
         videos = tuple(

@@ -75,8 +75,10 @@ class Publisher:
         gop: int = 200,
         rid: str | None = None,
         size: tuple[int, int] = (320, 240),
+        payload_size: int = 0,
     ) -> None:
         self.ssrc = ssrc
+        self.payload_size = payload_size  # payloads are padded to at least this
         self.rid = rid
         self.size = size
         self.seq = first_seq & 0xFFFF
@@ -98,6 +100,7 @@ class Publisher:
                 payload = keyframe_payload(tag, self.size) if key else delta_start_payload(tag)
             else:
                 payload = continuation_payload(tag)
+            payload += bytes(max(0, self.payload_size - len(payload)))
             packet = RtpPacket(
                 payload_type=96,
                 marker=int(index == self.per_frame - 1),
@@ -265,8 +268,13 @@ def fake_pair(sock: socket.socket, remote: tuple[str, int]) -> Any:
 class Bench:
     """A forwarder, its subscribers and their viewers."""
 
-    def __init__(self, codec: RTCRtpCodecParameters = VP8, rids: tuple[str, ...] = ()) -> None:
-        self.clock = ManualClock()
+    def __init__(
+        self,
+        codec: RTCRtpCodecParameters = VP8,
+        rids: tuple[str, ...] = (),
+        clock: ManualClock | None = None,
+    ) -> None:
+        self.clock = clock or ManualClock()
         self.keyframe_requests = 0
         self.keyframe_requested_ssrcs: list[int] = []
         self.codec = codec

@@ -19,9 +19,10 @@ import pytest
 from media.downlink import AUDIO_ONLY, HIGH, LOW
 from media.hooks import ReportBlock
 from media.rtp_layers import Layer, choose
+from media.viewer import DRAINED, MAX_HOLD
 from media.viewer import Viewer as Downlink
 
-from .rtp_lab import Bench, Publisher, Viewer, contiguous, whole_frames
+from .rtp_lab import OPUS, Bench, Publisher, Viewer, contiguous, whole_frames
 
 SIZES = {"l": (320, 180), "m": (640, 360), "h": (1280, 720)}
 RIDS = ("l", "m", "h")
@@ -30,7 +31,9 @@ RIDS = ("l", "m", "h")
 class Camera:
     """A browser camera sending three layers of each frame (small first, as paced)."""
 
-    def __init__(self, bench: Bench, gop: int = 60, interleave: bool = False) -> None:
+    def __init__(
+        self, bench: Bench, gop: int = 60, interleave: bool = False, payload_size: int = 0
+    ) -> None:
         self.bench = bench
         self.interleave = interleave  # packets of the layers alternate, as a pacer may
         self.layers = {
@@ -42,6 +45,7 @@ class Camera:
                 gop=gop,
                 rid=rid,
                 size=SIZES[rid],
+                payload_size=payload_size,
             )
             for n, rid in enumerate(RIDS)
         }
@@ -396,14 +400,53 @@ def feedback_datagram(base: int, arrivals: list[float], count: int) -> bytes:
     return struct.pack("!BBH", 0x80 | 15, 205, len(body) // 4) + body
 
 
-async def test_a_queue_a_browser_reports_steps_it_down_before_any_loss() -> None:
+class BrowserLink:
+    """A browser viewer's downlink: one FIFO for its video and audio, and the
+    transport-wide feedback it sends every ``every`` looks about what has arrived."""
+
+    def __init__(self, numbered: list[list[tuple[int, int]]], rate: float, every: int) -> None:
+        self.numbered = numbered  # each far end's (number, octets) as received
+        self.told = [len(n) for n in numbered]
+        self.rate = rate  # bits per second
+        self.every = every
+        self.looks = 0
+        self.free_at = 0.0
+        self.in_flight: list[tuple[int, float]] = []  # (number, arrival)
+
+    def carry(self, sent_at: float, now: float) -> bytes | None:
+        """Put what was sent since the last look (at ``sent_at``) into the FIFO, with
+        5 ms of path; every ``every`` looks, the feedback about what has arrived."""
+        new = []
+        for number, (known, told) in enumerate(zip(self.numbered, self.told, strict=True)):
+            new += known[told:]
+            self.told[number] = len(known)
+        for number, octets in sorted(new):
+            self.free_at = max(sent_at, self.free_at) + octets * 8 / self.rate
+            self.in_flight.append((number, self.free_at + 0.005))
+        self.looks += 1
+        arrived = [(n, at) for n, at in self.in_flight if at <= now]
+        if self.looks % self.every or not arrived:
+            return None
+        self.in_flight = self.in_flight[len(arrived) :]
+        return feedback_datagram(arrived[0][0], [at for _, at in arrived], self.looks)
+
+    def queue(self, now: float) -> float:
+        """Seconds of packets waiting in the FIFO at ``now``."""
+        return max(0.0, self.free_at - now)
+
+
+async def test_a_queue_a_browser_reports_steps_it_down_and_waits_for_it_to_drain() -> None:
     """A browser viewer has lost nothing yet, but its transport-wide feedback shows the
     packets queueing behind a link that carries 30 % of the large layer: its downlink
     steps straight down to the small layer (the one that fits), with no NACK and no
-    receiver report, and every packet the server sent it carried the next number."""
+    receiver report. The small layer starts only once the audio going on meanwhile
+    shows the queue has drained (its keyframe would be lost at the tail of a full
+    one). Every packet the server sent carried the next number."""
     bench = Bench(rids=RIDS)
+    voice = Bench(OPUS, clock=bench.clock)
     try:
-        camera = Camera(bench)
+        camera = Camera(bench, payload_size=1000)  # 240 kbit/s per packet a frame
+        microphone = Publisher(ssrc=0x99, first_seq=1, first_ts=0, per_frame=1)
         downlink = Downlink(bench.clock)
         handled: list[Any] = []
         transport = types.SimpleNamespace(
@@ -411,37 +454,57 @@ async def test_a_queue_a_browser_reports_steps_it_down_before_any_loss() -> None
                 route_rtcp=lambda packet: handled.append(packet) or set()
             )
         )
-        subscriber = bench.subscribe(rtx=True, transport_wide=downlink.transport_wide(transport))
+        wide = downlink.transport_wide(transport)
+        subscriber = bench.subscribe(rtx=True, transport_wide=wide)
         downlink.add("track-1", bench.forwarder, subscriber)
-        await camera.run(60)
-        assert subscriber.layer is not None and subscriber.layer.rid == "h"
-        numbered = bench.viewers[subscriber].transport_wide
-        assert [number for number, _ in numbered] == list(range(len(numbered)))
-        free_at, told, link = 0.0, len(numbered), 100 * bench.forwarder.bitrate_of(subscriber, 0)
-        for frame in itertools.count():
-            if frame == 10:
-                link = 0.3 * bench.forwarder.bitrate_of(subscriber, 0)  # the link drops
-                assert bench.forwarder.bitrate_of(subscriber, 2) < 0.85 * link
-            elif frame > 10 and downlink.level < HIGH:
-                break
-            assert frame < 100, "the queue was never seen"
+        listener = voice.subscribe(transport_wide=wide)
+        video, audio = bench.viewers[subscriber], voice.viewers[listener]
+        # Feedback every 4 frames (133 ms: Chromium sends it every 50 to 250 ms).
+        link = BrowserLink([video.transport_wide, audio.transport_wide], rate=1e9, every=4)
+
+        async def step() -> None:
             await camera.run(1)
-            sent_at = bench.clock.now - 1 / 30
-            new, told = numbered[told:], len(numbered)
-            arrivals = []
-            for _, octets in new:  # a FIFO, and 5 ms of path
-                free_at = max(sent_at, free_at) + octets * 8 / link
-                arrivals.append(free_at + 0.005)
-            await transport._handle_rtcp_data(feedback_datagram(new[0][0], arrivals, frame))
-        assert downlink.level < HIGH and frame > 10
-        downlink.tick()
-        assert downlink.level == LOW  # straight to what fits in 300 kbit/s
-        assert subscriber.layer is None  # the large layer stopped at its frame end
-        assert frame == 11  # the first feedback about packets sent after the drop
+            voice.forward(microphone.frame(), seconds=0)
+            datagram = link.carry(bench.clock.now - 1 / 60, bench.clock.now)
+            if datagram is not None:
+                await transport._handle_rtcp_data(datagram)
+
+        for _ in range(60):
+            await step()
+        assert subscriber.layer is not None and subscriber.layer.rid == "h"
+        link.rate = 100 * bench.forwarder.bitrate_of(subscriber, 0)
+        for _ in range(10):
+            await step()
+        link.rate = bench.forwarder.bitrate_of(subscriber, 2) / 0.6  # the link drops
+        assert bench.forwarder.bitrate_of(subscriber, 1) > 0.7 * link.rate
+        dropped_at = bench.clock.now
+        while downlink.level == HIGH:
+            assert bench.clock.now - dropped_at < 0.5, "the queue was never seen"
+            await step()
+        assert downlink.level == LOW  # straight down to what fits
         assert not downlink.nacks._nacked and subscriber.last_report is None
-        await camera.run(30)
-        assert subscriber.layer is not None and subscriber.layer.rid == "l"
-        assert [n for n, _ in numbered] == list(range(len(numbered)))
-        assert handled  # aiortc still got the datagram
+        assert link.queue(bench.clock.now) > DRAINED  # too full to take a keyframe yet
+        held_at = bench.clock.now
+        small = video.streams[0x5EED0000]
+        sent_large = len(small.order)
+        drained_at = None
+        while subscriber.layer is None:
+            assert bench.clock.now - held_at < MAX_HOLD, "held until the time ran out"
+            queue = link.queue(bench.clock.now)
+            if drained_at is None and queue <= DRAINED:
+                drained_at = bench.clock.now
+            await step()
+        # It started once the queue had drained, not before, and not on a timeout: as
+        # soon as audio sent then has come through it (DRAINED), the feedback about
+        # it (4 frames) and the keyframe (a frame or two).
+        assert queue <= DRAINED and drained_at is not None
+        assert bench.clock.now - drained_at <= DRAINED + 6 / 30
+        assert subscriber.layer.rid == "l"
+        assert small.order[sent_large:]  # the small layer goes on in the same stream
+        check_stream(video, 0x5EED0000)
+        numbers = sorted(n for n, _ in video.transport_wide + audio.transport_wide)
+        assert numbers == list(range(len(numbers)))
+        assert handled  # aiortc still got the datagrams
     finally:
         bench.close()
+        voice.close()

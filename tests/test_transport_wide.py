@@ -126,7 +126,7 @@ def test_a_queue_steps_the_downlink_straight_down_but_fails_a_probe_instead() ->
     assert not probing.probing and probing.level == LOW
 
 
-async def test_subscribe_offers_ask_browsers_for_transport_wide_feedback_on_video() -> None:
+async def test_subscribe_offers_ask_browsers_for_transport_wide_feedback() -> None:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         for kind in ("video", "audio", "video"):
@@ -140,12 +140,13 @@ async def test_subscribe_offers_ask_browsers_for_transport_wide_feedback_on_vide
     extmaps = [
         line for s in sections for line in s.splitlines() if line.endswith(TRANSPORT_WIDE_URI)
     ]
-    assert len(extmaps) == 2 and len(set(extmaps)) == 1  # one id for the BUNDLE group
+    assert len(extmaps) == 3 and len(set(extmaps)) == 1  # one id for the BUNDLE group
     (ext_id,) = {int(line.split(":")[1].split()[0]) for line in extmaps}
     others = {int(n) for n in re.findall(r"^a=extmap:(\d+)", pc.localDescription.sdp, re.M)}
     assert ext_id not in others
-    video = sections[0]
-    assert TRANSPORT_WIDE_URI not in sections[1] and "transport-cc" not in sections[1]
+    video, audio = sections[0], sections[1]
+    opus = int(re.search(r"a=rtpmap:(\d+) opus/", audio).group(1))  # type: ignore[union-attr]
+    assert f"a=rtcp-fb:{opus} transport-cc" in audio
     vp8 = int(re.search(r"a=rtpmap:(\d+) VP8/90000", video).group(1))  # type: ignore[union-attr]
     rtx = int(re.search(rf"a=fmtp:(\d+) apt={vp8}", video).group(1))  # type: ignore[union-attr]
     assert f"a=rtcp-fb:{vp8} transport-cc" in video
