@@ -489,6 +489,9 @@ class RtpSubscriber:
                 # Before this run (a layer switch, a mute, a new source) decoding starts
                 # again at a keyframe: resending the old run only loads the downlink.
                 or index < self.floor
+                # Nothing forwarded now (a step down waits for the next layer's keyframe,
+                # video is off): the same, and the queue it waits on must drain.
+                or self.layer is None
             ):
                 stats.retransmissions_missed += 1
                 return

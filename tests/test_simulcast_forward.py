@@ -487,6 +487,12 @@ async def test_a_queue_a_browser_reports_steps_it_down_and_waits_for_it_to_drain
         held_at = bench.clock.now
         small = video.streams[0x5EED0000]
         sent_large = len(small.order)
+        # What the large layer lost is not sent again: the queue must drain.
+        missed = bench.forwarder.stats.retransmissions_missed
+        for back in range(3):
+            await subscriber.retransmit((subscriber.highest - back) & 0xFFFF)
+        assert bench.forwarder.stats.retransmissions_missed == missed + 3
+        assert video.drain() == 0
         drained_at = None
         while subscriber.layer is None:
             assert bench.clock.now - held_at < MAX_HOLD, "held until the time ran out"
