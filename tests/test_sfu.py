@@ -394,6 +394,16 @@ async def test_a_subscribe_offer_left_unanswered_closes_that_connection_only(
         assert welcome["resumed"] and (await offered)["new_connection"]
         video = await again.wait_track(teacher.participant_id or "", "video")
         await again.wait_frames(video, 5)
+        # What it receives on the new connection still follows what it asks for.
+        audio = await again.wait_track(teacher.participant_id or "", "audio")
+        told = again.wait_for(
+            lambda m: m["type"] == "receive_quality" and m["level"] == "audio_only"
+        )
+        await again.receive_settings("audio_only")
+        await told
+        frames = video.frames
+        await again.wait_frames(audio, 50)  # a second of audio ...
+        assert video.frames <= frames + 2  # ... and no more video than was in flight
         for client in (teacher, silent, room, again):
             await client.close()
     finally:
