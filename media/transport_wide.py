@@ -4,7 +4,7 @@ Loss shows on a congested link only once its bottleneck queue is full, and only
 after that whole queue has drained to the viewer: on a home router holding 20
 packets of a 300 kbit/s link, about 0.7 s after the link dropped. A browser viewer
 tells more, and sooner: with transport-wide congestion control negotiated
-(draft-holmer-rmcat-transport-wide-cc-extensions-01) it reports, every 50 to 100 ms,
+(draft-holmer-rmcat-transport-wide-cc-extensions-01) it reports, every 50 to 250 ms,
 when each packet we numbered arrived. A queue that builds up shows at once as a
 growing delay between sending and arrival, and what arrives per second is what the
 link carries.
