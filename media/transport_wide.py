@@ -24,12 +24,15 @@ its delay above that.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 
 from .twcc import TransportFeedback
 
 TRANSPORT_WIDE_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
-LOG_SIZE = 8192  # packets whose send time is kept (power of two): seconds of video
+# Packets whose send time is kept (a power of two): seconds of a viewer's packets,
+# and feedback tells of each within a few tenths of a second.
+LOG_SIZE = 4096
 BASE_WINDOW = 10.0  # seconds over which the smallest delay stands for an empty queue
 # Seconds the newest packets waited in a queue before we call it congestion: above the
 # jitter of most home networks (and a queue alone steps nothing down: less must also
@@ -50,7 +53,11 @@ class TransportWide:
     def __init__(self) -> None:
         self.next_index = 0  # the next packet's unwrapped transport-wide number
         self.feedback_packets = 0
-        self._sent: list[tuple[int, float, int] | None] = [None] * LOG_SIZE
+        # Each logged packet's number, send time and size, by number modulo LOG_SIZE:
+        # fixed memory, nothing allocated per packet.
+        self._numbers = array("q", [-1]) * LOG_SIZE
+        self._sent_at = array("d", [0.0]) * LOG_SIZE
+        self._octets = array("l", [0]) * LOG_SIZE
         self._mask = LOG_SIZE - 1
         # Increasing (send time, delay) pairs: the smallest delay of the window first.
         self._base: deque[tuple[float, float]] = deque()
@@ -68,7 +75,10 @@ class TransportWide:
         sequence number, for the header extension."""
         index = self.next_index
         self.next_index = index + 1
-        self._sent[index & self._mask] = (index, now, octets)
+        slot = index & self._mask
+        self._numbers[slot] = index
+        self._sent_at[slot] = now
+        self._octets[slot] = octets
         return index & 0xFFFF
 
     def feedback(self, packet: TransportFeedback) -> float | None:
@@ -79,10 +89,11 @@ class TransportWide:
         waited: float | None = None
         index = -1
         for sequence, arrival in packet.received:
-            sent = self._sent[self._index_of(sequence) & self._mask]
-            if sent is None or sent[0] & 0xFFFF != sequence:
+            number = self._index_of(sequence)
+            slot = number & self._mask
+            if self._numbers[slot] != number:
                 continue  # older than the log, or never ours
-            index, sent_at, octets = sent
+            index, sent_at, octets = number, self._sent_at[slot], self._octets[slot]
             delay = arrival - sent_at
             base = self._base
             while base and base[-1][1] >= delay:
