@@ -75,10 +75,6 @@ class Shaper:
         """Run ``tc`` with ``args``."""
         subprocess.run(["tc", *args], check=True, capture_output=True)
 
-    def limit(self, port: int, kbit: int) -> None:
-        """Let at most ``kbit`` kbit/s reach UDP ``port``; the rest is lost."""
-        self.limit_each([port], kbit)
-
     def limit_each(self, ports: list[int], kbit: int) -> None:
         """Let at most ``kbit`` kbit/s reach each of ``ports`` (a link of its own each)."""
         self._shape([[port] for port in ports], kbit)
@@ -145,12 +141,7 @@ async def reaches(track: ReceivedTrack, size: tuple[int, int], timeout: float) -
     return max(0.0, at - started)
 
 
-def longest_gap(track: ReceivedTrack, since: float) -> float:
-    """The longest time between two decoded frames after ``since`` (monotonic)."""
-    return longest_gap_at(track, since)[0]
-
-
-def longest_gap_at(track: ReceivedTrack, since: float) -> tuple[float, float | None]:
+def longest_gap(track: ReceivedTrack, since: float) -> tuple[float, float | None]:
     """The longest time between two decoded frames after ``since`` (monotonic), and
     when it began (seconds after ``since``; None without two frames)."""
     times = [t for t in track.arrivals if t >= since]
@@ -293,9 +284,9 @@ async def measure_round(
         decided = told - shaped_at if told is not None else None
         if down is not None:
             await LessonClient.wait_frames(slow_video, 30)  # it goes on at the small size
-        stall, stall_from = longest_gap_at(slow_video, shaped_at)
+        stall, stall_from = longest_gap(slow_video, shaped_at)
         stall_until = time.monotonic()
-        other_stall = longest_gap(fast_video, shaped_at)
+        other_stall, _ = longest_gap(fast_video, shaped_at)
         other_smallest = min(
             ((w, h) for t, w, h in fast_video.sizes if t >= shaped_at), default=LARGE
         )

@@ -508,9 +508,52 @@ async def test_a_queue_a_browser_reports_steps_it_down_and_waits_for_it_to_drain
         assert subscriber.layer.rid == "l"
         assert small.order[sent_large:]  # the small layer goes on in the same stream
         check_stream(video, 0x5EED0000)
+        # Retransmissions and padding take the connection's next numbers too.
+        numbered_before = len(video.transport_wide)
+        await subscriber.retransmit(subscriber.highest & 0xFFFF)
+        assert subscriber.probe(bitrate=100e3, seconds=0.01)
+        assert video.drain() >= 2 and len(video.transport_wide) >= numbered_before + 2
         numbers = sorted(n for n, _ in video.transport_wide + audio.transport_wide)
         assert numbers == list(range(len(numbers)))
         assert handled  # aiortc still got the datagrams
     finally:
         bench.close()
         voice.close()
+
+
+async def test_a_hold_that_hears_nothing_of_the_queue_ends_after_max_hold() -> None:
+    """Stepped down on a queue, and then no feedback comes (no audio, feedback lost):
+    the smaller layer starts once :data:`MAX_HOLD` has passed, not never."""
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench, payload_size=1000)
+        downlink = Downlink(bench.clock)
+        transport = types.SimpleNamespace(
+            _rtp_router=types.SimpleNamespace(route_rtcp=lambda packet: set())
+        )
+        subscriber = bench.subscribe(rtx=True, transport_wide=downlink.transport_wide(transport))
+        downlink.add("track-1", bench.forwarder, subscriber)
+        video = bench.viewers[subscriber]
+        link = BrowserLink([video.transport_wide], rate=1e9, every=1)
+
+        async def step(feedback: bool = True) -> None:
+            await camera.run(1)
+            datagram = link.carry(bench.clock.now - 1 / 60, bench.clock.now)
+            if datagram is not None and feedback:
+                await transport._handle_rtcp_data(datagram)
+
+        for _ in range(60):
+            await step()
+        link.rate = bench.forwarder.bitrate_of(subscriber, 2) / 0.6  # the link drops
+        while downlink.level == HIGH:
+            assert len(video.transport_wide) < 10_000, "the queue was never seen"
+            await step()
+        held_at = bench.clock.now
+        while subscriber.layer is None:
+            downlink.tick()  # the server looks at each viewer every 0.5 s
+            assert bench.clock.now - held_at < MAX_HOLD + 0.5, "held for good"
+            await step(feedback=False)
+        assert bench.clock.now - held_at >= MAX_HOLD
+        assert subscriber.layer.rid == "l"
+    finally:
+        bench.close()

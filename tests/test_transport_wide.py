@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from media.downlink import HIGH, LOW, DownlinkQuality
@@ -154,3 +154,14 @@ async def test_subscribe_offers_ask_browsers_for_transport_wide_feedback() -> No
     mid = re.search(r"a=mid:(\S+)", video).group(1)  # type: ignore[union-attr]
     negotiated = _negotiated(offer, mid, VP8_CODEC)
     assert negotiated is not None and negotiated[-1] == ext_id
+    # An aiortc viewer answers without it: its packets are not numbered.
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        await viewer.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await viewer.setLocalDescription(await viewer.createAnswer())
+        answer = viewer.localDescription.sdp
+    finally:
+        await viewer.close()
+    assert TRANSPORT_WIDE_URI not in answer and "transport-cc" not in answer
+    answered = _negotiated(answer, mid, VP8_CODEC)
+    assert answered is not None and answered[-1] is None
