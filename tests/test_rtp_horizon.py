@@ -16,6 +16,8 @@ from aiortc.rtp import RtpPacket
 
 from media import hooks
 from media.rtp_rewrite import vp8_keyframe_start
+from media.transport_wide import TransportWide
+from media.twcc import TransportFeedback
 
 from .rtp_lab import Bench, Publisher, Viewer, contiguous
 
@@ -78,7 +80,8 @@ async def test_every_packet_decrypts_past_three_wraps_through_mute_rejoin_and_a_
     try:
         publisher = Publisher(ssrc=0x1111, first_seq=65_000, first_ts=4_294_900_000)
         feed = Feed(bench, publisher)
-        first = bench.subscribe(rtx=True)
+        wide = TransportWide()  # as a browser's connection numbers every packet
+        first = bench.subscribe(rtx=True, transport_wide=wide)
         first_viewer = bench.viewers[first]
         await feed.run(15_000, reorder_every=97)  # 45,000 packets: past the first wrap
 
@@ -139,6 +142,18 @@ async def test_every_packet_decrypts_past_three_wraps_through_mute_rejoin_and_a_
         # Everything the first subscriber was sent reached it (muted frames were not sent).
         assert len(set(first_viewer.streams[0x5EED0000].order)) > 200_000 - 3_000 - 100
         assert 0x5EED1000 in first_viewer.streams  # its repairs came as RTX
+        # Transport-wide numbers: one per packet sent, RTX included, past several
+        # 16-bit wraps; only the two the network dropped are missing.
+        numbers = [number for number, _ in first_viewer.transport_wide]
+        assert wide.next_index > 3 * 65_536
+        steps = [(b - a) % 65_536 for a, b in itertools.pairwise(numbers)]
+        assert set(steps) <= {1, 2} and len(numbers) == wide.next_index - 2
+        # Feedback about the newest of them still finds when each was sent.
+        newest = wide.next_index - 1
+        sent_at = bench.clock.now
+        report = tuple(((newest - n) & 0xFFFF, sent_at + 0.01) for n in (2, 1, 0))
+        assert wide.feedback(TransportFeedback(1, report[0][0], 0, report, ())) is None
+        assert wide.queue_delay_of == newest and wide.queue_delay is not None
     finally:
         bench.close()
 
