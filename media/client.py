@@ -646,8 +646,9 @@ class LessonClient:
 
     # -- queries ---------------------------------------------------------------
 
-    async def packets_received(self, track_id: str) -> int:
-        """RTP packets the subscribe connection received for ``track_id`` so far."""
+    def packets_received(self, track_id: str) -> int:
+        """RTP packets the subscribe connection received for ``track_id`` so far
+        (retransmissions left out)."""
         if self.subscribe_pc is None:
             return 0
         total = 0
@@ -655,8 +656,10 @@ class LessonClient:
             carried = self._by_mid.get(transceiver.mid or "")
             if carried is None or carried.track_id != track_id:
                 continue
-            report = await transceiver.receiver.getStats()
-            total += sum(s.packetsReceived for s in report.values() if s.type == "inbound-rtp")
+            # Not getStats(): aiortc reports every SSRC under one id, so once a
+            # retransmission arrives its RTX stream hides the media stream's count.
+            streams = hooks.received_streams(transceiver.receiver)
+            total += sum(received for _, received, _ in streams)
         return total
 
     def track_from(self, participant_id: str, kind: str) -> ReceivedTrack | None:

@@ -183,6 +183,29 @@ async def test_the_receivers_stream_statistics_are_readable() -> None:
         await receiver_pc.close()
 
 
+async def test_a_retransmission_does_not_hide_the_media_streams_count() -> None:
+    """aiortc's ``getStats()`` files a receiver's RTX stream under the media stream's
+    id, so after one retransmission it reports the RTX count; ``received_streams``
+    keeps the media stream's (what a subscriber's packet count must be read from)."""
+    sender_pc, receiver_pc = await connected(PacketTrack("video", vp8_packets()))
+    try:
+        receiver = receiver_of(receiver_pc)
+        (transceiver,) = sender_pc.getTransceivers()
+        ssrc, rtx_ssrc = hooks.sender_ssrcs(transceiver.sender)
+        heard: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__remote_streams")  # noqa: B009
+        await transceiver.sender._retransmit(heard[ssrc].max_seq)
+        while rtx_ssrc not in heard:  # each frame is a chance for the RTX packet to be in
+            await asyncio.wait_for(receiver.track.recv(), 10)
+        (stream,) = hooks.received_streams(receiver)
+        assert stream[0] == ssrc and stream[1] == heard[ssrc].packets_received > 1
+        report = await receiver.getStats()
+        (inbound,) = [s for s in report.values() if s.type == "inbound-rtp"]
+        assert inbound.packetsReceived == 1  # what the long-stream test was misled by
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
 # --- the RTP fast path's hooks --------------------------------------------------
 
 
