@@ -49,6 +49,22 @@ _STATS = """async () => {
 }"""
 
 
+# Which of the client's screens (web_client/ui.js) is shown, and its text.
+_SCREEN = """() => {
+  const shown = [...document.querySelectorAll("body > main, #room")].filter((e) => !e.hidden);
+  return shown.map((e) => `${e.id}: ${e.innerText.replace(/\\s+/g, " ").slice(0, 200)}`)
+    .join("; ") || `no screen (readyState ${document.readyState})`;
+}"""
+
+
+async def _screen(page: Any) -> str:
+    """What ``page`` shows, to say why it never offered Join."""
+    try:
+        return str(await page.evaluate(_SCREEN))
+    except Exception as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+
+
 def unavailable(host: str) -> str | None:
     """Why browsers cannot run here, or ``None``."""
     if host.startswith("127."):
@@ -95,7 +111,10 @@ class BrowserStudents:
         page.on("pageerror", lambda error: self.errors.append(f"{name}: {error}"))
         await page.goto(link)
         join = page.get_by_role("button", name="Join")
-        await join.wait_for(timeout=TIMEOUT_MS)
+        try:
+            await join.wait_for(timeout=TIMEOUT_MS)
+        except Exception as exc:
+            raise RuntimeError(f"{name}: no Join button: {await _screen(page)}") from exc
         await join.click()
         await page.wait_for_function("() => window.lco.state().connected", timeout=TIMEOUT_MS)
         return page
