@@ -536,8 +536,7 @@ class RtpSubscriber:
         False when it cannot (no RTX negotiated, nothing sent yet)."""
         if self.rtx_writer is None or self.ring is None or self.forwarder is None:
             return False
-        if self.probe_timer is not None:
-            self.probe_timer.cancel()
+        self.stop_probe()
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
         share = bitrate / 8 * PROBE_BURST  # octets per burst
@@ -551,6 +550,12 @@ class RtpSubscriber:
 
         burst()
         return True
+
+    def stop_probe(self) -> None:
+        """Stop the padding of a probe now (the downlink has shown it does not carry it)."""
+        if self.probe_timer is not None:
+            self.probe_timer.cancel()
+            self.probe_timer = None
 
     def _pad(self, octets: int) -> None:
         ring, writer, rtx = self.ring, self.writer, self.rtx_writer
@@ -624,9 +629,7 @@ class RtpSubscriber:
         """Drop every reference this subscriber holds; its sender goes back to aiortc's.
         The idle track stays with the transceiver (it ends when the sender stops)."""
         self.forwarder = None
-        if self.probe_timer is not None:
-            self.probe_timer.cancel()
-            self.probe_timer = None
+        self.stop_probe()
         hooks.unhook_sender(self.sender)
         self.ring = None
         self._unbind()

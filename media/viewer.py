@@ -137,6 +137,12 @@ class Viewer:
         the viewer: if its level sends more than that, step down at once to the
         highest level that fits."""
         level = self.quality.level
+        if self.quality.probing:
+            # The probe's padding is what fills the queue: it fails, and stops now,
+            # before the media behind it freezes.
+            self.quality.fits(level, self._clock())
+            self._stop_padding()
+            return
         if self.mode != "auto" or level <= LOW:
             return
 
@@ -146,7 +152,7 @@ class Viewer:
                 for forwarder, subscriber in self._videos.values()
             )
 
-        if needs(level) <= delivered and not self.quality.probing:
+        if needs(level) <= delivered:
             return  # what it sends gets through: the queue is someone else's
         budget = delivered * FIT_SHARE
         fitting = next((n for n in range(level - 1, LOW, -1) if needs(n) <= budget), LOW)
@@ -215,7 +221,10 @@ class Viewer:
                 else:
                     rate += forwarder.bitrate_of(subscriber, HIGH - level)
                     next_rate += forwarder.bitrate_of(subscriber, HIGH - level - 1)
+            probing = self.quality.probing
             probe = self.quality.tick(now, rate, next_rate)
+            if probing and not self.quality.probing and self.quality.level == level:
+                self._stop_padding()  # no verdict came in time: a failure
             if probe is not None:
                 for _, subscriber in self._videos.values():
                     if subscriber.layer is not None and subscriber.probe(
@@ -242,9 +251,15 @@ class Viewer:
 
     def _judge(self, fraction_lost: float, now: float, since: float | None = None) -> None:
         """One figure of loss for the downlink; every video follows a level it changed."""
-        level = self.quality.level
+        level, probing = self.quality.level, self.quality.probing
         if self.quality.report(fraction_lost, now, since=since):
             self._retarget(congested=self.quality.level < level)
+        elif probing and not self.quality.probing:
+            self._stop_padding()  # the probe failed: its padding only adds to the loss
+
+    def _stop_padding(self) -> None:
+        for _, subscriber in self._videos.values():
+            subscriber.stop_probe()
 
     def _apply(self, track_id: str) -> None:
         forwarder, subscriber = self._videos[track_id]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from media.downlink import AUDIO_ONLY, HIGH, LOW
+from media.downlink import AUDIO_ONLY, HIGH, HOLD, LOW, PROBE_SECONDS
 from media.hooks import ReportBlock
 from media.rtp_layers import Layer, choose
 from media.viewer import DRAINED, MAX_HOLD
@@ -519,6 +519,79 @@ async def test_a_queue_a_browser_reports_steps_it_down_and_waits_for_it_to_drain
     finally:
         bench.close()
         voice.close()
+
+
+async def test_a_probe_that_fills_a_browsers_queue_fails_at_once_and_stops_its_padding() -> None:
+    """A student stays on a link that carries the small layer and not the next: each
+    probe for the next level fills its queue. The browser's feedback shows it within a
+    few frames, with nothing lost yet: the probe fails there, at the smallest layers
+    too, and its padding stops at once, before the small layer's frames freeze behind
+    it. The level stays."""
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench, payload_size=1000)  # 240 kbit/s a packet a frame
+        downlink = Downlink(bench.clock)
+        transport = types.SimpleNamespace(
+            _rtp_router=types.SimpleNamespace(route_rtcp=lambda packet: set())
+        )
+        subscriber = bench.subscribe(rtx=True, transport_wide=downlink.transport_wide(transport))
+        downlink.add("track-1", bench.forwarder, subscriber)
+        video = bench.viewers[subscriber]
+        link = BrowserLink([video.transport_wide], rate=1e9, every=4)
+        frames = 0
+
+        async def step() -> None:
+            nonlocal frames
+            await camera.run(1)
+            datagram = link.carry(bench.clock.now - 1 / 60, bench.clock.now)
+            if datagram is not None:
+                await transport._handle_rtcp_data(datagram)
+            frames += 1
+            if frames % 15 == 0:
+                downlink.tick()  # the server looks at each viewer every 0.5 s
+
+        for _ in range(60):
+            await step()
+        small = bench.forwarder.bitrate_of(subscriber, 2)
+        link.rate = small * 1.25  # the small layer fits, the next needs three times it
+        while subscriber.layer is None or subscriber.layer.rid != "l":
+            assert frames < 300, "never got to the small layer"
+            await step()
+        low_at = bench.clock.now
+        while not downlink.quality.probing:
+            assert bench.clock.now - low_at < HOLD + 2, "never probed"
+            await step()
+        probed_at = bench.clock.now
+        assert subscriber.probe_timer is not None  # its padding goes on
+        while downlink.quality.probing:
+            assert bench.clock.now - probed_at < PROBE_SECONDS / 3, "the probe was let run"
+            await step()
+        assert downlink.level == LOW and subscriber.layer.rid == "l"
+        assert subscriber.probe_timer is None  # no more padding
+        assert not downlink.nacks._nacked and subscriber.last_report is None  # no loss
+    finally:
+        bench.close()
+
+
+async def test_a_probe_that_loses_stops_its_padding() -> None:
+    """Without transport-wide feedback (an aiortc viewer), a loss report during a
+    probe fails it; its padding, which only adds to the loss, stops at once."""
+    bench = Bench(rids=RIDS)
+    try:
+        camera = Camera(bench, payload_size=1000)
+        subscriber, downlink = await watched(bench, camera)
+        downlink.report(1.0)  # far down: the smallest layers
+        assert downlink.level == LOW
+        while not downlink.quality.probing:
+            await camera.run(15)
+            downlink.report(0.0)
+            downlink.tick()
+        assert subscriber.probe_timer is not None
+        downlink.report(0.1)
+        assert not downlink.quality.probing and downlink.level == LOW
+        assert subscriber.probe_timer is None
+    finally:
+        bench.close()
 
 
 async def test_a_hold_that_hears_nothing_of_the_queue_ends_after_max_hold() -> None:
