@@ -363,10 +363,14 @@ def render_downlink(document: dict[str, Any], region: Region) -> str:
         "down_s": f"down to {small[0]}x{small[1]}, s",
         "stall_s": "longest time without a new frame, s",
         "other_stall_s": "the same for the viewer on the good link, s",
+        "stay_stall_s": "longest time without a new frame while it stays on the slow link "
+        "(probes included), s",
         "up_s": f"back up to {large[0]}x{large[1]}, s",
     }
-    # Files written before there was a choice of viewer had aiortc viewers.
+    # Files written before there was a choice of viewer had aiortc viewers, and
+    # before the stay, no figure of it.
     browser = body.get("viewer") == "browser"
+    stays = any("stay_stall_s" in found for found in body["rounds"])
     who = "a Chromium viewer" if browser else "a viewer"
     # A browser's stall is between the frames its tile showed; the frames it decoded
     # (getStats) are a check on it.
@@ -378,19 +382,21 @@ def render_downlink(document: dict[str, Any], region: Region) -> str:
         *_figures_table(summary, names),
         "",
         f"| round | down, s | longest stall, s |{decoded} other viewer's stall, s "
-        "| its smallest size | up, s |",
-        "|---|---|---|---|---|---|" + ("---|" if browser else ""),
+        "| its smallest size |"
+        + (" longest stall while staying, s |" if stays else "")
+        + " up, s |",
+        "|---|---|---|---|---|---|" + ("---|" if browser else "") + ("---|" if stays else ""),
     ]
+
+    def cells(found: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+        return ["-" if found.get(k) is None else f"{found[k]:.2f}" for k in keys]
+
     for number, found in enumerate(body["rounds"], 1):
         keys = ("down_s", "stall_s", "decoded_stall_s", "other_stall_s")
-        seconds = [
-            "-" if found.get(k) is None else f"{found[k]:.2f}"
-            for k in keys
-            if browser or k != "decoded_stall_s"
-        ]
+        seconds = cells(found, tuple(k for k in keys if browser or k != "decoded_stall_s"))
         smallest = "x".join(str(v) for v in found["other_smallest"])
-        up = "-" if found["up_s"] is None else f"{found['up_s']:.2f}"
-        lines.append(f"| {number} | {' | '.join(seconds)} | {smallest} | {up} |")
+        later = cells(found, ("stay_stall_s", "up_s") if stays else ("up_s",))
+        lines.append(f"| {number} | {' | '.join(seconds)} | {smallest} | {' | '.join(later)} |")
     if body["errors"]:
         lines += ["", f"{len(body['errors'])} round(s) failed: " + "; ".join(body["errors"][:3])]
     return "\n".join(lines)

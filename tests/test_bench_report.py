@@ -16,6 +16,7 @@ import pytest
 
 from benchmarks import docgen, downlink, results
 from benchmarks.stats import excludes_one, paired_ratios
+from media.client import ReceivedTrack
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
@@ -253,6 +254,27 @@ def test_a_downlink_target_is_met_only_when_its_worst_round_meets_it() -> None:
     # A round that never stepped down has no figure: the target is not met.
     summary = downlink.summarise([{"down_s": None, "stall_s": 0.5, "up_s": None}])
     assert not summary["targets"]["down_s"]["met"] and summary["targets"]["stall_s"]["met"]
+
+
+def test_a_downlink_round_shows_the_longest_stall_while_it_stays_on_the_slow_link() -> None:
+    region = docgen.Region("downlink", {"need": "headline"}, 0, 0, 0)
+    document = _downlink_document([0.5] * 5)
+    body = document["downlink"]
+    for found, stayed in zip(body["rounds"], [0.3, 0.3, 1.2, 0.3, 0.4], strict=True):
+        found.update(stay_s=30.0, stay_stall_s=stayed)
+    body["summary"] = downlink.summarise(body["rounds"])
+    text = docgen.render_downlink(document, region)
+    assert (
+        "| longest time without a new frame while it stays on the slow link (probes "
+        "included), s | 0.30 [0.30-1.20] | ≤ 1 (worst: 1.20) | **not met** |"
+    ) in text
+    assert "| its smallest size | longest stall while staying, s | up, s |" in text
+    assert "| 3 | 2.20 | 0.50 | 0.20 | 640x360 | 1.20 | 15.00 |" in text
+    # Counted from the window's edges: a picture frozen all along is all of it.
+    track = ReceivedTrack("t", "p", "video", "camera")
+    assert downlink.window_stall(track, 10.0, 40.0) == 30.0
+    track.arrivals.extend([9.0, 11.0, 12.0, 20.0, 39.5, 41.0])
+    assert downlink.window_stall(track, 10.0, 40.0) == 19.5
 
 
 def test_a_downlink_region_takes_the_results_of_its_own_viewer() -> None:

@@ -45,7 +45,8 @@ async def test_a_chromium_viewer_on_a_slow_link_steps_down_and_climbs_back(
     with decoding_at(host_address):
         try:
             await browsers.launch()
-            figures = await measure_round(lesson, Shaper(), ChromiumViewer(browsers))
+            # Long enough for the first probe (5 s after the step down).
+            figures = await measure_round(lesson, Shaper(), ChromiumViewer(browsers), stay=8.0)
         finally:
             await browsers.close()
     print(
@@ -53,7 +54,8 @@ async def test_a_chromium_viewer_on_a_slow_link_steps_down_and_climbs_back(
         f"(told in {figures['decided_s']} s); longest gap between frames shown "
         f"{figures['stall_s']:.2f} s from {figures['stall_from_s']} s (between frames "
         f"decoded {figures['decoded_stall_s']} s), the other viewer's "
-        f"{figures['other_stall_s']:.2f} s; back up in {figures['up_s']} s; sizes "
+        f"{figures['other_stall_s']:.2f} s; the longest while it stayed 8 s "
+        f"{figures['stay_stall_s']:.2f} s; back up in {figures['up_s']} s; sizes "
         f"{figures['sizes']}; ports {figures['shaped_ports']}, selected "
         f"{figures['selected_port']} then {figures['selected_port_after']}, "
         f"{figures['pair_changes']} pair change(s); {figures['frames_shown']} frames shown "
