@@ -15,7 +15,8 @@ the loss, a window of about half a second).
   :data:`SETTLE` seconds after it for a report, whose span is not known), so that
   each step can take effect before the next; never past the lowest layer at once.
   Loss that receiver reports show at the lowest layer for :data:`VIDEO_OFF_AFTER`
-  seconds turns video off.
+  seconds turns video off; it is tried again after a hold that grows each time it
+  has to go off again.
 - **Down before the loss, when the viewer tells when packets arrived.** A browser
   with transport-wide feedback (:mod:`media.transport_wide`) shows a queue building
   on its path within a few hundred milliseconds, long before that queue overflows
@@ -26,9 +27,10 @@ the loss, a window of about half a second).
   (:data:`HOLD_AFTER_UP` right after a step up: the probe has just shown that the
   link carries more than it did), the server *probes*: it sends padding (no media)
   for :data:`PROBE_SECONDS` so that the downlink carries what the next level would
-  need. The first figure after the probe tells: no loss, one step up; loss, the
-  probe has already stopped (media was barely touched) and the next one waits half
-  as long again (up to :data:`MAX_HOLD`).
+  need. The first figure after the probe tells: no loss, one step up. Loss during
+  it, or a queue its browser reports building (:meth:`DownlinkQuality.fits`), fails
+  it at once and its padding stops there, before the media behind it freezes; the
+  next one waits half as long again (up to :data:`MAX_HOLD`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class DownlinkQuality:
         self._clean_since: float | None = now
         self._hold = HOLD
         self._probe_until: float | None = None
+        self._off_hold = HOLD  # the hold after video next goes off
 
     @property
     def probing(self) -> bool:
@@ -109,6 +112,11 @@ class DownlinkQuality:
         self._changed_at = now
         self._clean_since = None
         self._hold = max(self._hold, HOLD)  # the link just got worse: no quick probe
+        if self.level == AUDIO_ONLY:
+            # Each time video has to go off again, it is tried again later: a link that
+            # cannot carry the smallest layers loses its audio too while they are tried.
+            self._hold = self._off_hold
+            self._off_hold = min(MAX_HOLD, self._off_hold * 1.5)
         self.loss = 0.0  # judge the new level on its own reports
         return True
 
@@ -133,15 +141,20 @@ class DownlinkQuality:
         """Called a few times a second with the bitrate the participant receives now
         and the one the next level up would need: a probe to send, or None."""
         if self._probe_until is not None:
-            if now > self._probe_until + VERDICT_WAIT:
+            if self.level == AUDIO_ONLY and now >= self._probe_until:
+                # No video is sent, so nothing can be heard of it (a browser stops
+                # reporting a stream it no longer receives): the end of the probe
+                # without a report of loss is its verdict.
+                self._probe_passed(now)
+            elif now > self._probe_until + VERDICT_WAIT:
                 self._probe_failed(now)  # no report came: do not believe it carried
             return None
-        if (
-            self.level >= HIGH
-            or self._clean_since is None
-            or now - self._clean_since < self._hold
-            or now - self._changed_at < self._hold
-        ):
+        # At audio only nothing is sent to be lost: the hold since video went off is
+        # all it waits for.
+        clean = self.level == AUDIO_ONLY or (
+            self._clean_since is not None and now - self._clean_since >= self._hold
+        )
+        if self.level >= HIGH or not clean or now - self._changed_at < self._hold:
             return None
         if next_rate <= rate:  # the next level sends nothing more: nothing to find out
             self._probe_passed(now)
@@ -151,6 +164,8 @@ class DownlinkQuality:
 
     def _probe_passed(self, now: float) -> bool:
         self._probe_until = None
+        if self.level >= LOW:
+            self._off_hold = HOLD  # the link carries more than the smallest layers
         self.level += 1
         self._changed_at = now
         self._clean_since = now

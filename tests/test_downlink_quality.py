@@ -184,3 +184,48 @@ def test_only_receiver_reports_turn_video_off() -> None:
     assert quality.level == LOW
     assert quality.report(0.9, now=VIDEO_OFF_AFTER + 1.5)
     assert quality.level == AUDIO_ONLY
+
+
+def video_off(quality: DownlinkQuality, now: float) -> float:
+    """Loss at the smallest layers until video goes off; when it went off."""
+    while quality.level > AUDIO_ONLY:
+        quality.report(0.9, now)
+        now += 1.0
+    return now - 1.0
+
+
+def back_on(quality: DownlinkQuality, off_at: float) -> float:
+    """Ticks every 0.5 s, and no report at all, until video is back; when it was."""
+    now = off_at
+    while quality.level == AUDIO_ONLY:
+        assert now - off_at < 30.0, "video never came back"
+        now += 0.5
+        quality.tick(now, rate=0.0, next_rate=150e3)
+    return now
+
+
+def test_video_comes_back_without_a_report_about_it() -> None:
+    """Chromium stops reporting a stream it has not received for 8 s: at audio only
+    nothing is sent to report on, so the smallest layers come back after the hold and
+    a probe that hears no loss, not after a report that never comes. Each time they
+    have to go off again, they are tried again later, up to MAX_HOLD; a step up from
+    them shows the link carries them, and the next time off waits HOLD again."""
+    quality = DownlinkQuality(now=0.0, level=LOW)
+    off = video_off(quality, VIDEO_OFF_AFTER)
+    on = back_on(quality, off)
+    assert on - off == HOLD + PROBE_SECONDS
+    assert quality.level == LOW
+    waits = []
+    for _ in range(3):
+        off = video_off(quality, on + VIDEO_OFF_AFTER)
+        on = back_on(quality, off)
+        waits.append(on - off - PROBE_SECONDS)
+    assert waits == [HOLD * 1.5, MAX_HOLD, MAX_HOLD]
+    # The link carries the smallest layers, and then the next level's probe.
+    now = reports(quality, 0.0, on, HOLD + 1)
+    probe = quality.tick(now, rate=150e3, next_rate=500e3)
+    assert probe is not None
+    assert quality.report(0.0, now + PROBE_SECONDS)
+    assert quality.level == LOW + 1
+    off = video_off(quality, now + PROBE_SECONDS + 1)
+    assert back_on(quality, off) - off == HOLD + PROBE_SECONDS
