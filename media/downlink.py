@@ -100,7 +100,9 @@ class DownlinkQuality:
             self._clean_since = None
         elif self._clean_since is None:
             self._clean_since = now
-        if self.loss <= LOSS_DOWN or since < self._changed_at:
+        # A clean figure never steps down: the smoothed loss lags behind a link that
+        # has just recovered (after a step down, the queue's tail was still lost).
+        if self.loss <= LOSS_DOWN or fraction_lost <= LOSS_CLEAR or since < self._changed_at:
             return False
         if self.level == AUDIO_ONLY or (
             self.level == LOW and (from_nacks or now - self._changed_at < VIDEO_OFF_AFTER)

@@ -7,6 +7,7 @@ from media.downlink import (
     HIGH,
     HOLD,
     HOLD_AFTER_UP,
+    LOSS_DOWN,
     LOW,
     MAX_HOLD,
     NACK_WINDOW_MAX,
@@ -229,3 +230,15 @@ def test_video_comes_back_without_a_report_about_it() -> None:
     assert quality.level == LOW + 1
     off = video_off(quality, now + PROBE_SECONDS + 1)
     assert back_on(quality, off) - off == HOLD + PROBE_SECONDS
+
+
+def test_a_clean_figure_never_steps_down() -> None:
+    """The smoothed loss lags: right after a step down, the tail of the queue that
+    was lost still weighs on it when the link is already clean again. A figure with
+    no loss must not turn video off on that lag; the next lossy one may."""
+    quality = DownlinkQuality(now=0.0, level=LOW)
+    assert not quality.report(0.4, 1.0)  # too soon after the step for video off
+    assert not quality.report(0.0, VIDEO_OFF_AFTER + 0.5)
+    assert quality.loss > LOSS_DOWN and quality.level == LOW
+    assert quality.report(0.2, VIDEO_OFF_AFTER + 1.5)
+    assert quality.level == AUDIO_ONLY
