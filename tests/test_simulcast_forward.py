@@ -521,6 +521,19 @@ async def test_a_queue_a_browser_reports_steps_it_down_and_waits_for_it_to_drain
         voice.close()
 
 
+def numbered_viewer(bench: Bench) -> tuple[Downlink, Any, Any, Viewer]:
+    """A video viewer whose connection numbers every packet: its downlink, the DTLS
+    transport its feedback datagrams go in through (where hook 32 listens), its
+    subscriber and what it received."""
+    downlink = Downlink(bench.clock)
+    transport = types.SimpleNamespace(
+        _rtp_router=types.SimpleNamespace(route_rtcp=lambda packet: set())
+    )
+    subscriber = bench.subscribe(rtx=True, transport_wide=downlink.transport_wide(transport))
+    downlink.add("track-1", bench.forwarder, subscriber)
+    return downlink, transport, subscriber, bench.viewers[subscriber]
+
+
 async def test_a_probe_that_fills_a_browsers_queue_fails_at_once_and_stops_its_padding() -> None:
     """A student stays on a link that carries the small layer and not the next: each
     probe for the next level fills its queue. The browser's feedback shows it within a
@@ -530,13 +543,7 @@ async def test_a_probe_that_fills_a_browsers_queue_fails_at_once_and_stops_its_p
     bench = Bench(rids=RIDS)
     try:
         camera = Camera(bench, payload_size=1000)  # 240 kbit/s a packet a frame
-        downlink = Downlink(bench.clock)
-        transport = types.SimpleNamespace(
-            _rtp_router=types.SimpleNamespace(route_rtcp=lambda packet: set())
-        )
-        subscriber = bench.subscribe(rtx=True, transport_wide=downlink.transport_wide(transport))
-        downlink.add("track-1", bench.forwarder, subscriber)
-        video = bench.viewers[subscriber]
+        downlink, transport, subscriber, video = numbered_viewer(bench)
         link = BrowserLink([video.transport_wide], rate=1e9, every=4)
         frames = 0
 
@@ -600,13 +607,7 @@ async def test_a_hold_that_hears_nothing_of_the_queue_ends_after_max_hold() -> N
     bench = Bench(rids=RIDS)
     try:
         camera = Camera(bench, payload_size=1000)
-        downlink = Downlink(bench.clock)
-        transport = types.SimpleNamespace(
-            _rtp_router=types.SimpleNamespace(route_rtcp=lambda packet: set())
-        )
-        subscriber = bench.subscribe(rtx=True, transport_wide=downlink.transport_wide(transport))
-        downlink.add("track-1", bench.forwarder, subscriber)
-        video = bench.viewers[subscriber]
+        downlink, transport, subscriber, video = numbered_viewer(bench)
         link = BrowserLink([video.transport_wide], rate=1e9, every=1)
 
         async def step(feedback: bool = True) -> None:
