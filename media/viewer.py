@@ -141,7 +141,7 @@ class Viewer:
             # The probe's padding is what fills the queue: it fails, and stops now,
             # before the media behind it freezes.
             self.quality.fits(level, self._clock())
-            self._stop_padding()
+            self._padding_follows_probe()
             return
         if self.mode != "auto" or level <= LOW:
             return
@@ -221,10 +221,8 @@ class Viewer:
                 else:
                     rate += forwarder.bitrate_of(subscriber, HIGH - level)
                     next_rate += forwarder.bitrate_of(subscriber, HIGH - level - 1)
-            probing = self.quality.probing
             probe = self.quality.tick(now, rate, next_rate)
-            if probing and not self.quality.probing and self.quality.level == level:
-                self._stop_padding()  # no verdict came in time: a failure
+            self._padding_follows_probe()  # no verdict in time: a failure
             if probe is not None:
                 for _, subscriber in self._videos.values():
                     if subscriber.layer is not None and subscriber.probe(
@@ -251,15 +249,16 @@ class Viewer:
 
     def _judge(self, fraction_lost: float, now: float, since: float | None = None) -> None:
         """One figure of loss for the downlink; every video follows a level it changed."""
-        level, probing = self.quality.level, self.quality.probing
+        level = self.quality.level
         if self.quality.report(fraction_lost, now, since=since):
             self._retarget(congested=self.quality.level < level)
-        elif probing and not self.quality.probing:
-            self._stop_padding()  # the probe failed: its padding only adds to the loss
+        self._padding_follows_probe()  # a failed probe's padding only adds to the loss
 
-    def _stop_padding(self) -> None:
-        for _, subscriber in self._videos.values():
-            subscriber.stop_probe()
+    def _padding_follows_probe(self) -> None:
+        """No padding once the probe is over: a failed one stops at once."""
+        if not self.quality.probing:
+            for _, subscriber in self._videos.values():
+                subscriber.stop_probe()
 
     def _apply(self, track_id: str) -> None:
         forwarder, subscriber = self._videos[track_id]
